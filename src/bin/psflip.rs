@@ -1,0 +1,133 @@
+//! `psflip`: run a service with zero-downtime upgrades (see SPEC §1).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use psflip::config::{self, Config, HealthCheck};
+use psflip::effects::readiness::{self, ToPredecessor};
+use psflip::effects::{fds, signals, spawn};
+use psflip::machine::{Generation, Health, Settings};
+use psflip::runtime::{self, RunSpec};
+
+/// Zero-downtime process flipper: supervises one child and, on the upgrade signal,
+/// replaces it with a fresh one once the new one is healthy.
+#[derive(Parser)]
+#[command(name = "psflip", version)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "psflip.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration, expand its templates and print the result.
+    Check,
+}
+
+fn main() -> ExitCode {
+    // Before anything else: a signal arriving now must wait for the event loop, not
+    // kill us, and nothing we inherited may leak into a child.
+    if let Err(e) = signals::block_all() {
+        eprintln!("psflip: {e}");
+        return ExitCode::from(1);
+    }
+    fds::cloexec_from_3();
+    let predecessor = ToPredecessor::from_env(std::env::var(readiness::ENV_FD).ok().as_deref());
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let ab_second = std::env::var("PSFLIP_AB_FLAG").is_ok_and(|v| v == "b");
+    let options = config::LoadOptions::from_process(ab_second);
+    let config = match config::load(&cli.config, &options) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("psflip: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => {
+            print!("{}", config.to_resolved_toml());
+            ExitCode::SUCCESS
+        }
+        None => run(config, predecessor, ab_second),
+    }
+}
+
+fn run(config: Config, predecessor: Option<ToPredecessor>, ab_second: bool) -> ExitCode {
+    let mut argv = std::env::args_os();
+    let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
+    let args: Vec<OsString> = argv.collect();
+    let generation = std::env::var("PSFLIP_GENERATION")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .filter(|_| predecessor.is_some())
+        .unwrap_or(1);
+    let (health, probe_cmd) = match &config.healthcheck {
+        HealthCheck::Alive { timeout } => (Health::Alive { timeout: *timeout }, None),
+        HealthCheck::Command {
+            cmd,
+            after,
+            interval,
+        } => (
+            Health::Command {
+                after: *after,
+                interval: *interval,
+            },
+            Some(cmd.clone()),
+        ),
+    };
+    let settings = Settings {
+        generation: if predecessor.is_some() {
+            Generation::Successor
+        } else {
+            Generation::First
+        },
+        upgrade_signal: config.upgrade.signal,
+        upgrade_timeout: config.upgrade.timeout,
+        shutdown_delay: config.shutdown.delay,
+        shutdown_signal: config.shutdown.signal,
+        shutdown_timeout: config.shutdown.timeout,
+        health,
+        pidfile: config.pidfile.is_some(),
+    };
+    let spec = RunSpec {
+        settings,
+        exe: spawn::own_binary(&arg0),
+        arg0,
+        args,
+        cmd: config.cmd,
+        env: config.env,
+        workdir: config.workdir,
+        probe_cmd,
+        pidfile: config.pidfile,
+        quiet: config.quiet,
+        generation,
+        ab_second,
+        predecessor,
+    };
+    match runtime::run(spec) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("psflip: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

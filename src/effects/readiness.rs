@@ -1,0 +1,89 @@
+//! The readiness pipe between two generations.
+//!
+//! The old generation creates a pipe per upgrade and hands the write end to the
+//! successor (its number in `PSFLIP_READY_FD`). The successor writes one byte, `R`,
+//! once its child is healthy and the pidfile names it. EOF without `R` means the
+//! successor is gone. The successor, in turn, watches its write end: it polls with
+//! an error once the old generation (the only holder of the read end) has exited.
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::OFlag;
+use nix::unistd::{pipe2, read, write};
+
+use super::{EffectError, fds};
+
+/// The environment variable carrying the write end's fd number to the successor.
+pub const ENV_FD: &str = "PSFLIP_READY_FD";
+
+/// The byte that means "ready".
+pub const READY: u8 = b'R';
+
+/// A fresh pipe: (read end for us, write end for the successor). Both close-on-exec;
+/// the spawn clears the flag on the write end in the successor only.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), EffectError> {
+    pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| EffectError::sys("pipe2", e))
+}
+
+/// What the old generation read from the pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    Ready,
+    Nothing,
+    Closed,
+}
+
+/// Drain the read end.
+pub fn hear(fd: BorrowedFd<'_>) -> Heard {
+    let mut buf = [0u8; 64];
+    let mut heard = Heard::Nothing;
+    loop {
+        match read(fd, &mut buf) {
+            Ok(0) => return if heard == Heard::Ready { heard } else { Heard::Closed },
+            Ok(n) => {
+                if buf[..n].contains(&READY) {
+                    heard = Heard::Ready;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return heard,
+        }
+    }
+}
+
+/// The successor's end, taken from the environment at start-up.
+pub struct ToPredecessor {
+    fd: OwnedFd,
+}
+
+impl ToPredecessor {
+    /// Take the fd named by `PSFLIP_READY_FD`, if any, and make it close-on-exec so
+    /// that our own children never hold it (or the old generation would not see EOF
+    /// when we die).
+    pub fn from_env(value: Option<&str>) -> Option<ToPredecessor> {
+        let raw: RawFd = value?.trim().parse().ok()?;
+        if raw < 3 || !fds::is_open(raw) {
+            return None;
+        }
+        fds::set_cloexec(raw);
+        // SAFETY: the fd is open and was handed to us to own.
+        Some(ToPredecessor {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    /// Tell the old generation we are ready. Its absence (EPIPE: it died) is fine.
+    pub fn report_ready(&self) -> Result<(), EffectError> {
+        loop {
+            match write(&self.fd, &[READY]) {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(EffectError::sys("report ready to the previous generation", e)),
+            }
+        }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

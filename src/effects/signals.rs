@@ -1,0 +1,73 @@
+//! Signals: psflip blocks every signal from its first instruction and reads them
+//! from a signalfd in the event loop, so a signal that arrives before the loop runs
+//! waits instead of killing psflip, and nothing runs in a signal handler.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use super::EffectError;
+
+/// Every signal a process can catch.
+pub fn catchable() -> impl Iterator<Item = Signal> {
+    Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP))
+}
+
+/// Block every signal in the calling (main) thread, then give every catchable
+/// signal its default disposition: one psflip was started with ignored (SIGINT
+/// under `nohup` or `&`) would otherwise never reach the signalfd, and the child
+/// would inherit the ignore. Blocking first means no default action can run.
+pub fn block_all() -> Result<(), EffectError> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None)
+        .map_err(|e| EffectError::sys("sigprocmask", e))?;
+    for sig in catchable() {
+        // SAFETY: installing SIG_DFL runs no code of ours.
+        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+    }
+    Ok(())
+}
+
+/// The signalfd every blocked signal is read from.
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    pub fn new() -> Result<Signals, EffectError> {
+        let fd = SignalFd::with_flags(
+            &SigSet::all(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(|e| EffectError::sys("signalfd", e))?;
+        Ok(Signals { fd })
+    }
+
+    /// The next pending signal number, if any.
+    pub fn read(&self) -> Option<i32> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => Some(info.ssi_signo as i32),
+            _ => None,
+        }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Between fork and exec of an app child or a probe: default dispositions and an
+/// empty mask. Only async-signal-safe calls.
+pub fn reset_in_child() {
+    // SAFETY: sigaction/sigprocmask are async-signal-safe; no allocation.
+    unsafe {
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}

@@ -1,0 +1,16 @@
+//! psflip: a zero-downtime process flipper.
+//!
+//! The crate is split the way the design card fixes it:
+//! - [`machine`]: the pure transition function (events in, effects out, time as data);
+//! - [`effects`]: one module per kind of effect, talking to the OS;
+//! - [`runtime`]: the event loop turning OS happenings into events and interpreting effects;
+//! - [`config`] and [`template`]: the TOML configuration and its `{{ … }}` templates.
+
+pub mod config;
+pub mod template;
+
+/// Signals are plain data everywhere, the machine included.
+pub use nix::sys::signal::Signal;
+pub mod effects;
+pub mod machine;
+pub mod runtime;

@@ -1,0 +1,892 @@
+//! The pure heart of psflip: one generation's supervision and upgrade protocol as a
+//! transition function.
+//!
+//! The contract between this module and the runtime (`src/runtime.rs`):
+//!
+//! 1. The runtime builds a [`Machine`] from [`Settings`] and calls
+//!    [`Machine::step`]`(now, Event::Started)` once the configuration is loaded.
+//! 2. Every OS happening becomes an [`Event`] (a signal read from the signalfd, a
+//!    reaped process, a byte on the readiness pipe, the answer to an effect that can
+//!    fail) and goes through `step`, with `now` read from the monotonic clock once per
+//!    event. `step` returns the [`Effect`]s to carry out, in order.
+//! 3. The runtime carries out each effect. Effects that can fail report back:
+//!    a failed [`Effect::Spawn`] as [`Event::SpawnFailed`], [`Effect::WritePidfile`] as
+//!    [`Event::PidfileWritten`] or [`Event::PidfileFailed`]. Nothing else is decided by
+//!    the runtime.
+//! 4. The runtime asks [`Machine::deadline`] for the next instant something is due and
+//!    delivers [`Event::Tick`] when it has passed. A tick when nothing is due is a
+//!    no-op, so a spurious wake-up is harmless.
+//! 5. Processes are named by [`ProcId`]s the machine allocates. The runtime keeps the
+//!    id↔pid table, reports a process's exit *before* it reaps it (so a group kill
+//!    emitted in answer to the exit cannot reach a recycled pid) and forgets the pid
+//!    once reaped.
+//! 6. After [`Effect::Exit`] the machine is done: every later event is ignored.
+//!
+//! There is no I/O, no clock and no OS call here: time is data ([`Instant`]), so the
+//! simulation in `tests/sim` can drive this exact code through any interleaving.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::Signal;
+
+/// A point in time, measured from an origin the runtime chose (its start-up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(Duration);
+
+impl Instant {
+    /// The runtime's origin.
+    pub const ZERO: Instant = Instant(Duration::ZERO);
+
+    /// The instant `since_origin` after the origin.
+    pub fn from_origin(since_origin: Duration) -> Instant {
+        Instant(since_origin)
+    }
+
+    /// Time elapsed since the origin.
+    pub fn since_origin(self) -> Duration {
+        self.0
+    }
+
+    /// `self - earlier`, or zero when `earlier` is later.
+    pub fn saturating_since(self, earlier: Instant) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<Duration> for Instant {
+    type Output = Instant;
+    fn add(self, rhs: Duration) -> Instant {
+        Instant(self.0.saturating_add(rhs))
+    }
+}
+
+/// A process this machine started, named independently of its (recyclable) pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProcId(pub u64);
+
+impl fmt::Display for ProcId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What a spawned process is for; the runtime knows how to build each from the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The supervised application (`cmd`): own process group, empty signal mask,
+    /// default dispositions, `PR_SET_PDEATHSIG(SIGKILL)`.
+    App,
+    /// The next generation: psflip's own binary, re-executed with the readiness pipe.
+    Successor,
+    /// One run of the `[healthcheck.command]` command.
+    Probe,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The status a shell would report: the code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+
+    /// Whether it exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signaled(s) => match Signal::try_from(s) {
+                Ok(sig) => write!(f, "signal {}", sig.as_str()),
+                Err(_) => write!(f, "signal {s}"),
+            },
+        }
+    }
+}
+
+/// Which generation this machine is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// Started by the operator (or a service manager): becomes the service once its
+    /// child is healthy.
+    First,
+    /// Started by a running psflip as its successor: must report ready to it.
+    Successor,
+}
+
+/// How the child proves it is healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Healthy once the child has been running for `timeout`.
+    Alive { timeout: Duration },
+    /// Healthy once a run of the probe command exits 0. First run `after` the spawn,
+    /// then one every `interval`; never two at once; a run still going after
+    /// `interval` is killed.
+    Command { after: Duration, interval: Duration },
+}
+
+/// Everything the machine needs from the configuration: pure data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub generation: Generation,
+    pub upgrade_signal: Signal,
+    /// The child must be healthy within this, counted from its spawn.
+    pub upgrade_timeout: Duration,
+    pub shutdown_delay: Duration,
+    pub shutdown_signal: Signal,
+    pub shutdown_timeout: Duration,
+    pub health: Health,
+    /// Whether a pidfile is configured.
+    pub pidfile: bool,
+}
+
+/// How long past `upgrade.timeout` the old generation waits for a successor that
+/// neither reports ready nor exits before it kills it (SPEC §5): the successor's
+/// own timer should fire first, this only catches a hung successor.
+pub const SUCCESSOR_GRACE: Duration = Duration::from_secs(5);
+
+/// Something that happened, reported by the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The configuration is loaded and the event loop runs: start the child.
+    Started,
+    /// psflip received this signal (never SIGCHLD: reaping produces `ProcessExited`).
+    SignalReceived(Signal),
+    /// A process this machine started has exited (it is not reaped yet).
+    ProcessExited { id: ProcId, status: ExitStatus },
+    /// `Effect::Spawn` for this id failed; the process never ran.
+    SpawnFailed { id: ProcId, reason: String },
+    /// The successor reported, over the readiness pipe, that its child is healthy and
+    /// the pidfile names it.
+    SuccessorReady { id: ProcId },
+    /// (Successor only) the generation that started us has exited.
+    PredecessorExited,
+    /// `Effect::WritePidfile` succeeded.
+    PidfileWritten,
+    /// `Effect::WritePidfile` failed.
+    PidfileFailed { reason: String },
+    /// Time has passed; whatever is due at `now` happens.
+    Tick,
+}
+
+/// Something the runtime must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Start a process in this role; answer with `SpawnFailed` if it cannot start.
+    Spawn { id: ProcId, role: Role },
+    /// Send a signal to the process (or, with `group`, to the process group it leads).
+    /// A process already gone is not an error.
+    Signal {
+        id: ProcId,
+        signal: Signal,
+        group: bool,
+    },
+    /// Atomically write psflip's own pid to the pidfile; answer with `PidfileWritten`
+    /// or `PidfileFailed`.
+    WritePidfile,
+    /// Remove the pidfile if it still names this psflip.
+    RemovePidfile,
+    /// (Successor only) tell the old generation we are ready.
+    ReportReady,
+    /// Write a line to psflip's log (stderr) unless `quiet`.
+    Log(String),
+    /// Exit psflip with this status.
+    Exit(i32),
+}
+
+/// The phases of one generation. The child and the health probe are tracked beside
+/// the phase, since they can end in any of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for `Started`.
+    Booting,
+    /// The child runs and has not proven healthy yet (or the pidfile is being
+    /// written once it has).
+    Starting,
+    /// The child is healthy and this generation is the service.
+    Serving,
+    /// A successor runs and has not reported ready.
+    Upgrading {
+        successor: ProcId,
+        /// When the successor is killed if it has neither reported ready nor exited.
+        kill_at: Instant,
+        killed: bool,
+    },
+    /// A termination signal arrived mid-upgrade: it was passed to the successor and
+    /// to the child; waiting for both to be gone.
+    Aborting {
+        successor: Option<ProcId>,
+        kill_at: Instant,
+        killed: bool,
+    },
+    /// Stopping the child, then exiting with `code`: after a successful handoff
+    /// (code 0), or because the child never became healthy.
+    Stopping {
+        code: i32,
+        /// When `shutdown.signal` is due (`None` once sent).
+        signal_at: Option<Instant>,
+        /// When SIGKILL to the child's group is due (`None` until the signal is sent,
+        /// and once SIGKILL is sent).
+        kill_at: Option<Instant>,
+    },
+    /// `Exit` was emitted.
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Child {
+    id: ProcId,
+    spawned_at: Instant,
+    /// `None` while it runs.
+    exited: Option<ExitStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Probe {
+    /// The run in progress, if any, and whether it was already killed.
+    running: Option<(ProcId, bool)>,
+    /// When the running probe is killed.
+    kill_at: Option<Instant>,
+    /// When the next run may start.
+    next_at: Option<Instant>,
+}
+
+/// One generation of psflip. See the module documentation for the contract.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    settings: Settings,
+    phase: Phase,
+    next_id: u64,
+    child: Option<Child>,
+    /// The child passed its healthcheck.
+    healthy: bool,
+    probe: Probe,
+    /// (First generation) an upgrade was asked for before the child was healthy.
+    upgrade_pending: bool,
+    /// (Successor) the generation that started us still runs.
+    predecessor_alive: bool,
+    /// The successor reported ready: the service is its now.
+    handed_over: bool,
+}
+
+impl Machine {
+    pub fn new(settings: Settings) -> Machine {
+        let predecessor_alive = settings.generation == Generation::Successor;
+        Machine {
+            settings,
+            phase: Phase::Booting,
+            next_id: 0,
+            child: None,
+            healthy: false,
+            probe: Probe::default(),
+            upgrade_pending: false,
+            predecessor_alive,
+            handed_over: false,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The app child's id, while it has not been reported exited.
+    pub fn live_child(&self) -> Option<ProcId> {
+        self.child.as_ref().filter(|c| c.exited.is_none()).map(|c| c.id)
+    }
+
+    /// Whether the child has passed its healthcheck.
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// The successor in flight, if any.
+    pub fn successor(&self) -> Option<ProcId> {
+        match self.phase {
+            Phase::Upgrading { successor, .. } => Some(successor),
+            Phase::Aborting { successor, .. } => successor,
+            _ => None,
+        }
+    }
+
+    /// Whether an upgrade started by this generation is in flight.
+    pub fn upgrading(&self) -> bool {
+        matches!(self.phase, Phase::Upgrading { .. } | Phase::Aborting { .. })
+    }
+
+    /// Whether this generation has handed the service over and is stopping its child.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
+    }
+
+    /// The next instant at which a `Tick` has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        let mut due: Option<Instant> = None;
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                due = Some(due.map_or(t, |d| d.min(t)));
+            }
+        };
+        match &self.phase {
+            Phase::Starting => {
+                if let Some(child) = self.child.as_ref().filter(|c| c.exited.is_none())
+                    && !self.healthy
+                {
+                    at(Some(child.spawned_at + self.settings.upgrade_timeout));
+                    match self.settings.health {
+                        Health::Alive { timeout } => at(Some(child.spawned_at + timeout)),
+                        Health::Command { .. } => match self.probe.running {
+                            Some((_, false)) => at(self.probe.kill_at),
+                            Some((_, true)) => {}
+                            None => at(self.probe.next_at),
+                        },
+                    }
+                }
+            }
+            Phase::Upgrading {
+                kill_at, killed, ..
+            }
+            | Phase::Aborting {
+                kill_at, killed, ..
+            } => {
+                if !killed {
+                    at(Some(*kill_at))
+                }
+            }
+            Phase::Stopping {
+                signal_at, kill_at, ..
+            } => {
+                at(*signal_at);
+                at(*kill_at);
+            }
+            Phase::Booting | Phase::Serving | Phase::Done => {}
+        }
+        due
+    }
+
+    /// Feed one event; get the effects to carry out, in order.
+    pub fn step(&mut self, now: Instant, event: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match (&self.phase, event) {
+            (Phase::Done, _) => {}
+            (Phase::Booting, Event::Started) => self.on_started(now, &mut out),
+            (Phase::Booting, _) => {}
+            (_, Event::Started) => {}
+            (_, Event::Tick) => self.on_tick(now, &mut out),
+            (_, Event::SignalReceived(sig)) => self.on_signal(now, sig, &mut out),
+            (_, Event::ProcessExited { id, status }) => self.on_exit(now, id, status, &mut out),
+            (_, Event::SpawnFailed { id, reason }) => self.on_spawn_failed(now, id, reason, &mut out),
+            (_, Event::SuccessorReady { id }) => self.on_successor_ready(now, id, &mut out),
+            (_, Event::PredecessorExited) => {
+                if self.predecessor_alive {
+                    self.predecessor_alive = false;
+                    log(&mut out, "the previous generation has exited");
+                }
+            }
+            (Phase::Starting, Event::PidfileWritten) if self.healthy => {
+                self.on_ready(now, &mut out)
+            }
+            (Phase::Starting, Event::PidfileFailed { reason }) if self.healthy => {
+                self.on_pidfile_failed(now, reason, &mut out)
+            }
+            (_, Event::PidfileWritten) => {}
+            (_, Event::PidfileFailed { reason }) => {
+                log(&mut out, format!("cannot write the pidfile: {reason}"))
+            }
+        }
+        out
+    }
+
+    fn alloc(&mut self) -> ProcId {
+        self.next_id += 1;
+        ProcId(self.next_id)
+    }
+
+    fn on_started(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let id = self.alloc();
+        self.child = Some(Child {
+            id,
+            spawned_at: now,
+            exited: None,
+        });
+        self.phase = Phase::Starting;
+        if let Health::Command { after, .. } = self.settings.health {
+            self.probe.next_at = Some(now + after);
+        }
+        out.push(Effect::Spawn { id, role: Role::App });
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        match self.phase.clone() {
+            Phase::Starting => self.tick_health(now, out),
+            Phase::Upgrading {
+                successor,
+                kill_at,
+                killed: false,
+            } if now >= kill_at => {
+                log(
+                    out,
+                    format!(
+                        "upgrade failed: the successor did not report ready within upgrade.timeout + {}s; killing it",
+                        SUCCESSOR_GRACE.as_secs()
+                    ),
+                );
+                out.push(kill(successor, false));
+                self.phase = Phase::Upgrading {
+                    successor,
+                    kill_at,
+                    killed: true,
+                };
+            }
+            Phase::Aborting {
+                successor: Some(successor),
+                kill_at,
+                killed: false,
+            } if now >= kill_at => {
+                log(out, "the successor did not stop in time; killing it");
+                out.push(kill(successor, false));
+                self.phase = Phase::Aborting {
+                    successor: Some(successor),
+                    kill_at,
+                    killed: true,
+                };
+            }
+            Phase::Stopping {
+                code,
+                signal_at,
+                kill_at,
+            } => {
+                if let Some(t) = signal_at
+                    && now >= t
+                {
+                    self.send_shutdown_signal(now, code, out);
+                } else if let Some(t) = kill_at
+                    && now >= t
+                    && let Some(id) = self.live_child()
+                {
+                    log(
+                        out,
+                        format!(
+                            "the child did not exit within shutdown.timeout ({:?}); sending SIGKILL",
+                            self.settings.shutdown_timeout
+                        ),
+                    );
+                    out.push(kill(id, true));
+                    self.phase = Phase::Stopping {
+                        code,
+                        signal_at: None,
+                        kill_at: None,
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick_health(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let Some(child) = self.child.clone().filter(|c| c.exited.is_none()) else {
+            return;
+        };
+        if self.healthy {
+            return;
+        }
+        if now >= child.spawned_at + self.settings.upgrade_timeout {
+            log(
+                out,
+                format!(
+                    "the child did not become healthy within upgrade.timeout ({:?}); stopping it",
+                    self.settings.upgrade_timeout
+                ),
+            );
+            self.upgrade_pending = false;
+            self.kill_probe(out);
+            self.stop_child(now, 1, Duration::ZERO, out);
+            return;
+        }
+        match self.settings.health {
+            Health::Alive { timeout } => {
+                if now >= child.spawned_at + timeout {
+                    self.on_healthy(now, out);
+                }
+            }
+            Health::Command { interval, .. } => match self.probe.running {
+                Some((id, false)) => {
+                    if self.probe.kill_at.is_some_and(|t| now >= t) {
+                        log(
+                            out,
+                            format!(
+                                "healthcheck command still running after interval ({interval:?}); killing it"
+                            ),
+                        );
+                        out.push(kill(id, true));
+                        self.probe.running = Some((id, true));
+                        self.probe.kill_at = None;
+                    }
+                }
+                Some((_, true)) => {}
+                None => {
+                    if self.probe.next_at.is_some_and(|t| now >= t) {
+                        let id = self.alloc();
+                        self.probe.running = Some((id, false));
+                        self.probe.kill_at = Some(now + interval);
+                        self.probe.next_at = Some(now + interval);
+                        out.push(Effect::Spawn {
+                            id,
+                            role: Role::Probe,
+                        });
+                    }
+                }
+            },
+        }
+    }
+
+    /// The child passed its healthcheck: make the pidfile name us, then be ready.
+    fn on_healthy(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.healthy = true;
+        self.probe = Probe::default();
+        if self.settings.pidfile {
+            out.push(Effect::WritePidfile);
+        } else {
+            self.on_ready(now, out);
+        }
+    }
+
+    /// Healthy and (if configured) the pidfile names us.
+    fn on_ready(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.phase = Phase::Serving;
+        match self.settings.generation {
+            Generation::First => {
+                log(out, "child is healthy; serving");
+                if std::mem::take(&mut self.upgrade_pending) {
+                    log(out, "starting the upgrade requested while the child was starting");
+                    self.start_upgrade(now, out);
+                }
+            }
+            Generation::Successor => {
+                log(out, "new child is healthy; taking over");
+                out.push(Effect::ReportReady);
+            }
+        }
+    }
+
+    fn on_pidfile_failed(&mut self, now: Instant, reason: String, out: &mut Vec<Effect>) {
+        match self.settings.generation {
+            Generation::First => {
+                log(
+                    out,
+                    format!("cannot write the pidfile: {reason}; carrying on without it"),
+                );
+                self.on_ready(now, out);
+            }
+            Generation::Successor => {
+                // Without the pidfile the service manager would lose track of the
+                // service once the old generation exits: the old one keeps it.
+                log(
+                    out,
+                    format!("upgrade failed: cannot write the pidfile: {reason}"),
+                );
+                self.stop_child(now, 1, Duration::ZERO, out);
+            }
+        }
+    }
+
+    fn start_upgrade(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let id = self.alloc();
+        log(out, "upgrade: starting the successor");
+        out.push(Effect::Spawn {
+            id,
+            role: Role::Successor,
+        });
+        self.phase = Phase::Upgrading {
+            successor: id,
+            kill_at: now + self.settings.upgrade_timeout + SUCCESSOR_GRACE,
+            killed: false,
+        };
+    }
+
+    fn on_signal(&mut self, now: Instant, sig: Signal, out: &mut Vec<Effect>) {
+        if matches!(sig, Signal::SIGCHLD | Signal::SIGPIPE) {
+            return;
+        }
+        if sig == self.settings.upgrade_signal {
+            self.on_upgrade_signal(now, out);
+            return;
+        }
+        let terminating = matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
+        if terminating {
+            if let Phase::Upgrading { successor, .. } = self.phase {
+                log(
+                    out,
+                    format!("upgrade aborted by {}: stopping the successor", sig.as_str()),
+                );
+                out.push(Effect::Signal {
+                    id: successor,
+                    signal: sig,
+                    group: false,
+                });
+                self.phase = Phase::Aborting {
+                    successor: Some(successor),
+                    kill_at: now + self.settings.shutdown_timeout + SUCCESSOR_GRACE,
+                    killed: false,
+                };
+            }
+            if self.upgrade_pending {
+                self.upgrade_pending = false;
+                log(out, format!("pending upgrade cancelled by {}", sig.as_str()));
+            }
+        }
+        match self.live_child() {
+            Some(id) => out.push(Effect::Signal {
+                id,
+                signal: sig,
+                group: false,
+            }),
+            None => log(
+                out,
+                format!("{} not forwarded: the child has exited", sig.as_str()),
+            ),
+        }
+    }
+
+    fn on_upgrade_signal(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let why = match (&self.phase, self.settings.generation) {
+            (Phase::Serving, Generation::Successor) if self.predecessor_alive => {
+                "the previous generation is still stopping"
+            }
+            (Phase::Serving, _) => {
+                self.start_upgrade(now, out);
+                return;
+            }
+            (Phase::Booting | Phase::Starting, Generation::First) => {
+                if !self.upgrade_pending {
+                    self.upgrade_pending = true;
+                    log(
+                        out,
+                        "upgrade requested before the child is healthy: it starts once the child is healthy",
+                    );
+                } else {
+                    log(out, "upgrade already requested; ignoring the signal");
+                }
+                return;
+            }
+            (Phase::Booting | Phase::Starting, Generation::Successor) => {
+                "this generation is not ready yet"
+            }
+            (Phase::Upgrading { .. }, _) => "an upgrade is already in flight",
+            (Phase::Aborting { .. }, _) => "an upgrade is being aborted",
+            (Phase::Stopping { .. }, _) => "this generation is stopping",
+            (Phase::Done, _) => return,
+        };
+        log(
+            out,
+            format!(
+                "upgrade signal {} ignored: {why}",
+                self.settings.upgrade_signal.as_str()
+            ),
+        );
+    }
+
+    fn on_exit(&mut self, now: Instant, id: ProcId, status: ExitStatus, out: &mut Vec<Effect>) {
+        if self.live_child() == Some(id) {
+            self.on_child_exit(now, status, out);
+        } else if self.probe.running.is_some_and(|(p, _)| p == id) {
+            self.on_probe_exit(now, status, out);
+        } else if self.successor() == Some(id) {
+            self.on_successor_gone(now, format!("the successor exited ({status})"), out);
+        }
+    }
+
+    fn on_child_exit(&mut self, _now: Instant, status: ExitStatus, out: &mut Vec<Effect>) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        child.exited = Some(status);
+        let id = child.id;
+        // The child led its own process group; whatever it left there (a shell's
+        // background jobs) must not outlive it. The runtime has not reaped the child
+        // yet, so the group id cannot have been recycled.
+        out.push(kill(id, true));
+        match self.phase {
+            Phase::Starting => {
+                self.kill_probe(out);
+                self.upgrade_pending = false;
+                let code = if status.success() { 1 } else { status.code() };
+                log(
+                    out,
+                    format!("the child exited ({status}) before it became healthy"),
+                );
+                self.exit(code, out);
+            }
+            Phase::Serving => {
+                log(out, format!("the child exited ({status})"));
+                self.exit(status.code(), out);
+            }
+            Phase::Upgrading { .. } => log(
+                out,
+                format!("the child exited ({status}) during the upgrade; waiting for its outcome"),
+            ),
+            Phase::Aborting { successor, .. } => {
+                if successor.is_none() {
+                    log(out, format!("the child exited ({status})"));
+                    self.exit(status.code(), out);
+                }
+            }
+            Phase::Stopping { code, .. } => {
+                log(out, format!("the child exited ({status})"));
+                self.exit(code, out);
+            }
+            Phase::Booting | Phase::Done => {}
+        }
+    }
+
+    fn on_probe_exit(&mut self, now: Instant, status: ExitStatus, out: &mut Vec<Effect>) {
+        self.probe.running = None;
+        self.probe.kill_at = None;
+        if self.phase != Phase::Starting || self.healthy {
+            return;
+        }
+        if status.success() {
+            self.on_healthy(now, out);
+        } else {
+            log(out, format!("healthcheck command failed ({status})"));
+        }
+    }
+
+    fn on_spawn_failed(&mut self, now: Instant, id: ProcId, reason: String, out: &mut Vec<Effect>) {
+        if self.live_child() == Some(id) {
+            if let Some(child) = self.child.as_mut() {
+                child.exited = Some(ExitStatus::Code(1));
+            }
+            log(out, format!("cannot start the child: {reason}"));
+            self.kill_probe(out);
+            self.exit(1, out);
+        } else if self.probe.running.is_some_and(|(p, _)| p == id) {
+            self.probe.running = None;
+            self.probe.kill_at = None;
+            log(out, format!("cannot start the healthcheck command: {reason}"));
+        } else if self.successor() == Some(id) {
+            self.on_successor_gone(now, format!("cannot start the successor: {reason}"), out);
+        }
+    }
+
+    /// The successor is gone without (usefully) reporting ready.
+    fn on_successor_gone(&mut self, _now: Instant, why: String, out: &mut Vec<Effect>) {
+        let aborting = matches!(self.phase, Phase::Aborting { .. });
+        if aborting {
+            log(out, format!("upgrade aborted: {why}"));
+        } else {
+            log(out, format!("upgrade failed: {why}; the old child carries on"));
+        }
+        match self.child.as_ref().and_then(|c| c.exited) {
+            Some(status) => {
+                log(out, format!("the old child had exited ({status})"));
+                self.exit(status.code(), out);
+            }
+            None => {
+                self.phase = Phase::Serving;
+                // The successor may have written the pidfile before it died: make it
+                // name this generation again.
+                if self.settings.pidfile {
+                    out.push(Effect::WritePidfile);
+                }
+            }
+        }
+    }
+
+    fn on_successor_ready(&mut self, now: Instant, id: ProcId, out: &mut Vec<Effect>) {
+        match self.phase {
+            Phase::Upgrading { successor, .. } if successor == id => {
+                log(out, "upgrade: the successor is ready; stopping the old child");
+                self.handed_over = true;
+                self.stop_child(now, 0, self.settings.shutdown_delay, out);
+            }
+            Phase::Aborting { successor, .. } if successor == Some(id) => log(
+                out,
+                "the successor reported ready after the upgrade was aborted; it is being stopped",
+            ),
+            _ => {}
+        }
+    }
+
+    /// Stop the child (after `delay`: `shutdown.signal`, then SIGKILL to its group
+    /// after `shutdown.timeout`) and exit with `code` once it is gone.
+    fn stop_child(&mut self, now: Instant, code: i32, delay: Duration, out: &mut Vec<Effect>) {
+        if self.live_child().is_none() {
+            self.exit(code, out);
+            return;
+        }
+        self.phase = Phase::Stopping {
+            code,
+            signal_at: Some(now + delay),
+            kill_at: None,
+        };
+        if delay.is_zero() {
+            self.send_shutdown_signal(now, code, out);
+        }
+    }
+
+    fn send_shutdown_signal(&mut self, now: Instant, code: i32, out: &mut Vec<Effect>) {
+        let Some(id) = self.live_child() else {
+            return;
+        };
+        out.push(Effect::Signal {
+            id,
+            signal: self.settings.shutdown_signal,
+            group: false,
+        });
+        self.phase = Phase::Stopping {
+            code,
+            signal_at: None,
+            kill_at: Some(now + self.settings.shutdown_timeout),
+        };
+    }
+
+    fn kill_probe(&mut self, out: &mut Vec<Effect>) {
+        if let Some((id, _)) = self.probe.running {
+            out.push(kill(id, true));
+        }
+        self.probe = Probe::default();
+    }
+
+    /// Exit with `code`. Unless the service was handed over (the pidfile then names
+    /// the successor), the pidfile is removed; the runtime removes it only while it
+    /// still names this psflip.
+    fn exit(&mut self, code: i32, out: &mut Vec<Effect>) {
+        self.kill_probe(out);
+        if self.settings.pidfile && !self.handed_over {
+            out.push(Effect::RemovePidfile);
+        }
+        out.push(Effect::Exit(code));
+        self.phase = Phase::Done;
+    }
+}
+
+fn kill(id: ProcId, group: bool) -> Effect {
+    Effect::Signal {
+        id,
+        signal: Signal::SIGKILL,
+        group,
+    }
+}
+
+fn log(out: &mut Vec<Effect>, msg: impl Into<String>) {
+    out.push(Effect::Log(msg.into()));
+}

@@ -1,0 +1,338 @@
+//! The event loop: turns OS happenings into machine events and carries out the
+//! machine's effects. It makes no protocol decision of its own.
+//!
+//! 1. Before anything else (in `main`), every signal is blocked
+//!    ([`effects::signals::block_all`]) and inherited fds are made close-on-exec.
+//! 2. [`run`] opens the signalfd, resolves nothing further, and feeds
+//!    `Event::Started` to the machine.
+//! 3. Each loop turn polls the signalfd, the readiness pipe of a successor in flight
+//!    and (in a successor) the pipe to the previous generation, with the machine's
+//!    [`Machine::deadline`] as the timeout, then turns what it finds into events:
+//!    readiness bytes first (a successor that reports ready and then dies has still
+//!    reported ready), then signals (SIGCHLD becomes a drain of exited children, each
+//!    reported *before* it is reaped), then a `Tick` if the deadline has passed.
+//! 4. [`drive`] feeds one event and interprets the effects through the [`Os`] trait;
+//!    the answers of effects that can fail come back as events. The simulation in
+//!    `tests/sim` runs the same `drive` over a simulated kernel.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use crate::Signal;
+use crate::effects::readiness::{self, Heard, ToPredecessor};
+use crate::effects::{EffectError, pidfile, reap, signals, spawn};
+use crate::machine::{Effect, Event, Instant, Machine, ProcId, Role, Settings};
+
+/// The OS as the effects see it. `LinuxOs` is the real one; the simulation has its
+/// own.
+pub trait Os {
+    /// Start a process in `role`.
+    fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String>;
+    /// Send `signal` to the process, or to the group it leads. Gone is not an error.
+    fn signal(&mut self, id: ProcId, signal: Signal, group: bool);
+    fn write_pidfile(&mut self) -> Result<(), String>;
+    fn remove_pidfile(&mut self);
+    fn report_ready(&mut self);
+    fn log(&mut self, line: &str);
+}
+
+/// Feed `event` to the machine and carry out its effects in order; the answers of
+/// effects that can fail are fed back, in order, after the batch. Returns the exit
+/// status once the machine asked to exit.
+pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os) -> Option<i32> {
+    let mut queue = VecDeque::from([event]);
+    let mut exit = None;
+    while let Some(event) = queue.pop_front() {
+        for effect in machine.step(now, event) {
+            match effect {
+                Effect::Spawn { id, role } => {
+                    if let Err(reason) = os.spawn(id, role) {
+                        queue.push_back(Event::SpawnFailed { id, reason });
+                    }
+                }
+                Effect::Signal { id, signal, group } => os.signal(id, signal, group),
+                Effect::WritePidfile => queue.push_back(match os.write_pidfile() {
+                    Ok(()) => Event::PidfileWritten,
+                    Err(reason) => Event::PidfileFailed { reason },
+                }),
+                Effect::RemovePidfile => os.remove_pidfile(),
+                Effect::ReportReady => os.report_ready(),
+                Effect::Log(line) => os.log(&line),
+                Effect::Exit(code) => exit = Some(code),
+            }
+        }
+    }
+    exit
+}
+
+/// Everything the runtime needs to run one generation, resolved from the
+/// configuration and the environment by the CLI.
+pub struct RunSpec {
+    pub settings: Settings,
+    pub cmd: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+    /// The `[healthcheck.command]` command, if that is the healthcheck.
+    pub probe_cmd: Option<Vec<String>>,
+    pub pidfile: Option<PathBuf>,
+    pub quiet: bool,
+    /// psflip's own binary, as resolved at start-up.
+    pub exe: PathBuf,
+    pub arg0: OsString,
+    pub args: Vec<OsString>,
+    /// This generation's number (1 for the first).
+    pub generation: u64,
+    /// Whether `AB` yields its second value in this generation.
+    pub ab_second: bool,
+    /// (Successor) the write end of the readiness pipe.
+    pub predecessor: Option<ToPredecessor>,
+}
+
+/// The real OS.
+pub struct LinuxOs {
+    spec: RunSpec,
+    my_pid: u32,
+    pids: BTreeMap<ProcId, Pid>,
+    ids: BTreeMap<Pid, ProcId>,
+    /// Read end of the readiness pipe of the successor in flight.
+    successor_pipe: Option<(ProcId, OwnedFd)>,
+}
+
+impl LinuxOs {
+    pub fn new(spec: RunSpec) -> LinuxOs {
+        LinuxOs {
+            spec,
+            my_pid: std::process::id(),
+            pids: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            successor_pipe: None,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        if !self.spec.quiet {
+            log_line(self.my_pid, line);
+        }
+    }
+
+    fn spawn_role(&mut self, id: ProcId, role: Role) -> Result<Pid, EffectError> {
+        match role {
+            Role::App => spawn::app(&spawn::AppSpec {
+                argv: &self.spec.cmd,
+                env: &self.spec.env,
+                workdir: self.spec.workdir.as_deref(),
+                quiet_stdio: false,
+            }),
+            Role::Probe => spawn::app(&spawn::AppSpec {
+                argv: self.spec.probe_cmd.as_deref().unwrap_or_default(),
+                env: &self.spec.env,
+                workdir: self.spec.workdir.as_deref(),
+                quiet_stdio: true,
+            }),
+            Role::Successor => {
+                let (r, w) = readiness::pipe()?;
+                let ab = if self.spec.ab_second { "a" } else { "b" };
+                let env = [
+                    ("PSFLIP_AB_FLAG", ab.to_string()),
+                    ("PSFLIP_GENERATION", (self.spec.generation + 1).to_string()),
+                ];
+                let pid = spawn::successor(&self.spec.exe, &self.spec.arg0, &self.spec.args, &w, &env)?;
+                // Our copy of the write end goes now, or we would never see EOF.
+                drop(w);
+                self.successor_pipe = Some((id, r));
+                Ok(pid)
+            }
+        }
+    }
+
+    /// Forget a reaped process.
+    fn forget(&mut self, pid: Pid) -> Option<ProcId> {
+        let id = self.ids.remove(&pid)?;
+        self.pids.remove(&id);
+        if self.successor_pipe.as_ref().is_some_and(|(s, _)| *s == id) {
+            self.successor_pipe = None;
+        }
+        Some(id)
+    }
+}
+
+impl Os for LinuxOs {
+    fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String> {
+        let pid = self.spawn_role(id, role).map_err(|e| e.to_string())?;
+        self.pids.insert(id, pid);
+        self.ids.insert(pid, id);
+        let what = match role {
+            Role::App => "child",
+            Role::Successor => "successor",
+            Role::Probe => return Ok(()),
+        };
+        self.say(&format!("started {what} (pid {pid})"));
+        Ok(())
+    }
+
+    fn signal(&mut self, id: ProcId, signal: Signal, group: bool) {
+        // Only ids not yet reaped are in the table: a recycled pid is never hit.
+        let Some(&pid) = self.pids.get(&id) else {
+            return;
+        };
+        let target = if group { Pid::from_raw(-pid.as_raw()) } else { pid };
+        match kill(target, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => self.say(&format!("cannot send {} to {target}: {e}", signal.as_str())),
+        }
+    }
+
+    fn write_pidfile(&mut self) -> Result<(), String> {
+        let Some(path) = self.spec.pidfile.as_deref() else {
+            return Ok(());
+        };
+        pidfile::write(path, self.my_pid).map_err(|e| e.to_string())
+    }
+
+    fn remove_pidfile(&mut self) {
+        if let Some(path) = self.spec.pidfile.as_deref()
+            && let Err(e) = pidfile::remove_if_ours(path, self.my_pid)
+        {
+            self.say(&e.to_string());
+        }
+    }
+
+    fn report_ready(&mut self) {
+        if let Some(pipe) = self.spec.predecessor.as_ref()
+            && let Err(e) = pipe.report_ready()
+        {
+            // The previous generation died: we are the service all the same.
+            self.say(&format!("{e}; carrying on as the service"));
+        }
+    }
+
+    fn log(&mut self, line: &str) {
+        self.say(line);
+    }
+}
+
+/// One log line on stderr. A closed stderr must not take psflip down.
+pub fn log_line(pid: u32, line: &str) {
+    let _ = writeln!(std::io::stderr(), "psflip[{pid}]: {line}");
+}
+
+/// Run one generation until the machine exits; returns the exit status.
+pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
+    let signals = signals::Signals::new()?;
+    let origin = std::time::Instant::now();
+    let clock = || Instant::from_origin(origin.elapsed());
+    let mut machine = Machine::new(spec.settings.clone());
+    let mut os = LinuxOs::new(spec);
+
+    if let Some(code) = drive(&mut machine, clock(), Event::Started, &mut os) {
+        return Ok(code);
+    }
+    loop {
+        let now = clock();
+        let timeout = match machine.deadline() {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                // Round up to whole milliseconds so we never wake just before it.
+                let wait = t.saturating_since(now);
+                let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let (sig_ready, pipe_ready, pred_gone) = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            let pipe_at = os.successor_pipe.as_ref().map(|(_, fd)| {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let pred_at = os.spec.predecessor.as_ref().map(|p| {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::empty()));
+                fds.len() - 1
+            });
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(EffectError::sys("poll", e)),
+            }
+            let any = |i: Option<usize>| {
+                i.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            (any(Some(0)), any(pipe_at), any(pred_at))
+        };
+        let now = clock();
+
+        if pipe_ready && let Some((id, fd)) = os.successor_pipe.as_ref() {
+            let id = *id;
+            match readiness::hear(fd.as_fd()) {
+                Heard::Ready => {
+                    if let Some(code) = drive(&mut machine, now, Event::SuccessorReady { id }, &mut os) {
+                        return Ok(code);
+                    }
+                }
+                Heard::Closed => os.successor_pipe = None,
+                Heard::Nothing => {}
+            }
+        }
+        if pred_gone {
+            os.spec.predecessor = None;
+            if let Some(code) = drive(&mut machine, now, Event::PredecessorExited, &mut os) {
+                return Ok(code);
+            }
+        }
+        if sig_ready {
+            while let Some(signo) = signals.read() {
+                if signo == libc::SIGCHLD {
+                    if let Some(code) = reap_all(&mut machine, now, &mut os) {
+                        return Ok(code);
+                    }
+                    continue;
+                }
+                let Ok(sig) = Signal::try_from(signo) else {
+                    os.say(&format!("signal {signo} ignored: cannot forward it"));
+                    continue;
+                };
+                if let Some(code) = drive(&mut machine, now, Event::SignalReceived(sig), &mut os) {
+                    return Ok(code);
+                }
+            }
+        }
+        if machine.deadline().is_some_and(|t| t <= now)
+            && let Some(code) = drive(&mut machine, now, Event::Tick, &mut os)
+        {
+            return Ok(code);
+        }
+    }
+}
+
+/// Report and reap every exited child. Each exit is reported while the child is a
+/// zombie, then it is reaped, whatever the machine answered.
+fn reap_all(machine: &mut Machine, now: Instant, os: &mut LinuxOs) -> Option<i32> {
+    let mut exit = None;
+    while let Some((pid, status)) = reap::peek() {
+        if let Some(&id) = os.ids.get(&pid)
+            && exit.is_none()
+        {
+            if os.successor_pipe.as_ref().is_some_and(|(s, _)| *s == id) {
+                // A successor that wrote "ready" and died at once has still reported
+                // ready: read the pipe before its exit.
+                if let Some((_, fd)) = os.successor_pipe.as_ref()
+                    && readiness::hear(fd.as_fd()) == Heard::Ready
+                {
+                    exit = drive(machine, now, Event::SuccessorReady { id }, os);
+                }
+            }
+            if exit.is_none() {
+                exit = drive(machine, now, Event::ProcessExited { id, status }, os);
+            }
+        }
+        reap::reap(pid);
+        os.forget(pid);
+    }
+    exit
+}
