@@ -154,6 +154,9 @@ impl Default for HealthCheck {
     }
 }
 
+/// An environment lookup: the value of a variable, `None` when unset.
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// What template expansion may depend on besides the file itself.
 ///
 /// The runtime builds it once per generation: `ab_second` from
@@ -167,7 +170,7 @@ pub struct LoadOptions {
     /// Relative `Cat` paths resolve against this.
     pub base_dir: PathBuf,
     /// Environment lookup for `Env` and `EnvDefault`.
-    pub env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: Box<EnvLookup>,
 }
 
 impl LoadOptions {
@@ -235,8 +238,8 @@ pub struct ConfigError {
     pub position: Option<Position>,
     /// The dotted key (`cmd[2]`, `shutdown.timeout`), when one is to blame.
     pub key: Option<String>,
-    /// What is wrong.
-    pub kind: ConfigErrorKind,
+    /// What is wrong (boxed to keep `Result<_, ConfigError>` small).
+    pub kind: Box<ConfigErrorKind>,
 }
 
 /// What is wrong with a configuration.
@@ -314,7 +317,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         position: None,
         key: None,
-        kind: ConfigErrorKind::Read { reason },
+        kind: Box::new(ConfigErrorKind::Read { reason }),
     };
     let bytes = std::fs::read(path).map_err(|e| error(template::io_reason(&e)))?;
     let text = String::from_utf8(bytes).map_err(|_| error("file is not valid UTF-8".to_owned()))?;
@@ -670,7 +673,7 @@ impl Source<'_> {
             path: self.path.to_owned(),
             position: span.map(|s| position(self.text, s.start)),
             key,
-            kind,
+            kind: Box::new(kind),
         }
     }
 
@@ -1796,7 +1799,7 @@ interval = "{{ `100ms` }}"
             })
         );
         assert_eq!(e.key.as_deref(), Some("shutdown.timeout"));
-        assert!(matches!(e.kind, ConfigErrorKind::Duration { ref value, .. } if value == "x"));
+        assert!(matches!(*e.kind, ConfigErrorKind::Duration { ref value, .. } if value == "x"));
     }
 
     #[test]
@@ -1830,7 +1833,7 @@ interval = "{{ `100ms` }}"
         opts.base_dir = dir.clone();
         let loaded = load(&file, &opts);
         std::fs::write(&file, [0xffu8, 0xfe]).expect("write");
-        let not_utf8 = load(&file, &opts).map_err(|e| e.kind);
+        let not_utf8 = load(&file, &opts).map_err(|e| *e.kind);
         std::fs::remove_dir_all(&dir).ok();
         let config = loaded.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.cmd, strings(&["./app", "v7"]));

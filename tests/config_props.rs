@@ -85,13 +85,7 @@ fn configs() -> impl Strategy<Value = Config> {
         (1..=DAY_MS).prop_map(Duration::from_millis),
     );
     let shutdown = (millis(DAY_MS), any_signal(), millis(DAY_MS));
-    let healthcheck_choice = (
-        any::<bool>(),
-        command(),
-        0.0..1.0f64,
-        0.0..1.0f64,
-        (1..=DAY_MS),
-    );
+    let healthcheck_choice = (any::<bool>(), command(), 0.0..1.0f64, 1..=DAY_MS);
     (
         command(),
         prop::option::of(non_empty_value()),
@@ -105,7 +99,7 @@ fn configs() -> impl Strategy<Value = Config> {
     )
         .prop_map(
             |(cmd, workdir, env, pidfile, quiet, locals, (up_signal, up_timeout), shutdown, hc)| {
-                let (alive, hc_cmd, fraction_a, _fraction_b, interval_ms) = hc;
+                let (alive, hc_cmd, fraction, interval_ms) = hc;
                 // Healthcheck delays strictly below upgrade.timeout, in whole ms.
                 let below = |fraction: f64| {
                     let max_ms = up_timeout.as_millis() as u64 - 1;
@@ -113,12 +107,12 @@ fn configs() -> impl Strategy<Value = Config> {
                 };
                 let healthcheck = if alive {
                     HealthCheck::Alive {
-                        timeout: below(fraction_a),
+                        timeout: below(fraction),
                     }
                 } else {
                     HealthCheck::Command {
                         cmd: hc_cmd,
-                        after: below(fraction_a),
+                        after: below(fraction),
                         interval: Duration::from_millis(interval_ms),
                     }
                 };
