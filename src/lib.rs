@@ -14,3 +14,4 @@ pub use nix::sys::signal::Signal;
 pub mod effects;
 pub mod machine;
 pub mod runtime;
+pub mod watch;

@@ -310,7 +310,10 @@ impl Machine {
 
     /// The app child's id, while it has not been reported exited.
     pub fn live_child(&self) -> Option<ProcId> {
-        self.child.as_ref().filter(|c| c.exited.is_none()).map(|c| c.id)
+        self.child
+            .as_ref()
+            .filter(|c| c.exited.is_none())
+            .map(|c| c.id)
     }
 
     /// Whether the child has passed its healthcheck.
@@ -393,7 +396,9 @@ impl Machine {
             (_, Event::Tick) => self.on_tick(now, &mut out),
             (_, Event::SignalReceived(sig)) => self.on_signal(now, sig, &mut out),
             (_, Event::ProcessExited { id, status }) => self.on_exit(now, id, status, &mut out),
-            (_, Event::SpawnFailed { id, reason }) => self.on_spawn_failed(now, id, reason, &mut out),
+            (_, Event::SpawnFailed { id, reason }) => {
+                self.on_spawn_failed(now, id, reason, &mut out)
+            }
             (_, Event::SuccessorReady { id }) => self.on_successor_ready(now, id, &mut out),
             (_, Event::PredecessorExited) => {
                 if self.predecessor_alive {
@@ -431,7 +436,10 @@ impl Machine {
         if let Health::Command { after, .. } = self.settings.health {
             self.probe.next_at = Some(now + after);
         }
-        out.push(Effect::Spawn { id, role: Role::App });
+        out.push(Effect::Spawn {
+            id,
+            role: Role::App,
+        });
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -576,7 +584,10 @@ impl Machine {
             Generation::First => {
                 log(out, "child is healthy; serving");
                 if std::mem::take(&mut self.upgrade_pending) {
-                    log(out, "starting the upgrade requested while the child was starting");
+                    log(
+                        out,
+                        "starting the upgrade requested while the child was starting",
+                    );
                     self.start_upgrade(now, out);
                 }
             }
@@ -635,7 +646,10 @@ impl Machine {
             if let Phase::Upgrading { successor, .. } = self.phase {
                 log(
                     out,
-                    format!("upgrade aborted by {}: stopping the successor", sig.as_str()),
+                    format!(
+                        "upgrade aborted by {}: stopping the successor",
+                        sig.as_str()
+                    ),
                 );
                 out.push(Effect::Signal {
                     id: successor,
@@ -650,7 +664,10 @@ impl Machine {
             }
             if self.upgrade_pending {
                 self.upgrade_pending = false;
-                log(out, format!("pending upgrade cancelled by {}", sig.as_str()));
+                log(
+                    out,
+                    format!("pending upgrade cancelled by {}", sig.as_str()),
+                );
             }
         }
         match self.live_child() {
@@ -781,7 +798,10 @@ impl Machine {
         } else if self.probe.running.is_some_and(|(p, _)| p == id) {
             self.probe.running = None;
             self.probe.kill_at = None;
-            log(out, format!("cannot start the healthcheck command: {reason}"));
+            log(
+                out,
+                format!("cannot start the healthcheck command: {reason}"),
+            );
         } else if self.successor() == Some(id) {
             self.on_successor_gone(now, format!("cannot start the successor: {reason}"), out);
         }
@@ -793,7 +813,10 @@ impl Machine {
         if aborting {
             log(out, format!("upgrade aborted: {why}"));
         } else {
-            log(out, format!("upgrade failed: {why}; the old child carries on"));
+            log(
+                out,
+                format!("upgrade failed: {why}; the old child carries on"),
+            );
         }
         match self.child.as_ref().and_then(|c| c.exited) {
             Some(status) => {
@@ -814,7 +837,10 @@ impl Machine {
     fn on_successor_ready(&mut self, now: Instant, id: ProcId, out: &mut Vec<Effect>) {
         match self.phase {
             Phase::Upgrading { successor, .. } if successor == id => {
-                log(out, "upgrade: the successor is ready; stopping the old child");
+                log(
+                    out,
+                    "upgrade: the successor is ready; stopping the old child",
+                );
                 self.handed_over = true;
                 self.stop_child(now, 0, self.settings.shutdown_delay, out);
             }

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -27,8 +27,9 @@ use nix::unistd::Pid;
 
 use crate::Signal;
 use crate::effects::readiness::{self, Heard, ToPredecessor};
-use crate::effects::{EffectError, pidfile, reap, signals, spawn};
-use crate::machine::{Effect, Event, Instant, Machine, ProcId, Role, Settings};
+use crate::effects::signals::Signals;
+use crate::effects::{EffectError, pidfile, reap, spawn};
+use crate::machine::{Effect, Event, ExitStatus, Instant, Machine, ProcId, Role, Settings};
 
 /// The OS as the effects see it. `LinuxOs` is the real one; the simulation has its
 /// own.
@@ -143,7 +144,8 @@ impl LinuxOs {
                     ("PSFLIP_AB_FLAG", ab.to_string()),
                     ("PSFLIP_GENERATION", (self.spec.generation + 1).to_string()),
                 ];
-                let pid = spawn::successor(&self.spec.exe, &self.spec.arg0, &self.spec.args, &w, &env)?;
+                let pid =
+                    spawn::successor(&self.spec.exe, &self.spec.arg0, &self.spec.args, &w, &env)?;
                 // Our copy of the write end goes now, or we would never see EOF.
                 drop(w);
                 self.successor_pipe = Some((id, r));
@@ -182,7 +184,11 @@ impl Os for LinuxOs {
         let Some(&pid) = self.pids.get(&id) else {
             return;
         };
-        let target = if group { Pid::from_raw(-pid.as_raw()) } else { pid };
+        let target = if group {
+            Pid::from_raw(-pid.as_raw())
+        } else {
+            pid
+        };
         match kill(target, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => self.say(&format!("cannot send {} to {target}: {e}", signal.as_str())),
@@ -223,20 +229,56 @@ pub fn log_line(pid: u32, line: &str) {
     let _ = writeln!(std::io::stderr(), "psflip[{pid}]: {line}");
 }
 
-/// Run one generation until the machine exits; returns the exit status.
-pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
-    let signals = signals::Signals::new()?;
-    let origin = std::time::Instant::now();
-    let clock = || Instant::from_origin(origin.elapsed());
-    let mut machine = Machine::new(spec.settings.clone());
-    let mut os = LinuxOs::new(spec);
+/// The monotonic clock, read once per event and turned into the machine's
+/// [`Instant`]: the only place time enters.
+pub struct Clock(std::time::Instant);
 
-    if let Some(code) = drive(&mut machine, clock(), Event::Started, &mut os) {
-        return Ok(code);
+impl Clock {
+    pub fn start() -> Clock {
+        Clock(std::time::Instant::now())
     }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_origin(self.0.elapsed())
+    }
+}
+
+/// What the event loop drives: a pure machine plus the OS it acts on. psflip's
+/// generation ([`Psflip`]) and pidwatch implement it; each turns these callbacks
+/// into events of its own machine and returns the exit status once it asks to
+/// exit.
+pub trait Driver {
+    /// Names the extra fds a driver polls, so a callback knows which one fired.
+    type Tag: Copy;
+    /// The next instant something is due.
+    fn deadline(&self) -> Option<Instant>;
+    /// Extra fds to poll beside the signalfd.
+    fn fds(&self) -> Vec<(Self::Tag, BorrowedFd<'_>, PollFlags)>;
+    /// The fd named `tag` polled ready. Called before signals are read.
+    fn on_fd(&mut self, now: Instant, tag: Self::Tag) -> Option<i32>;
+    /// A signal other than SIGCHLD arrived.
+    fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32>;
+    /// A child exited. It is still a zombie (its pid and group cannot be recycled)
+    /// and is reaped as soon as this returns.
+    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32>;
+    /// The child `pid` was reaped.
+    fn on_reaped(&mut self, pid: Pid);
+    /// The deadline has passed.
+    fn on_tick(&mut self, now: Instant) -> Option<i32>;
+    /// A line for the log.
+    fn log(&mut self, line: &str);
+}
+
+/// Run `driver` until it asks to exit; returns the exit status. Signals must already
+/// be blocked ([`signals::block_all`]).
+pub fn event_loop<D: Driver>(
+    driver: &mut D,
+    signals: &Signals,
+    clock: &Clock,
+) -> Result<i32, EffectError> {
     loop {
-        let now = clock();
-        let timeout = match machine.deadline() {
+        let now = clock.now();
+        let timeout = match driver.deadline() {
             None => PollTimeout::NONE,
             Some(t) => {
                 // Round up to whole milliseconds so we never wake just before it.
@@ -245,94 +287,197 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let (sig_ready, pipe_ready, pred_gone) = {
+        let (sig_ready, ready_tags) = {
+            let extra = driver.fds();
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            let pipe_at = os.successor_pipe.as_ref().map(|(_, fd)| {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            let pred_at = os.spec.predecessor.as_ref().map(|p| {
-                fds.push(PollFd::new(p.as_fd(), PollFlags::empty()));
-                fds.len() - 1
-            });
+            fds.extend(extra.iter().map(|(_, fd, ev)| PollFd::new(*fd, *ev)));
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(EffectError::sys("poll", e)),
             }
-            let any = |i: Option<usize>| {
-                i.and_then(|i| fds[i].revents())
-                    .is_some_and(|r| !r.is_empty())
-            };
-            (any(Some(0)), any(pipe_at), any(pred_at))
+            let fired = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            let tags: Vec<D::Tag> = extra
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| fired(i + 1))
+                .map(|(_, (tag, _, _))| *tag)
+                .collect();
+            (fired(0), tags)
         };
-        let now = clock();
-
-        if pipe_ready && let Some((id, fd)) = os.successor_pipe.as_ref() {
-            let id = *id;
-            match readiness::hear(fd.as_fd()) {
-                Heard::Ready => {
-                    if let Some(code) = drive(&mut machine, now, Event::SuccessorReady { id }, &mut os) {
-                        return Ok(code);
-                    }
-                }
-                Heard::Closed => os.successor_pipe = None,
-                Heard::Nothing => {}
-            }
-        }
-        if pred_gone {
-            os.spec.predecessor = None;
-            if let Some(code) = drive(&mut machine, now, Event::PredecessorExited, &mut os) {
+        let now = clock.now();
+        for tag in ready_tags {
+            if let Some(code) = driver.on_fd(now, tag) {
                 return Ok(code);
             }
         }
         if sig_ready {
             while let Some(signo) = signals.read() {
                 if signo == libc::SIGCHLD {
-                    if let Some(code) = reap_all(&mut machine, now, &mut os) {
+                    if let Some(code) = reap_all(driver, now) {
                         return Ok(code);
                     }
                     continue;
                 }
                 let Ok(sig) = Signal::try_from(signo) else {
-                    os.say(&format!("signal {signo} ignored: cannot forward it"));
+                    driver.log(&format!("signal {signo} ignored: cannot forward it"));
                     continue;
                 };
-                if let Some(code) = drive(&mut machine, now, Event::SignalReceived(sig), &mut os) {
+                if let Some(code) = driver.on_signal(now, sig) {
                     return Ok(code);
                 }
             }
         }
-        if machine.deadline().is_some_and(|t| t <= now)
-            && let Some(code) = drive(&mut machine, now, Event::Tick, &mut os)
+        if driver.deadline().is_some_and(|t| t <= now)
+            && let Some(code) = driver.on_tick(now)
         {
             return Ok(code);
         }
     }
 }
 
-/// Report and reap every exited child. Each exit is reported while the child is a
-/// zombie, then it is reaped, whatever the machine answered.
-fn reap_all(machine: &mut Machine, now: Instant, os: &mut LinuxOs) -> Option<i32> {
+/// Report and reap every exited child (SIGCHLD coalesces). Each exit is reported
+/// while the child is a zombie, then it is reaped, whatever the driver answered.
+fn reap_all(driver: &mut impl Driver, now: Instant) -> Option<i32> {
     let mut exit = None;
     while let Some((pid, status)) = reap::peek() {
-        if let Some(&id) = os.ids.get(&pid)
-            && exit.is_none()
-        {
-            if os.successor_pipe.as_ref().is_some_and(|(s, _)| *s == id) {
-                // A successor that wrote "ready" and died at once has still reported
-                // ready: read the pipe before its exit.
-                if let Some((_, fd)) = os.successor_pipe.as_ref()
-                    && readiness::hear(fd.as_fd()) == Heard::Ready
-                {
-                    exit = drive(machine, now, Event::SuccessorReady { id }, os);
-                }
-            }
-            if exit.is_none() {
-                exit = drive(machine, now, Event::ProcessExited { id, status }, os);
-            }
+        if exit.is_none() {
+            exit = driver.on_exit(now, pid, status);
         }
         reap::reap(pid);
-        os.forget(pid);
+        driver.on_reaped(pid);
     }
     exit
 }
+
+/// psflip's generation: the [`Machine`] over the real OS.
+pub struct Psflip {
+    machine: Machine,
+    os: LinuxOs,
+}
+
+/// The fds psflip polls.
+#[derive(Clone, Copy, Debug)]
+pub enum PsflipFd {
+    /// The readiness pipe of the successor in flight.
+    Successor,
+    /// (Successor) our end of the pipe to the previous generation.
+    Predecessor,
+}
+
+impl Driver for Psflip {
+    type Tag = PsflipFd;
+
+    fn deadline(&self) -> Option<Instant> {
+        self.machine.deadline()
+    }
+
+    fn fds(&self) -> Vec<(PsflipFd, BorrowedFd<'_>, PollFlags)> {
+        let mut fds = Vec::new();
+        if let Some((_, fd)) = self.os.successor_pipe.as_ref() {
+            fds.push((PsflipFd::Successor, fd.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(p) = self.os.spec.predecessor.as_ref() {
+            // No events asked: POLLERR comes once the read end is closed everywhere.
+            fds.push((PsflipFd::Predecessor, p.as_fd(), PollFlags::empty()));
+        }
+        fds
+    }
+
+    fn on_fd(&mut self, now: Instant, tag: PsflipFd) -> Option<i32> {
+        match tag {
+            PsflipFd::Successor => {
+                let (id, fd) = self.os.successor_pipe.as_ref()?;
+                let id = *id;
+                match readiness::hear(fd.as_fd()) {
+                    Heard::Ready => drive(
+                        &mut self.machine,
+                        now,
+                        Event::SuccessorReady { id },
+                        &mut self.os,
+                    ),
+                    Heard::Closed => {
+                        self.os.successor_pipe = None;
+                        None
+                    }
+                    Heard::Nothing => None,
+                }
+            }
+            PsflipFd::Predecessor => {
+                self.os.spec.predecessor = None;
+                drive(
+                    &mut self.machine,
+                    now,
+                    Event::PredecessorExited,
+                    &mut self.os,
+                )
+            }
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
+        drive(
+            &mut self.machine,
+            now,
+            Event::SignalReceived(sig),
+            &mut self.os,
+        )
+    }
+
+    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
+        let id = *self.os.ids.get(&pid)?;
+        if let Some((s, fd)) = self.os.successor_pipe.as_ref()
+            && *s == id
+            && readiness::hear(fd.as_fd()) == Heard::Ready
+        {
+            // A successor that wrote "ready" and died at once has still reported
+            // ready: the pipe is read before its exit is reported.
+            if let Some(code) = drive(
+                &mut self.machine,
+                now,
+                Event::SuccessorReady { id },
+                &mut self.os,
+            ) {
+                return Some(code);
+            }
+        }
+        drive(
+            &mut self.machine,
+            now,
+            Event::ProcessExited { id, status },
+            &mut self.os,
+        )
+    }
+
+    fn on_reaped(&mut self, pid: Pid) {
+        self.os.forget(pid);
+    }
+
+    fn on_tick(&mut self, now: Instant) -> Option<i32> {
+        drive(&mut self.machine, now, Event::Tick, &mut self.os)
+    }
+
+    fn log(&mut self, line: &str) {
+        self.os.say(line);
+    }
+}
+
+/// Run one psflip generation until its machine exits; returns the exit status.
+pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
+    let signals = Signals::new()?;
+    let clock = Clock::start();
+    let mut psflip = Psflip {
+        machine: Machine::new(spec.settings.clone()),
+        os: LinuxOs::new(spec),
+    };
+    if let Some(code) = drive(
+        &mut psflip.machine,
+        clock.now(),
+        Event::Started,
+        &mut psflip.os,
+    ) {
+        return Ok(code);
+    }
+    event_loop(&mut psflip, &signals, &clock)
+}
+
+pub mod pidwatch;

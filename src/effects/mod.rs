@@ -6,6 +6,7 @@
 
 pub mod fds;
 pub mod pidfile;
+pub mod procfs;
 pub mod readiness;
 pub mod reap;
 pub mod signals;

@@ -39,7 +39,13 @@ pub fn hear(fd: BorrowedFd<'_>) -> Heard {
     let mut heard = Heard::Nothing;
     loop {
         match read(fd, &mut buf) {
-            Ok(0) => return if heard == Heard::Ready { heard } else { Heard::Closed },
+            Ok(0) => {
+                return if heard == Heard::Ready {
+                    heard
+                } else {
+                    Heard::Closed
+                };
+            }
             Ok(n) => {
                 if buf[..n].contains(&READY) {
                     heard = Heard::Ready;
@@ -78,7 +84,12 @@ impl ToPredecessor {
             match write(&self.fd, &[READY]) {
                 Ok(_) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(EffectError::sys("report ready to the previous generation", e)),
+                Err(e) => {
+                    return Err(EffectError::sys(
+                        "report ready to the previous generation",
+                        e,
+                    ));
+                }
             }
         }
     }

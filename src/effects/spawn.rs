@@ -61,7 +61,13 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
     unsafe {
         cmd.pre_exec(move || {
             signals::reset_in_child();
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             // psflip may have died between fork and prctl: then nobody would kill us.
             if libc::getppid() != parent {
                 libc::_exit(1);

@@ -1,0 +1,184 @@
+//! pidwatch's driver: the [`Watch`] machine over the real OS, run by the same
+//! [`event_loop`] as psflip (signalfd, reaping, timers).
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+
+use nix::poll::PollFlags;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use super::{Clock, Driver, event_loop, log_line};
+use crate::Signal;
+use crate::effects::signals::Signals;
+use crate::effects::{EffectError, procfs, spawn};
+use crate::machine::{ExitStatus, Instant};
+use crate::watch::{Effect, Event, Reading, Watch};
+
+/// How pidwatch was asked to run.
+pub struct WatchSpec {
+    pub pidfile: PathBuf,
+    pub argv: Vec<String>,
+    pub quiet: bool,
+    /// Poll with `kill(pid, 0)` instead of subreaping. Forced where subreaping fails.
+    pub poll: bool,
+}
+
+struct Pidwatch {
+    spec: WatchSpec,
+    my_pid: u32,
+    my_uid: u32,
+    cmd: Option<Pid>,
+    watch: Watch,
+}
+
+impl Pidwatch {
+    fn say(&self, line: &str) {
+        if !self.spec.quiet {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("pidwatch[{}]: {line}\n", self.my_pid).as_bytes(),
+            );
+        }
+    }
+
+    /// Judge what the pidfile names: only a live process we may signal is followed.
+    fn reading(&self) -> Reading {
+        let Ok(text) = std::fs::read_to_string(&self.spec.pidfile) else {
+            return Reading::Missing;
+        };
+        let Some(pid) = text.trim().parse::<u32>().ok().filter(|p| *p > 1) else {
+            return if text.trim().is_empty() {
+                Reading::Missing
+            } else {
+                Reading::Garbage
+            };
+        };
+        if pid == self.my_pid {
+            return Reading::Foreign(pid);
+        }
+        if !procfs::alive(pid) {
+            return Reading::Dead(pid);
+        }
+        let ours = if self.spec.poll {
+            procfs::uid(pid) == Some(self.my_uid)
+        } else {
+            procfs::descends_from(pid, self.my_pid)
+        };
+        if ours {
+            Reading::Followable(pid)
+        } else {
+            Reading::Foreign(pid)
+        }
+    }
+
+    /// Feed one event and carry out the effects; answers come back as events.
+    fn drive(&mut self, now: Instant, event: Event) -> Option<i32> {
+        let mut queue = std::collections::VecDeque::from([event]);
+        let mut exit = None;
+        while let Some(event) = queue.pop_front() {
+            for effect in self.watch.step(now, event) {
+                match effect {
+                    Effect::SpawnCmd => {
+                        let spawned = spawn::app(&spawn::AppSpec {
+                            argv: &self.spec.argv,
+                            env: &[],
+                            workdir: None,
+                            quiet_stdio: false,
+                        });
+                        match spawned {
+                            Ok(pid) => self.cmd = Some(pid),
+                            Err(e) => queue.push_back(Event::SpawnFailed(e.to_string())),
+                        }
+                    }
+                    Effect::ReadPidfile => queue.push_back(Event::PidfileRead(self.reading())),
+                    Effect::SignalPid { pid, signal } => {
+                        self.send(Pid::from_raw(pid as i32), signal)
+                    }
+                    Effect::SignalCmd(signal) => {
+                        if let Some(pid) = self.cmd {
+                            self.send(pid, signal);
+                        }
+                    }
+                    Effect::Log(line) => self.say(&line),
+                    Effect::Exit(code) => exit = Some(code),
+                }
+            }
+        }
+        exit
+    }
+
+    fn send(&self, pid: Pid, signal: Signal) {
+        match kill(pid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => self.say(&format!("cannot send {} to {pid}: {e}", signal.as_str())),
+        }
+    }
+}
+
+impl Driver for Pidwatch {
+    type Tag = ();
+
+    fn deadline(&self) -> Option<Instant> {
+        self.watch.deadline()
+    }
+
+    fn fds(&self) -> Vec<((), BorrowedFd<'_>, PollFlags)> {
+        Vec::new()
+    }
+
+    fn on_fd(&mut self, _now: Instant, _tag: ()) -> Option<i32> {
+        None
+    }
+
+    fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
+        self.drive(now, Event::SignalReceived(sig))
+    }
+
+    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
+        if self.cmd == Some(pid) {
+            self.drive(now, Event::CmdExited(status))
+        } else {
+            self.drive(now, Event::OtherExited)
+        }
+    }
+
+    fn on_reaped(&mut self, pid: Pid) {
+        if self.cmd == Some(pid) {
+            self.cmd = None;
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) -> Option<i32> {
+        self.drive(now, Event::Tick)
+    }
+
+    fn log(&mut self, line: &str) {
+        self.say(line);
+    }
+}
+
+/// Run pidwatch until the watched service is gone; returns the exit status.
+/// Signals must already be blocked.
+pub fn run(mut spec: WatchSpec) -> Result<i32, EffectError> {
+    let my_pid = std::process::id();
+    if !spec.poll && nix::sys::prctl::set_child_subreaper(true).is_err() {
+        if !spec.quiet {
+            log_line(my_pid, "cannot become a child subreaper; polling instead");
+        }
+        spec.poll = true;
+    }
+    let signals = Signals::new()?;
+    let clock = Clock::start();
+    let mut driver = Pidwatch {
+        my_uid: nix::unistd::getuid().as_raw(),
+        spec,
+        my_pid,
+        cmd: None,
+        watch: Watch::new(),
+    };
+    if let Some(code) = driver.drive(clock.now(), Event::Started) {
+        return Ok(code);
+    }
+    event_loop(&mut driver, &signals, &clock)
+}

@@ -1,0 +1,302 @@
+//! pidwatch's logic as a pure machine, shaped like psflip's (`src/machine.rs`):
+//! events in, effects out, time as data. The runtime side is
+//! `src/runtime/pidwatch.rs`.
+//!
+//! pidwatch keeps a foreground process for supervisors that treat the exit of the
+//! process they started as the service's death (SPEC §7). It starts CMD, forwards
+//! every signal to the process the pidfile names (re-read at each signal), and
+//! stays until that process is gone *and* CMD has exited: CMD's exit alone is not
+//! enough, since the pidfile may name a successor by then.
+//!
+//! Contract with the runtime:
+//! 1. `Started` once the loop runs: CMD is spawned and the pidfile read.
+//! 2. Every `ReadPidfile` is answered at once with `PidfileRead`. The reading is
+//!    already judged by the runtime: `Followable` only for a live, non-zombie
+//!    process pidwatch may signal (a descendant when subreaping, a process of its
+//!    own user when polling). A `SignalPid` right after such an answer cannot hit a
+//!    recycled pid when subreaping: a dead descendant stays our zombie until reaped.
+//! 3. `Tick` whenever `deadline()` has passed: the pidfile is re-read every
+//!    [`POLL_INTERVAL`], which is also how a watched process that is not our child
+//!    is seen to die.
+
+use std::time::Duration;
+
+use crate::Signal;
+use crate::machine::{ExitStatus, Instant};
+
+/// How often the pidfile (and, when polling, the watched process) is checked.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the pidfile says, as judged by the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// No pidfile (yet).
+    Missing,
+    /// The file holds no pid.
+    Garbage,
+    /// It names a live process pidwatch may follow and signal.
+    Followable(u32),
+    /// It names a process that is not alive (or a zombie).
+    Dead(u32),
+    /// It names a live process pidwatch must not signal (not a descendant, or
+    /// another user's).
+    Foreign(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The loop runs: start CMD.
+    Started,
+    /// pidwatch received this signal.
+    SignalReceived(Signal),
+    /// CMD, our direct child, exited.
+    CmdExited(ExitStatus),
+    /// Another process we reaped (a psflip generation re-parented to us) exited.
+    OtherExited,
+    /// `SpawnCmd` failed.
+    SpawnFailed(String),
+    /// The answer to `ReadPidfile`.
+    PidfileRead(Reading),
+    /// Time has passed.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Start CMD.
+    SpawnCmd,
+    /// Read and judge the pidfile; answer with `PidfileRead`.
+    ReadPidfile,
+    /// Send a signal to the process the pidfile named in the last reading.
+    SignalPid {
+        pid: u32,
+        signal: Signal,
+    },
+    /// Send a signal to CMD.
+    SignalCmd(Signal),
+    Log(String),
+    Exit(i32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cmd {
+    NotStarted,
+    Running,
+    Exited(ExitStatus),
+}
+
+/// See the module documentation.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    cmd: Cmd,
+    /// The process the last reading named, if followable.
+    watched: Option<u32>,
+    /// Whether any reading was ever followable.
+    followed_once: bool,
+    /// The last reading, to log changes once.
+    last: Option<Reading>,
+    /// Signals waiting for the answer to the `ReadPidfile` they caused.
+    pending: Vec<Signal>,
+    next_read: Option<Instant>,
+    done: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Watch {
+    pub fn new() -> Watch {
+        Watch {
+            cmd: Cmd::NotStarted,
+            watched: None,
+            followed_once: false,
+            last: None,
+            pending: Vec::new(),
+            next_read: None,
+            done: false,
+        }
+    }
+
+    /// The pid being followed, if any.
+    pub fn watched(&self) -> Option<u32> {
+        self.watched
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.done { None } else { self.next_read }
+    }
+
+    pub fn step(&mut self, now: Instant, event: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        match event {
+            Event::Started => {
+                self.cmd = Cmd::Running;
+                out.push(Effect::SpawnCmd);
+                self.read(now, &mut out);
+            }
+            Event::SpawnFailed(reason) => {
+                self.cmd = Cmd::Exited(ExitStatus::Code(2));
+                out.push(Effect::Log(format!("cannot start the command: {reason}")));
+                self.exit(2, &mut out);
+            }
+            Event::SignalReceived(sig) => {
+                self.pending.push(sig);
+                self.read(now, &mut out);
+            }
+            Event::CmdExited(status) => {
+                self.cmd = Cmd::Exited(status);
+                self.read(now, &mut out);
+            }
+            Event::OtherExited => self.read(now, &mut out),
+            Event::Tick => {
+                if self.next_read.is_some_and(|t| now >= t) {
+                    self.read(now, &mut out);
+                }
+            }
+            Event::PidfileRead(reading) => self.on_reading(reading, &mut out),
+        }
+        out
+    }
+
+    fn read(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.next_read = Some(now + POLL_INTERVAL);
+        out.push(Effect::ReadPidfile);
+    }
+
+    fn on_reading(&mut self, reading: Reading, out: &mut Vec<Effect>) {
+        if self.last.as_ref() != Some(&reading) {
+            let line = match &reading {
+                Reading::Followable(pid) => Some(format!("following pid {pid}")),
+                Reading::Dead(pid) => {
+                    Some(format!("the pidfile names pid {pid}, which is not running"))
+                }
+                Reading::Foreign(pid) => Some(format!(
+                    "the pidfile names pid {pid}, which is not ours to signal; ignoring it"
+                )),
+                Reading::Garbage => Some("the pidfile holds no pid; ignoring it".to_string()),
+                Reading::Missing if self.followed_once => Some("the pidfile is gone".to_string()),
+                Reading::Missing => None,
+            };
+            if let Some(line) = line {
+                out.push(Effect::Log(line));
+            }
+            self.last = Some(reading.clone());
+        }
+        self.watched = match reading {
+            Reading::Followable(pid) => {
+                self.followed_once = true;
+                Some(pid)
+            }
+            _ => None,
+        };
+        for signal in std::mem::take(&mut self.pending) {
+            match (self.watched, &self.cmd) {
+                (Some(pid), _) => out.push(Effect::SignalPid { pid, signal }),
+                (None, Cmd::Running) => out.push(Effect::SignalCmd(signal)),
+                (None, _) => out.push(Effect::Log(format!(
+                    "{} dropped: nothing to forward it to",
+                    signal.as_str()
+                ))),
+            }
+        }
+        if let (None, Cmd::Exited(status)) = (self.watched, &self.cmd) {
+            // The service is gone. If it never wrote a pidfile, CMD's status says why.
+            let code = if self.followed_once { 0 } else { status.code() };
+            self.exit(code, out);
+        }
+    }
+
+    fn exit(&mut self, code: i32, out: &mut Vec<Effect>) {
+        self.done = true;
+        out.push(Effect::Exit(code));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn follows_the_successor_after_cmd_exits() {
+        let mut w = Watch::new();
+        assert_eq!(
+            w.step(t(0), Event::Started),
+            vec![Effect::SpawnCmd, Effect::ReadPidfile]
+        );
+        w.step(t(0), Event::PidfileRead(Reading::Missing));
+        w.step(t(100), Event::Tick);
+        w.step(t(100), Event::PidfileRead(Reading::Followable(10)));
+        assert_eq!(w.watched(), Some(10));
+        // The first psflip (CMD) exits after the handoff: the pidfile names 20.
+        assert_eq!(
+            w.step(t(150), Event::CmdExited(ExitStatus::Code(0))),
+            vec![Effect::ReadPidfile]
+        );
+        let out = w.step(t(150), Event::PidfileRead(Reading::Followable(20)));
+        assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))));
+        // A signal goes to the successor.
+        w.step(t(160), Event::SignalReceived(Signal::SIGHUP));
+        let out = w.step(t(160), Event::PidfileRead(Reading::Followable(20)));
+        assert_eq!(
+            out,
+            vec![Effect::SignalPid {
+                pid: 20,
+                signal: Signal::SIGHUP
+            }]
+        );
+        // The successor is gone and the pidfile removed: exit 0.
+        w.step(t(170), Event::OtherExited);
+        let out = w.step(t(170), Event::PidfileRead(Reading::Missing));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert!(w.step(t(300), Event::Tick).is_empty());
+    }
+
+    #[test]
+    fn cmd_exiting_before_any_pidfile_gives_its_status() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Missing));
+        w.step(t(5), Event::CmdExited(ExitStatus::Code(2)));
+        let out = w.step(t(5), Event::PidfileRead(Reading::Missing));
+        assert_eq!(out.last(), Some(&Effect::Exit(2)));
+    }
+
+    #[test]
+    fn signals_go_to_cmd_while_no_pidfile_and_are_never_dropped_silently() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        w.step(t(1), Event::SignalReceived(Signal::SIGTERM));
+        let out = w.step(t(1), Event::PidfileRead(Reading::Foreign(1)));
+        assert!(out.contains(&Effect::SignalCmd(Signal::SIGTERM)));
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Log(l) if l.contains("not ours")))
+        );
+        w.step(t(2), Event::CmdExited(ExitStatus::Signaled(15)));
+        let out = w.step(t(2), Event::PidfileRead(Reading::Missing));
+        assert_eq!(out.last(), Some(&Effect::Exit(143)));
+    }
+
+    #[test]
+    fn a_dead_pid_is_not_followed() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        let out = w.step(t(0), Event::PidfileRead(Reading::Dead(4242)));
+        assert_eq!(w.watched(), None);
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Log(l) if l.contains("not running")))
+        );
+        assert_eq!(w.deadline(), Some(t(100)));
+    }
+}
