@@ -916,3 +916,259 @@ fn kill(id: ProcId, group: bool) -> Effect {
 fn log(out: &mut Vec<Effect>, msg: impl Into<String>) {
     out.push(Effect::Log(msg.into()));
 }
+
+#[cfg(test)]
+mod tests {
+    //! Scenario tests of single transitions; the simulation (`tests/sim`) covers
+    //! interleavings across generations.
+    use super::*;
+
+    fn settings(generation: Generation) -> Settings {
+        Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: Duration::from_secs(2),
+            health: Health::Alive {
+                timeout: Duration::from_secs(1),
+            },
+            pidfile: true,
+        }
+    }
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
+        effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Log(_)))
+            .collect()
+    }
+
+    const CHILD: ProcId = ProcId(1);
+
+    /// A first generation, serving, child #1 healthy.
+    fn serving() -> Machine {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(t(0), Event::Started);
+        assert_eq!(
+            no_logs(m.step(t(1000), Event::Tick)),
+            vec![Effect::WritePidfile]
+        );
+        m.step(t(1000), Event::PidfileWritten);
+        assert_eq!(m.phase(), &Phase::Serving);
+        m
+    }
+
+    #[test]
+    fn successful_upgrade_signals_the_old_child_only_after_ready() {
+        let mut m = serving();
+        let out = no_logs(m.step(t(2000), Event::SignalReceived(Signal::SIGHUP)));
+        let successor = ProcId(2);
+        assert_eq!(
+            out,
+            vec![Effect::Spawn {
+                id: successor,
+                role: Role::Successor
+            }]
+        );
+        // Nothing happens to the old child while the successor starts.
+        assert!(no_logs(m.step(t(3000), Event::Tick)).is_empty());
+        let out = no_logs(m.step(t(3500), Event::SuccessorReady { id: successor }));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: CHILD,
+                signal: Signal::SIGTERM,
+                group: false
+            }]
+        );
+        // The old child ignores SIGTERM: SIGKILL to its group after the timeout.
+        let out = no_logs(m.step(t(5500), Event::Tick));
+        assert_eq!(out, vec![kill(CHILD, true)]);
+        let out = no_logs(m.step(
+            t(5501),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(9),
+            },
+        ));
+        // Exit 0, and the pidfile (the successor's now) is left alone.
+        assert_eq!(out, vec![kill(CHILD, true), Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn upgrade_signal_before_healthy_is_deferred() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(t(0), Event::Started);
+        assert!(no_logs(m.step(t(5), Event::SignalReceived(Signal::SIGHUP))).is_empty());
+        m.step(t(1000), Event::Tick);
+        let out = no_logs(m.step(t(1000), Event::PidfileWritten));
+        assert_eq!(
+            out,
+            vec![Effect::Spawn {
+                id: ProcId(2),
+                role: Role::Successor
+            }]
+        );
+    }
+
+    #[test]
+    fn failed_upgrade_leaves_the_old_generation_serving() {
+        let mut m = serving();
+        m.step(t(2000), Event::SignalReceived(Signal::SIGHUP));
+        let out = no_logs(m.step(
+            t(2100),
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Code(1),
+            },
+        ));
+        // The pidfile is made to name us again (the successor may have written it).
+        assert_eq!(out, vec![Effect::WritePidfile]);
+        assert_eq!(m.phase(), &Phase::Serving);
+        assert_eq!(m.live_child(), Some(CHILD));
+        // And a later upgrade can start.
+        let out = no_logs(m.step(t(2200), Event::SignalReceived(Signal::SIGHUP)));
+        assert!(matches!(
+            out[..],
+            [Effect::Spawn {
+                role: Role::Successor,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn hung_successor_is_killed_after_timeout_plus_grace() {
+        let mut m = serving();
+        m.step(t(2000), Event::SignalReceived(Signal::SIGHUP));
+        assert_eq!(m.deadline(), Some(t(2000) + Duration::from_secs(15)));
+        let out = no_logs(m.step(t(17_000), Event::Tick));
+        assert_eq!(out, vec![kill(ProcId(2), false)]);
+        assert_eq!(m.deadline(), None);
+    }
+
+    #[test]
+    fn termination_signal_mid_upgrade_aborts_it() {
+        let mut m = serving();
+        m.step(t(2000), Event::SignalReceived(Signal::SIGHUP));
+        let out = no_logs(m.step(t(2100), Event::SignalReceived(Signal::SIGTERM)));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Signal {
+                    id: ProcId(2),
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+            ]
+        );
+        // A late "ready" changes nothing.
+        assert!(no_logs(m.step(t(2150), Event::SuccessorReady { id: ProcId(2) })).is_empty());
+        let exited = |id, status| Event::ProcessExited { id, status };
+        m.step(t(2200), exited(CHILD, ExitStatus::Signaled(15)));
+        let out = no_logs(m.step(t(2300), exited(ProcId(2), ExitStatus::Code(143))));
+        assert_eq!(out, vec![Effect::RemovePidfile, Effect::Exit(143)]);
+    }
+
+    #[test]
+    fn old_child_exiting_mid_upgrade_waits_for_the_outcome() {
+        let mut m = serving();
+        m.step(t(2000), Event::SignalReceived(Signal::SIGHUP));
+        let out = no_logs(m.step(
+            t(2100),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Code(3),
+            },
+        ));
+        assert_eq!(out, vec![kill(CHILD, true)]);
+        let out = no_logs(m.step(t(2200), Event::SuccessorReady { id: ProcId(2) }));
+        assert_eq!(out, vec![Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn successor_stops_its_child_when_not_healthy_in_time() {
+        let mut s = settings(Generation::Successor);
+        s.health = Health::Command {
+            after: Duration::ZERO,
+            interval: Duration::from_secs(4),
+        };
+        let mut m = Machine::new(s);
+        m.step(t(0), Event::Started);
+        let out = no_logs(m.step(t(0), Event::Tick));
+        assert_eq!(
+            out,
+            vec![Effect::Spawn {
+                id: ProcId(2),
+                role: Role::Probe
+            }]
+        );
+        // The probe hangs: killed after the interval; the next one starts at 8 s.
+        assert_eq!(
+            no_logs(m.step(t(4000), Event::Tick)),
+            vec![kill(ProcId(2), true)]
+        );
+        // Upgrade signals are ignored while not ready.
+        assert!(no_logs(m.step(t(4001), Event::SignalReceived(Signal::SIGHUP))).is_empty());
+        // The killed probe has not been reaped yet: it is killed again with the child.
+        let out = no_logs(m.step(t(10_000), Event::Tick));
+        assert_eq!(
+            out,
+            vec![
+                kill(ProcId(2), true),
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                }
+            ]
+        );
+        let out = no_logs(m.step(
+            t(10_010),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(15),
+            },
+        ));
+        assert_eq!(out.last(), Some(&Effect::Exit(1)));
+    }
+
+    #[test]
+    fn child_exit_codes_follow_the_spec() {
+        // Before healthy: the child's non-zero code, or 1.
+        for (status, code) in [
+            (ExitStatus::Code(5), 5),
+            (ExitStatus::Code(0), 1),
+            (ExitStatus::Signaled(9), 137),
+        ] {
+            let mut m = Machine::new(settings(Generation::First));
+            m.step(t(0), Event::Started);
+            let out = m.step(t(10), Event::ProcessExited { id: CHILD, status });
+            assert_eq!(out.last(), Some(&Effect::Exit(code)), "{status:?}");
+        }
+        // While serving: the child's status, and the pidfile goes.
+        let mut m = serving();
+        let out = no_logs(m.step(
+            t(5000),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Code(0),
+            },
+        ));
+        assert_eq!(
+            out,
+            vec![kill(CHILD, true), Effect::RemovePidfile, Effect::Exit(0)]
+        );
+    }
+}
