@@ -58,12 +58,33 @@ impl Signals {
 
 /// Between fork and exec of an app child or a probe: default dispositions and an
 /// empty mask. Only async-signal-safe calls.
+///
+/// Every signal, real-time ones included: an ignored disposition survives exec,
+/// and psflip may have been started with some ignored (glibc's `posix_spawn`,
+/// which std's `Command` uses, leaves its internal signals 32 and 33 ignored in
+/// the process it starts). glibc's `sigaction` refuses to touch those two, so
+/// this uses the raw system call.
 pub fn reset_in_child() {
-    // SAFETY: sigaction/sigprocmask are async-signal-safe; no allocation.
+    // The kernel's `struct sigaction` all zero: SIG_DFL, no flags, empty mask
+    // (larger than the kernel's struct on every architecture; it reads its size).
+    let default_action = [0u64; 8];
+    // The kernel's sigset size: _NSIG / 8.
+    const KERNEL_SIGSET_SIZE: usize = if cfg!(any(target_arch = "mips", target_arch = "mips64")) {
+        16
+    } else {
+        8
+    };
+    // SAFETY: rt_sigaction/sigprocmask are async-signal-safe; no allocation.
     unsafe {
-        for sig in 1..32 {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig as libc::c_long,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    KERNEL_SIGSET_SIZE,
+                );
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();

@@ -1,1 +1,11 @@
-fn main(){}
+//! End-to-end tests of the psflip binary: real processes, real signals, real
+//! files. Each test runs in its own sandbox (see `util`), kills what it started
+//! and checks that nothing outlived it. Fixtures live in `fixtures/`.
+
+mod util;
+
+mod cli;
+mod pidfile;
+mod selfupgrade;
+mod supervision;
+mod upgrade;
