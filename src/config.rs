@@ -8,7 +8,7 @@
 //!    `shutdown.timeout`) and the line and column.
 //! 2. A typo must never fall back to a default, so every table is
 //!    `deny_unknown_fields`, and the features of the design that are not built
-//!    yet (`[[proxy]]`, `[[listen]]`, `[healthcheck.tcp]`, …) are recognised and
+//!    yet (`[[listen]]`, `[healthcheck.tcp]`, …) are recognised and
 //!    refused by name rather than reported as unknown keys.
 //! 3. The result, [`Config`], is plain comparable data with every template
 //!    expanded and every default filled in: the rest of psflip never sees TOML
@@ -33,6 +33,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::Signal;
+pub use crate::proxy::endpoint::Endpoint;
 use crate::template::{self, Context, TemplateError};
 
 /// Default `upgrade.signal`.
@@ -83,6 +84,17 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// When a new child counts as healthy.
     pub healthcheck: HealthCheck,
+    /// `[[proxy]]`, in file order; no two share a `listen` address.
+    pub proxy: Vec<ProxyConfig>,
+}
+
+/// One `[[proxy]]`: every connection accepted on `listen` is forwarded to `forward`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Where psflip listens (bound once, inherited by every successor).
+    pub listen: Endpoint,
+    /// Where each connection is forwarded (never port 0).
+    pub forward: Endpoint,
 }
 
 /// `[upgrade]`.
@@ -405,6 +417,13 @@ impl Config {
                 format_duration(*interval)
             )),
         }
+        for proxy in &self.proxy {
+            out.push_str(&format!(
+                "\n[[proxy]]\nlisten = {}\nforward = {}\n",
+                toml_string(&proxy.listen.to_string()),
+                toml_string(&proxy.forward.to_string())
+            ));
+        }
         out
     }
 }
@@ -579,6 +598,15 @@ struct RawConfig {
     shutdown: RawShutdown,
     #[serde(default)]
     healthcheck: RawHealthcheck,
+    #[serde(default)]
+    proxy: Vec<RawProxy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<Spanned<String>>,
+    forward: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -824,10 +852,8 @@ fn check_shape(src: &Source, root: &DeTable) -> Result<(), ConfigError> {
             },
         )
     };
-    for feature in ["proxy", "listen"] {
-        if let Some((key, _)) = root.get_key_value(feature) {
-            return Err(unsupported(key.span(), feature));
-        }
+    if let Some((key, _)) = root.get_key_value("listen") {
+        return Err(unsupported(key.span(), "listen"));
     }
     let must_be_table = |parent: &DeTable, name: &str, dotted: &str| match parent.get(name) {
         Some(value) if !value.get_ref().is_table() => Err(src.invalid(
@@ -1247,8 +1273,50 @@ fn resolve(
         },
         shutdown,
         healthcheck,
+        proxy: r.proxies(root, &raw.proxy)?,
         locals: r.locals,
     })
+}
+
+impl Resolver<'_> {
+    /// `[[proxy]]`: both addresses required and valid, no `listen` twice.
+    fn proxies(&self, root: &DeTable, raw: &[RawProxy]) -> Result<Vec<ProxyConfig>, ConfigError> {
+        let table_span = |i: usize| match root.get("proxy").map(|v| v.get_ref()) {
+            Some(DeValue::Array(items)) => items.get(i).map(|t| t.span()),
+            _ => None,
+        };
+        let mut out: Vec<ProxyConfig> = Vec::with_capacity(raw.len());
+        for (i, entry) in raw.iter().enumerate() {
+            let endpoint = |field: &str, value: Option<&Spanned<String>>, listen: bool| {
+                let key = format!("proxy[{i}].{field}");
+                let Some(value) = value else {
+                    return Err(self.src.invalid(
+                        table_span(i),
+                        &key,
+                        format!("missing: each [[proxy]] needs `{field}`"),
+                    ));
+                };
+                let text = self.expand(value, &key)?;
+                Endpoint::parse(&text, listen)
+                    .map_err(|why| self.src.invalid(Some(value.span()), &key, why))
+            };
+            let listen = endpoint("listen", entry.listen.as_ref(), true)?;
+            let forward = endpoint("forward", entry.forward.as_ref(), false)?;
+            let base = &self.opts.base_dir;
+            if let Some(j) = out
+                .iter()
+                .position(|p| p.listen.absolute(base) == listen.absolute(base))
+            {
+                return Err(self.src.invalid(
+                    entry.listen.as_ref().map(|v| v.span()),
+                    &format!("proxy[{i}].listen"),
+                    format!("{listen} is already the listen address of proxy[{j}]"),
+                ));
+            }
+            out.push(ProxyConfig { listen, forward });
+        }
+        Ok(out)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1359,6 +1427,7 @@ mod tests {
                 healthcheck: HealthCheck::Alive {
                     timeout: Duration::from_secs(5),
                 },
+                proxy: Vec::new(),
             }
         );
     }
@@ -1717,10 +1786,6 @@ interval = "{{ `100ms` }}"
     }
 
     #[rstest]
-    #[case::proxy(
-        "cmd = [\"a\"]\n[[proxy]]\nlisten = \":8000\"\nforward = \"127.0.0.1:8081\"\n",
-        "psflip.toml:2:3: `proxy` is not supported yet"
-    )]
     #[case::listen(
         "cmd = [\"a\"]\n[[listen]]\naddress = \"tcp://:8080\"\n",
         "psflip.toml:2:3: `listen` is not supported yet"
@@ -1752,7 +1817,7 @@ interval = "{{ `100ms` }}"
     #[rstest]
     #[case::top(
         "cmd = [\"a\"]\n\ncmdd = 1\n",
-        "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `quiet`, `locals`, `upgrade`, `shutdown`, `healthcheck`)"
+        "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `quiet`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`)"
     )]
     #[case::upgrade(
         "cmd = [\"a\"]\n[upgrade]\nsignl = \"HUP\"\n",
@@ -2043,12 +2108,118 @@ timeout = "1.5s"
                 after: Duration::from_millis(1),
                 interval: Duration::from_nanos(1),
             },
+            proxy: vec![
+                ProxyConfig {
+                    listen: Endpoint::Unix(PathBuf::from("/run/{{ x }}.sock")),
+                    forward: Endpoint::Tcp {
+                        host: "::1".to_owned(),
+                        port: 8081,
+                    },
+                },
+                ProxyConfig {
+                    listen: Endpoint::Tcp {
+                        host: String::new(),
+                        port: 0,
+                    },
+                    forward: Endpoint::Unix(PathBuf::from("app \"q\".sock")),
+                },
+            ],
         };
         let text = config.to_resolved_toml();
         assert_eq!(
             parse(&text, Path::new("x.toml"), &opts_with(true)),
             Ok(config),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn proxies_are_templated_and_kept_in_order() {
+        let config = ok(r#"
+cmd = ["a"]
+[locals]
+port = '{{ AB "8081" "8082" }}'
+[[proxy]]
+listen = ":8000"
+forward = '127.0.0.1:{{ Local "port" }}'
+[[proxy]]
+listen = "unix:///run/app-{{ BlueGreen }}.sock"
+forward = "unix://srv/app.sock"
+[[proxy]]
+listen = "tcp://[::1]:8001"
+forward = "localhost:8082"
+"#);
+        let tcp = |host: &str, port| Endpoint::Tcp {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(
+            config.proxy,
+            vec![
+                ProxyConfig {
+                    listen: tcp("", 8000),
+                    forward: tcp("127.0.0.1", 8081),
+                },
+                ProxyConfig {
+                    listen: Endpoint::Unix(PathBuf::from("/run/app-blue.sock")),
+                    forward: Endpoint::Unix(PathBuf::from("srv/app.sock")),
+                },
+                ProxyConfig {
+                    listen: tcp("::1", 8001),
+                    forward: tcp("localhost", 8082),
+                },
+            ]
+        );
+        assert!(config.to_resolved_toml().ends_with(
+            "\n[[proxy]]\nlisten = \"tcp://:8000\"\nforward = \"tcp://127.0.0.1:8081\"\n\
+             \n[[proxy]]\nlisten = \"unix:///run/app-blue.sock\"\nforward = \"unix://srv/app.sock\"\n\
+             \n[[proxy]]\nlisten = \"tcp://[::1]:8001\"\nforward = \"tcp://localhost:8082\"\n"
+        ));
+    }
+
+    #[rstest]
+    #[case::missing_listen(
+        "cmd = [\"a\"]\n[[proxy]]\nforward = \"127.0.0.1:8081\"\n",
+        "psflip.toml:2:1: proxy[0].listen: missing: each [[proxy]] needs `listen`"
+    )]
+    #[case::missing_forward(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \":80\"\n[[proxy]]\nlisten = \":81\"\n",
+        "psflip.toml:2:1: proxy[0].forward: missing: each [[proxy]] needs `forward`"
+    )]
+    #[case::bad_listen(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \"8000\"\nforward = \"127.0.0.1:8081\"\n",
+        "psflip.toml:3:10: proxy[0].listen: missing :port in \"8000\": expected unix:///path, tcp://host:port, host:port, :port or [ipv6]:port"
+    )]
+    #[case::forward_port_zero(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \":80\"\nforward = \"127.0.0.1:0\"\n",
+        "psflip.toml:4:11: proxy[0].forward: port 0 cannot be connected to"
+    )]
+    #[case::ipv6_without_brackets(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \"::1:80\"\nforward = \"127.0.0.1:1\"\n",
+        "psflip.toml:3:10: proxy[0].listen: an IPv6 address needs brackets, as in [::1]:80: expected unix:///path, tcp://host:port, host:port, :port or [ipv6]:port"
+    )]
+    #[case::template(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \":80\"\nforward = \"{{ Local \\\"p\\\" }}\"\n",
+        "psflip.toml:4:11: proxy[0].forward: template: "
+    )]
+    #[case::listen_twice(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \"tcp://:80\"\nforward = \"127.0.0.1:1\"\n\
+         [[proxy]]\nlisten = \":80\"\nforward = \"127.0.0.1:2\"\n",
+        "psflip.toml:6:10: proxy[1].listen: tcp://:80 is already the listen address of proxy[0]"
+    )]
+    #[case::unknown_key(
+        "cmd = [\"a\"]\n[[proxy]]\nlisten = \":80\"\nforwrd = \"127.0.0.1:1\"\n",
+        "psflip.toml:4:1: unknown key `forwrd` in [proxy[0]] (expected `listen` or `forward`)"
+    )]
+    #[case::not_tables(
+        "cmd = [\"a\"]\nproxy = \":80\"\n",
+        "psflip.toml:2:9: proxy: invalid type: string \":80\", expected a sequence"
+    )]
+    fn proxy_errors_name_the_entry(#[case] text: &str, #[case] expected: &str) {
+        let e = err(text);
+        assert!(
+            e.starts_with(expected),
+            "{e}\nshould start with\n{expected}"
         );
     }
 

@@ -13,5 +13,6 @@ pub mod template;
 pub use nix::sys::signal::Signal;
 pub mod effects;
 pub mod machine;
+pub mod proxy;
 pub mod runtime;
 pub mod watch;

@@ -21,7 +21,13 @@
 //!    emitted in answer to the exit cannot reach a recycled pid) and forgets the pid
 //!    once reaped.
 //! 6. After [`Effect::Exit`] the machine is done: every later event is ignored.
+//! 7. With a proxy ([`Machine::with_proxy`]), the listeners are open before `Started`
+//!    and nobody accepts on them until [`Effect::ProxyAccept`] (this generation's child
+//!    is healthy). [`Effect::ProxyStopAccepting`] hands the accepting over to the
+//!    successor; the runtime answers with [`Event::ProxyDrained`] once this
+//!    generation's proxied connections have all closed (at once if there are none).
 //!
+
 //! There is no I/O, no clock and no OS call here: time is data ([`Instant`]), so the
 //! simulation in `tests/sim` can drive this exact code through any interleaving.
 
@@ -160,6 +166,12 @@ pub struct Settings {
 /// own timer should fire first, this only catches a hung successor.
 pub const SUCCESSOR_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a successor that gives up (a termination signal before it took over)
+/// lets its never-ready child stop before SIGKILL to its group, at most: well
+/// within [`SUCCESSOR_GRACE`], so the old generation never has to kill the
+/// successor itself (which would orphan the child's background jobs).
+pub const GIVE_UP_GRACE: Duration = Duration::from_secs(2);
+
 /// Something that happened, reported by the runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -180,6 +192,9 @@ pub enum Event {
     PidfileWritten,
     /// `Effect::WritePidfile` failed.
     PidfileFailed { reason: String },
+    /// After `Effect::ProxyStopAccepting`: every connection this generation's proxy
+    /// accepted has closed.
+    ProxyDrained,
     /// Time has passed; whatever is due at `now` happens.
     Tick,
 }
@@ -203,6 +218,15 @@ pub enum Effect {
     RemovePidfile,
     /// (Successor only) tell the old generation we are ready.
     ReportReady,
+    /// Start accepting connections on the proxy listeners (this generation's child is
+    /// healthy; for a successor, right before it reports ready).
+    ProxyAccept,
+    /// Stop accepting on the proxy listeners (the successor accepts now) and let the
+    /// open connections finish; answer with `ProxyDrained` once they have all closed.
+    ProxyStopAccepting,
+    /// Remove the Unix socket files of the proxy listeners: the service stops for good
+    /// (this generation was the service and exits without having handed over).
+    RemoveProxySockets,
     /// Write a line to psflip's log (stderr) unless `quiet`.
     Log(String),
     /// Exit psflip with this status.
@@ -282,11 +306,30 @@ pub struct Machine {
     predecessor_alive: bool,
     /// The successor reported ready: the service is its now.
     handed_over: bool,
+    /// (Successor) a termination signal arrived before we took over: we never will.
+    gave_up: bool,
+    /// We sent SIGKILL to the child (its exit status is ours, not its own).
+    killed_child: bool,
+    /// The successor we handed the service over to.
+    handed_to: Option<ProcId>,
+    /// How long the child has to become healthy: `upgrade.timeout`, bounded (in a
+    /// successor) by the predecessor's, which kills us after its own + grace.
+    child_timeout: Duration,
+    /// `[[proxy]]` is configured (see contract step 7).
+    proxy: bool,
+    /// (Successor) we reported ready: we are the service.
+    reported_ready: bool,
+    /// After the handover, the proxy reported its connections all closed.
+    proxy_drained: bool,
+    /// After the handover with a proxy, the latest instant to exit at while proxied
+    /// connections stay open: `shutdown.delay + shutdown.timeout` after it (I4).
+    drain_until: Option<Instant>,
 }
 
 impl Machine {
     pub fn new(settings: Settings) -> Machine {
         let predecessor_alive = settings.generation == Generation::Successor;
+        let child_timeout = settings.upgrade_timeout;
         Machine {
             settings,
             phase: Phase::Booting,
@@ -297,7 +340,35 @@ impl Machine {
             upgrade_pending: false,
             predecessor_alive,
             handed_over: false,
+            gave_up: false,
+            killed_child: false,
+            handed_to: None,
+            child_timeout,
+            proxy: false,
+            reported_ready: false,
+            proxy_drained: false,
+            drain_until: None,
         }
+    }
+
+    /// The same machine, with a `[[proxy]]` (see contract step 7) or without.
+    pub fn with_proxy(mut self, proxy: bool) -> Machine {
+        self.proxy = proxy;
+        self
+    }
+
+    /// (Successor) the predecessor's `upgrade.timeout`: it kills us once that plus
+    /// [`SUCCESSOR_GRACE`] has passed, so our child must be healthy within it even
+    /// when our (re-read) configuration allows longer. Giving up first lets us kill
+    /// the new child's whole group and say why, instead of being SIGKILLed.
+    pub fn with_predecessor_timeout(mut self, predecessor_upgrade_timeout: Duration) -> Machine {
+        self.child_timeout = self.child_timeout.min(predecessor_upgrade_timeout);
+        self
+    }
+
+    /// Whether a `[[proxy]]` is configured.
+    pub fn proxy(&self) -> bool {
+        self.proxy
     }
 
     pub fn settings(&self) -> &Settings {
@@ -353,7 +424,7 @@ impl Machine {
                 if let Some(child) = self.child.as_ref().filter(|c| c.exited.is_none())
                     && !self.healthy
                 {
-                    at(Some(child.spawned_at + self.settings.upgrade_timeout));
+                    at(Some(child.spawned_at + self.child_timeout));
                     match self.settings.health {
                         Health::Alive { timeout } => at(Some(child.spawned_at + timeout)),
                         Health::Command { .. } => match self.probe.running {
@@ -379,6 +450,9 @@ impl Machine {
             } => {
                 at(*signal_at);
                 at(*kill_at);
+                if self.live_child().is_none() && self.awaits_drain() {
+                    at(self.drain_until);
+                }
             }
             Phase::Booting | Phase::Serving | Phase::Done => {}
         }
@@ -412,6 +486,7 @@ impl Machine {
             (Phase::Starting, Event::PidfileFailed { reason }) if self.healthy => {
                 self.on_pidfile_failed(now, reason, &mut out)
             }
+            (_, Event::ProxyDrained) => self.on_proxy_drained(now, &mut out),
             (_, Event::PidfileWritten) => {}
             (_, Event::PidfileFailed { reason }) => {
                 log(&mut out, format!("cannot write the pidfile: {reason}"))
@@ -498,11 +573,21 @@ impl Machine {
                         ),
                     );
                     out.push(kill(id, true));
+                    self.killed_child = true;
                     self.phase = Phase::Stopping {
                         code,
                         signal_at: None,
                         kill_at: None,
                     };
+                } else if self.live_child().is_none()
+                    && self.awaits_drain()
+                    && self.drain_until.is_some_and(|t| now >= t)
+                {
+                    log(
+                        out,
+                        "proxied connections still open after shutdown.delay + shutdown.timeout; closing them",
+                    );
+                    self.exit(code, out);
                 }
             }
             _ => {}
@@ -516,17 +601,17 @@ impl Machine {
         if self.healthy {
             return;
         }
-        if now >= child.spawned_at + self.settings.upgrade_timeout {
+        if now >= child.spawned_at + self.child_timeout {
             log(
                 out,
                 format!(
-                    "the child did not become healthy within upgrade.timeout ({:?}); stopping it",
-                    self.settings.upgrade_timeout
+                    "the child did not become healthy within upgrade.timeout ({:?}); killing it",
+                    self.child_timeout
                 ),
             );
             self.upgrade_pending = false;
             self.kill_probe(out);
-            self.stop_child(now, 1, Duration::ZERO, out);
+            self.kill_unready_child(1, out);
             return;
         }
         match self.settings.health {
@@ -583,6 +668,9 @@ impl Machine {
         match self.settings.generation {
             Generation::First => {
                 log(out, "child is healthy; serving");
+                if self.proxy {
+                    out.push(Effect::ProxyAccept);
+                }
                 if std::mem::take(&mut self.upgrade_pending) {
                     log(
                         out,
@@ -593,6 +681,12 @@ impl Machine {
             }
             Generation::Successor => {
                 log(out, "new child is healthy; taking over");
+                if self.proxy {
+                    // Accept before the old generation stops: the listeners never
+                    // go unattended.
+                    out.push(Effect::ProxyAccept);
+                }
+                self.reported_ready = true;
                 out.push(Effect::ReportReady);
             }
         }
@@ -614,7 +708,7 @@ impl Machine {
                     out,
                     format!("upgrade failed: cannot write the pidfile: {reason}"),
                 );
-                self.stop_child(now, 1, Duration::ZERO, out);
+                self.kill_unready_child(1, out);
             }
         }
     }
@@ -668,6 +762,26 @@ impl Machine {
                     out,
                     format!("pending upgrade cancelled by {}", sig.as_str()),
                 );
+            }
+            if self.settings.generation == Generation::Successor
+                && self.phase == Phase::Starting
+                && self.live_child().is_some()
+            {
+                // The old generation aborts the upgrade (it passes on the signal it
+                // was told to terminate with), or the operator stops us: never take
+                // over after this. The child gets the signal, then SIGKILL to its
+                // group if it ignores it (GIVE_UP_GRACE).
+                log(
+                    out,
+                    format!("{} before taking over: giving up", sig.as_str()),
+                );
+                self.kill_probe(out);
+                self.gave_up = true;
+                self.phase = Phase::Stopping {
+                    code: 1,
+                    signal_at: None,
+                    kill_at: Some(now + self.settings.shutdown_timeout.min(GIVE_UP_GRACE)),
+                };
             }
         }
         match self.live_child() {
@@ -728,6 +842,46 @@ impl Machine {
             self.on_probe_exit(now, status, out);
         } else if self.successor() == Some(id) {
             self.on_successor_gone(now, format!("the successor exited ({status})"), out);
+        } else if self.handed_over && self.handed_to == Some(id) {
+            self.on_new_service_gone(status, out);
+        }
+    }
+
+    /// The successor took over, then died. If the old child has not been signalled
+    /// yet (`shutdown.delay`, or waiting for the proxy to drain), nothing is lost:
+    /// this generation takes the service back. Otherwise the service ends with it,
+    /// as any crash of the service would.
+    fn on_new_service_gone(&mut self, status: ExitStatus, out: &mut Vec<Effect>) {
+        let untouched = matches!(
+            self.phase,
+            Phase::Stopping {
+                signal_at: Some(_),
+                ..
+            }
+        ) && self.live_child().is_some();
+        if !untouched {
+            log(
+                out,
+                format!("the new generation exited ({status}) after taking over"),
+            );
+            return;
+        }
+        log(
+            out,
+            format!(
+                "the new generation exited ({status}) right after taking over; the old child was not stopped yet: serving again"
+            ),
+        );
+        self.handed_over = false;
+        self.handed_to = None;
+        self.proxy_drained = false;
+        self.drain_until = None;
+        self.phase = Phase::Serving;
+        if self.proxy {
+            out.push(Effect::ProxyAccept);
+        }
+        if self.settings.pidfile {
+            out.push(Effect::WritePidfile);
         }
     }
 
@@ -768,7 +922,15 @@ impl Machine {
             }
             Phase::Stopping { code, .. } => {
                 log(out, format!("the child exited ({status})"));
-                self.exit(code, out);
+                // A successor that gave up before taking over exits like one whose
+                // child exited before it was healthy: with the child's own non-zero
+                // code, or 1 if it had to be killed.
+                let code = if self.gave_up && !self.killed_child && !status.success() {
+                    status.code()
+                } else {
+                    code
+                };
+                self.finish(code, out);
             }
             Phase::Booting | Phase::Done => {}
         }
@@ -836,12 +998,26 @@ impl Machine {
 
     fn on_successor_ready(&mut self, now: Instant, id: ProcId, out: &mut Vec<Effect>) {
         match self.phase {
+            Phase::Upgrading {
+                successor,
+                killed: true,
+                ..
+            } if successor == id => log(
+                out,
+                "the successor reported ready after it was killed for being late; ignoring it",
+            ),
             Phase::Upgrading { successor, .. } if successor == id => {
                 log(
                     out,
                     "upgrade: the successor is ready; stopping the old child",
                 );
                 self.handed_over = true;
+                self.handed_to = Some(id);
+                if self.proxy {
+                    out.push(Effect::ProxyStopAccepting);
+                    self.drain_until =
+                        Some(now + self.settings.shutdown_delay + self.settings.shutdown_timeout);
+                }
                 self.stop_child(now, 0, self.settings.shutdown_delay, out);
             }
             Phase::Aborting { successor, .. } if successor == Some(id) => log(
@@ -852,11 +1028,29 @@ impl Machine {
         }
     }
 
+    /// A child that never became the service is killed at once, with its whole
+    /// group (SPEC §5: "the successor kills the new child"): it has nothing to
+    /// finish, and the old generation's patience with a successor
+    /// (`upgrade.timeout` + grace) must not run out while it stops. Exit with
+    /// `code` once it is gone.
+    fn kill_unready_child(&mut self, code: i32, out: &mut Vec<Effect>) {
+        let Some(id) = self.live_child() else {
+            self.exit(code, out);
+            return;
+        };
+        out.push(kill(id, true));
+        self.phase = Phase::Stopping {
+            code,
+            signal_at: None,
+            kill_at: None,
+        };
+    }
+
     /// Stop the child (after `delay`: `shutdown.signal`, then SIGKILL to its group
     /// after `shutdown.timeout`) and exit with `code` once it is gone.
     fn stop_child(&mut self, now: Instant, code: i32, delay: Duration, out: &mut Vec<Effect>) {
         if self.live_child().is_none() {
-            self.exit(code, out);
+            self.finish(code, out);
             return;
         }
         self.phase = Phase::Stopping {
@@ -885,6 +1079,50 @@ impl Machine {
         };
     }
 
+    /// After a handover with a proxy: whether the old connections may still be open.
+    fn awaits_drain(&self) -> bool {
+        self.proxy && self.handed_over && !self.proxy_drained
+    }
+
+    /// The child is gone while stopping: exit with `code`, or, after a handover with
+    /// a proxy, once the old connections have closed (bounded by `drain_until`).
+    fn finish(&mut self, code: i32, out: &mut Vec<Effect>) {
+        if self.awaits_drain() {
+            log(out, "waiting for the proxied connections to close");
+            self.phase = Phase::Stopping {
+                code,
+                signal_at: None,
+                kill_at: None,
+            };
+        } else {
+            self.exit(code, out);
+        }
+    }
+
+    /// The old connections have all closed: the old child need not wait for
+    /// `shutdown.delay` any longer, nor psflip for them.
+    fn on_proxy_drained(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if !self.awaits_drain() {
+            return;
+        }
+        self.proxy_drained = true;
+        if let Phase::Stopping {
+            code, signal_at, ..
+        } = self.phase
+        {
+            if self.live_child().is_none() {
+                log(out, "the proxied connections have all closed");
+                self.exit(code, out);
+            } else if signal_at.is_some() {
+                log(
+                    out,
+                    "the proxied connections have all closed; stopping the old child",
+                );
+                self.send_shutdown_signal(now, code, out);
+            }
+        }
+    }
+
     fn kill_probe(&mut self, out: &mut Vec<Effect>) {
         if let Some((id, _)) = self.probe.running {
             out.push(kill(id, true));
@@ -899,6 +1137,15 @@ impl Machine {
         self.kill_probe(out);
         if self.settings.pidfile && !self.handed_over {
             out.push(Effect::RemovePidfile);
+        }
+        // A failed successor never was the service: its socket files are the old
+        // generation's, which still serves on them.
+        // Nor is a successor whose predecessor still runs (it aborted the upgrade and
+        // serves on).
+        let service = self.settings.generation == Generation::First
+            || (self.reported_ready && !self.predecessor_alive);
+        if self.proxy && service && !self.handed_over {
+            out.push(Effect::RemoveProxySockets);
         }
         out.push(Effect::Exit(code));
         self.phase = Phase::Done;
@@ -1121,24 +1368,15 @@ mod tests {
         );
         // Upgrade signals are ignored while not ready.
         assert!(no_logs(m.step(t(4001), Event::SignalReceived(Signal::SIGHUP))).is_empty());
-        // The killed probe has not been reaped yet: it is killed again with the child.
+        // Not healthy in time: the child is killed with its group at once (the
+        // killed probe, not reaped yet, is killed again).
         let out = no_logs(m.step(t(10_000), Event::Tick));
-        assert_eq!(
-            out,
-            vec![
-                kill(ProcId(2), true),
-                Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGTERM,
-                    group: false
-                }
-            ]
-        );
+        assert_eq!(out, vec![kill(ProcId(2), true), kill(CHILD, true)]);
         let out = no_logs(m.step(
             t(10_010),
             Event::ProcessExited {
                 id: CHILD,
-                status: ExitStatus::Signaled(15),
+                status: ExitStatus::Signaled(9),
             },
         ));
         assert_eq!(out.last(), Some(&Effect::Exit(1)));
@@ -1170,5 +1408,318 @@ mod tests {
             out,
             vec![kill(CHILD, true), Effect::RemovePidfile, Effect::Exit(0)]
         );
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    //! The proxy's part of the protocol (contract step 7). The rest of the machine is
+    //! covered by the property tests and the simulation in `tests/sim`.
+
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn settings(generation: Generation, pidfile: bool) -> Settings {
+        Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: 30 * SEC,
+            shutdown_delay: 10 * SEC,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: 5 * SEC,
+            health: Health::Alive { timeout: SEC },
+            pidfile,
+        }
+    }
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_origin(Duration::from_secs(secs))
+    }
+
+    /// The effects without the log lines.
+    fn act(m: &mut Machine, secs: u64, event: Event) -> Vec<Effect> {
+        m.step(at(secs), event)
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Log(_)))
+            .collect()
+    }
+
+    fn has(effects: &[Effect], wanted: &Effect) -> bool {
+        effects.contains(wanted)
+    }
+
+    /// A first generation with a proxy, serving since t=1; child #1.
+    fn serving() -> Machine {
+        let mut m = Machine::new(settings(Generation::First, false)).with_proxy(true);
+        assert!(!has(&act(&mut m, 0, Event::Started), &Effect::ProxyAccept));
+        assert_eq!(act(&mut m, 1, Event::Tick), vec![Effect::ProxyAccept]);
+        assert_eq!(*m.phase(), Phase::Serving);
+        m
+    }
+
+    /// `serving()`, upgraded at t=2: successor #2.
+    fn upgrading() -> Machine {
+        let mut m = serving();
+        let out = act(&mut m, 2, Event::SignalReceived(Signal::SIGHUP));
+        assert!(has(
+            &out,
+            &Effect::Spawn {
+                id: ProcId(2),
+                role: Role::Successor
+            }
+        ));
+        assert!(!has(&out, &Effect::ProxyStopAccepting));
+        m
+    }
+
+    fn term(id: u64) -> Effect {
+        Effect::Signal {
+            id: ProcId(id),
+            signal: Signal::SIGTERM,
+            group: false,
+        }
+    }
+
+    #[test]
+    fn first_generation_accepts_once_healthy_and_pidfile_written() {
+        let mut m = Machine::new(settings(Generation::First, true)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        assert_eq!(act(&mut m, 1, Event::Tick), vec![Effect::WritePidfile]);
+        assert_eq!(
+            act(&mut m, 1, Event::PidfileWritten),
+            vec![Effect::ProxyAccept]
+        );
+    }
+
+    #[test]
+    fn successor_accepts_right_before_it_reports_ready() {
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        assert_eq!(
+            act(&mut m, 1, Event::Tick),
+            vec![Effect::ProxyAccept, Effect::ReportReady]
+        );
+    }
+
+    #[test]
+    fn old_generation_stops_accepting_and_signals_once_drained() {
+        let mut m = upgrading();
+        let out = act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(out, vec![Effect::ProxyStopAccepting]);
+        assert_eq!(m.deadline(), Some(at(13)), "shutdown.delay still bounds it");
+        assert_eq!(act(&mut m, 4, Event::ProxyDrained), vec![term(1)]);
+        assert_eq!(m.deadline(), Some(at(9)), "then shutdown.timeout");
+        assert_eq!(
+            act(
+                &mut m,
+                5,
+                Event::ProcessExited {
+                    id: ProcId(1),
+                    status: ExitStatus::Signaled(15)
+                }
+            ),
+            vec![
+                Effect::Signal {
+                    id: ProcId(1),
+                    signal: Signal::SIGKILL,
+                    group: true
+                },
+                Effect::Exit(0)
+            ],
+            "drained and the child gone: exit 0, socket files kept"
+        );
+    }
+
+    #[test]
+    fn shutdown_delay_still_bounds_the_wait_for_connections() {
+        let mut m = upgrading();
+        act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(act(&mut m, 13, Event::Tick), vec![term(1)]);
+        let out = act(
+            &mut m,
+            14,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))), "{out:?}");
+        assert_eq!(
+            m.deadline(),
+            Some(at(18)),
+            "handover + shutdown.delay + shutdown.timeout"
+        );
+        assert_eq!(act(&mut m, 15, Event::ProxyDrained), vec![Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn connections_left_open_are_cut_at_delay_plus_timeout() {
+        let mut m = upgrading();
+        act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
+        act(&mut m, 13, Event::Tick);
+        act(
+            &mut m,
+            14,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert_eq!(act(&mut m, 17, Event::Tick), vec![]);
+        assert_eq!(act(&mut m, 18, Event::Tick), vec![Effect::Exit(0)]);
+        assert_eq!(*m.phase(), Phase::Done);
+    }
+
+    #[test]
+    fn drained_before_the_handover_is_ignored() {
+        let mut m = upgrading();
+        assert_eq!(act(&mut m, 3, Event::ProxyDrained), vec![]);
+        act(&mut m, 4, Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(m.deadline(), Some(at(14)));
+    }
+
+    #[test]
+    fn a_failed_upgrade_leaves_the_old_generation_accepting() {
+        let mut m = upgrading();
+        let out = act(
+            &mut m,
+            3,
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert_eq!(out, vec![], "no accept change, no socket removal");
+        assert_eq!(*m.phase(), Phase::Serving);
+        act(&mut m, 4, Event::SignalReceived(Signal::SIGHUP));
+        assert_eq!(
+            act(&mut m, 5, Event::SuccessorReady { id: ProcId(3) }),
+            vec![Effect::ProxyStopAccepting]
+        );
+    }
+
+    #[test]
+    fn socket_files_go_when_the_service_stops_for_good() {
+        let mut m = serving();
+        let out = act(
+            &mut m,
+            3,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(3),
+            },
+        );
+        assert_eq!(
+            &out[1..],
+            &[Effect::RemoveProxySockets, Effect::Exit(3)],
+            "{out:?}"
+        );
+
+        // Never healthy: the service stops for good too.
+        let mut m = Machine::new(settings(Generation::First, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        let out = act(
+            &mut m,
+            0,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
+
+        // A successor that took over is the service, once its predecessor is gone.
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        act(&mut m, 1, Event::Tick);
+        act(&mut m, 1, Event::PredecessorExited);
+        let out = act(
+            &mut m,
+            2,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
+    }
+
+    #[test]
+    fn a_failed_successor_leaves_the_socket_files_alone() {
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        let out = act(
+            &mut m,
+            0,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert!(!has(&out, &Effect::RemoveProxySockets), "{out:?}");
+        assert!(has(&out, &Effect::Exit(1)));
+
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        let out = act(&mut m, 30, Event::Tick);
+        assert!(!has(&out, &Effect::ProxyAccept), "{out:?}");
+        let out = act(
+            &mut m,
+            31,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Signaled(15),
+            },
+        );
+        assert!(!has(&out, &Effect::RemoveProxySockets), "{out:?}");
+    }
+
+    #[test]
+    fn aborted_upgrade_is_a_final_stop() {
+        let mut m = upgrading();
+        act(&mut m, 3, Event::SignalReceived(Signal::SIGTERM));
+        act(
+            &mut m,
+            4,
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Signaled(15),
+            },
+        );
+        let out = act(
+            &mut m,
+            5,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Signaled(15),
+            },
+        );
+        assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
+        assert_eq!(out.last(), Some(&Effect::Exit(143)));
+    }
+
+    #[test]
+    fn without_a_proxy_nothing_changes() {
+        let mut m = Machine::new(settings(Generation::First, false));
+        act(&mut m, 0, Event::Started);
+        assert_eq!(act(&mut m, 1, Event::Tick), vec![]);
+        act(&mut m, 2, Event::SignalReceived(Signal::SIGHUP));
+        assert_eq!(
+            act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) }),
+            vec![]
+        );
+        assert_eq!(act(&mut m, 4, Event::ProxyDrained), vec![]);
+        assert_eq!(act(&mut m, 13, Event::Tick), vec![term(1)]);
+        let out = act(
+            &mut m,
+            14,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert!(!has(&out, &Effect::RemoveProxySockets));
     }
 }

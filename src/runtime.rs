@@ -30,6 +30,7 @@ use crate::effects::readiness::{self, Heard, ToPredecessor};
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, pidfile, reap, spawn};
 use crate::machine::{Effect, Event, ExitStatus, Instant, Machine, ProcId, Role, Settings};
+use crate::proxy::Proxy;
 
 /// The OS as the effects see it. `LinuxOs` is the real one; the simulation has its
 /// own.
@@ -42,6 +43,12 @@ pub trait Os {
     fn remove_pidfile(&mut self);
     fn report_ready(&mut self);
     fn log(&mut self, line: &str);
+    /// Start accepting on the proxy listeners. (No-op without a proxy.)
+    fn proxy_accept(&mut self) {}
+    /// Stop accepting; `Event::ProxyDrained` follows once the connections closed.
+    fn proxy_stop_accepting(&mut self) {}
+    /// Remove the Unix socket files this service's proxy listeners created.
+    fn remove_proxy_sockets(&mut self) {}
 }
 
 /// Feed `event` to the machine and carry out its effects in order; the answers of
@@ -65,6 +72,9 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                 }),
                 Effect::RemovePidfile => os.remove_pidfile(),
                 Effect::ReportReady => os.report_ready(),
+                Effect::ProxyAccept => os.proxy_accept(),
+                Effect::ProxyStopAccepting => os.proxy_stop_accepting(),
+                Effect::RemoveProxySockets => os.remove_proxy_sockets(),
                 Effect::Log(line) => os.log(&line),
                 Effect::Exit(code) => exit = Some(code),
             }
@@ -72,6 +82,10 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
     }
     exit
 }
+
+/// The environment variable carrying a generation's `upgrade.timeout` (in ms) to
+/// its successor.
+pub const UPGRADE_TIMEOUT_ENV: &str = "PSFLIP_UPGRADE_TIMEOUT_MS";
 
 /// Everything the runtime needs to run one generation, resolved from the
 /// configuration and the environment by the CLI.
@@ -94,6 +108,11 @@ pub struct RunSpec {
     pub ab_second: bool,
     /// (Successor) the write end of the readiness pipe.
     pub predecessor: Option<ToPredecessor>,
+    /// (Successor) the previous generation's `upgrade.timeout`
+    /// ([`UPGRADE_TIMEOUT_ENV`]): our child must be healthy within it too.
+    pub predecessor_upgrade_timeout: Option<std::time::Duration>,
+    /// The `[[proxy]]` engine, already running (listeners open, not accepting).
+    pub proxy: Option<Proxy>,
 }
 
 /// The real OS.
@@ -104,6 +123,10 @@ pub struct LinuxOs {
     ids: BTreeMap<Pid, ProcId>,
     /// Read end of the readiness pipe of the successor in flight.
     successor_pipe: Option<(ProcId, OwnedFd)>,
+    /// The last successor started, kept after it is reaped, and whether it has
+    /// exited (see `remove_pidfile`).
+    last_successor: Option<Pid>,
+    successor_exited: bool,
 }
 
 impl LinuxOs {
@@ -114,6 +137,8 @@ impl LinuxOs {
             pids: BTreeMap::new(),
             ids: BTreeMap::new(),
             successor_pipe: None,
+            last_successor: None,
+            successor_exited: false,
         }
     }
 
@@ -140,15 +165,34 @@ impl LinuxOs {
             Role::Successor => {
                 let (r, w) = readiness::pipe()?;
                 let ab = if self.spec.ab_second { "a" } else { "b" };
+                let (listeners, named) = self
+                    .spec
+                    .proxy
+                    .as_ref()
+                    .map(Proxy::handoff)
+                    .unwrap_or_default();
                 let env = [
                     ("PSFLIP_AB_FLAG", ab.to_string()),
                     ("PSFLIP_GENERATION", (self.spec.generation + 1).to_string()),
+                    (
+                        UPGRADE_TIMEOUT_ENV,
+                        self.spec.settings.upgrade_timeout.as_millis().to_string(),
+                    ),
+                    (crate::effects::listen::ENV, named),
                 ];
-                let pid =
-                    spawn::successor(&self.spec.exe, &self.spec.arg0, &self.spec.args, &w, &env)?;
+                let pid = spawn::successor(
+                    &self.spec.exe,
+                    &self.spec.arg0,
+                    &self.spec.args,
+                    &w,
+                    &env,
+                    &listeners,
+                )?;
                 // Our copy of the write end goes now, or we would never see EOF.
                 drop(w);
                 self.successor_pipe = Some((id, r));
+                self.last_successor = Some(pid);
+                self.successor_exited = false;
                 Ok(pid)
             }
         }
@@ -203,9 +247,20 @@ impl Os for LinuxOs {
     }
 
     fn remove_pidfile(&mut self) {
-        if let Some(path) = self.spec.pidfile.as_deref()
-            && let Err(e) = pidfile::remove_if_ours(path, self.my_pid)
-        {
+        let Some(path) = self.spec.pidfile.as_deref() else {
+            return;
+        };
+        // Ours, or our last successor's once it is reaped: an upgrade aborted just
+        // as the successor wrote it leaves it naming a dead pid otherwise.
+        let stale_successor = self
+            .last_successor
+            .filter(|_| self.successor_exited)
+            .map(|pid| pid.as_raw() as u32);
+        let mut result = pidfile::remove_if_ours(path, self.my_pid);
+        if let (Ok(()), Some(pid)) = (&result, stale_successor) {
+            result = pidfile::remove_if_ours(path, pid);
+        }
+        if let Err(e) = result {
             self.say(&e.to_string());
         }
     }
@@ -221,6 +276,24 @@ impl Os for LinuxOs {
 
     fn log(&mut self, line: &str) {
         self.say(line);
+    }
+
+    fn proxy_accept(&mut self) {
+        if let Some(proxy) = self.spec.proxy.as_mut() {
+            proxy.accept();
+        }
+    }
+
+    fn proxy_stop_accepting(&mut self) {
+        if let Some(proxy) = self.spec.proxy.as_ref() {
+            proxy.stop_accepting();
+        }
+    }
+
+    fn remove_proxy_sockets(&mut self) {
+        if let Some(proxy) = self.spec.proxy.as_ref() {
+            proxy.remove_socket_files();
+        }
     }
 }
 
@@ -362,6 +435,8 @@ pub enum PsflipFd {
     Successor,
     /// (Successor) our end of the pipe to the previous generation.
     Predecessor,
+    /// The proxy thread's news (its connections have all closed).
+    Proxy,
 }
 
 impl Driver for Psflip {
@@ -379,6 +454,9 @@ impl Driver for Psflip {
         if let Some(p) = self.os.spec.predecessor.as_ref() {
             // No events asked: POLLERR comes once the read end is closed everywhere.
             fds.push((PsflipFd::Predecessor, p.as_fd(), PollFlags::empty()));
+        }
+        if let Some(fd) = self.os.spec.proxy.as_ref().and_then(Proxy::events_fd) {
+            fds.push((PsflipFd::Proxy, fd, PollFlags::POLLIN));
         }
         fds
     }
@@ -411,6 +489,13 @@ impl Driver for Psflip {
                     &mut self.os,
                 )
             }
+            PsflipFd::Proxy => {
+                let drained = self.os.spec.proxy.as_mut().is_some_and(Proxy::drained);
+                if !drained {
+                    return None;
+                }
+                drive(&mut self.machine, now, Event::ProxyDrained, &mut self.os)
+            }
         }
     }
 
@@ -425,6 +510,9 @@ impl Driver for Psflip {
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
         let id = *self.os.ids.get(&pid)?;
+        if self.os.last_successor == Some(pid) {
+            self.os.successor_exited = true;
+        }
         if let Some((s, fd)) = self.os.successor_pipe.as_ref()
             && *s == id
             && readiness::hear(fd.as_fd()) == Heard::Ready
@@ -466,7 +554,13 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
     let signals = Signals::new()?;
     let clock = Clock::start();
     let mut psflip = Psflip {
-        machine: Machine::new(spec.settings.clone()),
+        machine: {
+            let machine = Machine::new(spec.settings.clone()).with_proxy(spec.proxy.is_some());
+            match spec.predecessor_upgrade_timeout {
+                Some(t) => machine.with_predecessor_timeout(t),
+                None => machine,
+            }
+        },
         os: LinuxOs::new(spec),
     };
     if let Some(code) = drive(

@@ -8,13 +8,19 @@
 //! stays until that process is gone *and* CMD has exited: CMD's exit alone is not
 //! enough, since the pidfile may name a successor by then.
 //!
+//! A process once followed is followed until it is dead, even if the pidfile
+//! stops naming it (removed, garbled, or naming something pidwatch may not
+//! signal): a changed file is not the death of the service, and exiting then
+//! would tell the supervisor the service is gone while it still runs.
+//!
 //! Contract with the runtime:
 //! 1. `Started` once the loop runs: CMD is spawned and the pidfile read.
-//! 2. Every `ReadPidfile` is answered at once with `PidfileRead`. The reading is
-//!    already judged by the runtime: `Followable` only for a live, non-zombie
-//!    process pidwatch may signal (a descendant when subreaping, a process of its
-//!    own user when polling). A `SignalPid` right after such an answer cannot hit a
-//!    recycled pid when subreaping: a dead descendant stays our zombie until reaped.
+//! 2. Every `ReadPidfile` is answered at once with `PidfileRead`, every
+//!    `CheckPid` with `PidChecked`. The reading is already judged by the runtime:
+//!    `Followable` only for a live, non-zombie process pidwatch may signal (a
+//!    descendant when subreaping, a process of its own user when polling). A
+//!    `SignalPid` right after such an answer cannot hit a recycled pid when
+//!    subreaping: a dead descendant stays our zombie until reaped.
 //! 3. `Tick` whenever `deadline()` has passed: the pidfile is re-read every
 //!    [`POLL_INTERVAL`], which is also how a watched process that is not our child
 //!    is seen to die.
@@ -57,6 +63,8 @@ pub enum Event {
     SpawnFailed(String),
     /// The answer to `ReadPidfile`.
     PidfileRead(Reading),
+    /// The answer to `CheckPid`: the same judgement, of the pid it named.
+    PidChecked(Reading),
     /// Time has passed.
     Tick,
 }
@@ -67,7 +75,10 @@ pub enum Effect {
     SpawnCmd,
     /// Read and judge the pidfile; answer with `PidfileRead`.
     ReadPidfile,
-    /// Send a signal to the process the pidfile named in the last reading.
+    /// Judge this pid (the one followed so far) as a pidfile naming it would be;
+    /// answer with `PidChecked`.
+    CheckPid(u32),
+    /// Send a signal to the process followed (just judged followable).
     SignalPid {
         pid: u32,
         signal: Signal,
@@ -75,6 +86,8 @@ pub enum Effect {
     /// Send a signal to CMD.
     SignalCmd(Signal),
     Log(String),
+    /// Why pidwatch gives up: shown even when quiet.
+    Error(String),
     Exit(i32),
 }
 
@@ -89,8 +102,11 @@ enum Cmd {
 #[derive(Clone, Debug)]
 pub struct Watch {
     cmd: Cmd,
-    /// The process the last reading named, if followable.
+    /// The process followed: the one the last followable reading named, for as
+    /// long as it stays followable.
     watched: Option<u32>,
+    /// Whether the pidfile stopped naming `watched` (logged once).
+    lingering: bool,
     /// Whether any reading was ever followable.
     followed_once: bool,
     /// The last reading, to log changes once.
@@ -112,6 +128,7 @@ impl Watch {
         Watch {
             cmd: Cmd::NotStarted,
             watched: None,
+            lingering: false,
             followed_once: false,
             last: None,
             pending: Vec::new(),
@@ -142,7 +159,7 @@ impl Watch {
             }
             Event::SpawnFailed(reason) => {
                 self.cmd = Cmd::Exited(ExitStatus::Code(2));
-                out.push(Effect::Log(format!("cannot start the command: {reason}")));
+                out.push(Effect::Error(format!("cannot start the command: {reason}")));
                 self.exit(2, &mut out);
             }
             Event::SignalReceived(sig) => {
@@ -151,6 +168,7 @@ impl Watch {
             }
             Event::CmdExited(status) => {
                 self.cmd = Cmd::Exited(status);
+                out.push(Effect::Log(format!("the command exited ({status})")));
                 self.read(now, &mut out);
             }
             Event::OtherExited => self.read(now, &mut out),
@@ -160,6 +178,7 @@ impl Watch {
                 }
             }
             Event::PidfileRead(reading) => self.on_reading(reading, &mut out),
+            Event::PidChecked(reading) => self.on_checked(reading, &mut out),
         }
         out
     }
@@ -188,13 +207,42 @@ impl Watch {
             }
             self.last = Some(reading.clone());
         }
-        self.watched = match reading {
+        match reading {
             Reading::Followable(pid) => {
                 self.followed_once = true;
-                Some(pid)
+                self.lingering = false;
+                self.watched = Some(pid);
+                self.settle(out);
             }
-            _ => None,
-        };
+            // The file no longer names what we follow: is it still there?
+            _ => match self.watched {
+                Some(pid) => out.push(Effect::CheckPid(pid)),
+                None => self.settle(out),
+            },
+        }
+    }
+
+    fn on_checked(&mut self, reading: Reading, out: &mut Vec<Effect>) {
+        match (reading, self.watched) {
+            (Reading::Followable(pid), Some(watched)) if pid == watched => {
+                if !self.lingering {
+                    self.lingering = true;
+                    out.push(Effect::Log(format!(
+                        "still following pid {pid}, which the pidfile no longer names, until it exits"
+                    )));
+                }
+            }
+            _ => {
+                self.watched = None;
+                self.lingering = false;
+            }
+        }
+        self.settle(out);
+    }
+
+    /// With `watched` up to date: forward the pending signals, and exit once the
+    /// service is gone.
+    fn settle(&mut self, out: &mut Vec<Effect>) {
         for signal in std::mem::take(&mut self.pending) {
             match (self.watched, &self.cmd) {
                 (Some(pid), _) => out.push(Effect::SignalPid { pid, signal }),
@@ -240,7 +288,10 @@ mod tests {
         // The first psflip (CMD) exits after the handoff: the pidfile names 20.
         assert_eq!(
             w.step(t(150), Event::CmdExited(ExitStatus::Code(0))),
-            vec![Effect::ReadPidfile]
+            vec![
+                Effect::Log("the command exited (exit code 0)".into()),
+                Effect::ReadPidfile
+            ]
         );
         let out = w.step(t(150), Event::PidfileRead(Reading::Followable(20)));
         assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))));
@@ -257,8 +308,90 @@ mod tests {
         // The successor is gone and the pidfile removed: exit 0.
         w.step(t(170), Event::OtherExited);
         let out = w.step(t(170), Event::PidfileRead(Reading::Missing));
+        assert_eq!(out.last(), Some(&Effect::CheckPid(20)));
+        let out = w.step(t(170), Event::PidChecked(Reading::Dead(20)));
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
         assert!(w.step(t(300), Event::Tick).is_empty());
+    }
+
+    /// Regression: a followed process was dropped as soon as the pidfile stopped
+    /// naming it (removed by hand, garbled, or removed by psflip an instant before
+    /// it exits), and pidwatch exited 0 while the service still ran, orphaned —
+    /// a supervisor would then start a second instance.
+    #[test]
+    fn a_followed_process_is_followed_until_it_dies_whatever_the_pidfile_says() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(50), Event::CmdExited(ExitStatus::Code(0)));
+        w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
+        for (i, gone) in [Reading::Missing, Reading::Garbage, Reading::Foreign(1234)]
+            .into_iter()
+            .enumerate()
+        {
+            let now = 100 * (i as u64 + 2);
+            assert_eq!(w.step(t(now), Event::Tick), vec![Effect::ReadPidfile]);
+            let out = w.step(t(now), Event::PidfileRead(gone));
+            assert_eq!(out.last(), Some(&Effect::CheckPid(20)));
+            let out = w.step(t(now), Event::PidChecked(Reading::Followable(20)));
+            assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))), "{out:?}");
+            let lingering = out
+                .iter()
+                .filter(|e| matches!(e, Effect::Log(l) if l.contains("still following pid 20")))
+                .count();
+            assert_eq!(lingering, usize::from(i == 0), "logged once: {out:?}");
+            assert_eq!(w.watched(), Some(20));
+        }
+        // Signals still reach it.
+        w.step(t(450), Event::SignalReceived(Signal::SIGTERM));
+        w.step(t(450), Event::PidfileRead(Reading::Missing));
+        let out = w.step(t(450), Event::PidChecked(Reading::Followable(20)));
+        assert_eq!(
+            out,
+            vec![Effect::SignalPid {
+                pid: 20,
+                signal: Signal::SIGTERM
+            }]
+        );
+        // It dies: now the service is gone.
+        w.step(t(460), Event::OtherExited);
+        w.step(t(460), Event::PidfileRead(Reading::Missing));
+        let out = w.step(t(460), Event::PidChecked(Reading::Dead(20)));
+        assert_eq!(out, vec![Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn a_new_followable_pid_replaces_a_lingering_one() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(100), Event::Tick);
+        w.step(t(100), Event::PidfileRead(Reading::Missing));
+        w.step(t(100), Event::PidChecked(Reading::Followable(10)));
+        w.step(t(200), Event::Tick);
+        let out = w.step(t(200), Event::PidfileRead(Reading::Followable(30)));
+        assert_eq!(out, vec![Effect::Log("following pid 30".into())]);
+        assert_eq!(w.watched(), Some(30));
+    }
+
+    /// Regression: with `-q`, a command that cannot be started made pidwatch exit
+    /// 2 without a word.
+    #[test]
+    fn a_command_that_cannot_start_is_an_error_even_when_quiet() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        let out = w.step(t(0), Event::SpawnFailed("cannot run \"nope\"".into()));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Error("cannot start the command: cannot run \"nope\"".into()),
+                Effect::Exit(2)
+            ]
+        );
+        assert!(
+            w.step(t(0), Event::PidfileRead(Reading::Missing))
+                .is_empty()
+        );
     }
 
     #[test]

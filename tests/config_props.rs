@@ -134,6 +134,7 @@ fn configs() -> impl Strategy<Value = Config> {
                         timeout: shutdown.2,
                     },
                     healthcheck,
+                    proxy: Vec::new(),
                 }
             },
         )

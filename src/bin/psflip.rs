@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use psflip::config::{self, Config, HealthCheck};
+use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
 use psflip::effects::{fds, signals, spawn};
 use psflip::machine::{Generation, Health, Settings};
+use psflip::proxy::{self, Proxy, Route};
 use psflip::runtime::{self, RunSpec};
 
 /// Zero-downtime process flipper: supervises one child and, on the upgrade signal,
@@ -45,6 +47,11 @@ fn main() -> ExitCode {
     }
     fds::cloexec_from_3();
     let predecessor = ToPredecessor::from_env(std::env::var(readiness::ENV_FD).ok().as_deref());
+    // The proxy listeners handed over by the previous generation, if any.
+    let inherited = match predecessor {
+        Some(_) => Inherited::from_env(std::env::var(listen::ENV).ok().as_deref()),
+        None => Inherited::default(),
+    };
 
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -67,11 +74,55 @@ fn main() -> ExitCode {
             print!("{}", config.to_resolved_toml());
             ExitCode::SUCCESS
         }
-        None => run(config, predecessor, ab_second),
+        None => run(config, predecessor, inherited, ab_second),
     }
 }
 
-fn run(config: Config, predecessor: Option<ToPredecessor>, ab_second: bool) -> ExitCode {
+/// Open (or take over) the `[[proxy]]` listeners and start the proxy thread. An
+/// address that cannot be listened on is a configuration-level error: exit 2
+/// before any child starts (in a successor, the old generation keeps serving).
+fn start_proxy(config: &Config, inherited: Inherited) -> Result<Option<Proxy>, ExitCode> {
+    if config.proxy.is_empty() && inherited.is_empty() {
+        return Ok(None);
+    }
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("psflip: {}: {e}", config.path.display());
+        ExitCode::from(2)
+    };
+    let cwd = std::env::current_dir().map_err(|e| fail(&e))?;
+    let mut routes = Vec::with_capacity(config.proxy.len());
+    for (i, p) in config.proxy.iter().enumerate() {
+        let targets = proxy::targets(&p.forward, &cwd)
+            .map_err(|e| fail(&format!("proxy[{i}].forward: {e}")))?;
+        routes.push(Route {
+            listen: p.listen.to_string(),
+            forward: p.forward.to_string(),
+            targets,
+        });
+    }
+    let opened = listen::open(&config.proxy, inherited, &cwd).map_err(|e| fail(&e))?;
+    if opened.listeners.is_empty() && opened.dropped.is_empty() {
+        return Ok(None);
+    }
+    fds::raise_nofile_limit();
+    Proxy::start(opened.listeners, opened.dropped, routes, config.quiet)
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("psflip: {e}");
+            ExitCode::from(1)
+        })
+}
+
+fn run(
+    config: Config,
+    predecessor: Option<ToPredecessor>,
+    inherited: Inherited,
+    ab_second: bool,
+) -> ExitCode {
+    let proxy = match start_proxy(&config, inherited) {
+        Ok(proxy) => proxy,
+        Err(code) => return code,
+    };
     let mut argv = std::env::args_os();
     let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
     let args: Vec<OsString> = argv.collect();
@@ -121,7 +172,13 @@ fn run(config: Config, predecessor: Option<ToPredecessor>, ab_second: bool) -> E
         quiet: config.quiet,
         generation,
         ab_second,
+        predecessor_upgrade_timeout: predecessor
+            .as_ref()
+            .and_then(|_| std::env::var(runtime::UPGRADE_TIMEOUT_ENV).ok())
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis),
         predecessor,
+        proxy,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

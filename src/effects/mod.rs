@@ -5,6 +5,7 @@
 //! machine (`src/machine.rs`) says what, these modules say how.
 
 pub mod fds;
+pub mod listen;
 pub mod pidfile;
 pub mod procfs;
 pub mod readiness;

@@ -11,7 +11,8 @@
 //! The successor is psflip's own binary, found on disk by the path psflip was
 //! started from: it keeps the blocked mask (a signal that arrives before its
 //! signalfd exists waits), it keeps our process group, it gets no PDEATHSIG (it must
-//! outlive us), and it inherits exactly one extra fd: the readiness pipe.
+//! outlive us), and it inherits the readiness pipe and the proxy listeners (their
+//! FD_CLOEXEC is cleared in the forked successor only), nothing else.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,10 +22,15 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::{Pid, getpid};
 
-use super::{EffectError, readiness, signals};
+use super::{EffectError, fds, listen, readiness, signals};
 
 /// Environment variables psflip uses between generations; never passed to an app.
-pub const INTERNAL_ENV: &[&str] = &[readiness::ENV_FD, "PSFLIP_GENERATION"];
+pub const INTERNAL_ENV: &[&str] = &[
+    readiness::ENV_FD,
+    "PSFLIP_GENERATION",
+    "PSFLIP_UPGRADE_TIMEOUT_MS",
+    listen::ENV,
+];
 
 /// What an app child or probe is started with.
 pub struct AppSpec<'a> {
@@ -61,6 +67,7 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
     unsafe {
         cmd.pre_exec(move || {
             signals::reset_in_child();
+            fds::restore_nofile_limit_in_child();
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -81,26 +88,32 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
     Ok(Pid::from_raw(child.id() as i32))
 }
 
-/// Start the successor: `exe` with `args`, the readiness pipe's write end, and the
-/// extra environment `env`.
+/// Start the successor: `exe` with `args`, the readiness pipe's write end, the
+/// extra environment `env`, and the fds `inherit` (the proxy listeners, at the same
+/// numbers).
 pub fn successor(
     exe: &Path,
     arg0: &OsString,
     args: &[OsString],
     ready: &OwnedFd,
     env: &[(&str, String)],
+    inherit: &[std::os::fd::RawFd],
 ) -> Result<Pid, EffectError> {
+    let inherit = inherit.to_vec();
     let mut cmd = Command::new(exe);
     cmd.arg0(arg0).args(args);
     let fd = ready.as_raw_fd();
     cmd.env(readiness::ENV_FD, fd.to_string());
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: fcntl is async-signal-safe.
+    // SAFETY: fcntl and setrlimit are async-signal-safe; nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for &fd in std::iter::once(&fd).chain(&inherit) {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
+            fds::restore_nofile_limit_in_child();
             Ok(())
         });
     }

@@ -8,7 +8,7 @@ use nix::poll::PollFlags;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use super::{Clock, Driver, event_loop, log_line};
+use super::{Clock, Driver, event_loop};
 use crate::Signal;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, procfs, spawn};
@@ -35,11 +35,13 @@ struct Pidwatch {
 impl Pidwatch {
     fn say(&self, line: &str) {
         if !self.spec.quiet {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("pidwatch[{}]: {line}\n", self.my_pid).as_bytes(),
-            );
+            self.shout(line);
         }
+    }
+
+    /// A line on stderr even when quiet.
+    fn shout(&self, line: &str) {
+        log_line(self.my_pid, line);
     }
 
     /// Judge what the pidfile names: only a live process we may signal is followed.
@@ -54,6 +56,11 @@ impl Pidwatch {
                 Reading::Garbage
             };
         };
+        self.judge(pid)
+    }
+
+    /// Whether `pid` is a live process we may follow and signal.
+    fn judge(&self, pid: u32) -> Reading {
         if pid == self.my_pid {
             return Reading::Foreign(pid);
         }
@@ -92,6 +99,7 @@ impl Pidwatch {
                         }
                     }
                     Effect::ReadPidfile => queue.push_back(Event::PidfileRead(self.reading())),
+                    Effect::CheckPid(pid) => queue.push_back(Event::PidChecked(self.judge(pid))),
                     Effect::SignalPid { pid, signal } => {
                         self.send(Pid::from_raw(pid as i32), signal)
                     }
@@ -101,6 +109,7 @@ impl Pidwatch {
                         }
                     }
                     Effect::Log(line) => self.say(&line),
+                    Effect::Error(line) => self.shout(&line),
                     Effect::Exit(code) => exit = Some(code),
                 }
             }
@@ -158,12 +167,21 @@ impl Driver for Pidwatch {
     }
 }
 
+/// One log line on stderr, as pidwatch. A closed stderr must not take us down.
+fn log_line(pid: u32, line: &str) {
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("pidwatch[{pid}]: {line}\n").as_bytes(),
+    );
+}
+
 /// Run pidwatch until the watched service is gone; returns the exit status.
 /// Signals must already be blocked.
 pub fn run(mut spec: WatchSpec) -> Result<i32, EffectError> {
     let my_pid = std::process::id();
     if !spec.poll && nix::sys::prctl::set_child_subreaper(true).is_err() {
         if !spec.quiet {
+            // (Not psflip's `log_line`: that one says "psflip[…]".)
             log_line(my_pid, "cannot become a child subreaper; polling instead");
         }
         spec.poll = true;

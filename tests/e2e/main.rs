@@ -6,6 +6,7 @@ mod util;
 
 mod cli;
 mod pidfile;
+mod pidwatch;
 mod selfupgrade;
 mod supervision;
 mod upgrade;

@@ -182,10 +182,12 @@ fn c_new_child_not_healthy_within_upgrade_timeout() {
     let c2 = sb.child_of(s);
     sb.must_log(p.pid, "upgrade failed: the successor exited (exit code 1)");
     sb.must_log(s, "did not become healthy within upgrade.timeout");
-    assert_eq!(
-        sb.signals_of(c2),
-        ["TERM"],
-        "the successor stopped its new child"
+    sb.must_log(s, "killing it");
+    // Killed with its group at once (SIGKILL cannot be trapped: nothing logged).
+    assert!(
+        sb.signals_of(c2).is_empty(),
+        "the new child was killed, not asked to stop: {:?}",
+        sb.signals_of(c2)
     );
     assert!(!alive(s) && !alive(c2));
     assert_untouched(&sb, &mut p, c1);

@@ -40,6 +40,11 @@ pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("psflip")
 }
 
+/// The pidwatch binary under test.
+pub fn bin_pidwatch() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("pidwatch")
+}
+
 /// A file in `fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -451,6 +456,14 @@ impl Sandbox {
         cmd
     }
 
+    /// `pidwatch ARGS…`, ready to spawn (tagged: its CMD and every psflip
+    /// generation inherit the tag).
+    pub fn pidwatch_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(bin_pidwatch());
+        cmd.args(args);
+        cmd
+    }
+
     pub fn spawn(&self, mut cmd: Command) -> Psflip {
         Psflip::new(cmd.spawn().expect("spawn"))
     }
@@ -484,6 +497,27 @@ impl Sandbox {
     pub fn must_log(&self, pid: i32, needle: &str) {
         self.must(T, &format!("psflip[{pid}] logs {needle:?}"), || {
             self.logged(pid, needle)
+        });
+    }
+
+    /// The log lines of the pidwatch with this pid, without their prefix.
+    pub fn pidwatch_log_of(&self, pid: i32) -> Vec<String> {
+        let prefix = format!("pidwatch[{pid}]: ");
+        self.psflip_log()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// Whether the pidwatch with this pid logged a line containing `needle`.
+    pub fn pidwatch_logged(&self, pid: i32, needle: &str) -> bool {
+        self.pidwatch_log_of(pid).iter().any(|l| l.contains(needle))
+    }
+
+    /// Wait until the pidwatch with this pid logs a line containing `needle`.
+    pub fn must_pidwatch_log(&self, pid: i32, needle: &str) {
+        self.must(T, &format!("pidwatch[{pid}] logs {needle:?}"), || {
+            self.pidwatch_logged(pid, needle)
         });
     }
 

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Where the time of an upgrade goes, from kernel tracepoints (perf record -a).
+
+    benches/profile_upgrade.py PSFLIP_BIN [RUNS]      (as root, with perf)
+
+Starts PSFLIP_BIN supervising `sleep 1000` with `[healthcheck.command] cmd =
+["true"], after = "0s"`, sends it RUNS upgrade signals (each to the current
+generation, 100 ms after the previous one took over) while `perf record -a`
+records scheduler and syscall tracepoints, then splits each upgrade signal →
+new child running into phases and prints a Markdown table of their medians.
+
+The phases of the successor (exec → main → config → signalfd → fork of the
+child) are also what a first launch costs, so the table explains figure 1 too.
+Tracing adds a few microseconds per event: compare phases with one another,
+and the totals with benches/flip.rs, not with the targets. Used by
+scripts/bench.sh; measures only.
+"""
+
+import ctypes
+import os
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+EVENTS = [
+    "sched:sched_process_fork",
+    "sched:sched_process_exec",
+    "syscalls:sys_enter_kill",
+    "syscalls:sys_enter_rt_sigprocmask",
+    "syscalls:sys_enter_getcwd",
+    "syscalls:sys_enter_signalfd4",
+    "syscalls:sys_enter_clock_nanosleep",
+]
+PHASES = [
+    ("a", "old psflip: kill(SIGHUP) → fork of the successor (wake-up, event loop, readiness pipe, Command set-up)"),
+    ("b", "fork → successor's execve done (fork of the old psflip, pre_exec, execve of psflip)"),
+    ("c1", "successor: execve → main() (loading: ld.so mapping and relocating libc.so + libgcc_s.so, or a static-pie relocating itself; Rust runtime init)"),
+    ("c2", "successor: main() → config load (signal mask, fd sweep, clap)"),
+    ("c3", "successor: config load → signalfd (read + parse TOML, templates, own_binary)"),
+    ("d", "successor: signalfd → fork of the child (event loop start, machine step, Command set-up)"),
+    ("e", "fork → child's execve done (fork of the successor, 31 sigactions + prctl in pre_exec, execve)"),
+    ("f", "child: execve done → running (`sleep`'s own start-up: not psflip's)"),
+    ("total", "kill(SIGHUP) → new child running"),
+]
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 30
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    with tempfile.TemporaryDirectory(prefix="psflip-profile.") as d:
+        cfg = os.path.join(d, "p.toml")
+        with open(cfg, "w") as f:
+            f.write('cmd = ["sleep", "1000"]\n\n[healthcheck.command]\ncmd = ["true"]\n'
+                    'after = "0s"\n\n[shutdown]\ntimeout = "1s"\n')
+        data = os.path.join(d, "perf.data")
+        perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", ",".join(EVENTS), "-o", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        try:
+            targets = upgrade(binary, cfg, runs)
+        finally:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
+            reap(wait=True)
+        out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace"],
+                             capture_output=True, text=True, check=True).stdout
+    report(parse(out), targets)
+
+
+def reap(wait=False):
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if wait else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0 or time.monotonic() > deadline:
+            return
+
+
+def upgrade(binary, cfg, runs):
+    """Run the upgrades; return the pids the upgrade signals went to."""
+    p = subprocess.Popen([binary, "-c", cfg], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    lines = queue.Queue()
+
+    def read():
+        for line in p.stderr:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def wait_line(pattern):
+        while True:
+            m = re.search(pattern, lines.get(timeout=10))
+            if m:
+                return m
+
+    cur = p.pid
+    targets = []
+    try:
+        wait_line(rf"psflip\[{cur}\]: child is healthy; serving")
+        for _ in range(runs):
+            time.sleep(0.1)
+            os.kill(cur, signal.SIGHUP)
+            succ = int(wait_line(rf"psflip\[{cur}\]: started successor \(pid (\d+)\)").group(1))
+            wait_line(rf"psflip\[{succ}\]: the previous generation has exited")
+            targets.append(cur)
+            cur = succ
+            reap()
+    finally:
+        os.kill(cur, signal.SIGTERM)
+    return targets
+
+
+def parse(out):
+    events = []
+    for line in out.splitlines():
+        m = re.match(r"\s*(.+?)\s+(\d+)/\d+\s+([\d.]+):\s+(\S+):\s*(.*)", line)
+        if m:
+            _, pid, t, name, rest = m.groups()
+            events.append((float(t) * 1e3, int(pid), name, rest))
+    events.sort()
+    return events
+
+
+def report(events, targets):
+    phases = {k: [] for k, _ in PHASES}
+    for old in targets:
+        try:
+            t0 = next(e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
+                      and re.search(r"pid: (0x)?0*%x\b" % old, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3]))
+            after = [e for e in events if e[0] >= t0]
+
+            def first(pid, name, since=t0):
+                return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+
+            fork = first(old, "sched:sched_process_fork")
+            succ = int(re.search(r"child_pid=(\d+)", fork[3]).group(1))
+            exe = first(succ, "sched:sched_process_exec")
+            main_ = first(succ, "syscalls:sys_enter_rt_sigprocmask", exe[0])
+            cwd = first(succ, "syscalls:sys_enter_getcwd", main_[0])
+            sfd = first(succ, "syscalls:sys_enter_signalfd4", cwd[0])
+            cfork = first(succ, "sched:sched_process_fork", sfd[0])
+            child = int(re.search(r"child_pid=(\d+)", cfork[3]).group(1))
+            cexe = first(child, "sched:sched_process_exec")
+            run = first(child, "syscalls:sys_enter_clock_nanosleep", cexe[0])
+        except (StopIteration, AttributeError):
+            continue
+        for key, a, b in [("a", t0, fork[0]), ("b", fork[0], exe[0]), ("c1", exe[0], main_[0]),
+                          ("c2", main_[0], cwd[0]), ("c3", cwd[0], sfd[0]), ("d", sfd[0], cfork[0]),
+                          ("e", cfork[0], cexe[0]), ("f", cexe[0], run[0]), ("total", t0, run[0])]:
+            phases[key].append(b - a)
+    n = len(phases["total"])
+    print(f"Upgrades traced: {n} of {len(targets)}.\n")
+    print("| phase | median | min | max |\n|---|---|---|---|")
+    for key, label in PHASES:
+        v = sorted(phases[key])
+        if v:
+            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
+
+
+if __name__ == "__main__":
+    main()

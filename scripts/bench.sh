@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Benchmarks of the release psflip binary; writes BENCHMARKS.md.
+#
+#   scripts/bench.sh            # build, wait for a quiet machine, measure, write BENCHMARKS.md
+#
+# Environment:
+#   BENCH_MAX_LOAD=0.5      wait until the 1-minute load average is below this…
+#   BENCH_LOAD_WAIT=900     …for at most this many seconds (0: do not wait)
+#   PSFLIP_BENCH_RUNS=40    timed iterations of the latency benches (after 3 warm-ups)
+#   PSFLIP_BENCH_IDLE_RUNS=20
+#   BENCH_OUTPUT=BENCHMARKS.md
+#   BENCH_STATIC=1          also build psflip with glibc linked statically (crt-static,
+#                           in target/bench-static) and measure it, for comparison
+#   BENCH_PROFILE=1         also trace 30 upgrades with perf (benches/profile_upgrade.py),
+#                           when perf and python3 are there and we are root
+#
+# It measures only; no figure makes it fail. It exits non-zero only when something
+# could not be run at all.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+max_load=${BENCH_MAX_LOAD:-0.5}
+do_static=${BENCH_STATIC:-1}
+do_profile=${BENCH_PROFILE:-1}
+load_wait=${BENCH_LOAD_WAIT:-900}
+output=${BENCH_OUTPUT:-BENCHMARKS.md}
+export PSFLIP_BENCH_RUNS=${PSFLIP_BENCH_RUNS:-40}
+export PSFLIP_BENCH_IDLE_RUNS=${PSFLIP_BENCH_IDLE_RUNS:-20}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/psflip-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+log() { printf 'bench.sh: %s\n' "$*" >&2; }
+
+# --- tools -------------------------------------------------------------------
+missing=()
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v jq >/dev/null || missing+=(jq)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing ${missing[*]} from Debian"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        log "missing ${missing[*]}: install them (apt-get install ${missing[*]}) and run again"
+        exit 1
+    fi
+fi
+
+# --- build ---------------------------------------------------------------------
+log "cargo build --release"
+cargo build --release
+bin=$root/target/release/psflip
+export PSFLIP_BIN=$bin
+# Build the bench too, so that compiling does not overlap the measurements.
+cargo bench --bench flip --no-run
+
+static_bin=""
+static_note=""
+if [ "$do_static" = 1 ]; then
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    log "building a crt-static variant for comparison (target/bench-static)"
+    if RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --bin psflip \
+        --target "$host" --target-dir "$root/target/bench-static"; then
+        static_bin=$root/target/bench-static/$host/release/psflip
+    else
+        static_note="the crt-static variant did not build (is the static libc, libc6-dev's libc.a, installed?)"
+        log "$static_note"
+    fi
+fi
+if [ "$do_profile" = 1 ]; then
+    if [ "$(id -u)" != 0 ] || ! command -v perf >/dev/null || ! command -v python3 >/dev/null; then
+        log "no profile: it needs root, perf and python3"
+        do_profile=0
+    fi
+fi
+
+# --- quiet machine -------------------------------------------------------------
+load1() { cut -d' ' -f1 /proc/loadavg; }
+below() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+waited=0
+load_note=""
+if [ "$load_wait" -gt 0 ]; then
+    while ! below "$(load1)" "$max_load"; do
+        if [ "$waited" -ge "$load_wait" ]; then
+            load_note="gave up waiting for a 1-minute load average below $max_load after ${waited} s"
+            log "$load_note"
+            break
+        fi
+        log "load average $(load1) ≥ $max_load; waiting (${waited} s so far)"
+        sleep 20
+        waited=$((waited + 20))
+    done
+fi
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average at start: $load_before"
+
+# --- latency and footprint (benches/flip.rs) ------------------------------------
+log "cargo bench --bench flip"
+PSFLIP_BENCH_OUT=$work/flip cargo bench --bench flip 2>&1 | tee "$work/flip.log"
+
+if [ -n "$static_bin" ]; then
+    log "cargo bench --bench flip, crt-static variant"
+    PSFLIP_BIN=$static_bin PSFLIP_BENCH_OUT=$work/flip-static cargo bench --bench flip 2>&1 |
+        tee "$work/flip-static.log"
+fi
+
+# --- profile (perf tracepoints) --------------------------------------------------------
+if [ "$do_profile" = 1 ]; then
+    log "profiling 30 upgrades"
+    python3 benches/profile_upgrade.py "$bin" 30 >"$work/profile.md" || do_profile=0
+    if [ -n "$static_bin" ] && [ "$do_profile" = 1 ]; then
+        python3 benches/profile_upgrade.py "$static_bin" 30 >"$work/profile-static.md" || true
+    fi
+fi
+
+# --- launch to exit (hyperfine) ----------------------------------------------------
+# The child exits at once, before it is healthy, so psflip exits 1: -i.
+printf 'cmd = ["true"]\n' >"$work/true.toml"
+log "hyperfine: psflip -c true.toml vs true"
+hyperfine -N -i --warmup 5 --runs 50 \
+    --command-name 'psflip -c true.toml' --command-name 'true' \
+    --export-json "$work/hyperfine.json" --export-markdown "$work/hyperfine.md" \
+    "$bin -c $work/true.toml" "true" 2>&1 | tee "$work/hyperfine.log"
+hf() { jq -r ".results[$1].$2" "$work/hyperfine.json"; }
+to_ms() { awk -v s="$1" 'BEGIN { printf "%.3f", s * 1000 }'; }
+hf_psflip=$(to_ms "$(hf 0 median)")
+hf_true=$(to_ms "$(hf 1 median)")
+hf_over=$(awk -v a="$hf_psflip" -v b="$hf_true" 'BEGIN { printf "%.3f", a - b }')
+hf_n=$(jq -r '.results[0].times | length' "$work/hyperfine.json")
+
+# --- binary size ---------------------------------------------------------------------
+size=$(stat -c %s "$bin")
+size_mib=$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1048576 }')
+size_met=$(awk -v s="$size" 'BEGIN { print (s <= 2 * 1048576 ? "yes" : "**no**") }')
+file_desc=$(file -b "$bin" 2>/dev/null || echo "?")
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# The dynamic (shipped) build against the crt-static variant.
+median() { awk -F'\t' -v k="$2" '$1 == k { print $3 }' "$1/medians.tsv"; }
+comparison() {
+    local d=$work/flip s=$work/flip-static
+    fmt_ms() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.3f ms", v }'; }
+    fmt_kib() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.2f MiB", v / 1024 }'; }
+    echo "| figure | shipped (glibc dynamic) | crt-static (glibc linked in) |"
+    echo "|---|---|---|"
+    echo "| 1. launch overhead over a direct spawn | $(fmt_ms "$(median "$d" overhead)") | $(fmt_ms "$(median "$s" overhead)") |"
+    echo "| 2. upgrade signal → new child running | $(fmt_ms "$(median "$d" spawn)") | $(fmt_ms "$(median "$s" spawn)") |"
+    echo "| 3. upgrade signal → old child signalled | $(fmt_ms "$(median "$d" handoff)") | $(fmt_ms "$(median "$s" handoff)") |"
+    echo "| 4. upgrade signal → failure logged | $(fmt_ms "$(median "$d" failed)") | $(fmt_ms "$(median "$s" failed)") |"
+    echo "| 5. idle VmRSS | $(fmt_kib "$(median "$d" rss)") | $(fmt_kib "$(median "$s" rss)") |"
+    echo "| 6. binary size | $size_mib MiB | $(awk -v s="$(stat -c %s "$static_bin")" 'BEGIN { printf "%.2f MiB", s / 1048576 }') |"
+}
+
+# --- BENCHMARKS.md -----------------------------------------------------------------------
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    rev="$rev (with uncommitted changes in src/ or Cargo.*)"
+fi
+{
+    cat <<EOF
+# Benchmarks
+
+Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs ($cpu), Linux $(uname -r),
+$(rustc --version), psflip at commit $rev, release build
+(\`opt-level = "s"\`, LTO, one codegen unit, stripped).
+1-minute load average at the start: $load_before; at the end: $load_after.${load_note:+
+**Note:** $load_note.}
+
+Latencies are medians of $PSFLIP_BENCH_RUNS interleaved runs (after 3 warm-up runs), memory of
+$PSFLIP_BENCH_IDLE_RUNS runs; \`n\` says how many runs went into each figure.
+
+## Summary
+
+| figure | median | target | met? |
+|---|---|---|---|
+$(cat "$work/flip/summary.md")
+| 6. stripped release binary size | $size_mib MiB ($size bytes) | ≤ 2 MB | $size_met |
+
+Launch to exit, for comparison (hyperfine, n = $hf_n): \`psflip -c true.toml\` takes
+$hf_psflip ms against $hf_true ms for \`true\` alone (+$hf_over ms, medians).
+
+## Details
+
+### Latencies and footprint (\`cargo bench --bench flip\`)
+
+$(cat "$work/flip/details.md")
+
+\`smaps_rollup\` of one idle first-generation psflip:
+
+\`\`\`
+$(grep -E '^(Rss|Pss|Shared_|Private_|Anonymous)' "$work/flip/smaps_rollup.txt" || true)
+\`\`\`
+
+### Launch to exit (hyperfine)
+
+\`psflip -c true.toml\` runs \`cmd = ["true"]\` with the default healthcheck: the child
+exits before it is healthy, so psflip exits 1 as soon as it has reaped it (hence \`-i\`).
+
+$(cat "$work/hyperfine.md")
+
+### Binary
+
+\`$bin\`: $size bytes; $file_desc.
+$(if [ -n "$static_bin" ]; then cat <<EOT
+
+## A statically linked build, for comparison
+
+The same sources built with \`RUSTFLAGS="-C target-feature=+crt-static"\` (glibc linked
+in, no dynamic loader at start-up; not what the project ships), measured by the same
+benches right after the shipped build:
+
+$(comparison)
+EOT
+elif [ -n "$static_note" ]; then printf '\nNo crt-static comparison: %s.\n' "$static_note"; fi)
+$(if [ "$do_profile" = 1 ]; then cat <<EOT
+
+## Where the time of an upgrade goes
+
+\`benches/profile_upgrade.py\` traces 30 upgrades of psflip supervising \`sleep\` with
+\`perf record -a\` (scheduler and syscall tracepoints) and splits each upgrade
+signal → new child running into phases. The successor's phases b–e are also what a
+first launch costs on top of a direct spawn (figure 1). Tracing adds a little to
+every phase: compare phases with one another, not with the targets.
+
+Shipped build:
+
+$(cat "$work/profile.md")
+$(if [ -s "$work/profile-static.md" ]; then printf '\ncrt-static variant:\n\n'; cat "$work/profile-static.md"; fi)
+EOT
+fi)
+
+## How it is measured
+
+- Everything runs the release binary \`target/release/psflip\`.
+- \`benches/flip.rs\` (\`cargo bench --bench flip\`, \`harness = false\`) is multi-call:
+  run as \`flip child SOCKET MODE\` it is the supervised child. It sends the datagram
+  \`started PID PPID MODE\` to a Unix datagram socket (by path, since psflip closes
+  every fd ≥ 3 in its children), exits 1 at once in mode \`fail\`, and otherwise waits
+  for SIGTERM, then sends \`term PID\` and exits 0. The harness timestamps every
+  datagram and every line psflip writes on stderr with \`std::time::Instant\` on
+  receipt, in one reader thread per source.
+- Each iteration runs, in an order that rotates from one iteration to the next:
+  the child spawned directly (\`std::process::Command\`), the baseline of figure 1;
+  psflip with \`[healthcheck.command] cmd = ["true"], after = "0s"\`, timed from the
+  spawn of psflip to its child's \`started\` (1), then from the SIGHUP to the new
+  child's \`started\` (2) and to the old child's \`term\` (3); psflip with
+  \`cmd = [..., "{{ AB "ok" "fail" }}"]\` and \`[healthcheck.alive] timeout = "100ms"\`,
+  timed from the SIGHUP to its stderr line \`upgrade failed…\` (4). Each upgrade
+  signal comes 50 ms after psflip logged its child healthy (\`PSFLIP_BENCH_PAUSE_MS\`),
+  so that it meets an idle psflip, as a real upgrade does.
+  Figure 1 is median(psflip) − median(direct); the paired difference per iteration
+  is in the details.
+- Figure 5 reads VmRSS and Threads from \`/proc/PID/status\` 300 ms after psflip,
+  supervising \`sleep 1000\` with \`[healthcheck.alive] timeout = "100ms"\`, logged
+  that its child is healthy; and of the successor 300 ms after it took over.
+- Figure 6 is \`stat -c %s target/release/psflip\`.
+- The harness is a child subreaper: every process psflip starts becomes its child
+  once orphaned, all are reaped by pid, and it checks that none is left at the end.
+  Nothing asserts on a duration: the benches only measure and print.
+
+To reproduce: \`scripts/bench.sh\` (as root it installs hyperfine and jq from Debian if
+missing; it waits up to 15 minutes for the 1-minute load average to drop below
+0.5). The latency benches alone: \`cargo build --release && cargo bench --bench flip\`.
+EOF
+} >"$output"
+log "wrote $output"

@@ -1,0 +1,697 @@
+//! The proxy thread: a level-triggered epoll loop over the listeners, the command
+//! pipe and two sockets per connection, moving bytes with splice(2).
+//!
+//! Each connection has two halves, client→backend and backend→client. A half reads
+//! its source into a pipe, then writes the pipe to its destination. Pipes come from
+//! a small pool and go back as soon as they are empty, so an idle connection holds
+//! two sockets and nothing else. Epoll interest follows the halves: a source is
+//! watched for reading only while its pipe is empty, a destination for writing only
+//! while its pipe holds data; in the usual request/response flow the interest never
+//! changes and a message costs one splice in and one splice out.
+//!
+//! End of stream on a source shuts down the destination's write side once the pipe
+//! is empty (each direction is half-closed on its own). A reset on a source is
+//! mirrored to the other peer (SO_LINGER 0, then close). A destination that is gone
+//! stops its half only: what is still coming the other way is delivered, and what
+//! its source still sends is read and dropped, as the gone peer would have.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::sys::{self, SockAddr};
+use super::{CMD_ACCEPT, CMD_STOP, EVT_DRAINED, Route, Target};
+
+const IN: u32 = libc::EPOLLIN as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+const ERR: u32 = libc::EPOLLERR as u32;
+const HUP: u32 = libc::EPOLLHUP as u32;
+
+const TOKEN_COMMANDS: u64 = u64::MAX;
+/// Listener `i` is `TOKEN_LISTENER | i`; a connection's side is `slot << 1 | side`.
+const TOKEN_LISTENER: u64 = 1 << 62;
+
+const CLIENT: usize = 0;
+const BACKEND: usize = 1;
+
+/// How much one splice asks for: whatever the pipe takes.
+const SPLICE_LEN: usize = 1 << 20;
+/// A read this big suggests more is queued: read again before going back to epoll.
+const BIG_READ: usize = 16 * 1024;
+/// Reads in a row on one half before the others get their turn.
+const MAX_ROUNDS: usize = 8;
+const ACCEPT_BATCH: usize = 64;
+/// Out of fds (or memory): stop accepting this long instead of spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const PAUSE_LOG_EVERY: Duration = Duration::from_secs(5);
+/// A Unix backend with a full backlog answers EAGAIN, which epoll cannot wait for.
+const UNIX_RETRY: Duration = Duration::from_millis(5);
+const UNIX_RETRY_FOR: Duration = Duration::from_secs(2);
+/// Empty pipes kept for reuse.
+const POOL_MAX: usize = 256;
+const MAX_EVENTS: usize = 256;
+
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+#[derive(Default)]
+struct Half {
+    /// Holds the bytes read from the source and not yet written (`pending > 0`).
+    pipe: Option<Pipe>,
+    pending: usize,
+    /// The source reached end of stream.
+    eof: bool,
+    /// We shut down the destination's write side.
+    shut: bool,
+    /// The destination is gone: the source is read and dropped until its end.
+    broken: bool,
+}
+
+impl Half {
+    fn finished(&self) -> bool {
+        self.eof && self.pending == 0 && (self.shut || self.broken)
+    }
+}
+
+struct Conn {
+    listener: usize,
+    /// `[client, backend]`; the backend is `None` between connect attempts.
+    fds: [Option<OwnedFd>; 2],
+    /// `half[s]` reads from side `s` and writes to the other side.
+    half: [Half; 2],
+    connecting: bool,
+    /// Which of the route's targets is being tried, and the last error.
+    target: usize,
+    last_error: i32,
+    retry_until: Option<Instant>,
+    /// The side reported EPOLLHUP: nothing new will come; it is out of epoll.
+    hup: [bool; 2],
+    /// The interest registered in epoll per side; `None` when not registered.
+    mask: [Option<u32>; 2],
+}
+
+impl Conn {
+    fn raw(&self, side: usize) -> Option<RawFd> {
+        self.fds[side].as_ref().map(|f| f.as_raw_fd())
+    }
+
+    fn wanted(&self) -> [u32; 2] {
+        let reads = |s: usize| {
+            let h = &self.half[s];
+            !h.eof && h.pending == 0 && !self.connecting
+        };
+        let client = if reads(CLIENT) { IN } else { 0 }
+            | if self.half[BACKEND].pending > 0 {
+                OUT
+            } else {
+                0
+            };
+        let backend = if reads(BACKEND) { IN } else { 0 }
+            | if self.half[CLIENT].pending > 0 || self.connecting {
+                OUT
+            } else {
+                0
+            };
+        [client, backend]
+    }
+}
+
+/// Why a half cannot go on: abort the connection, resetting this side's peer (if
+/// any) so that it sees what we saw.
+struct Abort(Option<usize>);
+
+pub(super) struct Engine {
+    ep: OwnedFd,
+    listeners: Vec<(Arc<OwnedFd>, Route, bool)>,
+    commands: OwnedFd,
+    events: OwnedFd,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Slots closed during the current batch: reused only after it, so a stale
+    /// event of the batch never reaches a new connection.
+    closed: Vec<usize>,
+    live: usize,
+    pool: Vec<Pipe>,
+    scratch: Vec<u8>,
+    accepting: bool,
+    listening: bool,
+    paused_until: Option<Instant>,
+    last_pause_log: Option<Instant>,
+    draining: bool,
+    told_drained: bool,
+    retries: Vec<(Instant, usize)>,
+    quiet: bool,
+    pid: u32,
+}
+
+impl Engine {
+    pub(super) fn new(
+        listeners: Vec<(Arc<OwnedFd>, Route)>,
+        commands: OwnedFd,
+        events: OwnedFd,
+        quiet: bool,
+    ) -> io::Result<Engine> {
+        let ep = sys::epoll()?;
+        sys::epoll_ctl(
+            &ep,
+            libc::EPOLL_CTL_ADD,
+            commands.as_raw_fd(),
+            IN,
+            TOKEN_COMMANDS,
+        )?;
+        for (fd, _) in &listeners {
+            // Accepting loops until EAGAIN; both generations want this.
+            sys::set_nonblocking(fd.as_raw_fd())?;
+        }
+        Ok(Engine {
+            ep,
+            listeners: listeners
+                .into_iter()
+                .map(|(fd, route)| {
+                    let tcp = sys::is_inet(fd.as_raw_fd());
+                    (fd, route, tcp)
+                })
+                .collect(),
+            commands,
+            events,
+            conns: Vec::new(),
+            free: Vec::new(),
+            closed: Vec::new(),
+            live: 0,
+            pool: Vec::new(),
+            scratch: vec![0; 16 * 1024],
+            accepting: false,
+            listening: false,
+            paused_until: None,
+            last_pause_log: None,
+            draining: false,
+            told_drained: false,
+            retries: Vec::new(),
+            quiet,
+            pid: std::process::id(),
+        })
+    }
+
+    fn say(&self, line: &str) {
+        if !self.quiet {
+            crate::runtime::log_line(self.pid, line);
+        }
+    }
+
+    /// The thread's body: runs until the main thread drops its command pipe.
+    pub(super) fn run(mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        loop {
+            let timeout = self.timeout_ms(Instant::now());
+            let n = match sys::epoll_wait(&self.ep, &mut events, timeout) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.say(&format!("proxy: epoll_wait: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            for ev in &events[..n] {
+                let (token, revents) = (ev.u64, ev.events);
+                if token == TOKEN_COMMANDS {
+                    if !self.on_commands() {
+                        return;
+                    }
+                } else if token & TOKEN_LISTENER != 0 {
+                    self.on_listener((token & !TOKEN_LISTENER) as usize);
+                } else {
+                    self.on_conn((token >> 1) as usize, (token & 1) as usize, revents);
+                }
+            }
+            self.on_timers(Instant::now());
+            self.free.append(&mut self.closed);
+            if self.draining && self.live == 0 && !self.told_drained {
+                self.told_drained = true;
+                let _ = sys::write(self.events.as_raw_fd(), &[EVT_DRAINED]);
+            }
+        }
+    }
+
+    fn timeout_ms(&self, now: Instant) -> i32 {
+        let next = self
+            .retries
+            .iter()
+            .map(|(t, _)| *t)
+            .chain(self.paused_until)
+            .min();
+        match next {
+            None => -1,
+            Some(t) => t
+                .saturating_duration_since(now)
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32,
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+            if self.accepting {
+                self.set_listening(true);
+            }
+        }
+        if self.retries.iter().any(|(t, _)| *t <= now) {
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.retries.drain(..).partition(|(t, _)| *t <= now);
+            self.retries = later;
+            for (_, slot) in due {
+                if self.conns.get(slot).is_some_and(|c| c.is_some()) {
+                    self.connect(slot);
+                }
+            }
+        }
+    }
+
+    /// Returns false once the main thread is gone.
+    fn on_commands(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match sys::read(self.commands.as_raw_fd(), &mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    for &cmd in &buf[..n] {
+                        match cmd {
+                            CMD_ACCEPT => {
+                                self.accepting = true;
+                                if self.paused_until.is_none() {
+                                    self.set_listening(true);
+                                }
+                            }
+                            CMD_STOP => {
+                                self.accepting = false;
+                                self.set_listening(false);
+                                self.draining = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn set_listening(&mut self, on: bool) {
+        if on == self.listening {
+            return;
+        }
+        self.listening = on;
+        for (i, (fd, route, _)) in self.listeners.iter().enumerate() {
+            let result = if on {
+                sys::epoll_ctl(
+                    &self.ep,
+                    libc::EPOLL_CTL_ADD,
+                    fd.as_raw_fd(),
+                    IN,
+                    TOKEN_LISTENER | i as u64,
+                )
+            } else {
+                sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd.as_raw_fd(), 0, 0)
+            };
+            if let Err(e) = result {
+                self.say(&format!("proxy: {}: epoll: {e}", route.listen));
+            }
+        }
+    }
+
+    /// Stop accepting for a while: the error is one that accepting again at once
+    /// would only repeat (no fd, no memory).
+    fn pause(&mut self, listener: usize, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last_pause_log
+            .is_none_or(|t| now.duration_since(t) >= PAUSE_LOG_EVERY)
+        {
+            self.last_pause_log = Some(now);
+            self.say(&format!(
+                "proxy: {}: cannot accept: {e}; pausing accepts for {}ms",
+                self.listeners[listener].1.listen,
+                ACCEPT_PAUSE.as_millis()
+            ));
+        }
+        self.set_listening(false);
+        self.paused_until = Some(now + ACCEPT_PAUSE);
+    }
+
+    fn on_listener(&mut self, i: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if !self.listening {
+                return;
+            }
+            match sys::accept(self.listeners[i].0.as_raw_fd()) {
+                Ok(client) => self.open(i, client),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => {}
+                    _ => return self.pause(i, &e),
+                },
+            }
+        }
+    }
+
+    fn open(&mut self, listener: usize, client: OwnedFd) {
+        if self.listeners[listener].2 {
+            sys::set_nodelay(client.as_raw_fd());
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        if let Err(e) = sys::epoll_ctl(
+            &self.ep,
+            libc::EPOLL_CTL_ADD,
+            client.as_raw_fd(),
+            0,
+            (slot as u64) << 1,
+        ) {
+            self.say(&format!("proxy: epoll: {e}; connection closed"));
+            self.free.push(slot);
+            return;
+        }
+        self.conns[slot] = Some(Conn {
+            listener,
+            fds: [Some(client), None],
+            half: [Half::default(), Half::default()],
+            connecting: false,
+            target: 0,
+            last_error: 0,
+            retry_until: None,
+            hup: [false; 2],
+            mask: [Some(0), None],
+        });
+        self.live += 1;
+        self.connect(slot);
+    }
+
+    /// Connect the slot's backend to its current target, moving on to the next target
+    /// when one refuses; logs and closes the client when none is left.
+    fn connect(&mut self, slot: usize) {
+        loop {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                return;
+            };
+            let (_, route, _) = &self.listeners[conn.listener];
+            let Some(target) = route.targets.get(conn.target) else {
+                let e = io::Error::from_raw_os_error(conn.last_error);
+                let line = format!(
+                    "proxy: {}: cannot connect to {}: {e}; client connection closed",
+                    route.listen, route.forward
+                );
+                self.say(&line);
+                self.close(slot, None);
+                return;
+            };
+            let (addr, tcp) = match target {
+                Target::Tcp(a) => (SockAddr::inet(a), true),
+                Target::Unix(p) => (SockAddr::unix(p), false),
+            };
+            let sock = match sys::stream_socket(&addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    let line = format!(
+                        "proxy: {}: cannot open a socket: {e}; client connection closed",
+                        route.listen
+                    );
+                    let listener = conn.listener;
+                    self.say(&line);
+                    self.close(slot, None);
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        self.pause(listener, &e);
+                    }
+                    return;
+                }
+            };
+            match sys::connect(&sock, &addr) {
+                Ok(()) => {
+                    conn.connecting = false;
+                    if tcp {
+                        sys::set_nodelay(sock.as_raw_fd());
+                    }
+                    conn.fds[BACKEND] = Some(sock);
+                    conn.mask[BACKEND] = None;
+                    // The client has likely sent already: try it now.
+                    return self.progress(slot, CLIENT, true, false);
+                }
+                Err(libc::EINPROGRESS) => {
+                    conn.connecting = true;
+                    conn.fds[BACKEND] = Some(sock);
+                    conn.mask[BACKEND] = None;
+                    return self.update(slot);
+                }
+                Err(libc::EAGAIN) if !tcp => {
+                    let now = Instant::now();
+                    let until = *conn.retry_until.get_or_insert(now + UNIX_RETRY_FOR);
+                    if now < until {
+                        self.retries.push((now + UNIX_RETRY, slot));
+                        return;
+                    }
+                    conn.last_error = libc::EAGAIN;
+                    conn.target += 1;
+                }
+                Err(errno) => {
+                    conn.last_error = errno;
+                    conn.target += 1;
+                    conn.retry_until = None;
+                }
+            }
+        }
+    }
+
+    fn on_conn(&mut self, slot: usize, side: usize, revents: u32) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if side == BACKEND && conn.connecting {
+            let Some(fd) = conn.raw(BACKEND) else {
+                return;
+            };
+            let err = sys::take_error(fd);
+            if err != 0 || revents & (ERR | HUP) != 0 {
+                conn.last_error = if err != 0 { err } else { libc::ECONNREFUSED };
+                conn.fds[BACKEND] = None;
+                conn.mask[BACKEND] = None;
+                conn.connecting = false;
+                conn.target += 1;
+                return self.connect(slot);
+            }
+            if revents & OUT == 0 {
+                return;
+            }
+            conn.connecting = false;
+            if self.listeners[conn.listener]
+                .1
+                .targets
+                .get(conn.target)
+                .is_some_and(|t| matches!(t, Target::Tcp(_)))
+            {
+                sys::set_nodelay(fd);
+            }
+            return self.progress(slot, CLIENT, true, false);
+        }
+        if revents & ERR != 0 {
+            // A reset (or another error) on this side: the other peer sees one too.
+            return self.close(slot, Some(1 - side));
+        }
+        if revents & HUP != 0 {
+            conn.hup[side] = true;
+        }
+        let readable = revents & (IN | HUP) != 0;
+        let writable = revents & (OUT | HUP) != 0;
+        self.progress(slot, side, readable, writable);
+    }
+
+    /// Pump the half reading from `side` (if `readable`) and the half writing to it
+    /// (if `writable`), then close the connection or update its epoll interest.
+    fn progress(&mut self, slot: usize, side: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let mut result = Ok(());
+        if readable || conn.hup[side] {
+            result = pump(conn, side, true, &mut self.pool, &mut self.scratch);
+        }
+        if result.is_ok() && writable {
+            result = pump(conn, 1 - side, false, &mut self.pool, &mut self.scratch);
+        }
+        match result {
+            Err(Abort(reset)) => self.close(slot, reset),
+            Ok(()) if conn.half.iter().all(Half::finished) => self.close(slot, None),
+            Ok(()) => self.update(slot),
+        }
+    }
+
+    /// Bring the epoll interest of both sides in line with what the halves want.
+    fn update(&mut self, slot: usize) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let wanted = conn.wanted();
+        for side in [CLIENT, BACKEND] {
+            let Some(fd) = conn.raw(side) else {
+                continue;
+            };
+            let token = (slot as u64) << 1 | side as u64;
+            let result = if conn.hup[side] {
+                // Level-triggered HUP would fire forever: drop the fd from epoll; its
+                // remaining bytes are read whenever the other side can take them.
+                match conn.mask[side].take() {
+                    Some(_) => sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0),
+                    None => Ok(()),
+                }
+            } else {
+                match conn.mask[side] {
+                    Some(m) if m == wanted[side] => Ok(()),
+                    Some(_) => {
+                        sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_MOD, fd, wanted[side], token)
+                    }
+                    None => sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, fd, wanted[side], token),
+                }
+                .map(|()| conn.mask[side] = Some(wanted[side]))
+            };
+            if let Err(e) = result {
+                self.say(&format!("proxy: epoll: {e}; connection closed"));
+                return self.close(slot, None);
+            }
+        }
+    }
+
+    /// Close both sockets; `reset`: that side's peer gets a reset, not a FIN.
+    fn close(&mut self, slot: usize, reset: Option<usize>) {
+        let Some(mut conn) = self.conns[slot].take() else {
+            return;
+        };
+        if let Some(fd) = reset.and_then(|side| conn.raw(side)) {
+            sys::set_linger_zero(fd);
+        }
+        for half in &mut conn.half {
+            // A pipe still holding bytes is dropped, never reused.
+            if let Some(pipe) = half.pipe.take()
+                && half.pending == 0
+            {
+                give_back(&mut self.pool, pipe);
+            }
+        }
+        self.retries.retain(|(_, s)| *s != slot);
+        self.closed.push(slot);
+        self.live -= 1;
+    }
+}
+
+/// Return an empty pipe to the pool (or close it when the pool is full).
+fn give_back(pool: &mut Vec<Pipe>, pipe: Pipe) {
+    if pool.len() < POOL_MAX {
+        pool.push(pipe);
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EAGAIN)
+}
+
+/// Move what can be moved on half `h` of `conn` without blocking: flush its pipe
+/// to the destination, then (when `readable`, or the source hung up) read the
+/// source again, until the destination is full or the source is empty.
+fn pump(
+    conn: &mut Conn,
+    h: usize,
+    readable: bool,
+    pool: &mut Vec<Pipe>,
+    scratch: &mut [u8],
+) -> Result<(), Abort> {
+    let (Some(src), Some(dst)) = (conn.raw(h), conn.raw(1 - h)) else {
+        return Ok(());
+    };
+    let hup = conn.hup[h];
+    let half = &mut conn.half[h];
+    let mut can_read = readable || hup;
+    let mut rounds = 0;
+    loop {
+        if half.broken {
+            while can_read && !half.eof {
+                match sys::read(src, scratch) {
+                    Ok(0) => half.eof = true,
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => return Ok(()),
+                    Err(_) => return Err(Abort(None)),
+                }
+            }
+            return Ok(());
+        }
+        if half.pending > 0 {
+            let Some(pipe) = half.pipe.as_ref() else {
+                half.pending = 0;
+                continue;
+            };
+            match sys::splice(pipe.r.as_raw_fd(), dst, half.pending) {
+                Ok(n) => {
+                    half.pending -= n;
+                    if half.pending > 0 {
+                        return Ok(());
+                    }
+                }
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(_) => {
+                    // The destination is gone: this direction is over, the other
+                    // may still deliver.
+                    half.broken = true;
+                    half.pending = 0;
+                    half.pipe = None;
+                    continue;
+                }
+            }
+        }
+        if let Some(pipe) = half.pipe.take() {
+            give_back(pool, pipe);
+        }
+        if half.eof {
+            if !half.shut {
+                sys::shutdown_write(dst);
+                half.shut = true;
+            }
+            return Ok(());
+        }
+        if !can_read || (!hup && rounds == MAX_ROUNDS) {
+            return Ok(());
+        }
+        rounds += 1;
+        let pipe = match pool.pop() {
+            Some(p) => p,
+            None => match sys::pipe() {
+                Ok((r, w)) => Pipe { r, w },
+                Err(_) => return Err(Abort(None)),
+            },
+        };
+        match sys::splice(src, pipe.w.as_raw_fd(), SPLICE_LEN) {
+            Ok(0) => {
+                give_back(pool, pipe);
+                half.eof = true;
+            }
+            Ok(n) => {
+                half.pipe = Some(pipe);
+                half.pending = n;
+                can_read = hup || n >= BIG_READ;
+            }
+            Err(e) if would_block(&e) => {
+                give_back(pool, pipe);
+                return Ok(());
+            }
+            Err(_) => {
+                give_back(pool, pipe);
+                // The source was reset: so is the other peer.
+                return Err(Abort(Some(1 - h)));
+            }
+        }
+    }
+}

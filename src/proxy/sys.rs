@@ -1,0 +1,352 @@
+//! Thin wrappers over the Linux calls of the proxy's data path (epoll, splice,
+//! accept4, non-blocking connect). Every fd made here is close-on-exec from birth,
+//! so a child spawned by the main thread at any moment inherits none of them.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A fresh fd from a call that returns one (or -1).
+fn owned(rc: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a non-negative return is a new fd that nothing else owns.
+    cvt(rc).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+}
+
+pub fn epoll_ctl(
+    ep: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    token: u64,
+) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: `ev` outlives the call.
+    cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+}
+
+/// Waits for events; EINTR counts as none.
+pub fn epoll_wait(
+    ep: &OwnedFd,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for `len` entries.
+    let rc = unsafe {
+        libc::epoll_wait(
+            ep.as_raw_fd(),
+            events.as_mut_ptr(),
+            events.len() as libc::c_int,
+            timeout_ms,
+        )
+    };
+    match cvt(rc) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: both are new fds nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Moves up to `len` bytes between a socket and a pipe without copying them through
+/// user space. `Ok(0)` from a socket is end of stream.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: plain syscall on fds we own; null offsets (neither is seekable).
+        let rc = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads and drops what `fd` holds (into `scratch`); `Ok(0)` is end of stream.
+pub fn read(fd: RawFd, scratch: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length.
+    let rc = unsafe { libc::read(fd, scratch.as_mut_ptr().cast(), scratch.len()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+pub fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length.
+    let rc = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// Accepts one connection, non-blocking and close-on-exec.
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed.
+    owned(unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })
+}
+
+/// A socket address ready for `connect(2)`.
+#[derive(Clone)]
+pub struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl SockAddr {
+    pub fn inet(addr: &SocketAddr) -> SockAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        SockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    /// `path` must fit `sun_path` (the configuration checks it).
+    pub fn unix(path: &Path) -> SockAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage, and sockaddr_un.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut sun: libc::sockaddr_un = unsafe { zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_os_str().as_bytes();
+        let n = bytes.len().min(sun.sun_path.len() - 1);
+        for (dst, src) in sun.sun_path.iter_mut().zip(&bytes[..n]) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+        unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sun) };
+        let base = size_of::<libc::sa_family_t>();
+        SockAddr {
+            storage,
+            len: (base + n + 1) as libc::socklen_t,
+        }
+    }
+
+    pub fn family(&self) -> libc::c_int {
+        libc::c_int::from(self.storage.ss_family)
+    }
+}
+
+/// A non-blocking, close-on-exec stream socket for `addr`'s family.
+pub fn stream_socket(addr: &SockAddr) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    owned(unsafe {
+        libc::socket(
+            addr.family(),
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })
+}
+
+/// Starts connecting; `Err` carries the raw errno (EINPROGRESS: wait for writable).
+pub fn connect(fd: &OwnedFd, addr: &SockAddr) -> Result<(), i32> {
+    loop {
+        // SAFETY: the address is valid for `len` bytes.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr.storage as *const libc::sockaddr_storage).cast(),
+                addr.len,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is valid for its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// The pending error of a socket (the outcome of a non-blocking connect), 0 if none.
+pub fn take_error(fd: RawFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` is valid for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        err
+    }
+}
+
+/// Whether `fd` is a listening socket.
+pub fn is_listening(fd: RawFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `on` is valid for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && on == 1
+}
+
+/// Sends our FIN: the peer reads end of stream, and may still send to us.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall; ENOTCONN (peer gone) is fine.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Forward segments as they come: the ends already chose how to batch them.
+pub fn set_nodelay(fd: RawFd) {
+    let _ = setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        &(1 as libc::c_int),
+    );
+}
+
+/// Make `close` send a reset, so a peer sees the reset we saw on the other side.
+pub fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+}
+
+/// Re-listen with the largest backlog the kernel allows (`net.core.somaxconn`).
+pub fn listen_max(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall; listen on a listening socket only updates the backlog.
+    cvt(unsafe { libc::listen(fd, libc::SOMAXCONN) }).map(drop)
+}
+
+/// Whether `fd` is a TCP (rather than Unix) socket.
+pub fn is_inet(fd: RawFd) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` is valid for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && (domain == libc::AF_INET || domain == libc::AF_INET6)
+}
+
+/// O_NONBLOCK on an fd (a status flag: shared with every process holding the same
+/// open file, such as the other generation's copy of a listener).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer fd.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}

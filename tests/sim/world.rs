@@ -1,0 +1,1471 @@
+//! The simulated world: a clock, an event queue ordered by (time, sequence number), a
+//! small kernel (processes, parents, process groups, pdeathsig, zombies, init), and
+//! the psflip generations, each a real [`Machine`] driven through the real
+//! [`runtime::drive`] over a simulated [`Os`].
+//!
+//! What the real runtime does around `drive` (`runtime::event_loop` with its `Psflip`
+//! driver) is mirrored by [`World::turn`]: the polled fds first — the readiness byte,
+//! the lost predecessor, the proxy's "drained" news — then the signals (SIGCHLD
+//! becoming a drain of zombies, each reported *before* it is reaped), then a `Tick`
+//! if the deadline has passed. Every latency (signal delivery, SIGCHLD wake-up,
+//! pipe, exec) is drawn from the seed; a wake-up finds whatever arrived meanwhile,
+//! so SIGCHLDs coalesce as they do in the kernel.
+//!
+//! Beside what the runtime keeps ([`GenRuntime`]), each generation carries *ghost*
+//! state ([`Ghost`]): what the checker knows about it, never read by the machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use psflip::Signal;
+use psflip::machine::{
+    Event, ExitStatus, Generation, Instant, Machine, Phase, ProcId, Role, Settings,
+};
+use psflip::runtime::{self, Os};
+
+use crate::faults::{
+    self, AppBehaviour, Faults, OperatorAction, ProbeOutcome, SuccessorBehaviour, Swarm,
+};
+use crate::invariants::{Cover, Fact};
+use crate::rng::Rng;
+
+pub type Pid = u32;
+
+/// The init process: adopts orphans and reaps them.
+pub const INIT: Pid = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    Running,
+    /// Exited, not yet reaped by its parent.
+    Zombie,
+}
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// A psflip generation: its machine and runtime state are in [`World::gens`].
+    Psflip,
+    /// The app child of the psflip `owner`.
+    App { owner: Pid, behaviour: AppBehaviour },
+    /// One healthcheck command run of the psflip `owner`.
+    Probe { owner: Pid },
+    /// A background job a shell-like app child `leader` left in its process group.
+    Job { leader: Pid },
+}
+
+#[derive(Clone, Debug)]
+pub struct Proc {
+    pub pid: Pid,
+    pub ppid: Pid,
+    pub pgid: Pid,
+    pub kind: Kind,
+    pub life: Life,
+    pub status: Option<ExitStatus>,
+    /// `PR_SET_PDEATHSIG(SIGKILL)`: dies when its parent dies.
+    pub pdeathsig: bool,
+    pub born_at: Instant,
+    pub died_at: Option<Instant>,
+}
+
+/// What the real runtime (`LinuxOs` and its loop) keeps for one generation.
+#[derive(Clone, Debug, Default)]
+pub struct GenRuntime {
+    /// The id↔pid table; a pid is forgotten once reaped.
+    pub pids: BTreeMap<ProcId, Pid>,
+    pub ids: BTreeMap<Pid, ProcId>,
+    /// The read end of the readiness pipe of the successor in flight.
+    pub successor_pipe: Option<ProcId>,
+    /// An unread "ready" byte sits in that pipe.
+    pub ready_byte: bool,
+    /// (Successor) the write end to the previous generation and our id there, until
+    /// its loss was reported.
+    pub predecessor: Option<(Pid, ProcId)>,
+    /// The previous generation is gone and the machine was not told yet.
+    pub predecessor_gone: bool,
+    /// Pending signals (the signalfd: standard signals coalesce per number).
+    pub pending: BTreeSet<i32>,
+    /// The event loop runs (a successor: it loaded its configuration).
+    pub booted: bool,
+    /// The wake-up already queued for the machine's deadline.
+    pub timer_at: Option<Instant>,
+    /// (Proxy) this generation accepts connections.
+    pub accepting: bool,
+    /// (Proxy) its connections have all closed and the machine was not told yet.
+    pub drained: bool,
+    /// The pid of the last successor started, kept after it exits: the pidfile may
+    /// still name it (as in the real runtime).
+    pub last_successor: Option<Pid>,
+}
+
+/// Why a generation ended, as far as the checker can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// SIGKILLed by an injected fault.
+    Crashed,
+    /// SIGKILLed by the generation that started it (hung or slow successor).
+    KilledByParent,
+    /// Exited 2 before starting anything (invalid configuration, binary missing).
+    BadConfig,
+    /// Its machine exited with this code.
+    Exited(i32),
+    /// Killed by a signal other than those above.
+    Signaled(i32),
+}
+
+/// What the checker knows about one generation. Never read by the machine.
+#[derive(Clone, Debug)]
+pub struct Ghost {
+    /// 1 for the first generation, then +1 per successor.
+    pub number: u64,
+    pub generation: Generation,
+    pub behaviour: SuccessorBehaviour,
+    /// (Successor) the generation that started it.
+    pub parent: Option<Pid>,
+    /// The app child: (id, pid).
+    pub child: Option<(ProcId, Pid)>,
+    /// The app child could not be spawned.
+    pub child_spawn_failed: bool,
+    /// Its child is *the* service: the generation reached `Serving` or started an
+    /// upgrade. From then on its child may only be stopped after a handover (I1).
+    pub protects_child: bool,
+    /// An upgrade signal reached it while its first child was starting.
+    pub requested_early: bool,
+    /// It wrote "ready" to its predecessor.
+    pub ready_reported: bool,
+    /// At the moment it reported ready, its child was healthy and (if configured)
+    /// the pidfile named it.
+    pub ready_valid: bool,
+    /// It read a valid "ready" from its successor (the precondition of I1).
+    pub ready_heard_valid: bool,
+    /// When its machine accepted the successor's readiness.
+    pub handover_at: Option<Instant>,
+    /// The machine sent its running child the shutdown signal or SIGKILL (not a
+    /// forward).
+    pub stopped_child: bool,
+    /// The child's exit as reported, and whether the machine had seen it healthy.
+    pub child_exit: Option<(ExitStatus, bool)>,
+    /// A pidfile write failed while its child was healthy and it was not serving yet.
+    pub pidfile_failed_starting: bool,
+    /// The last pidfile write failed.
+    pub last_pidfile_write_failed: bool,
+    /// The successor in flight, and the pid of the child when it was started.
+    pub successor_pid: Option<Pid>,
+    pub upgrade_child: Option<Pid>,
+    /// Die right after the "ready" byte is written (fault).
+    pub dies_after_ready: bool,
+    /// It received a termination signal (SIGTERM, SIGINT, SIGQUIT).
+    pub terminating: bool,
+    /// (Proxy) when it stopped accepting.
+    pub stopped_accepting_at: Option<Instant>,
+    /// (Proxy) its last proxied connection closed after it stopped accepting.
+    pub connections_closed: bool,
+    pub end: Option<End>,
+}
+
+/// One psflip generation.
+pub struct Gen {
+    pub machine: Machine,
+    pub rt: GenRuntime,
+    pub ghost: Ghost,
+}
+
+impl Gen {
+    fn new(settings: Settings, proxy: bool, number: u64, behaviour: SuccessorBehaviour) -> Gen {
+        let generation = settings.generation;
+        Gen {
+            machine: Machine::new(settings).with_proxy(proxy),
+            rt: GenRuntime::default(),
+            ghost: Ghost {
+                number,
+                generation,
+                behaviour,
+                parent: None,
+                child: None,
+                child_spawn_failed: false,
+                protects_child: false,
+                requested_early: false,
+                ready_reported: false,
+                ready_valid: false,
+                ready_heard_valid: false,
+                handover_at: None,
+                stopped_child: false,
+                child_exit: None,
+                pidfile_failed_starting: false,
+                last_pidfile_write_failed: false,
+                successor_pid: None,
+                upgrade_child: None,
+                dies_after_ready: false,
+                terminating: false,
+                stopped_accepting_at: None,
+                connections_closed: false,
+                end: None,
+            },
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        self.machine.settings()
+    }
+}
+
+/// Something scheduled in the world.
+#[derive(Clone, Debug)]
+enum Ev {
+    /// A generation's event loop wakes up: a fd or a signal is ready, or its timer.
+    Wake(Pid),
+    /// Fault: the runtime delivers a `Tick` for no reason.
+    SpuriousTick(Pid),
+    /// A successor's exec finished: it loads its configuration.
+    Boot(Pid),
+    /// A signal reaches a process, or every member of a process group.
+    Deliver {
+        target: Pid,
+        group: bool,
+        signal: Signal,
+    },
+    /// (Proxy) the last connection of a draining generation closed.
+    Drained(Pid),
+    /// A process exits on its own. `fault`: an injected exit, dropped in the heal
+    /// phase.
+    SelfExit {
+        pid: Pid,
+        status: ExitStatus,
+        fault: bool,
+    },
+    /// init reaps its zombies.
+    InitReap,
+    /// The operator acts (chaos phase only).
+    Operator(OperatorAction),
+}
+
+/// The simulated world. See the module documentation.
+pub struct World {
+    pub seed: u64,
+    pub now: Instant,
+    queue: BTreeMap<(Instant, u64), Ev>,
+    seq: u64,
+    next_pid: Pid,
+    /// Running and zombie processes.
+    pub procs: BTreeMap<Pid, Proc>,
+    /// Reaped processes, kept for the checker.
+    pub reaped: BTreeMap<Pid, Proc>,
+    /// A `[[proxy]]` is configured: every generation's machine runs `with_proxy`.
+    pub proxy: bool,
+    /// The proxy's Unix socket files exist (created once, by the first generation).
+    pub proxy_sockets: bool,
+    /// Every generation, dead ones included (their ghost state).
+    pub gens: BTreeMap<Pid, Gen>,
+    /// The shared pidfile: the pid it names.
+    pub pidfile: Option<Pid>,
+    pub faults: Faults,
+    latency: Rng,
+    work: Rng,
+    pub first_settings: Settings,
+    /// How long the chaos phase lasts.
+    pub chaos: Duration,
+    /// A termination signal armed to strike during the next upgrade.
+    terminate_during_upgrade: Option<Signal>,
+    pub healing: bool,
+    pub trace: Vec<String>,
+    /// Facts the last step produced, for the invariants.
+    pub facts: Vec<Fact>,
+    pub coverage: BTreeMap<Cover, u64>,
+    /// Effects carried out so far (to tell a no-op `Tick` from progress).
+    effects: u64,
+    /// Things that may legitimately end the service happened (faults, operator
+    /// termination).
+    pub service_enders: u64,
+    /// Background jobs orphaned because their psflip was SIGKILLed before it could
+    /// kill their group: pdeathsig does not reach them (a known limit, not a bug).
+    pub orphaned_jobs: BTreeSet<Pid>,
+}
+
+/// A zombie is reaped within this (plus latency).
+pub const REAP_BOUND: Duration = Duration::from_secs(1);
+
+impl World {
+    pub fn new(seed: u64) -> World {
+        let mut master = Rng::new(seed);
+        let mut settings_rng = master.fork();
+        let mut fault_rng = master.fork();
+        let latency = master.fork();
+        let mut work = master.fork();
+        let chaos = work.ms(5_000, 90_000);
+        let swarm = Swarm::pick(&mut fault_rng);
+        let first_settings = faults::settings(&mut settings_rng);
+        let proxy = settings_rng.chance(0.3);
+        World {
+            seed,
+            now: Instant::ZERO,
+            queue: BTreeMap::new(),
+            seq: 0,
+            next_pid: INIT + 1,
+            procs: BTreeMap::new(),
+            reaped: BTreeMap::new(),
+            proxy,
+            proxy_sockets: proxy,
+            gens: BTreeMap::new(),
+            pidfile: None,
+            faults: Faults::new(swarm, fault_rng),
+            latency,
+            work,
+            first_settings,
+            chaos,
+            terminate_during_upgrade: None,
+            healing: false,
+            trace: Vec::new(),
+            facts: Vec::new(),
+            coverage: BTreeMap::new(),
+            effects: 0,
+            service_enders: 0,
+            orphaned_jobs: BTreeSet::new(),
+        }
+    }
+
+    // ---------------------------------------------------------------- clock & queue
+
+    fn schedule(&mut self, at: Instant, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at.max(self.now), self.seq), ev);
+    }
+
+    fn lat(&mut self) -> Duration {
+        let max = self.faults.swarm.max_latency;
+        self.latency.upto(max)
+    }
+
+    fn after_latency(&mut self, ev: Ev) {
+        let at = self.now + self.lat();
+        self.schedule(at, ev);
+    }
+
+    pub fn next_time(&self) -> Option<Instant> {
+        self.queue.first_key_value().map(|((t, _), _)| *t)
+    }
+
+    pub fn log(&mut self, line: impl AsRef<str>) {
+        let mut s = String::with_capacity(64);
+        let t = self.now.since_origin();
+        let _ = write!(
+            s,
+            "[{:>4}.{:03}s] {}",
+            t.as_secs(),
+            t.subsec_millis(),
+            line.as_ref()
+        );
+        self.trace.push(s);
+    }
+
+    pub fn cover(&mut self, what: Cover) {
+        *self.coverage.entry(what).or_default() += 1;
+    }
+
+    /// A process as the trace shows it. (Called while a generation is out of
+    /// `gens` for its drive, hence the fallbacks.)
+    fn name(&self, pid: Pid) -> String {
+        let gen_no = |g: Pid| {
+            self.gens
+                .get(&g)
+                .map_or(format!("[{g}]"), |g| format!("g{}", g.ghost.number))
+        };
+        match self.proc(pid).map(|p| &p.kind) {
+            Some(Kind::Psflip) => match self.gens.get(&pid) {
+                Some(g) => format!("g{}[{pid}]", g.ghost.number),
+                None => format!("psflip[{pid}]"),
+            },
+            Some(Kind::App { owner, .. }) => format!("app[{pid}] of {}", gen_no(*owner)),
+            Some(Kind::Probe { owner }) => format!("probe[{pid}] of {}", gen_no(*owner)),
+            Some(Kind::Job { leader }) => format!("job[{pid}] of app[{leader}]"),
+            None => format!("[{pid}]"),
+        }
+    }
+
+    // ---------------------------------------------------------------- kernel
+
+    pub fn proc(&self, pid: Pid) -> Option<&Proc> {
+        self.procs.get(&pid).or_else(|| self.reaped.get(&pid))
+    }
+
+    pub fn running(&self, pid: Pid) -> bool {
+        self.procs
+            .get(&pid)
+            .is_some_and(|p| p.life == Life::Running)
+    }
+
+    fn fork(&mut self, ppid: Pid, kind: Kind, pgid: Option<Pid>, pdeathsig: bool) -> Pid {
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.procs.insert(
+            pid,
+            Proc {
+                pid,
+                ppid,
+                pgid: pgid.unwrap_or(pid),
+                kind,
+                life: Life::Running,
+                status: None,
+                pdeathsig,
+                born_at: self.now,
+                died_at: None,
+            },
+        );
+        pid
+    }
+
+    /// A running process ends: it becomes a zombie, its children are reparented to
+    /// init (those with pdeathsig die first), its parent gets SIGCHLD.
+    pub fn exit_proc(&mut self, pid: Pid, status: ExitStatus) {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        if p.life != Life::Running {
+            return;
+        }
+        p.life = Life::Zombie;
+        p.status = Some(status);
+        p.died_at = Some(self.now);
+        let ppid = p.ppid;
+        let is_gen = matches!(p.kind, Kind::Psflip);
+        let line = format!("kernel: {} exited ({status})", self.name(pid));
+        self.log(line);
+
+        if is_gen {
+            self.generation_died(pid, status);
+        }
+        let children: Vec<Pid> = self
+            .procs
+            .values()
+            .filter(|c| c.ppid == pid)
+            .map(|c| c.pid)
+            .collect();
+        for c in children {
+            if self.procs[&c].pdeathsig && self.procs[&c].life == Life::Running {
+                self.log(format!("kernel: pdeathsig kills {}", self.name(c)));
+                self.exit_proc(c, ExitStatus::Signaled(Signal::SIGKILL as i32));
+            }
+            let child = self.procs.get_mut(&c).expect("child exists");
+            child.ppid = INIT;
+            if child.life == Life::Zombie {
+                self.after_latency(Ev::InitReap);
+            }
+        }
+        self.notify_parent(ppid);
+    }
+
+    fn notify_parent(&mut self, ppid: Pid) {
+        if ppid == INIT {
+            self.after_latency(Ev::InitReap);
+        } else if self.running(ppid)
+            && let Some(g) = self.gens.get_mut(&ppid)
+        {
+            g.rt.pending.insert(Signal::SIGCHLD as i32);
+            self.after_latency(Ev::Wake(ppid));
+        }
+    }
+
+    /// A psflip process is gone: its successors lose their pipe to it, the jobs of
+    /// its child may now be orphans for good.
+    fn generation_died(&mut self, pid: Pid, status: ExitStatus) {
+        let successors: Vec<Pid> = self
+            .gens
+            .iter()
+            .filter(|(_, g)| g.rt.predecessor.is_some_and(|(p, _)| p == pid))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in successors {
+            if self.running(s) {
+                self.gens
+                    .get_mut(&s)
+                    .expect("a generation")
+                    .rt
+                    .predecessor_gone = true;
+                self.after_latency(Ev::Wake(s));
+            }
+        }
+        let this = self.gens.get_mut(&pid).expect("a generation");
+        if this.ghost.end.is_none() {
+            this.ghost.end = Some(match status {
+                ExitStatus::Code(2) if !this.rt.booted => End::BadConfig,
+                ExitStatus::Code(c) => End::Exited(c),
+                ExitStatus::Signaled(s) => End::Signaled(s),
+            });
+        }
+        // A child whose exit psflip never got to handle leaves its group unkilled:
+        // pdeathsig kills the child, not its background jobs. Unavoidable when
+        // psflip is SIGKILLed by someone else; psflip's own kills are not excused.
+        if let Some((id, child)) = this.ghost.child
+            && this.rt.pids.contains_key(&id)
+            && this.ghost.end == Some(End::Crashed)
+        {
+            let jobs: Vec<Pid> = self
+                .procs
+                .values()
+                .filter(|j| matches!(j.kind, Kind::Job { leader } if leader == child))
+                .filter(|j| j.life == Life::Running)
+                .map(|j| j.pid)
+                .collect();
+            self.orphaned_jobs.extend(jobs);
+        }
+    }
+
+    fn reap(&mut self, pid: Pid) {
+        if let Some(p) = self.procs.remove(&pid) {
+            debug_assert_eq!(p.life, Life::Zombie);
+            self.reaped.insert(pid, p);
+        }
+    }
+
+    /// Deliver a signal to one process (not a group).
+    fn deliver(&mut self, pid: Pid, signal: Signal) {
+        if !self.running(pid) {
+            return;
+        }
+        if signal == Signal::SIGKILL {
+            self.exit_proc(pid, ExitStatus::Signaled(Signal::SIGKILL as i32));
+            return;
+        }
+        match self.procs[&pid].kind.clone() {
+            Kind::Psflip => {
+                let g = self.gens.get_mut(&pid).expect("a generation");
+                g.rt.pending.insert(signal as i32);
+                if g.rt.booted {
+                    self.after_latency(Ev::Wake(pid));
+                }
+            }
+            Kind::App { owner, behaviour } => {
+                let stops_on = [
+                    Signal::SIGTERM,
+                    Signal::SIGINT,
+                    Signal::SIGQUIT,
+                    self.gens[&owner].settings().shutdown_signal,
+                ];
+                if behaviour.ignores_term || !stops_on.contains(&signal) {
+                    self.log(format!("{} ignores {}", self.name(pid), signal.as_str()));
+                    return;
+                }
+                let status = if behaviour.exit_code_on_signal {
+                    ExitStatus::Code(128 + signal as i32)
+                } else {
+                    ExitStatus::Signaled(signal as i32)
+                };
+                let at = self.now + behaviour.stop_takes;
+                self.schedule(
+                    at,
+                    Ev::SelfExit {
+                        pid,
+                        status,
+                        fault: false,
+                    },
+                );
+            }
+            Kind::Probe { .. } | Kind::Job { .. } => {
+                self.exit_proc(pid, ExitStatus::Signaled(signal as i32));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- set-up
+
+    /// Start the first generation, and plan the operator's actions over the chaos
+    /// phase.
+    pub fn start(&mut self) {
+        let settings = self.first_settings.clone();
+        let chaos = self.chaos;
+        self.log(format!("seed {}: {:?}", self.seed, self.faults.swarm));
+        self.log(format!("settings: {settings:?}, proxy: {}", self.proxy));
+        let plan = faults::operator_plan(&mut self.work, chaos, &settings);
+        for (t, action) in plan.actions {
+            self.schedule(Instant::from_origin(t), Ev::Operator(action));
+        }
+        self.terminate_during_upgrade = plan.terminate_during_upgrade;
+        let pid = self.fork(INIT, Kind::Psflip, None, false);
+        self.gens.insert(
+            pid,
+            Gen::new(settings, self.proxy, 1, SuccessorBehaviour::Normal),
+        );
+        self.schedule(Instant::ZERO, Ev::Boot(pid));
+    }
+
+    /// The heal phase: no more faults, no more operator actions; whatever was
+    /// injected but has not struck yet is cancelled.
+    pub fn heal(&mut self) {
+        self.healing = true;
+        self.faults.calm();
+        self.terminate_during_upgrade = None;
+        self.queue
+            .retain(|_, ev| !matches!(ev, Ev::Operator(_) | Ev::SelfExit { fault: true, .. }));
+        self.log("heal: faults off");
+        // A successor hung before its event loop is only ever killed by the
+        // generation that started it; if a fault killed that one, the operator
+        // cleans up, as the service manager would.
+        let stuck: Vec<Pid> = self
+            .gens
+            .iter()
+            .filter(|(p, g)| {
+                self.running(**p)
+                    && g.ghost.behaviour == SuccessorBehaviour::Hangs
+                    && g.ghost.parent.is_some_and(|pp| !self.running(pp))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stuck {
+            self.send_signal(p, Signal::SIGKILL);
+        }
+    }
+
+    /// The generation the operator (or `psflip upgrade`) addresses: the oldest live
+    /// one that has not handed over, else the newest live one.
+    pub fn service(&self) -> Option<Pid> {
+        let live: Vec<Pid> = self
+            .gens
+            .keys()
+            .copied()
+            .filter(|p| self.running(*p))
+            .collect();
+        live.iter()
+            .copied()
+            .find(|p| !self.gens[p].machine.handed_over())
+            .or(live.last().copied())
+    }
+
+    pub fn live_gens(&self) -> Vec<Pid> {
+        self.gens
+            .keys()
+            .copied()
+            .filter(|p| self.running(*p))
+            .collect()
+    }
+
+    /// The operator sends a signal to a generation, now.
+    pub fn send_signal(&mut self, pid: Pid, signal: Signal) {
+        self.log(format!(
+            "operator: {} -> {}",
+            signal.as_str(),
+            self.name(pid)
+        ));
+        self.deliver(pid, signal);
+    }
+
+    // ---------------------------------------------------------------- stepping
+
+    /// Let time pass to `t` with nothing happening (the queue has nothing before).
+    pub fn advance_to(&mut self, t: Instant) {
+        self.now = self.now.max(t);
+        self.facts.clear();
+    }
+
+    /// Process the next scheduled event; false when nothing is left.
+    pub fn step(&mut self) -> bool {
+        let Some(((t, _), ev)) = self.queue.pop_first() else {
+            return false;
+        };
+        self.now = t;
+        self.facts.clear();
+        self.handle(ev);
+        if !self.healing {
+            self.inject_step_faults();
+        }
+        true
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Wake(pid) => {
+                if self.loop_runs(pid)
+                    && let Some(code) = self.turn(pid)
+                {
+                    self.machine_exit(pid, code);
+                }
+            }
+            Ev::SpuriousTick(pid) => {
+                if self.loop_runs(pid) {
+                    self.log(format!("fault: spurious tick to {}", self.name(pid)));
+                    self.cover(Cover::SpuriousTick);
+                    if let Some(code) = self.drive(pid, Event::Tick) {
+                        self.machine_exit(pid, code);
+                    } else {
+                        self.arm_timer(pid);
+                    }
+                }
+            }
+            Ev::Boot(pid) => self.boot(pid),
+            Ev::Drained(pid) => {
+                if self.running(pid) {
+                    let g = self.gens.get_mut(&pid).expect("a generation");
+                    g.rt.drained = true;
+                    g.ghost.connections_closed = true;
+                    self.after_latency(Ev::Wake(pid));
+                }
+            }
+            Ev::Deliver {
+                target,
+                group,
+                signal,
+            } => {
+                if group {
+                    let members: Vec<Pid> = self
+                        .procs
+                        .values()
+                        .filter(|p| p.pgid == target && p.life == Life::Running)
+                        .map(|p| p.pid)
+                        .collect();
+                    for m in members {
+                        self.deliver(m, signal);
+                    }
+                } else {
+                    self.deliver(target, signal);
+                }
+            }
+            Ev::SelfExit { pid, status, fault } => {
+                if self.running(pid) {
+                    if fault {
+                        self.service_enders += 1;
+                        self.log(format!("fault: {} exits on its own", self.name(pid)));
+                    }
+                    self.exit_proc(pid, status);
+                }
+            }
+            Ev::InitReap => {
+                let zombies: Vec<Pid> = self
+                    .procs
+                    .values()
+                    .filter(|p| p.ppid == INIT && p.life == Life::Zombie)
+                    .map(|p| p.pid)
+                    .collect();
+                for z in zombies {
+                    self.reap(z);
+                }
+            }
+            Ev::Operator(action) => self.operate(action),
+        }
+    }
+
+    fn operate(&mut self, action: OperatorAction) {
+        let live = self.live_gens();
+        let Some(service) = self.service() else {
+            return;
+        };
+        match action {
+            OperatorAction::Upgrade { to_any } => {
+                let target = if to_any {
+                    self.work.pick(&live)
+                } else {
+                    service
+                };
+                let sig = self.gens[&target].settings().upgrade_signal;
+                self.send_signal(target, sig);
+            }
+            OperatorAction::Terminate(sig) => {
+                self.service_enders += 1;
+                self.send_signal(service, sig);
+            }
+            OperatorAction::Other(sig) => {
+                self.service_enders += 1;
+                self.send_signal(service, sig);
+            }
+        }
+    }
+
+    fn inject_step_faults(&mut self) {
+        let live = self.live_gens();
+        if live.is_empty() {
+            return;
+        }
+        if self.faults.crash_now() {
+            let victim = self.faults.rng().pick(&live);
+            self.service_enders += 1;
+            self.log(format!("fault: SIGKILL {}", self.name(victim)));
+            self.gens.get_mut(&victim).expect("a generation").ghost.end = Some(End::Crashed);
+            self.exit_proc(victim, ExitStatus::Signaled(Signal::SIGKILL as i32));
+        }
+        if self.faults.spurious_tick_now() {
+            let target = self.faults.rng().pick(&live);
+            self.after_latency(Ev::SpuriousTick(target));
+        }
+        if let Some(sig) = self.terminate_during_upgrade
+            && let Some(old) = live
+                .iter()
+                .copied()
+                .find(|p| self.gens[p].machine.upgrading())
+        {
+            self.terminate_during_upgrade = None;
+            self.service_enders += 1;
+            let at = self.now + self.work.upto(Duration::from_secs(2));
+            self.log(format!(
+                "operator: will send {} to {} mid-upgrade",
+                sig.as_str(),
+                self.name(old)
+            ));
+            // Scheduled as a delivery: the operator's kill() is already on its way.
+            self.schedule(
+                at,
+                Ev::Deliver {
+                    target: old,
+                    group: false,
+                    signal: sig,
+                },
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- generations
+
+    /// The generation's event loop runs: alive, booted, machine not done.
+    fn loop_runs(&self, pid: Pid) -> bool {
+        self.running(pid)
+            && self
+                .gens
+                .get(&pid)
+                .is_some_and(|g| g.rt.booted && *g.machine.phase() != Phase::Done)
+    }
+
+    fn boot(&mut self, pid: Pid) {
+        if !self.running(pid) {
+            return;
+        }
+        match self.gens[&pid].ghost.behaviour {
+            SuccessorBehaviour::Normal => {
+                self.gens.get_mut(&pid).expect("a generation").rt.booted = true;
+                if let Some(code) = self.drive(pid, Event::Started) {
+                    self.machine_exit(pid, code);
+                    return;
+                }
+                self.arm_timer(pid);
+                let g = &self.gens[&pid];
+                if !g.rt.pending.is_empty() || g.rt.predecessor_gone || g.rt.drained {
+                    self.after_latency(Ev::Wake(pid));
+                }
+            }
+            SuccessorBehaviour::BadConfig => {
+                self.log(format!(
+                    "{}: invalid configuration; exiting 2",
+                    self.name(pid)
+                ));
+                self.exit_proc(pid, ExitStatus::Code(2));
+            }
+            SuccessorBehaviour::Hangs => {
+                self.log(format!("{}: hangs before its event loop", self.name(pid)));
+            }
+        }
+    }
+
+    /// The machine asked to exit: the process exits with that code.
+    fn machine_exit(&mut self, pid: Pid, code: i32) {
+        self.facts.push(Fact::Exited { gpid: pid, code });
+        self.exit_proc(pid, ExitStatus::Code(code));
+    }
+
+    /// Queue a wake-up at the machine's deadline, unless one is queued for it.
+    fn arm_timer(&mut self, pid: Pid) {
+        let g = self.gens.get_mut(&pid).expect("a generation");
+        let Some(t) = g.machine.deadline() else {
+            return;
+        };
+        if g.rt.timer_at == Some(t) {
+            return;
+        }
+        g.rt.timer_at = Some(t);
+        self.schedule(t, Ev::Wake(pid));
+    }
+
+    /// One turn of the runtime's loop (`runtime::event_loop` driving `Psflip`),
+    /// after poll returned.
+    fn turn(&mut self, pid: Pid) -> Option<i32> {
+        let now = self.now;
+        let g = self.gens.get_mut(&pid).expect("a generation");
+        if g.rt.timer_at.is_some_and(|t| t <= now) {
+            g.rt.timer_at = None;
+        }
+        let successor_alive =
+            g.rt.successor_pipe
+                .and_then(|id| g.rt.pids.get(&id))
+                .is_some_and(|p| self.procs.get(p).is_some_and(|p| p.life == Life::Running));
+        let pipe_readable = g.rt.successor_pipe.is_some() && (g.rt.ready_byte || !successor_alive);
+        let pred_gone = g.rt.predecessor_gone && g.rt.predecessor.is_some();
+        let drained = g.rt.drained;
+        let sig_ready = !g.rt.pending.is_empty();
+        // The byte may land while the turn runs: then only reap_all (or the next
+        // turn) reads it.
+        let pipe_seen =
+            pipe_readable && !(g.rt.ready_byte && sig_ready && self.faults.poll_misses_pipe());
+
+        if pipe_seen {
+            let g = self.gens.get_mut(&pid).expect("a generation");
+            let id = g.rt.successor_pipe.expect("pipe");
+            if std::mem::take(&mut g.rt.ready_byte) {
+                if let Some(code) = self.drive(pid, Event::SuccessorReady { id }) {
+                    return Some(code);
+                }
+            } else {
+                g.rt.successor_pipe = None;
+            }
+        }
+        if pred_gone {
+            let g = self.gens.get_mut(&pid).expect("a generation");
+            g.rt.predecessor = None;
+            g.rt.predecessor_gone = false;
+            if let Some(code) = self.drive(pid, Event::PredecessorExited) {
+                return Some(code);
+            }
+        }
+        if drained {
+            self.gens.get_mut(&pid).expect("a generation").rt.drained = false;
+            self.cover(Cover::ProxyDrained);
+            if let Some(code) = self.drive(pid, Event::ProxyDrained) {
+                return Some(code);
+            }
+        }
+        if sig_ready {
+            while let Some(signo) = self
+                .gens
+                .get_mut(&pid)
+                .expect("a generation")
+                .rt
+                .pending
+                .pop_first()
+            {
+                if signo == Signal::SIGCHLD as i32 {
+                    if let Some(code) = self.reap_all(pid) {
+                        return Some(code);
+                    }
+                    continue;
+                }
+                let sig = Signal::try_from(signo).expect("a signal");
+                if let Some(code) = self.drive(pid, Event::SignalReceived(sig)) {
+                    return Some(code);
+                }
+            }
+        }
+        let g = &self.gens[&pid];
+        if g.machine.deadline().is_some_and(|t| t <= now) {
+            let effects = self.effects;
+            if let Some(code) = self.drive(pid, Event::Tick) {
+                return Some(code);
+            }
+            // A due tick that does nothing and stays due would spin the real loop.
+            if self.effects == effects
+                && self.gens[&pid].machine.deadline().is_some_and(|t| t <= now)
+            {
+                self.facts.push(Fact::BusyLoop { gpid: pid });
+            }
+        }
+        self.arm_timer(pid);
+        if self.gens[&pid].rt.ready_byte {
+            // Level-triggered: the next poll returns at once.
+            self.after_latency(Ev::Wake(pid));
+        }
+        None
+    }
+
+    /// `runtime::reap_all`: report each zombie child, then reap it, whatever the
+    /// machine answered.
+    fn reap_all(&mut self, pid: Pid) -> Option<i32> {
+        let mut exit = None;
+        let mut reported = 0;
+        loop {
+            let mut zombies: Vec<Pid> = self
+                .procs
+                .values()
+                .filter(|p| p.ppid == pid && p.life == Life::Zombie)
+                .map(|p| p.pid)
+                .collect();
+            if zombies.is_empty() {
+                break;
+            }
+            self.faults.reaping_order(&mut zombies);
+            let z = zombies[0];
+            let status = self.procs[&z].status.expect("a zombie has a status");
+            let id = self.gens[&pid].rt.ids.get(&z).copied();
+            if let Some(id) = id
+                && exit.is_none()
+            {
+                let g = self.gens.get_mut(&pid).expect("a generation");
+                if g.rt.successor_pipe == Some(id) && std::mem::take(&mut g.rt.ready_byte) {
+                    self.cover(Cover::ReadyReadWhileReaping);
+                    exit = self.drive(pid, Event::SuccessorReady { id });
+                }
+                if exit.is_none() {
+                    reported += 1;
+                    if reported == 2 {
+                        self.cover(Cover::CoalescedSigchld);
+                    }
+                    exit = self.drive(pid, Event::ProcessExited { id, status });
+                }
+            }
+            self.reap(z);
+            let g = self.gens.get_mut(&pid).expect("a generation");
+            if let Some(id) = g.rt.ids.remove(&z) {
+                g.rt.pids.remove(&id);
+                if g.rt.successor_pipe == Some(id) {
+                    g.rt.successor_pipe = None;
+                    g.rt.ready_byte = false;
+                }
+            }
+        }
+        exit
+    }
+
+    /// Feed one event to a generation's machine through `runtime::drive`, with the
+    /// bookkeeping the checker needs before and after.
+    pub fn drive(&mut self, pid: Pid, event: Event) -> Option<i32> {
+        let mut this = self.gens.remove(&pid).expect("a generation");
+        let number = this.ghost.number;
+        let now = self.now;
+        self.log(format!("g{number}[{pid}] <- {event:?}"));
+
+        let before = Snapshot::of(&this.machine);
+        let forwarding = match event {
+            Event::SignalReceived(sig) => Some(sig),
+            _ => None,
+        };
+        match &event {
+            Event::SuccessorReady { id } => {
+                // Ready from a successor it has itself SIGKILLed is no handover: that
+                // successor is gone (a crash right after "ready" is, SPEC §5).
+                let valid = this
+                    .rt
+                    .pids
+                    .get(id)
+                    .and_then(|s| self.gens.get(s))
+                    .is_some_and(|s| {
+                        s.ghost.ready_valid && s.ghost.end != Some(End::KilledByParent)
+                    });
+                this.ghost.ready_heard_valid |=
+                    valid && matches!(before.phase, Phase::Upgrading { .. });
+            }
+            Event::ProcessExited { id, status } if this.machine.live_child() == Some(*id) => {
+                this.ghost.child_exit = Some((*status, this.machine.healthy()));
+            }
+            Event::SignalReceived(sig) if *sig == this.settings().upgrade_signal => match before
+                .phase
+            {
+                Phase::Upgrading { .. } => self.cover(Cover::UpgradeIgnoredInFlight),
+                Phase::Booting | Phase::Starting if this.ghost.generation == Generation::First => {
+                    this.ghost.requested_early = true
+                }
+                _ => {}
+            },
+            Event::SignalReceived(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => {
+                this.ghost.terminating = true
+            }
+            _ => {}
+        }
+
+        let mut reported = false;
+        let code = {
+            let Gen { machine, rt, ghost } = &mut this;
+            let mut os = SimOs {
+                world: self,
+                pid,
+                number,
+                settings: machine.settings().clone(),
+                rt,
+                ghost,
+                forwarding,
+                reported: &mut reported,
+            };
+            runtime::drive(machine, now, event, &mut os)
+        };
+
+        let after = Snapshot::of(&this.machine);
+        self.after_drive(pid, &mut this, &before, &after, reported);
+        self.gens.insert(pid, this);
+        if code.is_none() && reported && self.gens[&pid].ghost.dies_after_ready {
+            self.log(format!(
+                "fault: g{number}[{pid}] dies right after reporting ready"
+            ));
+            self.service_enders += 1;
+            self.gens.get_mut(&pid).expect("a generation").ghost.end = Some(End::Crashed);
+            self.exit_proc(pid, ExitStatus::Signaled(Signal::SIGKILL as i32));
+        }
+        code
+    }
+
+    fn after_drive(
+        &mut self,
+        pid: Pid,
+        this: &mut Gen,
+        before: &Snapshot,
+        after: &Snapshot,
+        reported: bool,
+    ) {
+        let ghost = &mut this.ghost;
+        if after.phase == Phase::Serving {
+            ghost.protects_child = true;
+        }
+        if reported {
+            let pidfile_ok = !this.machine.settings().pidfile || self.pidfile == Some(pid);
+            ghost.ready_valid =
+                this.machine.healthy() && this.machine.live_child().is_some() && pidfile_ok;
+            self.facts.push(Fact::ReadyReported {
+                gpid: pid,
+                healthy: this.machine.healthy(),
+                pidfile_ok,
+            });
+            if let Some(pred) = ghost.parent
+                && self
+                    .gens
+                    .get(&pred)
+                    .is_some_and(|p| p.ghost.end == Some(End::Crashed))
+            {
+                self.cover(Cover::OldKilledSuccessorTookOver);
+            }
+        }
+        if !before.upgrading && after.upgrading && before.phase == Phase::Starting {
+            self.cover(Cover::EarlyUpgradePerformed);
+        }
+        if before.handed_over && !after.handed_over {
+            // The successor died before the old child was signalled: the service
+            // is ours again (Machine::on_new_service_gone).
+            ghost.handover_at = None;
+            self.cover(Cover::ServiceTakenBack);
+        }
+        if !before.handed_over && after.handed_over {
+            ghost.handover_at = Some(self.now);
+            self.cover(Cover::UpgradeDone);
+            if ghost.child_exit.is_some() {
+                self.cover(Cover::OldChildExitedSuccessorTookOver);
+            }
+        }
+        if before.upgrading && !after.upgrading && !after.handed_over {
+            let successor = ghost.successor_pid.take();
+            if matches!(before.phase, Phase::Aborting { .. }) {
+                self.cover(Cover::RollbackTermination);
+            } else if after.phase == Phase::Serving
+                && let Some(s) = successor
+            {
+                let cause = self.rollback_cause(s);
+                self.cover(cause);
+            }
+            if after.phase != Phase::Done {
+                self.facts.push(Fact::RolledBack {
+                    gpid: pid,
+                    child_at_start: ghost.upgrade_child,
+                });
+            }
+        }
+    }
+
+    /// Why the successor `s` failed, for the coverage counts.
+    fn rollback_cause(&self, s: Pid) -> Cover {
+        let Some(g) = self.gens.get(&s) else {
+            return Cover::RollbackSpawnOrConfig;
+        };
+        match g.ghost.end {
+            Some(End::Crashed) => Cover::RollbackSuccessorCrashed,
+            Some(End::KilledByParent) => Cover::RollbackSuccessorHung,
+            Some(End::BadConfig) => Cover::RollbackSpawnOrConfig,
+            _ if g.ghost.child_spawn_failed => Cover::RollbackSpawnOrConfig,
+            _ if g.ghost.pidfile_failed_starting => Cover::RollbackPidfile,
+            _ if g.ghost.stopped_child => Cover::RollbackNewChildUnhealthy,
+            _ if g.ghost.child_exit.is_some_and(|(_, healthy)| !healthy) => {
+                Cover::RollbackNewChildExited
+            }
+            _ => Cover::RollbackOther,
+        }
+    }
+}
+
+/// What the checker compares before and after one `drive`.
+#[derive(Clone, Debug)]
+struct Snapshot {
+    phase: Phase,
+    upgrading: bool,
+    handed_over: bool,
+}
+
+impl Snapshot {
+    fn of(m: &Machine) -> Snapshot {
+        Snapshot {
+            phase: m.phase().clone(),
+            upgrading: m.upgrading(),
+            handed_over: m.handed_over(),
+        }
+    }
+}
+
+/// The simulated OS one generation's effects go through.
+struct SimOs<'w> {
+    world: &'w mut World,
+    pid: Pid,
+    number: u64,
+    settings: Settings,
+    rt: &'w mut GenRuntime,
+    ghost: &'w mut Ghost,
+    /// The signal being handled, if the event is `SignalReceived`: sending the same
+    /// one to the child is a forward.
+    forwarding: Option<Signal>,
+    reported: &'w mut bool,
+}
+
+impl SimOs<'_> {
+    fn me(&self) -> String {
+        format!("g{}[{}]", self.number, self.pid)
+    }
+}
+
+impl Os for SimOs<'_> {
+    fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String> {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        if w.faults.spawn_fails(role) {
+            w.log(format!("{}: spawn {role:?} {id} fails (injected)", me));
+            w.service_enders += 1;
+            match role {
+                Role::App => self.ghost.child_spawn_failed = true,
+                Role::Successor => {
+                    // The machine rolls back within this same drive.
+                    self.ghost.protects_child = true;
+                    self.ghost.successor_pid = None;
+                    w.cover(Cover::RollbackSpawnOrConfig);
+                    w.facts.push(Fact::RolledBack {
+                        gpid: self.pid,
+                        child_at_start: self.ghost.child.map(|(_, p)| p),
+                    });
+                }
+                Role::Probe => {}
+            }
+            return Err(format!("cannot start {role:?}: injected failure"));
+        }
+        let pid = match role {
+            Role::App => {
+                let behaviour = w.faults.app(&self.settings);
+                let jobs = behaviour.jobs;
+                let exits = behaviour.exits_after;
+                let pid = w.fork(
+                    self.pid,
+                    Kind::App {
+                        owner: self.pid,
+                        behaviour,
+                    },
+                    None,
+                    true,
+                );
+                for _ in 0..jobs {
+                    w.fork(pid, Kind::Job { leader: pid }, Some(pid), false);
+                }
+                if let Some((after, status)) = exits {
+                    w.schedule(
+                        w.now + after,
+                        Ev::SelfExit {
+                            pid,
+                            status,
+                            fault: true,
+                        },
+                    );
+                }
+                self.ghost.child = Some((id, pid));
+                pid
+            }
+            Role::Probe => {
+                let (outcome, faulty) = w.faults.probe(&self.settings);
+                if faulty {
+                    w.service_enders += 1;
+                }
+                let pid = w.fork(self.pid, Kind::Probe { owner: self.pid }, None, true);
+                if let ProbeOutcome::Exits { after, code } = outcome {
+                    w.schedule(
+                        w.now + after,
+                        Ev::SelfExit {
+                            pid,
+                            status: ExitStatus::Code(code),
+                            fault: false,
+                        },
+                    );
+                }
+                pid
+            }
+            Role::Successor => {
+                let behaviour = w.faults.successor();
+                let settings = w.faults.successor_settings(&self.settings);
+                // psflip's own binary keeps our process group, and no pdeathsig.
+                let pgid = w.procs[&self.pid].pgid;
+                let pid = w.fork(self.pid, Kind::Psflip, Some(pgid), false);
+                let mut this = Gen::new(settings, w.proxy, self.number + 1, behaviour);
+                // As the real runtime does (PSFLIP_UPGRADE_TIMEOUT_MS).
+                this.machine = this
+                    .machine
+                    .with_predecessor_timeout(self.settings.upgrade_timeout);
+                this.rt.predecessor = Some((self.pid, id));
+                this.ghost.parent = Some(self.pid);
+                this.ghost.dies_after_ready = w.faults.ready_then_dies();
+                w.gens.insert(pid, this);
+                let at = w.now + w.faults.boot_takes();
+                w.schedule(at, Ev::Boot(pid));
+                self.rt.successor_pipe = Some(id);
+                self.rt.last_successor = Some(pid);
+                self.rt.ready_byte = false;
+                self.ghost.protects_child = true;
+                self.ghost.successor_pid = Some(pid);
+                self.ghost.upgrade_child = self.ghost.child.map(|(_, p)| p);
+                pid
+            }
+        };
+        self.rt.pids.insert(id, pid);
+        self.rt.ids.insert(pid, id);
+        let line = format!("{}: spawned {role:?} {id} as {}", me, w.name(pid));
+        w.log(line);
+        Ok(())
+    }
+
+    fn signal(&mut self, id: ProcId, signal: Signal, group: bool) {
+        let Some(&target) = self.rt.pids.get(&id) else {
+            return;
+        };
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        let forwarded = !group && self.forwarding == Some(signal);
+        let is_child = self.ghost.child.is_some_and(|(c, _)| c == id);
+        let target_runs = w.running(target);
+        if is_child
+            && !forwarded
+            && target_runs
+            && (signal == Signal::SIGKILL || signal == self.settings.shutdown_signal)
+        {
+            self.ghost.stopped_child = true;
+            w.facts.push(Fact::ChildStopped {
+                gpid: self.pid,
+                child: target,
+                signal,
+                protected: self.ghost.protects_child,
+                ready_heard: self.ghost.ready_heard_valid,
+            });
+            if signal == Signal::SIGKILL && self.ghost.ready_heard_valid {
+                w.cover(Cover::SigkillAfterGrace);
+            }
+        }
+        if signal == Signal::SIGKILL
+            && target_runs
+            && let Some(s) = w.gens.get_mut(&target)
+            && s.ghost.end.is_none()
+        {
+            s.ghost.end = Some(End::KilledByParent);
+        }
+        let line = format!(
+            "{}: kill({}{}, {})",
+            me,
+            if group { "group " } else { "" },
+            w.name(target),
+            signal.as_str()
+        );
+        w.log(line);
+        w.after_latency(Ev::Deliver {
+            target,
+            group,
+            signal,
+        });
+    }
+
+    fn write_pidfile(&mut self) -> Result<(), String> {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        if !self.settings.pidfile {
+            return Ok(());
+        }
+        if w.faults.pidfile_write_fails() {
+            self.ghost.last_pidfile_write_failed = true;
+            if self.ghost.generation == Generation::Successor && !self.ghost.protects_child {
+                self.ghost.pidfile_failed_starting = true;
+            }
+            w.log(format!("{}: pidfile write fails (injected)", me));
+            return Err("No space left on device (injected)".into());
+        }
+        self.ghost.last_pidfile_write_failed = false;
+        w.pidfile = Some(self.pid);
+        w.log(format!("{}: pidfile <- {}", me, self.pid));
+        Ok(())
+    }
+
+    fn remove_pidfile(&mut self) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        // Ours, or our last successor's once it is reaped (an aborted upgrade whose
+        // successor had just written it).
+        let stale_successor = self
+            .rt
+            .last_successor
+            .is_some_and(|s| {
+                w.pidfile == Some(s) && w.procs.get(&s).is_none_or(|p| p.status.is_some())
+            });
+        if w.pidfile == Some(self.pid) || stale_successor {
+            w.pidfile = None;
+            w.log(format!("{}: pidfile removed", me));
+        }
+    }
+
+    fn report_ready(&mut self) {
+        self.world.effects += 1;
+        *self.reported = true;
+        self.ghost.ready_reported = true;
+        let Some((pred, _)) = self.rt.predecessor else {
+            // The runtime dropped the pipe once the predecessor was gone.
+            return;
+        };
+        let me = self.me();
+        let w = &mut *self.world;
+        if w.running(pred) {
+            let p = w.gens.get_mut(&pred).expect("a generation");
+            p.rt.ready_byte = true;
+            let number = p.ghost.number;
+            w.log(format!("{me}: ready -> g{number}[{pred}]"));
+            w.after_latency(Ev::Wake(pred));
+        } else {
+            w.log(format!(
+                "{}: cannot report ready: EPIPE; carrying on as the service",
+                me
+            ));
+        }
+    }
+
+    fn proxy_accept(&mut self) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        self.rt.accepting = true;
+        // Accepting again (the service was taken back): no drain is awaited.
+        self.ghost.stopped_accepting_at = None;
+        w.log(format!("{me}: proxy accepts"));
+    }
+
+    fn proxy_stop_accepting(&mut self) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        self.rt.accepting = false;
+        self.ghost.stopped_accepting_at = Some(w.now);
+        w.facts.push(Fact::ProxyStoppedAccepting { gpid: self.pid });
+        w.cover(Cover::ProxyHandover);
+        match w.faults.drain_takes(&self.settings) {
+            Some(after) => {
+                w.log(format!(
+                    "{me}: proxy stops accepting; its connections close in {after:?}"
+                ));
+                let at = w.now + after;
+                w.schedule(at, Ev::Drained(self.pid));
+            }
+            None => w.log(format!(
+                "{me}: proxy stops accepting; its connections stay open"
+            )),
+        }
+    }
+
+    fn remove_proxy_sockets(&mut self) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        w.proxy_sockets = false;
+        w.facts.push(Fact::ProxySocketsRemoved { gpid: self.pid });
+        w.log(format!("{me}: proxy socket files removed"));
+    }
+
+    fn log(&mut self, line: &str) {
+        self.world.effects += 1;
+        let l = format!("{}: {line}", self.me());
+        self.world.log(l);
+    }
+}
