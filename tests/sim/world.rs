@@ -1386,12 +1386,9 @@ impl Os for SimOs<'_> {
         w.effects += 1;
         // Ours, or our last successor's once it is reaped (an aborted upgrade whose
         // successor had just written it).
-        let stale_successor = self
-            .rt
-            .last_successor
-            .is_some_and(|s| {
-                w.pidfile == Some(s) && w.procs.get(&s).is_none_or(|p| p.status.is_some())
-            });
+        let stale_successor = self.rt.last_successor.is_some_and(|s| {
+            w.pidfile == Some(s) && w.procs.get(&s).is_none_or(|p| p.status.is_some())
+        });
         if w.pidfile == Some(self.pid) || stale_successor {
             w.pidfile = None;
             w.log(format!("{}: pidfile removed", me));
