@@ -179,6 +179,9 @@ pub enum Event {
     Started,
     /// psflip received this signal (never SIGCHLD: reaping produces `ProcessExited`).
     SignalReceived(Signal),
+    /// psflip received this real-time signal (SIGRTMIN…SIGRTMAX), which
+    /// [`Signal`] cannot name: it is forwarded to the child like any other.
+    RealtimeSignalReceived(i32),
     /// A process this machine started has exited (it is not reaped yet).
     ProcessExited { id: ProcId, status: ExitStatus },
     /// `Effect::Spawn` for this id failed; the process never ran.
@@ -211,6 +214,8 @@ pub enum Effect {
         signal: Signal,
         group: bool,
     },
+    /// Send the real-time signal `signo` to the process.
+    SignalRealtime { id: ProcId, signo: i32 },
     /// Atomically write psflip's own pid to the pidfile; answer with `PidfileWritten`
     /// or `PidfileFailed`.
     WritePidfile,
@@ -469,6 +474,13 @@ impl Machine {
             (_, Event::Started) => {}
             (_, Event::Tick) => self.on_tick(now, &mut out),
             (_, Event::SignalReceived(sig)) => self.on_signal(now, sig, &mut out),
+            (_, Event::RealtimeSignalReceived(signo)) => match self.live_child() {
+                Some(id) => out.push(Effect::SignalRealtime { id, signo }),
+                None => log(
+                    &mut out,
+                    format!("signal {signo} not forwarded: the child has exited"),
+                ),
+            },
             (_, Event::ProcessExited { id, status }) => self.on_exit(now, id, status, &mut out),
             (_, Event::SpawnFailed { id, reason }) => {
                 self.on_spawn_failed(now, id, reason, &mut out)

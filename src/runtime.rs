@@ -39,6 +39,8 @@ pub trait Os {
     fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String>;
     /// Send `signal` to the process, or to the group it leads. Gone is not an error.
     fn signal(&mut self, id: ProcId, signal: Signal, group: bool);
+    /// Send a real-time signal to the process. Gone is not an error.
+    fn signal_realtime(&mut self, _id: ProcId, _signo: i32) {}
     fn write_pidfile(&mut self) -> Result<(), String>;
     fn remove_pidfile(&mut self);
     fn report_ready(&mut self);
@@ -66,6 +68,7 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                     }
                 }
                 Effect::Signal { id, signal, group } => os.signal(id, signal, group),
+                Effect::SignalRealtime { id, signo } => os.signal_realtime(id, signo),
                 Effect::WritePidfile => queue.push_back(match os.write_pidfile() {
                     Ok(()) => Event::PidfileWritten,
                     Err(reason) => Event::PidfileFailed { reason },
@@ -239,6 +242,19 @@ impl Os for LinuxOs {
         }
     }
 
+    fn signal_realtime(&mut self, id: ProcId, signo: i32) {
+        let Some(&pid) = self.pids.get(&id) else {
+            return;
+        };
+        // SAFETY: kill(2) with plain integers; nix's Signal cannot name this one.
+        if unsafe { libc::kill(pid.as_raw(), signo) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                self.say(&format!("cannot send signal {signo} to {pid}: {e}"));
+            }
+        }
+    }
+
     fn write_pidfile(&mut self) -> Result<(), String> {
         let Some(path) = self.spec.pidfile.as_deref() else {
             return Ok(());
@@ -331,6 +347,11 @@ pub trait Driver {
     fn on_fd(&mut self, now: Instant, tag: Self::Tag) -> Option<i32>;
     /// A signal other than SIGCHLD arrived.
     fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32>;
+    /// A real-time signal arrived.
+    fn on_realtime_signal(&mut self, _now: Instant, signo: i32) -> Option<i32> {
+        self.log(&format!("signal {signo} ignored: cannot forward it"));
+        None
+    }
     /// A child exited. It is still a zombie (its pid and group cannot be recycled)
     /// and is reaped as soon as this returns.
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32>;
@@ -392,7 +413,9 @@ pub fn event_loop<D: Driver>(
                     continue;
                 }
                 let Ok(sig) = Signal::try_from(signo) else {
-                    driver.log(&format!("signal {signo} ignored: cannot forward it"));
+                    if let Some(code) = driver.on_realtime_signal(now, signo) {
+                        return Ok(code);
+                    }
                     continue;
                 };
                 if let Some(code) = driver.on_signal(now, sig) {
@@ -504,6 +527,15 @@ impl Driver for Psflip {
             &mut self.machine,
             now,
             Event::SignalReceived(sig),
+            &mut self.os,
+        )
+    }
+
+    fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {
+        drive(
+            &mut self.machine,
+            now,
+            Event::RealtimeSignalReceived(signo),
             &mut self.os,
         )
     }

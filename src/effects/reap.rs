@@ -3,7 +3,7 @@
 //! its pid and process group cannot be recycled before the machine's answer (a
 //! SIGKILL to the group it led) is carried out; only then is it reaped.
 
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use crate::machine::ExitStatus;
@@ -11,17 +11,29 @@ use crate::machine::ExitStatus;
 /// The next exited child, not yet reaped.
 pub fn peek() -> Option<(Pid, ExitStatus)> {
     loop {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        match waitid(Id::All, flags) {
-            Ok(WaitStatus::Exited(pid, code)) => return Some((pid, ExitStatus::Code(code))),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                return Some((pid, ExitStatus::Signaled(sig as i32)));
+        // libc rather than nix: nix's WaitStatus cannot hold a death by a real-time
+        // signal, and such a child would never be reported nor reaped.
+        // SAFETY: `info` is a valid, zeroed siginfo_t for the call.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: as above.
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
+        if rc != 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
             }
-            Ok(WaitStatus::StillAlive) => return None,
-            Ok(_) => return None,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None, // ECHILD: no children at all
+            return None; // ECHILD: no children at all
         }
+        // SAFETY: waitid filled `info` for a CLD_* event (or left si_pid 0).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return None; // WNOHANG: children, none exited
+        }
+        let status = match info.si_code {
+            libc::CLD_EXITED => ExitStatus::Code(status),
+            _ => ExitStatus::Signaled(status), // CLD_KILLED, CLD_DUMPED
+        };
+        return Some((Pid::from_raw(pid), status));
     }
 }
 

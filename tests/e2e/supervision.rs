@@ -619,8 +619,6 @@ fn quiet_silences_psflip_but_not_the_child() {
 }
 
 #[test]
-#[ignore = "runtime bug: real-time signals are logged as `signal N ignored: cannot forward it` \
-            instead of being forwarded (SPEC §4: every catchable signal)"]
 fn realtime_signals_are_forwarded_to_the_child() {
     let sb = Sandbox::new("realtime_signals_are_forwarded_to_the_child");
     sb.config(&Conf::sleep(&sb));
