@@ -6,6 +6,7 @@
 //! - [`runtime`]: the event loop turning OS happenings into events and interpreting effects;
 //! - [`config`] and [`template`]: the TOML configuration and its `{{ … }}` templates.
 
+pub mod client;
 pub mod config;
 pub mod template;
 

@@ -166,6 +166,47 @@ pub struct Settings {
 /// own timer should fire first, this only catches a hung successor.
 pub const SUCCESSOR_GRACE: Duration = Duration::from_secs(5);
 
+/// A client of the control socket (`psflip upgrade`, `psflip status`), named by
+/// the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(pub u64);
+
+/// What a control client asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Upgrade, and answer with the outcome once it is known.
+    Upgrade,
+    /// Describe this generation.
+    Status,
+}
+
+/// The answer to a control client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The upgrade this client asked for is done: the successor took over.
+    Upgraded {
+        successor: ProcId,
+    },
+    /// The upgrade was tried and failed; the old generation carries on.
+    UpgradeFailed(String),
+    /// No upgrade was started.
+    UpgradeRefused(String),
+    Status(Status),
+}
+
+/// What the machine knows of its generation, for `psflip status`; the runtime
+/// adds pids, the generation number and the uptime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// `starting`, `serving`, `upgrading`, `aborting`, `stopping`.
+    pub phase: &'static str,
+    pub child: Option<ProcId>,
+    pub child_healthy: bool,
+    pub upgrade_in_flight: bool,
+    /// `succeeded`, `failed: <why>`, or `None` when none was tried here.
+    pub last_upgrade: Option<String>,
+}
+
 /// How long a successor that gives up (a termination signal before it took over)
 /// lets its never-ready child stop before SIGKILL to its group, at most: well
 /// within [`SUCCESSOR_GRACE`], so the old generation never has to kill the
@@ -186,6 +227,10 @@ pub enum Event {
     ProcessExited { id: ProcId, status: ExitStatus },
     /// `Effect::Spawn` for this id failed; the process never ran.
     SpawnFailed { id: ProcId, reason: String },
+    /// A control client asked something.
+    ControlRequest { client: ClientId, request: Request },
+    /// The successor said why it gives up (it exits next).
+    SuccessorFailed { id: ProcId, reason: String },
     /// The successor reported, over the readiness pipe, that its child is healthy and
     /// the pidfile names it.
     SuccessorReady { id: ProcId },
@@ -223,6 +268,10 @@ pub enum Effect {
     RemovePidfile,
     /// (Successor only) tell the old generation we are ready.
     ReportReady,
+    /// (Successor only) tell the old generation why we give up, before exiting.
+    ReportFailure(String),
+    /// Answer a control client and close its connection.
+    Reply { client: ClientId, reply: Reply },
     /// Start accepting connections on the proxy listeners (this generation's child is
     /// healthy; for a successor, right before it reports ready).
     ProxyAccept,
@@ -317,6 +366,15 @@ pub struct Machine {
     killed_child: bool,
     /// The successor we handed the service over to.
     handed_to: Option<ProcId>,
+    /// Control clients waiting for the outcome of the upgrade they asked for.
+    waiters: Vec<ClientId>,
+    /// The outcome of the last upgrade this generation tried (or, in a successor,
+    /// of the one that made it).
+    last_upgrade: Option<String>,
+    /// Why the successor in flight gives up, if it said so.
+    successor_failure: Option<String>,
+    /// (Successor) why we give up, for the old generation.
+    failure: Option<String>,
     /// How long the child has to become healthy: `upgrade.timeout`, bounded (in a
     /// successor) by the predecessor's, which kills us after its own + grace.
     child_timeout: Duration,
@@ -348,6 +406,10 @@ impl Machine {
             gave_up: false,
             killed_child: false,
             handed_to: None,
+            waiters: Vec::new(),
+            last_upgrade: None,
+            successor_failure: None,
+            failure: None,
             child_timeout,
             proxy: false,
             reported_ready: false,
@@ -486,6 +548,14 @@ impl Machine {
                 self.on_spawn_failed(now, id, reason, &mut out)
             }
             (_, Event::SuccessorReady { id }) => self.on_successor_ready(now, id, &mut out),
+            (_, Event::SuccessorFailed { id, reason }) => {
+                if self.successor() == Some(id) {
+                    self.successor_failure = Some(reason);
+                }
+            }
+            (_, Event::ControlRequest { client, request }) => {
+                self.on_control(now, client, request, &mut out)
+            }
             (_, Event::PredecessorExited) => {
                 if self.predecessor_alive {
                     self.predecessor_alive = false;
@@ -622,6 +692,10 @@ impl Machine {
                 ),
             );
             self.upgrade_pending = false;
+            self.failure = Some(format!(
+                "the new child did not become healthy within upgrade.timeout ({:?})",
+                self.child_timeout
+            ));
             self.kill_probe(out);
             self.kill_unready_child(1, out);
             return;
@@ -699,6 +773,7 @@ impl Machine {
                     out.push(Effect::ProxyAccept);
                 }
                 self.reported_ready = true;
+                self.last_upgrade = Some("succeeded".into());
                 out.push(Effect::ReportReady);
             }
         }
@@ -720,6 +795,7 @@ impl Machine {
                     out,
                     format!("upgrade failed: cannot write the pidfile: {reason}"),
                 );
+                self.failure = Some(format!("cannot write the pidfile: {reason}"));
                 self.kill_unready_child(1, out);
             }
         }
@@ -774,6 +850,10 @@ impl Machine {
                     out,
                     format!("pending upgrade cancelled by {}", sig.as_str()),
                 );
+                self.answer_waiters(
+                    Reply::UpgradeFailed(format!("cancelled by {}", sig.as_str())),
+                    out,
+                );
             }
             if self.settings.generation == Generation::Successor
                 && self.phase == Phase::Starting
@@ -789,6 +869,7 @@ impl Machine {
                 );
                 self.kill_probe(out);
                 self.gave_up = true;
+                self.failure = Some(format!("the new generation got {}", sig.as_str()));
                 self.phase = Phase::Stopping {
                     code: 1,
                     signal_at: None,
@@ -810,15 +891,73 @@ impl Machine {
     }
 
     fn on_upgrade_signal(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if let Err(why) = self.request_upgrade(now, out) {
+            log(
+                out,
+                format!(
+                    "upgrade signal {} ignored: {why}",
+                    self.settings.upgrade_signal.as_str()
+                ),
+            );
+        }
+    }
+
+    fn on_control(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        request: Request,
+        out: &mut Vec<Effect>,
+    ) {
+        match request {
+            Request::Status => {
+                let phase = match self.phase {
+                    Phase::Booting | Phase::Starting => "starting",
+                    Phase::Serving => "serving",
+                    Phase::Upgrading { .. } => "upgrading",
+                    Phase::Aborting { .. } => "aborting",
+                    Phase::Stopping { .. } | Phase::Done => "stopping",
+                };
+                let status = Status {
+                    phase,
+                    child: self.live_child(),
+                    child_healthy: self.healthy && self.live_child().is_some(),
+                    upgrade_in_flight: self.upgrading() || self.upgrade_pending,
+                    last_upgrade: self.last_upgrade.clone(),
+                };
+                out.push(Effect::Reply {
+                    client,
+                    reply: Reply::Status(status),
+                });
+            }
+            Request::Upgrade => match self.request_upgrade(now, out) {
+                Ok(()) => {
+                    log(out, "upgrade requested over the control socket");
+                    self.waiters.push(client);
+                }
+                Err(why) => {
+                    log(out, format!("upgrade request refused: {why}"));
+                    out.push(Effect::Reply {
+                        client,
+                        reply: Reply::UpgradeRefused(why.to_string()),
+                    });
+                }
+            },
+        }
+    }
+
+    /// Start an upgrade (or, before the first child is healthy, promise one), or
+    /// say why not.
+    fn request_upgrade(&mut self, now: Instant, out: &mut Vec<Effect>) -> Result<(), &'static str> {
         let why = match (&self.phase, self.settings.generation) {
             (Phase::Serving, Generation::Successor) if self.predecessor_alive => {
                 "the previous generation is still stopping"
             }
             (Phase::Serving, _) => {
                 self.start_upgrade(now, out);
-                return;
+                return Ok(());
             }
-            (Phase::Booting | Phase::Starting, Generation::First) => {
+            (Phase::Booting | Phase::Starting, Generation::First) if !self.healthy => {
                 if !self.upgrade_pending {
                     self.upgrade_pending = true;
                     log(
@@ -826,9 +965,17 @@ impl Machine {
                         "upgrade requested before the child is healthy: it starts once the child is healthy",
                     );
                 } else {
-                    log(out, "upgrade already requested; ignoring the signal");
+                    log(
+                        out,
+                        "upgrade already requested; it starts once the child is healthy",
+                    );
                 }
-                return;
+                return Ok(());
+            }
+            (Phase::Booting | Phase::Starting, Generation::First) => {
+                // Healthy, the pidfile being written: Serving in a moment.
+                self.upgrade_pending = true;
+                return Ok(());
             }
             (Phase::Booting | Phase::Starting, Generation::Successor) => {
                 "this generation is not ready yet"
@@ -836,15 +983,19 @@ impl Machine {
             (Phase::Upgrading { .. }, _) => "an upgrade is already in flight",
             (Phase::Aborting { .. }, _) => "an upgrade is being aborted",
             (Phase::Stopping { .. }, _) => "this generation is stopping",
-            (Phase::Done, _) => return,
+            (Phase::Done, _) => "this generation has exited",
         };
-        log(
-            out,
-            format!(
-                "upgrade signal {} ignored: {why}",
-                self.settings.upgrade_signal.as_str()
-            ),
-        );
+        Err(why)
+    }
+
+    /// Tell every waiting control client the outcome of the upgrade.
+    fn answer_waiters(&mut self, reply: Reply, out: &mut Vec<Effect>) {
+        for client in std::mem::take(&mut self.waiters) {
+            out.push(Effect::Reply {
+                client,
+                reply: reply.clone(),
+            });
+        }
     }
 
     fn on_exit(&mut self, now: Instant, id: ProcId, status: ExitStatus, out: &mut Vec<Effect>) {
@@ -886,6 +1037,9 @@ impl Machine {
         );
         self.handed_over = false;
         self.handed_to = None;
+        self.last_upgrade = Some(format!(
+            "failed: the new generation exited ({status}) right after taking over"
+        ));
         self.proxy_drained = false;
         self.drain_until = None;
         self.phase = Phase::Serving;
@@ -916,6 +1070,9 @@ impl Machine {
                     out,
                     format!("the child exited ({status}) before it became healthy"),
                 );
+                self.failure = Some(format!(
+                    "the new child exited ({status}) before it became healthy"
+                ));
                 self.exit(code, out);
             }
             Phase::Serving => {
@@ -967,6 +1124,7 @@ impl Machine {
                 child.exited = Some(ExitStatus::Code(1));
             }
             log(out, format!("cannot start the child: {reason}"));
+            self.failure = Some(format!("cannot start the new child: {reason}"));
             self.kill_probe(out);
             self.exit(1, out);
         } else if self.probe.running.is_some_and(|(p, _)| p == id) {
@@ -983,6 +1141,13 @@ impl Machine {
 
     /// The successor is gone without (usefully) reporting ready.
     fn on_successor_gone(&mut self, _now: Instant, why: String, out: &mut Vec<Effect>) {
+        // What the successor said before it went says more than its exit status.
+        let why = match self.successor_failure.take() {
+            Some(reason) => format!("{why}: {reason}"),
+            None => why,
+        };
+        self.last_upgrade = Some(format!("failed: {why}"));
+        self.answer_waiters(Reply::UpgradeFailed(why.clone()), out);
         let aborting = matches!(self.phase, Phase::Aborting { .. });
         if aborting {
             log(out, format!("upgrade aborted: {why}"));
@@ -1025,6 +1190,8 @@ impl Machine {
                 );
                 self.handed_over = true;
                 self.handed_to = Some(id);
+                self.last_upgrade = Some("succeeded".into());
+                self.answer_waiters(Reply::Upgraded { successor: id }, out);
                 if self.proxy {
                     out.push(Effect::ProxyStopAccepting);
                     self.drain_until =
@@ -1147,6 +1314,16 @@ impl Machine {
     /// still names this psflip.
     fn exit(&mut self, code: i32, out: &mut Vec<Effect>) {
         self.kill_probe(out);
+        self.answer_waiters(
+            Reply::UpgradeFailed(format!("psflip exited (status {code}) first")),
+            out,
+        );
+        if self.settings.generation == Generation::Successor
+            && !self.reported_ready
+            && let Some(reason) = self.failure.take()
+        {
+            out.push(Effect::ReportFailure(reason));
+        }
         if self.settings.pidfile && !self.handed_over {
             out.push(Effect::RemovePidfile);
         }

@@ -26,10 +26,13 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::Signal;
-use crate::effects::readiness::{self, Heard, ToPredecessor};
+use crate::effects::control::{self, Received};
+use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, pidfile, reap, spawn};
-use crate::machine::{Effect, Event, ExitStatus, Instant, Machine, ProcId, Role, Settings};
+use crate::machine::{
+    ClientId, Effect, Event, ExitStatus, Instant, Machine, ProcId, Reply, Role, Settings,
+};
 use crate::proxy::Proxy;
 
 /// The OS as the effects see it. `LinuxOs` is the real one; the simulation has its
@@ -44,6 +47,10 @@ pub trait Os {
     fn write_pidfile(&mut self) -> Result<(), String>;
     fn remove_pidfile(&mut self);
     fn report_ready(&mut self);
+    /// (Successor) tell the old generation why we give up.
+    fn report_failure(&mut self, _reason: &str) {}
+    /// Answer a control client and close its connection.
+    fn reply(&mut self, _client: ClientId, _reply: Reply) {}
     fn log(&mut self, line: &str);
     /// Start accepting on the proxy listeners. (No-op without a proxy.)
     fn proxy_accept(&mut self) {}
@@ -75,6 +82,8 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                 }),
                 Effect::RemovePidfile => os.remove_pidfile(),
                 Effect::ReportReady => os.report_ready(),
+                Effect::ReportFailure(reason) => os.report_failure(&reason),
+                Effect::Reply { client, reply } => os.reply(client, reply),
                 Effect::ProxyAccept => os.proxy_accept(),
                 Effect::ProxyStopAccepting => os.proxy_stop_accepting(),
                 Effect::RemoveProxySockets => os.remove_proxy_sockets(),
@@ -126,6 +135,14 @@ pub struct LinuxOs {
     ids: BTreeMap<Pid, ProcId>,
     /// Read end of the readiness pipe of the successor in flight.
     successor_pipe: Option<(ProcId, OwnedFd)>,
+    /// What the successor wrote that is not a whole message yet.
+    successor_said: Vec<u8>,
+    /// The control socket (`psflip upgrade`, `psflip status`) and its clients.
+    control: Option<control::Listener>,
+    clients: BTreeMap<ClientId, control::Connection>,
+    next_client: u64,
+    /// When this generation started, for `psflip status`.
+    started: std::time::Instant,
     /// The last successor started, kept after it is reaped, and whether it has
     /// exited (see `remove_pidfile`).
     last_successor: Option<Pid>,
@@ -140,6 +157,11 @@ impl LinuxOs {
             pids: BTreeMap::new(),
             ids: BTreeMap::new(),
             successor_pipe: None,
+            successor_said: Vec::new(),
+            control: None,
+            clients: BTreeMap::new(),
+            next_client: 0,
+            started: std::time::Instant::now(),
             last_successor: None,
             successor_exited: false,
         }
@@ -194,6 +216,7 @@ impl LinuxOs {
                 // Our copy of the write end goes now, or we would never see EOF.
                 drop(w);
                 self.successor_pipe = Some((id, r));
+                self.successor_said.clear();
                 self.last_successor = Some(pid);
                 self.successor_exited = false;
                 Ok(pid)
@@ -288,6 +311,46 @@ impl Os for LinuxOs {
             // The previous generation died: we are the service all the same.
             self.say(&format!("{e}; carrying on as the service"));
         }
+    }
+
+    fn report_failure(&mut self, reason: &str) {
+        if let Some(pipe) = self.spec.predecessor.as_ref() {
+            pipe.report_failure(reason);
+        }
+    }
+
+    fn reply(&mut self, client: ClientId, reply: Reply) {
+        let Some(conn) = self.clients.remove(&client) else {
+            return; // the client went away
+        };
+        let next = self.spec.generation + 1;
+        let text = match reply {
+            Reply::Upgraded { successor } => match self.pids.get(&successor) {
+                Some(pid) => format!("ok: generation {next} (psflip pid {pid}) took over\n"),
+                None => format!("ok: generation {next} took over\n"),
+            },
+            Reply::UpgradeFailed(why) => format!("failed: {why}\n"),
+            Reply::UpgradeRefused(why) => format!("refused: {why}\n"),
+            Reply::Status(status) => {
+                let child = status
+                    .child
+                    .and_then(|id| self.pids.get(&id))
+                    .map_or("none".to_string(), |pid| pid.to_string());
+                format!(
+                    "psflip_pid: {}\ngeneration: {}\nphase: {}\nchild_pid: {child}\n\
+                     child_healthy: {}\nuptime_seconds: {}\nupgrade_in_flight: {}\n\
+                     last_upgrade: {}\n",
+                    self.my_pid,
+                    self.spec.generation,
+                    status.phase,
+                    status.child_healthy,
+                    self.started.elapsed().as_secs(),
+                    status.upgrade_in_flight,
+                    status.last_upgrade.as_deref().unwrap_or("none"),
+                )
+            }
+        };
+        conn.reply(&text);
     }
 
     fn log(&mut self, line: &str) {
@@ -458,8 +521,39 @@ pub enum PsflipFd {
     Successor,
     /// (Successor) our end of the pipe to the previous generation.
     Predecessor,
+    /// The control socket's listener.
+    Control,
+    /// A control client.
+    Client(ClientId),
     /// The proxy thread's news (its connections have all closed).
     Proxy,
+}
+
+impl Psflip {
+    /// Read the successor's pipe and report what it said.
+    fn hear_successor(&mut self, now: Instant) -> Option<i32> {
+        let (id, fd) = self.os.successor_pipe.as_ref()?;
+        let id = *id;
+        let heard = readiness::hear(fd.as_fd(), &mut self.os.successor_said);
+        if heard.closed {
+            self.os.successor_pipe = None;
+        }
+        if let Some(reason) = heard.failure {
+            let event = Event::SuccessorFailed { id, reason };
+            if let Some(code) = drive(&mut self.machine, now, event, &mut self.os) {
+                return Some(code);
+            }
+        }
+        if heard.ready {
+            return drive(
+                &mut self.machine,
+                now,
+                Event::SuccessorReady { id },
+                &mut self.os,
+            );
+        }
+        None
+    }
 }
 
 impl Driver for Psflip {
@@ -481,26 +575,52 @@ impl Driver for Psflip {
         if let Some(fd) = self.os.spec.proxy.as_ref().and_then(Proxy::events_fd) {
             fds.push((PsflipFd::Proxy, fd, PollFlags::POLLIN));
         }
+        if let Some(listener) = self.os.control.as_ref() {
+            fds.push((PsflipFd::Control, listener.as_fd(), PollFlags::POLLIN));
+        }
+        for (client, conn) in &self.os.clients {
+            fds.push((PsflipFd::Client(*client), conn.as_fd(), PollFlags::POLLIN));
+        }
         fds
     }
 
     fn on_fd(&mut self, now: Instant, tag: PsflipFd) -> Option<i32> {
         match tag {
-            PsflipFd::Successor => {
-                let (id, fd) = self.os.successor_pipe.as_ref()?;
-                let id = *id;
-                match readiness::hear(fd.as_fd()) {
-                    Heard::Ready => drive(
+            PsflipFd::Successor => self.hear_successor(now),
+            PsflipFd::Control => {
+                while let Some(accepted) =
+                    self.os.control.as_ref().and_then(control::Listener::accept)
+                {
+                    match accepted {
+                        Ok(conn) => {
+                            self.os.next_client += 1;
+                            self.os.clients.insert(ClientId(self.os.next_client), conn);
+                        }
+                        Err(e) => self.os.say(&format!("control socket: {e}")),
+                    }
+                }
+                None
+            }
+            PsflipFd::Client(client) => {
+                let conn = self.os.clients.get_mut(&client)?;
+                match conn.receive() {
+                    Received::Request(request) => drive(
                         &mut self.machine,
                         now,
-                        Event::SuccessorReady { id },
+                        Event::ControlRequest { client, request },
                         &mut self.os,
                     ),
-                    Heard::Closed => {
-                        self.os.successor_pipe = None;
+                    Received::Invalid(line) => {
+                        if let Some(conn) = self.os.clients.remove(&client) {
+                            conn.reply(&format!("error: unknown request {line:?}\n"));
+                        }
                         None
                     }
-                    Heard::Nothing => None,
+                    Received::Closed => {
+                        self.os.clients.remove(&client);
+                        None
+                    }
+                    Received::Partial => None,
                 }
             }
             PsflipFd::Predecessor => {
@@ -545,18 +665,15 @@ impl Driver for Psflip {
         if self.os.last_successor == Some(pid) {
             self.os.successor_exited = true;
         }
-        if let Some((s, fd)) = self.os.successor_pipe.as_ref()
-            && *s == id
-            && readiness::hear(fd.as_fd()) == Heard::Ready
+        if self
+            .os
+            .successor_pipe
+            .as_ref()
+            .is_some_and(|(s, _)| *s == id)
         {
-            // A successor that wrote "ready" and died at once has still reported
-            // ready: the pipe is read before its exit is reported.
-            if let Some(code) = drive(
-                &mut self.machine,
-                now,
-                Event::SuccessorReady { id },
-                &mut self.os,
-            ) {
+            // A successor that wrote "ready" (or why it gave up) and died at once
+            // has still said so: the pipe is read before its exit is reported.
+            if let Some(code) = self.hear_successor(now) {
                 return Some(code);
             }
         }
@@ -595,6 +712,12 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
         },
         os: LinuxOs::new(spec),
     };
+    // Without a control socket psflip still runs: `psflip upgrade` then falls back
+    // to the upgrade signal.
+    match control::Listener::bind(psflip.os.my_pid) {
+        Ok(listener) => psflip.os.control = Some(listener),
+        Err(e) => psflip.os.say(&format!("no control socket: {e}")),
+    }
     if let Some(code) = drive(
         &mut psflip.machine,
         clock.now(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use psflip::client;
 use psflip::config::{self, Config, HealthCheck};
 use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
@@ -36,6 +37,15 @@ struct Cli {
 enum Command {
     /// Validate the configuration, expand its templates and print the result.
     Check,
+    /// Ask the running psflip (found through the pidfile) to upgrade; wait for the
+    /// outcome and print it. Exit 0 only when the new generation took over.
+    Upgrade,
+    /// Print the running generation as `key: value` lines. Exit 3 when nothing runs.
+    Status {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +76,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("psflip: {e}");
+            if let Some(p) = &predecessor {
+                p.report_failure(&format!("invalid configuration: {e}"));
+            }
             return ExitCode::from(2);
         }
     };
@@ -74,8 +87,16 @@ fn main() -> ExitCode {
             print!("{}", config.to_resolved_toml());
             ExitCode::SUCCESS
         }
+        Some(Command::Upgrade) => answer(client::upgrade(&config)),
+        Some(Command::Status { json }) => answer(client::status(&config, json)),
         None => run(config, predecessor, inherited, ab_second),
     }
+}
+
+fn answer(a: client::Answer) -> ExitCode {
+    print!("{}", a.stdout);
+    eprint!("{}", a.stderr);
+    ExitCode::from(a.code.clamp(0, 255) as u8)
 }
 
 /// Open (or take over) the `[[proxy]]` listeners and start the proxy thread. An
@@ -121,7 +142,12 @@ fn run(
 ) -> ExitCode {
     let proxy = match start_proxy(&config, inherited) {
         Ok(proxy) => proxy,
-        Err(code) => return code,
+        Err(code) => {
+            if let Some(p) = &predecessor {
+                p.report_failure("cannot open the proxy listeners (see the log)");
+            }
+            return code;
+        }
     };
     let mut argv = std::env::args_os();
     let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));

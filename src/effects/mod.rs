@@ -4,6 +4,7 @@
 //! wrapper usable between fork and exec). Nothing here decides anything: the
 //! machine (`src/machine.rs`) says what, these modules say how.
 
+pub mod control;
 pub mod fds;
 pub mod listen;
 pub mod pidfile;

@@ -2,8 +2,8 @@
 //!
 //! The old generation creates a pipe per upgrade and hands the write end to the
 //! successor (its number in `PSFLIP_READY_FD`). The successor writes one byte, `R`,
-//! once its child is healthy and the pidfile names it. EOF without `R` means the
-//! successor is gone. The successor, in turn, watches its write end: it polls with
+//! once its child is healthy and the pidfile names it, or, when it gives up, a line
+//! `F<reason>` just before it exits. EOF without `R` means the successor is gone. The successor, in turn, watches its write end: it polls with
 //! an error once the old generation (the only holder of the read end) has exited.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -26,35 +26,55 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), EffectError> {
 }
 
 /// What the old generation read from the pipe.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Heard {
-    Ready,
-    Nothing,
-    Closed,
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// The successor reported ready.
+    pub ready: bool,
+    /// The successor said why it gives up.
+    pub failure: Option<String>,
+    /// The write end is closed: the successor is gone.
+    pub closed: bool,
 }
 
-/// Drain the read end.
-pub fn hear(fd: BorrowedFd<'_>) -> Heard {
-    let mut buf = [0u8; 64];
-    let mut heard = Heard::Nothing;
+/// The byte that starts a failure report: `F<reason>\n`.
+pub const FAILED: u8 = b'F';
+
+/// Drain the read end. `pending` keeps a partial failure line between calls.
+pub fn hear(fd: BorrowedFd<'_>, pending: &mut Vec<u8>) -> Heard {
+    let mut buf = [0u8; 512];
+    let mut heard = Heard::default();
     loop {
         match read(fd, &mut buf) {
             Ok(0) => {
-                return if heard == Heard::Ready {
-                    heard
-                } else {
-                    Heard::Closed
-                };
+                heard.closed = true;
+                break;
             }
-            Ok(n) => {
-                if buf[..n].contains(&READY) {
-                    heard = Heard::Ready;
-                }
-            }
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return heard,
+            Err(_) => break,
         }
     }
+    loop {
+        match pending.first() {
+            Some(&READY) => {
+                heard.ready = true;
+                pending.remove(0);
+            }
+            Some(&FAILED) => {
+                let Some(end) = pending.iter().position(|b| *b == b'\n') else {
+                    break;
+                };
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let reason = String::from_utf8_lossy(&line[1..line.len() - 1]).into_owned();
+                heard.failure = Some(reason);
+            }
+            Some(_) => {
+                pending.remove(0);
+            }
+            None => break,
+        }
+    }
+    heard
 }
 
 /// The successor's end, taken from the environment at start-up.
@@ -92,6 +112,16 @@ impl ToPredecessor {
                 }
             }
         }
+    }
+
+    /// Tell the old generation why we give up. One short line (well under
+    /// PIPE_BUF, so it arrives whole); its absence is fine.
+    pub fn report_failure(&self, reason: &str) {
+        let mut line = Vec::with_capacity(reason.len().min(400) + 2);
+        line.push(FAILED);
+        line.extend(reason.bytes().filter(|b| *b != b'\n').take(400));
+        line.push(b'\n');
+        let _ = write(&self.fd, &line);
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
