@@ -207,6 +207,20 @@ pub struct Status {
     pub last_upgrade: Option<String>,
 }
 
+/// A message to the service manager (sd_notify), when psflip runs under one that
+/// listens (`$NOTIFY_SOCKET`): systemd's `Type=notify` / `Type=notify-reload`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notify {
+    /// `READY=1`, with a `STATUS=` line: the service is up (again).
+    Ready { status: String },
+    /// `RELOADING=1` with `MONOTONIC_USEC=` (the runtime reads the clock): an
+    /// upgrade started.
+    Reloading,
+    /// `MAINPID=<this psflip's pid>` and `READY=1` in one datagram: this
+    /// generation is the service now.
+    MainPid,
+}
+
 /// How long a successor that gives up (a termination signal before it took over)
 /// lets its never-ready child stop before SIGKILL to its group, at most: well
 /// within [`SUCCESSOR_GRACE`], so the old generation never has to kill the
@@ -272,6 +286,8 @@ pub enum Effect {
     ReportFailure(String),
     /// Answer a control client and close its connection.
     Reply { client: ClientId, reply: Reply },
+    /// Tell the service manager, if one listens.
+    Notify(Notify),
     /// Start accepting connections on the proxy listeners (this generation's child is
     /// healthy; for a successor, right before it reports ready).
     ProxyAccept,
@@ -757,6 +773,9 @@ impl Machine {
                 if self.proxy {
                     out.push(Effect::ProxyAccept);
                 }
+                out.push(Effect::Notify(Notify::Ready {
+                    status: "serving".into(),
+                }));
                 if std::mem::take(&mut self.upgrade_pending) {
                     log(
                         out,
@@ -774,6 +793,9 @@ impl Machine {
                 }
                 self.reported_ready = true;
                 self.last_upgrade = Some("succeeded".into());
+                // Before the old generation hears of it, so before the old child is
+                // signalled: the service manager follows the new main process.
+                out.push(Effect::Notify(Notify::MainPid));
                 out.push(Effect::ReportReady);
             }
         }
@@ -804,6 +826,7 @@ impl Machine {
     fn start_upgrade(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let id = self.alloc();
         log(out, "upgrade: starting the successor");
+        out.push(Effect::Notify(Notify::Reloading));
         out.push(Effect::Spawn {
             id,
             role: Role::Successor,
@@ -1049,6 +1072,8 @@ impl Machine {
         if self.settings.pidfile {
             out.push(Effect::WritePidfile);
         }
+        // The successor told the service manager it was the main process.
+        out.push(Effect::Notify(Notify::MainPid));
     }
 
     fn on_child_exit(&mut self, _now: Instant, status: ExitStatus, out: &mut Vec<Effect>) {
@@ -1164,6 +1189,9 @@ impl Machine {
             }
             None => {
                 self.phase = Phase::Serving;
+                out.push(Effect::Notify(Notify::Ready {
+                    status: format!("upgrade failed: {why}"),
+                }));
                 // The successor may have written the pidfile before it died: make it
                 // name this generation again.
                 if self.settings.pidfile {
@@ -1381,7 +1409,7 @@ mod tests {
     fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
         effects
             .into_iter()
-            .filter(|e| !matches!(e, Effect::Log(_)))
+            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
             .collect()
     }
 
@@ -1626,11 +1654,11 @@ mod proxy_tests {
         Instant::from_origin(Duration::from_secs(secs))
     }
 
-    /// The effects without the log lines.
+    /// The effects without the log lines and service-manager notes.
     fn act(m: &mut Machine, secs: u64, event: Event) -> Vec<Effect> {
         m.step(at(secs), event)
             .into_iter()
-            .filter(|e| !matches!(e, Effect::Log(_)))
+            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
             .collect()
     }
 

@@ -28,10 +28,11 @@ use nix::unistd::Pid;
 use crate::Signal;
 use crate::effects::control::{self, Received};
 use crate::effects::readiness::{self, ToPredecessor};
+use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, pidfile, reap, spawn};
 use crate::machine::{
-    ClientId, Effect, Event, ExitStatus, Instant, Machine, ProcId, Reply, Role, Settings,
+    ClientId, Effect, Event, ExitStatus, Instant, Machine, Notify, ProcId, Reply, Role, Settings,
 };
 use crate::proxy::Proxy;
 
@@ -51,6 +52,8 @@ pub trait Os {
     fn report_failure(&mut self, _reason: &str) {}
     /// Answer a control client and close its connection.
     fn reply(&mut self, _client: ClientId, _reply: Reply) {}
+    /// Tell the service manager (sd_notify), if one listens.
+    fn notify(&mut self, _message: Notify) {}
     fn log(&mut self, line: &str);
     /// Start accepting on the proxy listeners. (No-op without a proxy.)
     fn proxy_accept(&mut self) {}
@@ -84,6 +87,7 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                 Effect::ReportReady => os.report_ready(),
                 Effect::ReportFailure(reason) => os.report_failure(&reason),
                 Effect::Reply { client, reply } => os.reply(client, reply),
+                Effect::Notify(message) => os.notify(message),
                 Effect::ProxyAccept => os.proxy_accept(),
                 Effect::ProxyStopAccepting => os.proxy_stop_accepting(),
                 Effect::RemoveProxySockets => os.remove_proxy_sockets(),
@@ -143,6 +147,8 @@ pub struct LinuxOs {
     next_client: u64,
     /// When this generation started, for `psflip status`.
     started: std::time::Instant,
+    /// `$NOTIFY_SOCKET`, when a service manager listens.
+    notify_socket: Option<std::os::unix::net::SocketAddr>,
     /// The last successor started, kept after it is reaped, and whether it has
     /// exited (see `remove_pidfile`).
     last_successor: Option<Pid>,
@@ -162,6 +168,7 @@ impl LinuxOs {
             clients: BTreeMap::new(),
             next_client: 0,
             started: std::time::Instant::now(),
+            notify_socket: sd_notify::socket_from_env(),
             last_successor: None,
             successor_exited: false,
         }
@@ -310,6 +317,23 @@ impl Os for LinuxOs {
         {
             // The previous generation died: we are the service all the same.
             self.say(&format!("{e}; carrying on as the service"));
+        }
+    }
+
+    fn notify(&mut self, message: Notify) {
+        let Some(socket) = self.notify_socket.as_ref() else {
+            return;
+        };
+        let text = match message {
+            Notify::Ready { status } => format!("READY=1\nSTATUS={status}\n"),
+            Notify::Reloading => format!(
+                "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading\n",
+                sd_notify::monotonic_usec()
+            ),
+            Notify::MainPid => format!("MAINPID={}\nREADY=1\nSTATUS=serving\n", self.my_pid),
+        };
+        if let Err(e) = sd_notify::send(socket, &text) {
+            self.say(&format!("cannot notify the service manager: {e}"));
         }
     }
 

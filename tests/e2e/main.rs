@@ -5,6 +5,7 @@
 mod util;
 
 mod cli;
+mod notify;
 mod pidfile;
 mod pidwatch;
 mod selfupgrade;
