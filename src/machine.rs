@@ -234,6 +234,10 @@ pub enum Event {
     Started,
     /// psflip received this signal (never SIGCHLD: reaping produces `ProcessExited`).
     SignalReceived(Signal),
+    /// (Successor) the previous generation sent us this termination signal: it was
+    /// told to terminate mid-upgrade and aborts the upgrade. The runtime tells it
+    /// apart from an operator's signal by the sender's pid.
+    AbortRequested(Signal),
     /// psflip received this real-time signal (SIGRTMIN…SIGRTMAX), which
     /// [`Signal`] cannot name: it is forwarded to the child like any other.
     RealtimeSignalReceived(i32),
@@ -551,7 +555,8 @@ impl Machine {
             (Phase::Booting, _) => {}
             (_, Event::Started) => {}
             (_, Event::Tick) => self.on_tick(now, &mut out),
-            (_, Event::SignalReceived(sig)) => self.on_signal(now, sig, &mut out),
+            (_, Event::SignalReceived(sig)) => self.on_signal(now, sig, false, &mut out),
+            (_, Event::AbortRequested(sig)) => self.on_signal(now, sig, true, &mut out),
             (_, Event::RealtimeSignalReceived(signo)) => match self.live_child() {
                 Some(id) => out.push(Effect::SignalRealtime { id, signo }),
                 None => log(
@@ -838,7 +843,14 @@ impl Machine {
         };
     }
 
-    fn on_signal(&mut self, now: Instant, sig: Signal, out: &mut Vec<Effect>) {
+    /// `from_predecessor`: the previous generation sent it (see `AbortRequested`).
+    fn on_signal(
+        &mut self,
+        now: Instant,
+        sig: Signal,
+        from_predecessor: bool,
+        out: &mut Vec<Effect>,
+    ) {
         if matches!(sig, Signal::SIGCHLD | Signal::SIGPIPE) {
             return;
         }
@@ -878,14 +890,17 @@ impl Machine {
                     out,
                 );
             }
+            // The old generation aborts the upgrade (it passes on the signal it was
+            // told to terminate with) — even if we took over an instant before it
+            // heard so — or the operator stops us before we took over: never take
+            // over (or serve on) after this. The child gets the signal, then SIGKILL
+            // to its group if it ignores it (GIVE_UP_GRACE).
+            let aborted =
+                from_predecessor && self.predecessor_alive && self.phase == Phase::Serving;
             if self.settings.generation == Generation::Successor
-                && self.phase == Phase::Starting
+                && (self.phase == Phase::Starting || aborted)
                 && self.live_child().is_some()
             {
-                // The old generation aborts the upgrade (it passes on the signal it
-                // was told to terminate with), or the operator stops us: never take
-                // over after this. The child gets the signal, then SIGKILL to its
-                // group if it ignores it (GIVE_UP_GRACE).
                 log(
                     out,
                     format!("{} before taking over: giving up", sig.as_str()),
@@ -1119,11 +1134,13 @@ impl Machine {
                 // A successor that gave up before taking over exits like one whose
                 // child exited before it was healthy: with the child's own non-zero
                 // code, or 1 if it had to be killed.
-                let code = if self.gave_up && !self.killed_child && !status.success() {
-                    status.code()
-                } else {
-                    code
-                };
+                // (If it had become healthy, like any service: its status, even 0.)
+                let code =
+                    if self.gave_up && !self.killed_child && (self.healthy || !status.success()) {
+                        status.code()
+                    } else {
+                        code
+                    };
                 self.finish(code, out);
             }
             Phase::Booting | Phase::Done => {}

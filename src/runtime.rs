@@ -149,6 +149,8 @@ pub struct LinuxOs {
     started: std::time::Instant,
     /// `$NOTIFY_SOCKET`, when a service manager listens.
     notify_socket: Option<std::os::unix::net::SocketAddr>,
+    /// (Successor) the pid of the generation that started us.
+    predecessor_pid: Option<u32>,
     /// The last successor started, kept after it is reaped, and whether it has
     /// exited (see `remove_pidfile`).
     last_successor: Option<Pid>,
@@ -157,6 +159,11 @@ pub struct LinuxOs {
 
 impl LinuxOs {
     pub fn new(spec: RunSpec) -> LinuxOs {
+        // The old generation spawned us itself: our parent, for as long as it runs.
+        let predecessor_pid = spec
+            .predecessor
+            .as_ref()
+            .map(|_| nix::unistd::getppid().as_raw() as u32);
         LinuxOs {
             spec,
             my_pid: std::process::id(),
@@ -169,6 +176,7 @@ impl LinuxOs {
             next_client: 0,
             started: std::time::Instant::now(),
             notify_socket: sd_notify::socket_from_env(),
+            predecessor_pid,
             last_successor: None,
             successor_exited: false,
         }
@@ -434,6 +442,12 @@ pub trait Driver {
     fn on_fd(&mut self, now: Instant, tag: Self::Tag) -> Option<i32>;
     /// A signal other than SIGCHLD arrived.
     fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32>;
+    /// A signal other than SIGCHLD arrived from the process `from` (0: the
+    /// kernel). By default the same as `on_signal`.
+    fn on_signal_from(&mut self, now: Instant, sig: Signal, from: u32) -> Option<i32> {
+        let _ = from;
+        self.on_signal(now, sig)
+    }
     /// A real-time signal arrived.
     fn on_realtime_signal(&mut self, _now: Instant, signo: i32) -> Option<i32> {
         self.log(&format!("signal {signo} ignored: cannot forward it"));
@@ -492,7 +506,7 @@ pub fn event_loop<D: Driver>(
             }
         }
         if sig_ready {
-            while let Some(signo) = signals.read() {
+            while let Some((signo, sender)) = signals.read() {
                 if signo == libc::SIGCHLD {
                     if let Some(code) = reap_all(driver, now) {
                         return Ok(code);
@@ -505,7 +519,7 @@ pub fn event_loop<D: Driver>(
                     }
                     continue;
                 };
-                if let Some(code) = driver.on_signal(now, sig) {
+                if let Some(code) = driver.on_signal_from(now, sig, sender) {
                     return Ok(code);
                 }
             }
@@ -673,6 +687,15 @@ impl Driver for Psflip {
             Event::SignalReceived(sig),
             &mut self.os,
         )
+    }
+
+    fn on_signal_from(&mut self, now: Instant, sig: Signal, from: u32) -> Option<i32> {
+        let terminating = matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
+        if terminating && from != 0 && self.os.predecessor_pid == Some(from) {
+            let event = Event::AbortRequested(sig);
+            return drive(&mut self.machine, now, event, &mut self.os);
+        }
+        self.on_signal(now, sig)
     }
 
     fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {

@@ -202,6 +202,9 @@ fn gen_name(w: &World, gpid: Pid) -> String {
 ///    and the reader had not SIGKILLed the reporter before reading it (a successor
 ///    that crashes right after "ready" has still reported, SPEC §5; one its parent
 ///    killed for being late is gone by the parent's own decision).
+/// 4. A successor whose predecessor aborted the upgrade (it passed on the
+///    termination signal it got) never was the service, even if it reported
+///    ready an instant before: it may stop its child.
 fn i1_old_child_spared(w: &World) -> Vec<String> {
     let mut out = Vec::new();
     for fact in &w.facts {
@@ -509,7 +512,9 @@ fn i7_exit_status(w: &World) -> Vec<String> {
 ///
 /// 1. A generation accepts only once its child is healthy.
 /// 2. When a generation stops accepting, another one (its successor) accepts
-///    already — unless that successor crashed right after "ready" (a fault), or
+///    already — unless that successor is already gone (it, or its child, crashed
+///    right after a valid "ready": the new service crashed; I1 checks the ready
+///    was valid), or
 ///    died and the generation took the service back (it accepts again).
 /// 3. The socket files exist while a generation serves through them (accepting,
 ///    serving or upgrading, not stopping, not told to terminate): only the
@@ -556,7 +561,7 @@ fn i8_proxy_keeps_connections(w: &World) -> Vec<String> {
                     .ghost
                     .successor_pid
                     .and_then(|s| w.gens.get(&s))
-                    .is_some_and(|s| s.ghost.end == Some(End::Crashed));
+                    .is_some_and(|s| s.ghost.end.is_some());
                 // Accepting again: the service was taken back from a successor that
                 // died right after taking over (the listener's backlog held any
                 // connection meanwhile: nothing was refused).

@@ -93,6 +93,8 @@ pub struct GenRuntime {
     pub accepting: bool,
     /// (Proxy) its connections have all closed and the machine was not told yet.
     pub drained: bool,
+    /// A termination signal from the predecessor (its abort), not yet read.
+    pub abort: Option<Signal>,
     /// The pid of the last successor started, kept after it exits: the pidfile may
     /// still name it (as in the real runtime).
     pub last_successor: Option<Pid>,
@@ -129,6 +131,8 @@ pub struct Ghost {
     /// Its child is *the* service: the generation reached `Serving` or started an
     /// upgrade. From then on its child may only be stopped after a handover (I1).
     pub protects_child: bool,
+    /// Its predecessor aborted the upgrade (`AbortRequested`).
+    pub aborted: bool,
     /// An upgrade signal reached it while its first child was starting.
     pub requested_early: bool,
     /// It wrote "ready" to its predecessor.
@@ -184,6 +188,7 @@ impl Gen {
                 child: None,
                 child_spawn_failed: false,
                 protects_child: false,
+                aborted: false,
                 requested_early: false,
                 ready_reported: false,
                 ready_valid: false,
@@ -223,6 +228,8 @@ enum Ev {
         target: Pid,
         group: bool,
         signal: Signal,
+        /// The psflip generation that sent it (`None`: the operator).
+        from: Option<Pid>,
     },
     /// (Proxy) the last connection of a draining generation closed.
     Drained(Pid),
@@ -517,7 +524,8 @@ impl World {
     }
 
     /// Deliver a signal to one process (not a group).
-    fn deliver(&mut self, pid: Pid, signal: Signal) {
+    /// `from`: the generation that sent it, as signalfd's `ssi_pid` tells.
+    fn deliver(&mut self, pid: Pid, signal: Signal, from: Option<Pid>) {
         if !self.running(pid) {
             return;
         }
@@ -528,7 +536,16 @@ impl World {
         match self.procs[&pid].kind.clone() {
             Kind::Psflip => {
                 let g = self.gens.get_mut(&pid).expect("a generation");
-                g.rt.pending.insert(signal as i32);
+                let terminating =
+                    matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
+                // As the real runtime does: a termination signal from the
+                // predecessor is its abort.
+                let from_predecessor = from.is_some() && g.rt.predecessor.map(|(p, _)| p) == from;
+                if terminating && from_predecessor {
+                    g.rt.abort = Some(signal);
+                } else {
+                    g.rt.pending.insert(signal as i32);
+                }
                 if g.rt.booted {
                     self.after_latency(Ev::Wake(pid));
                 }
@@ -644,7 +661,7 @@ impl World {
             signal.as_str(),
             self.name(pid)
         ));
-        self.deliver(pid, signal);
+        self.deliver(pid, signal, None);
     }
 
     // ---------------------------------------------------------------- stepping
@@ -702,6 +719,7 @@ impl World {
                 target,
                 group,
                 signal,
+                from,
             } => {
                 if group {
                     let members: Vec<Pid> = self
@@ -711,10 +729,10 @@ impl World {
                         .map(|p| p.pid)
                         .collect();
                     for m in members {
-                        self.deliver(m, signal);
+                        self.deliver(m, signal, from);
                     }
                 } else {
-                    self.deliver(target, signal);
+                    self.deliver(target, signal, from);
                 }
             }
             Ev::SelfExit { pid, status, fault } => {
@@ -804,6 +822,7 @@ impl World {
                     target: old,
                     group: false,
                     signal: sig,
+                    from: None,
                 },
             );
         }
@@ -833,7 +852,11 @@ impl World {
                 }
                 self.arm_timer(pid);
                 let g = &self.gens[&pid];
-                if !g.rt.pending.is_empty() || g.rt.predecessor_gone || g.rt.drained {
+                if !g.rt.pending.is_empty()
+                    || g.rt.abort.is_some()
+                    || g.rt.predecessor_gone
+                    || g.rt.drained
+                {
                     self.after_latency(Ev::Wake(pid));
                 }
             }
@@ -915,6 +938,17 @@ impl World {
             if let Some(code) = self.drive(pid, Event::ProxyDrained) {
                 return Some(code);
             }
+        }
+        if let Some(sig) = self
+            .gens
+            .get_mut(&pid)
+            .expect("a generation")
+            .rt
+            .abort
+            .take()
+            && let Some(code) = self.drive(pid, Event::AbortRequested(sig))
+        {
+            return Some(code);
         }
         if sig_ready {
             while let Some(signo) = self
@@ -1016,7 +1050,7 @@ impl World {
 
         let before = Snapshot::of(&this.machine);
         let forwarding = match event {
-            Event::SignalReceived(sig) => Some(sig),
+            Event::SignalReceived(sig) | Event::AbortRequested(sig) => Some(sig),
             _ => None,
         };
         match &event {
@@ -1048,6 +1082,13 @@ impl World {
             },
             Event::SignalReceived(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => {
                 this.ghost.terminating = true
+            }
+            Event::AbortRequested(_) => {
+                // The predecessor aborted the upgrade: whatever we reported, we
+                // never were the service, and may stop our child.
+                this.ghost.terminating = true;
+                this.ghost.protects_child = false;
+                this.ghost.aborted = true;
             }
             _ => {}
         }
@@ -1091,7 +1132,7 @@ impl World {
         reported: bool,
     ) {
         let ghost = &mut this.ghost;
-        if after.phase == Phase::Serving {
+        if after.phase == Phase::Serving && !ghost.aborted {
             ghost.protects_child = true;
         }
         if reported {
@@ -1356,6 +1397,7 @@ impl Os for SimOs<'_> {
             target,
             group,
             signal,
+            from: Some(self.pid),
         });
     }
 
