@@ -3,13 +3,13 @@
 //! control socket ([`crate::effects::control`]).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::effects::{control, pidfile};
+use crate::effects::{control, pidfile, procfs};
 use crate::machine::{Request, SUCCESSOR_GRACE};
 
 /// Exit status when nothing runs (as LSB status commands do).
@@ -40,7 +40,8 @@ impl Answer {
     }
 }
 
-/// The pid of the running psflip, from the pidfile, if it is alive.
+/// The pid of the running psflip, from the pidfile, if it is alive (a zombie is
+/// not: its pidfile is stale).
 fn running(config: &Config) -> Result<(u32, &Path), String> {
     let Some(path) = config.pidfile.as_deref() else {
         return Err(format!(
@@ -48,29 +49,135 @@ fn running(config: &Config) -> Result<(u32, &Path), String> {
             config.path.display()
         ));
     };
-    let Some(pid) = pidfile::read(path).filter(|p| *p > 0) else {
+    let Some(pid) = pidfile::read(path).filter(|p| *p > 0 && *p <= i32::MAX as u32) else {
         return Err(format!("not running ({} holds no pid)", path.display()));
     };
-    match kill(Pid::from_raw(pid as i32), None) {
-        Ok(()) | Err(nix::errno::Errno::EPERM) => Ok((pid, path)),
-        Err(_) => Err(format!(
+    if alive(pid) {
+        Ok((pid, path))
+    } else {
+        Err(format!(
             "not running ({} names pid {pid}, which is gone)",
             path.display()
-        )),
+        ))
     }
 }
 
+/// Whether `pid` runs: from /proc, where a zombie is dead; `kill(pid, 0)` where
+/// /proc is not mounted.
+fn alive(pid: u32) -> bool {
+    if Path::new("/proc/self/stat").exists() {
+        return procfs::alive(pid);
+    }
+    matches!(
+        kill(Pid::from_raw(pid as i32), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
+}
+
+/// Whether `pid` was started after the pidfile was last written: then it is not
+/// the psflip that wrote it, but a process that got its recycled pid (psflip was
+/// killed and could not remove its pidfile). Only asked of a process without a
+/// control socket, before trusting it or sending it a signal. /proc gives the
+/// start time in clock ticks since boot and the boot time in whole seconds: a
+/// margin of 2 s covers the rounding.
+fn started_after_pidfile(pid: u32, path: &Path) -> bool {
+    let Some(started) = start_time(pid) else {
+        return false;
+    };
+    let Ok(written) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        return false;
+    };
+    started > written + Duration::from_secs(2)
+}
+
+/// When `pid` started, on the wall clock.
+fn start_time(pid: u32) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold anything, parentheses too):
+    // state is field 3, starttime field 22.
+    let ticks: u64 = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    let since_boot = Duration::from_secs(ticks / hz) + Duration::from_secs(ticks % hz) / hz as u32;
+    Some(UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
+}
+
+/// Why a live process that has no control socket is not taken for psflip, if it
+/// is not.
+fn stale(pid: u32, path: &Path) -> Option<String> {
+    started_after_pidfile(pid, path).then(|| {
+        format!(
+            "not running ({} names pid {pid}, a process started after the pidfile was written: not the psflip that wrote it)",
+            path.display()
+        )
+    })
+}
+
+/// Whether `ask` failed because nothing listens on the control socket.
+fn no_control_socket(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+    )
+}
+
+/// What a control reply that is no answer starts with (the server refused the
+/// client, or did not understand it).
+fn is_refusal(reply: &str) -> bool {
+    reply.starts_with("refused:") || reply.starts_with("error:")
+}
+
+/// Exit status of `psflip status` when the running psflip does not say how it
+/// is (it refused us, or does not answer): LSB's "status unknown".
+pub const STATUS_UNKNOWN: i32 = 4;
+
 /// `psflip status`: the running generation as `key: value` lines, or JSON.
 pub fn status(config: &Config, json: bool) -> Answer {
-    let (pid, _) = match running(config) {
+    let (pid, path) = match running(config) {
         Ok(found) => found,
         Err(why) => return Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
     };
-    let reply = match control::ask(pid, Request::Status, Duration::from_secs(5)) {
-        Ok(reply) if !reply.is_empty() => reply,
-        Ok(_) | Err(_) => {
+    let wait = Duration::from_secs(5);
+    let reply = match control::ask(pid, Request::Status, wait) {
+        Ok(reply) if reply.is_empty() => {
+            return Answer::err(
+                STATUS_UNKNOWN,
+                format!("psflip: psflip (pid {pid}) closed the connection without an answer\n"),
+            );
+        }
+        Ok(reply) if is_refusal(&reply) => {
+            return Answer::err(STATUS_UNKNOWN, format!("psflip (pid {pid}): {reply}"));
+        }
+        Ok(reply) => reply,
+        Err(e) if no_control_socket(&e) => {
+            if let Some(why) = stale(pid, path) {
+                return Answer::err(NOT_RUNNING, format!("psflip: {why}\n"));
+            }
             // An older psflip without a control socket: what the pidfile says.
-            format!("pid: {pid}\n")
+            format!("psflip_pid: {pid}\n")
+        }
+        Err(e) => {
+            let why = if e.kind() == std::io::ErrorKind::TimedOut {
+                format!("no answer within {wait:?}")
+            } else {
+                e.to_string()
+            };
+            return Answer::err(
+                STATUS_UNKNOWN,
+                format!("psflip: cannot ask psflip (pid {pid}): {why}\n"),
+            );
         }
     };
     if json {
@@ -112,7 +219,12 @@ pub fn upgrade(config: &Config) -> Answer {
     };
     // The old generation answers once the successor is ready or gone; it kills a
     // hung successor after upgrade.timeout + grace.
-    let wait = config.upgrade.timeout + SUCCESSOR_GRACE + Duration::from_secs(5);
+    // The old generation always answers, or closes the connection if it dies:
+    // this bound only guards against a hung psflip. It is generous because the
+    // old generation judges its successor by its own (possibly longer)
+    // upgrade.timeout, not by the one in this (new) configuration.
+    let wait = (config.upgrade.timeout + SUCCESSOR_GRACE + Duration::from_secs(5))
+        .max(Duration::from_secs(600));
     match control::ask(pid, Request::Upgrade, wait) {
         Ok(reply) if reply.starts_with("ok") => Answer::out(0, reply),
         Ok(reply) if !reply.is_empty() => Answer::err(1, reply),
@@ -124,7 +236,22 @@ pub fn upgrade(config: &Config) -> Answer {
             1,
             format!("failed: no outcome from psflip (pid {pid}) within {wait:?}\n"),
         ),
-        Err(_) => upgrade_by_signal(config, pid, path, wait),
+        Err(e) if no_control_socket(&e) => match stale(pid, path) {
+            // Never signal a process that only got a dead psflip's pid.
+            Some(why) => Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
+            // Without a control socket, only the pidfile tells: give up once the
+            // old generation would have (by this configuration's timeout).
+            None => upgrade_by_signal(
+                config,
+                pid,
+                path,
+                config.upgrade.timeout + SUCCESSOR_GRACE + Duration::from_secs(5),
+            ),
+        },
+        Err(e) => Answer::err(
+            1,
+            format!("failed: cannot ask psflip (pid {pid}) over its control socket: {e}\n"),
+        ),
     }
 }
 

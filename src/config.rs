@@ -8,7 +8,7 @@
 //!    `shutdown.timeout`) and the line and column.
 //! 2. A typo must never fall back to a default, so every table is
 //!    `deny_unknown_fields`, and the features of the design that are not built
-//!    yet (`[[listen]]`, `[healthcheck.tcp]`, …) are recognised and
+//!    yet (`[[listen]]`, `[healthcheck.notify]`, …) are recognised and
 //!    refused by name rather than reported as unknown keys.
 //! 3. The result, [`Config`], is plain comparable data with every template
 //!    expanded and every default filled in: the rest of psflip never sees TOML
@@ -33,6 +33,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::Signal;
+use crate::probe::{HttpUrl, StatusPattern};
 pub use crate::proxy::endpoint::Endpoint;
 use crate::template::{self, Context, TemplateError};
 
@@ -52,6 +53,10 @@ pub const DEFAULT_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_COMMAND_AFTER: Duration = Duration::ZERO;
 /// Default `healthcheck.command.interval`.
 pub const DEFAULT_COMMAND_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `healthcheck.tcp.interval`.
+pub const DEFAULT_TCP_INTERVAL: Duration = Duration::from_millis(100);
+/// Default `healthcheck.http.interval`.
+pub const DEFAULT_HTTP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The largest duration accepted: Go's `time.Duration` is an `int64` of
 /// nanoseconds, and configurations written for the reference must mean the
@@ -154,6 +159,25 @@ pub enum HealthCheck {
         /// Delay before the first run (shorter than `upgrade.timeout`).
         after: Duration,
         /// Delay between runs; > 0.
+        interval: Duration,
+    },
+    /// `[healthcheck.tcp]`: healthy once a connection to `address` is
+    /// accepted; tried at the spawn, then every `interval`.
+    Tcp {
+        /// A TCP address (never port 0) or a Unix socket (relative paths are
+        /// relative to psflip's initial working directory).
+        address: Endpoint,
+        /// Delay between tries; > 0, shorter than `upgrade.timeout`.
+        interval: Duration,
+    },
+    /// `[healthcheck.http]`: healthy once `GET url` answers with a status that
+    /// `status` matches; tried at the spawn, then every `interval`.
+    Http {
+        /// An `http://` URL.
+        url: HttpUrl,
+        /// The healthy statuses (`2xx` unless configured).
+        status: StatusPattern,
+        /// Delay between tries; > 0, shorter than `upgrade.timeout`.
         interval: Duration,
     },
 }
@@ -282,7 +306,7 @@ pub enum ConfigErrorKind {
     /// A part of the design that is not implemented yet.
     #[error("`{feature}` is not supported yet")]
     Unsupported {
-        /// The dotted key, e.g. `healthcheck.tcp`.
+        /// The dotted key, e.g. `healthcheck.notify`.
         feature: String,
     },
     /// A template in the value could not be expanded.
@@ -414,6 +438,21 @@ impl Config {
                 "\n[healthcheck.command]\ncmd = {}\nafter = \"{}\"\ninterval = \"{}\"\n",
                 toml_array(cmd),
                 format_duration(*after),
+                format_duration(*interval)
+            )),
+            HealthCheck::Tcp { address, interval } => out.push_str(&format!(
+                "\n[healthcheck.tcp]\naddress = {}\ninterval = \"{}\"\n",
+                toml_string(&address.to_string()),
+                format_duration(*interval)
+            )),
+            HealthCheck::Http {
+                url,
+                status,
+                interval,
+            } => out.push_str(&format!(
+                "\n[healthcheck.http]\nurl = {}\nstatus = {}\ninterval = \"{}\"\n",
+                toml_string(&url.to_string()),
+                toml_string(&status.to_string()),
                 format_duration(*interval)
             )),
         }
@@ -631,6 +670,8 @@ struct RawShutdown {
 struct RawHealthcheck {
     alive: Option<RawAlive>,
     command: Option<RawCommand>,
+    tcp: Option<RawTcp>,
+    http: Option<RawHttp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -644,6 +685,21 @@ struct RawAlive {
 struct RawCommand {
     cmd: Option<Spanned<Vec<Spanned<String>>>>,
     after: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    address: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    url: Option<Spanned<String>>,
+    status: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
 }
 
@@ -872,29 +928,36 @@ fn check_shape(src: &Source, root: &DeTable) -> Result<(), ConfigError> {
     let Some(healthcheck) = root.get("healthcheck").and_then(|v| v.get_ref().as_table()) else {
         return Ok(());
     };
-    for kind in ["tcp", "http", "notify", "docker"] {
+    for kind in ["notify", "docker"] {
         if let Some((key, _)) = healthcheck.get_key_value(kind) {
             return Err(unsupported(key.span(), &format!("healthcheck.{kind}")));
         }
     }
-    for kind in ["alive", "command"] {
+    const KINDS: [&str; 4] = ["alive", "command", "tcp", "http"];
+    for kind in KINDS {
         must_be_table(healthcheck, kind, &format!("healthcheck.{kind}"))?;
     }
-    if healthcheck.contains_key("alive") && healthcheck.contains_key("command") {
-        let span = [
-            key_span(root, &["healthcheck", "alive"]),
-            key_span(root, &["healthcheck", "command"]),
-        ]
+    let found: Vec<String> = KINDS
         .into_iter()
-        .flatten()
-        .max_by_key(|s| s.start);
+        .filter(|kind| healthcheck.contains_key(*kind))
+        .map(|kind| format!("`healthcheck.{kind}`"))
+        .collect();
+    if let [first @ .., last] = found.as_slice()
+        && !first.is_empty()
+    {
+        // Points at the one written last.
+        let span = KINDS
+            .into_iter()
+            .filter_map(|kind| key_span(root, &["healthcheck", kind]))
+            .max_by_key(|s| s.start);
+        let both = if first.len() == 1 { "both " } else { "" };
         return Err(src.error(
             span,
             None,
-            ConfigErrorKind::Invalid(
-                "at most one healthcheck may be configured, found both `healthcheck.alive` and `healthcheck.command`"
-                    .to_owned(),
-            ),
+            ConfigErrorKind::Invalid(format!(
+                "at most one healthcheck may be configured, found {both}{} and {last}",
+                first.join(", ")
+            )),
         ));
     }
     Ok(())
@@ -1203,6 +1266,21 @@ fn resolve(
             .0,
     };
 
+    // The interval of a tcp or http check, which first runs at the spawn.
+    let check_interval = |raw: Option<&Spanned<String>>, key: &str, default: Duration| {
+        let (interval, span) = r.duration(raw, key, default)?;
+        if interval.is_zero() {
+            return Err(src.invalid(span, key, "must be longer than 0s"));
+        }
+        fits(
+            interval,
+            span,
+            key,
+            "the check would run only once, at the spawn, before the new child is given up on",
+        )?;
+        Ok(interval)
+    };
+
     let healthcheck = if let Some(command) = &raw.healthcheck.command {
         let Some(raw_cmd) = &command.cmd else {
             return Err(src.invalid(
@@ -1239,6 +1317,55 @@ fn resolve(
             cmd,
             after,
             interval,
+        }
+    } else if let Some(tcp) = &raw.healthcheck.tcp {
+        let Some(raw_address) = &tcp.address else {
+            return Err(src.invalid(
+                key_span(root, &["healthcheck", "tcp"]),
+                "healthcheck.tcp.address",
+                "missing: the address to connect to is required, e.g. address = \"127.0.0.1:8080\" or \"unix:///run/app.sock\"",
+            ));
+        };
+        let key = "healthcheck.tcp.address";
+        let text = r.expand(raw_address, key)?;
+        let address = Endpoint::parse(&text, false)
+            .map_err(|why| src.invalid(Some(raw_address.span()), key, why))?;
+        HealthCheck::Tcp {
+            address,
+            interval: check_interval(
+                tcp.interval.as_ref(),
+                "healthcheck.tcp.interval",
+                DEFAULT_TCP_INTERVAL,
+            )?,
+        }
+    } else if let Some(http) = &raw.healthcheck.http {
+        let Some(raw_url) = &http.url else {
+            return Err(src.invalid(
+                key_span(root, &["healthcheck", "http"]),
+                "healthcheck.http.url",
+                "missing: the URL to check is required, e.g. url = \"http://127.0.0.1:8080/health\"",
+            ));
+        };
+        let text = r.expand(raw_url, "healthcheck.http.url")?;
+        let url = HttpUrl::parse(&text)
+            .map_err(|why| src.invalid(Some(raw_url.span()), "healthcheck.http.url", why))?;
+        let status = match &http.status {
+            None => StatusPattern::success(),
+            Some(raw_status) => {
+                let text = r.expand(raw_status, "healthcheck.http.status")?;
+                StatusPattern::parse(&text).map_err(|why| {
+                    src.invalid(Some(raw_status.span()), "healthcheck.http.status", why)
+                })?
+            }
+        };
+        HealthCheck::Http {
+            url,
+            status,
+            interval: check_interval(
+                http.interval.as_ref(),
+                "healthcheck.http.interval",
+                DEFAULT_HTTP_INTERVAL,
+            )?,
         }
     } else {
         let timeout_raw = raw
@@ -1790,14 +1917,6 @@ interval = "{{ `100ms` }}"
         "cmd = [\"a\"]\n[[listen]]\naddress = \"tcp://:8080\"\n",
         "psflip.toml:2:3: `listen` is not supported yet"
     )]
-    #[case::tcp(
-        "cmd = [\"a\"]\n[healthcheck.tcp]\naddress = \"127.0.0.1:8080\"\n",
-        "psflip.toml:2:14: `healthcheck.tcp` is not supported yet"
-    )]
-    #[case::http(
-        "cmd = [\"a\"]\n[healthcheck.http]\nurl = \"http://x/\"\n",
-        "psflip.toml:2:14: `healthcheck.http` is not supported yet"
-    )]
     #[case::notify(
         "cmd = [\"a\"]\n[healthcheck.notify]\n",
         "psflip.toml:2:14: `healthcheck.notify` is not supported yet"
@@ -1837,7 +1956,7 @@ interval = "{{ `100ms` }}"
     )]
     #[case::healthcheck(
         "cmd = [\"a\"]\n[healthcheck.alvie]\n",
-        "psflip.toml:2:14: unknown key `alvie` in [healthcheck] (expected `alive` or `command`)"
+        "psflip.toml:2:14: unknown key `alvie` in [healthcheck] (expected one of `alive`, `command`, `tcp`, `http`)"
     )]
     #[case::alive(
         "cmd = [\"a\"]\n[healthcheck.alive]\ntimeout = \"1s\"\ninterval = \"1s\"\n",
@@ -2221,6 +2340,220 @@ forward = "localhost:8082"
             e.starts_with(expected),
             "{e}\nshould start with\n{expected}"
         );
+    }
+
+    fn tcp_check(address: Endpoint, interval_ms: u64) -> HealthCheck {
+        HealthCheck::Tcp {
+            address,
+            interval: Duration::from_millis(interval_ms),
+        }
+    }
+
+    fn tcp_at(host: &str, port: u16) -> Endpoint {
+        Endpoint::Tcp {
+            host: host.to_owned(),
+            port,
+        }
+    }
+
+    fn http_check(url: &str, status: &str, interval_ms: u64) -> HealthCheck {
+        HealthCheck::Http {
+            url: HttpUrl::parse(url).expect("a URL"),
+            status: StatusPattern::parse(status).expect("a pattern"),
+            interval: Duration::from_millis(interval_ms),
+        }
+    }
+
+    #[rstest]
+    #[case::defaults(
+        "[healthcheck.tcp]\naddress = \"127.0.0.1:8080\"\n",
+        tcp_check(tcp_at("127.0.0.1", 8080), 100)
+    )]
+    #[case::interval(
+        "[healthcheck.tcp]\naddress = \"localhost:80\"\ninterval = \"1s\"\n",
+        tcp_check(tcp_at("localhost", 80), 1000)
+    )]
+    #[case::ipv6(
+        "[healthcheck.tcp]\naddress = \"[::1]:8080\"\n",
+        tcp_check(tcp_at("::1", 8080), 100)
+    )]
+    #[case::tcp_scheme(
+        "[healthcheck.tcp]\naddress = \"tcp://10.0.0.1:9\"\n",
+        tcp_check(tcp_at("10.0.0.1", 9), 100)
+    )]
+    #[case::unix(
+        "[healthcheck.tcp]\naddress = \"unix:///run/app-{{ BlueGreen }}.sock\"\n",
+        tcp_check(Endpoint::Unix(PathBuf::from("/run/app-blue.sock")), 100)
+    )]
+    #[case::relative_unix(
+        "[healthcheck.tcp]\naddress = \"unix://app.sock\"\n",
+        tcp_check(Endpoint::Unix(PathBuf::from("app.sock")), 100)
+    )]
+    #[case::templated(
+        "[locals]\nport = '{{ AB \"8081\" \"8082\" }}'\n[healthcheck.tcp]\naddress = '127.0.0.1:{{ Local \"port\" }}'\ninterval = '{{ `50ms` }}'\n",
+        tcp_check(tcp_at("127.0.0.1", 8081), 50)
+    )]
+    #[case::inline(
+        "healthcheck = { tcp = { address = \":8080\" } }\n",
+        tcp_check(tcp_at("", 8080), 100)
+    )]
+    #[case::http_defaults(
+        "[healthcheck.http]\nurl = \"http://127.0.0.1:8080/health\"\n",
+        http_check("http://127.0.0.1:8080/health", "2xx", 250)
+    )]
+    #[case::http_every_key(
+        "[healthcheck.http]\nurl = \"http://localhost:{{ Env `PORT` }}\"\nstatus = \"200,204\"\ninterval = \"2s\"\n",
+        http_check("http://localhost:9000/", "200,204", 2000)
+    )]
+    #[case::http_range(
+        "[healthcheck.http]\nurl = \"http://[::1]/ready?full=1\"\nstatus = \"{{ `200-399` }}\"\n",
+        http_check("http://[::1]:80/ready?full=1", "200-399", 250)
+    )]
+    fn tcp_and_http_healthchecks(#[case] table: &str, #[case] expected: HealthCheck) {
+        let config = ok(&format!("cmd = [\"a\"]\n{table}"));
+        assert_eq!(config.healthcheck, expected);
+        let text = config.to_resolved_toml();
+        assert_eq!(parse_with(&text, false), Ok(config), "{text}");
+    }
+
+    #[test]
+    fn resolved_toml_of_tcp_and_http() {
+        let tcp = ok("cmd = [\"a\"]\n[healthcheck.tcp]\naddress = \"127.0.0.1:8080\"\n");
+        assert!(
+            tcp.to_resolved_toml().ends_with(
+                "\n[healthcheck.tcp]\naddress = \"tcp://127.0.0.1:8080\"\ninterval = \"100ms\"\n"
+            ),
+            "{}",
+            tcp.to_resolved_toml()
+        );
+        let http = ok(
+            "cmd = [\"a\"]\n[healthcheck.http]\nurl = \"HTTP://h:80/{{ `{{` }}\"\nstatus = \"200-299, 304\"\n",
+        );
+        assert!(
+            http.to_resolved_toml().ends_with(
+                "\n[healthcheck.http]\nurl = \"http://h/{{\\\"{{\\\"}}\"\nstatus = \"2xx,304\"\ninterval = \"250ms\"\n"
+            ),
+            "{}",
+            http.to_resolved_toml()
+        );
+    }
+
+    #[rstest]
+    #[case::tcp_address_missing(
+        "[healthcheck.tcp]\ninterval = \"1s\"\n",
+        "psflip.toml:2:14: healthcheck.tcp.address: missing: the address to connect to is required, e.g. address = \"127.0.0.1:8080\" or \"unix:///run/app.sock\""
+    )]
+    #[case::tcp_address_no_port(
+        "[healthcheck.tcp]\naddress = \"127.0.0.1\"\n",
+        "psflip.toml:3:11: healthcheck.tcp.address: missing :port in \"127.0.0.1\": expected unix:///path, tcp://host:port, host:port, :port or [ipv6]:port"
+    )]
+    #[case::tcp_port_zero(
+        "[healthcheck.tcp]\naddress = \"127.0.0.1:0\"\n",
+        "psflip.toml:3:11: healthcheck.tcp.address: port 0 cannot be connected to"
+    )]
+    #[case::tcp_http_scheme(
+        "[healthcheck.tcp]\naddress = \"http://127.0.0.1:80\"\n",
+        "psflip.toml:3:11: healthcheck.tcp.address: unknown scheme \"http\": expected unix:///path, tcp://host:port, host:port, :port or [ipv6]:port"
+    )]
+    #[case::tcp_address_type(
+        "[healthcheck.tcp]\naddress = 8080\n",
+        "psflip.toml:3:11: healthcheck.tcp.address: invalid type: integer `8080`, expected a string"
+    )]
+    #[case::tcp_address_template(
+        "[healthcheck.tcp]\naddress = \"{{ Local `port` }}\"\n",
+        "psflip.toml:3:11: healthcheck.tcp.address: template: no local named \"port\" in [locals]"
+    )]
+    #[case::tcp_interval_zero(
+        "[healthcheck.tcp]\naddress = \":80\"\ninterval = \"0s\"\n",
+        "psflip.toml:4:12: healthcheck.tcp.interval: must be longer than 0s"
+    )]
+    #[case::tcp_interval_bad(
+        "[healthcheck.tcp]\naddress = \":80\"\ninterval = \"100\"\n",
+        "psflip.toml:4:12: healthcheck.tcp.interval: invalid duration \"100\": missing unit after \"100\" (expected one of ns, us, µs, ms, s, m, h)"
+    )]
+    #[case::tcp_interval_too_long(
+        "[upgrade]\ntimeout = \"1s\"\n[healthcheck.tcp]\naddress = \":80\"\ninterval = \"1s\"\n",
+        "psflip.toml:6:12: healthcheck.tcp.interval: healthcheck.tcp.interval (1s) must be shorter than upgrade.timeout (1s): the check would run only once, at the spawn, before the new child is given up on"
+    )]
+    #[case::tcp_default_interval_too_long(
+        "[upgrade]\ntimeout = \"50ms\"\n[healthcheck.tcp]\naddress = \":80\"\n",
+        "psflip.toml:3:11: healthcheck.tcp.interval: healthcheck.tcp.interval (100ms, the default) must be shorter than upgrade.timeout (50ms): the check would run only once, at the spawn, before the new child is given up on"
+    )]
+    #[case::tcp_unknown_key(
+        "[healthcheck.tcp]\naddress = \":80\"\ntimeout = \"1s\"\n",
+        "psflip.toml:4:1: unknown key `timeout` in [healthcheck.tcp] (expected `address` or `interval`)"
+    )]
+    #[case::tcp_not_a_table(
+        "[healthcheck]\ntcp = \":80\"\n",
+        "psflip.toml:3:7: healthcheck.tcp: expected a table, found a string"
+    )]
+    #[case::http_url_missing(
+        "\n[healthcheck.http]\nstatus = \"2xx\"\n",
+        "psflip.toml:3:14: healthcheck.http.url: missing: the URL to check is required, e.g. url = \"http://127.0.0.1:8080/health\""
+    )]
+    #[case::https(
+        "[healthcheck.http]\nurl = \"https://127.0.0.1:8443/health\"\n",
+        "psflip.toml:3:7: healthcheck.http.url: https is not supported: the http healthcheck speaks plain HTTP only (point it at a plain-HTTP port, or use [healthcheck.command] with curl)"
+    )]
+    #[case::http_no_scheme(
+        "[healthcheck.http]\nurl = \"127.0.0.1:8080/health\"\n",
+        "psflip.toml:3:7: healthcheck.http.url: missing http:// in \"127.0.0.1:8080/health\": expected a URL such as http://127.0.0.1:8080/health"
+    )]
+    #[case::http_bad_port(
+        "[healthcheck.http]\nurl = \"http://x:99999/\"\n",
+        "psflip.toml:3:7: healthcheck.http.url: invalid port \"99999\" (expected 1 to 65535)"
+    )]
+    #[case::http_url_template(
+        "[healthcheck.http]\nurl = \"http://x:{{ AB }}/\"\n",
+        "psflip.toml:3:7: healthcheck.http.url: template: AB takes 2 arguments, got 0"
+    )]
+    #[case::http_status(
+        "[healthcheck.http]\nurl = \"http://x/\"\nstatus = \"ok\"\n",
+        "psflip.toml:4:10: healthcheck.http.status: invalid status \"ok\": expected 2xx, 200, 200-299 or a comma-separated list such as 200,204"
+    )]
+    #[case::http_status_class(
+        "[healthcheck.http]\nurl = \"http://x/\"\nstatus = \"7xx\"\n",
+        "psflip.toml:4:10: healthcheck.http.status: invalid status class \"7xx\": expected 2xx, 200, 200-299 or a comma-separated list such as 200,204"
+    )]
+    #[case::http_status_range(
+        "[healthcheck.http]\nurl = \"http://x/\"\nstatus = \"299-200\"\n",
+        "psflip.toml:4:10: healthcheck.http.status: empty status range \"299-200\": 299 is above 200"
+    )]
+    #[case::http_status_type(
+        "[healthcheck.http]\nurl = \"http://x/\"\nstatus = 200\n",
+        "psflip.toml:4:10: healthcheck.http.status: invalid type: integer `200`, expected a string"
+    )]
+    #[case::http_interval_zero(
+        "[healthcheck.http]\nurl = \"http://x/\"\ninterval = \"0\"\n",
+        "psflip.toml:4:12: healthcheck.http.interval: must be longer than 0s"
+    )]
+    #[case::http_interval_too_long(
+        "[upgrade]\ntimeout = \"200ms\"\n[healthcheck.http]\nurl = \"http://x/\"\n",
+        "psflip.toml:3:11: healthcheck.http.interval: healthcheck.http.interval (250ms, the default) must be shorter than upgrade.timeout (200ms): the check would run only once, at the spawn, before the new child is given up on"
+    )]
+    #[case::http_unknown_key(
+        "[healthcheck.http]\nurl = \"http://x/\"\nstatuses = \"2xx\"\n",
+        "psflip.toml:4:1: unknown key `statuses` in [healthcheck.http] (expected one of `url`, `status`, `interval`)"
+    )]
+    #[case::tcp_and_http(
+        "[healthcheck.tcp]\naddress = \":80\"\n[healthcheck.http]\nurl = \"http://x/\"\n",
+        "psflip.toml:4:14: at most one healthcheck may be configured, found both `healthcheck.tcp` and `healthcheck.http`"
+    )]
+    #[case::http_then_alive(
+        "[healthcheck.http]\nurl = \"http://x/\"\n[healthcheck.alive]\n",
+        "psflip.toml:4:14: at most one healthcheck may be configured, found both `healthcheck.alive` and `healthcheck.http`"
+    )]
+    #[case::command_and_tcp(
+        "[healthcheck]\ntcp = { address = \":80\" }\ncommand = { cmd = [\"true\"] }\n",
+        "psflip.toml:4:1: at most one healthcheck may be configured, found both `healthcheck.command` and `healthcheck.tcp`"
+    )]
+    #[case::three(
+        "[healthcheck.alive]\n[healthcheck.tcp]\naddress = \":80\"\n[healthcheck.http]\nurl = \"http://x/\"\n",
+        "psflip.toml:5:14: at most one healthcheck may be configured, found `healthcheck.alive`, `healthcheck.tcp` and `healthcheck.http`"
+    )]
+    fn tcp_and_http_errors_name_file_position_and_key(#[case] table: &str, #[case] expected: &str) {
+        // The tables come after a first line, so line numbers start at 2.
+        assert_eq!(err(&format!("cmd = [\"a\"]\n{table}")), expected);
     }
 
     #[test]

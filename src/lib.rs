@@ -5,6 +5,7 @@
 //! - [`effects`]: one module per kind of effect, talking to the OS;
 //! - [`runtime`]: the event loop turning OS happenings into events and interpreting effects;
 //! - [`config`] and [`template`]: the TOML configuration and its `{{ … }}` templates.
+//! - [`probe`]: the `[healthcheck.tcp]` and `[healthcheck.http]` checks, run by `psflip __probe`.
 
 pub mod client;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod template;
 pub use nix::sys::signal::Signal;
 pub mod effects;
 pub mod machine;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod watch;

@@ -144,6 +144,8 @@ pub struct LinuxOs {
     /// The control socket (`psflip upgrade`, `psflip status`) and its clients.
     control: Option<control::Listener>,
     clients: BTreeMap<ClientId, control::Connection>,
+    /// Clients whose request was read: they wait for the answer, unpolled.
+    answering: std::collections::BTreeSet<ClientId>,
     next_client: u64,
     /// When this generation started, for `psflip status`.
     started: std::time::Instant,
@@ -173,6 +175,7 @@ impl LinuxOs {
             successor_said: Vec::new(),
             control: None,
             clients: BTreeMap::new(),
+            answering: std::collections::BTreeSet::new(),
             next_client: 0,
             started: std::time::Instant::now(),
             notify_socket: sd_notify::socket_from_env(),
@@ -352,6 +355,7 @@ impl Os for LinuxOs {
     }
 
     fn reply(&mut self, client: ClientId, reply: Reply) {
+        self.answering.remove(&client);
         let Some(conn) = self.clients.remove(&client) else {
             return; // the client went away
         };
@@ -617,7 +621,9 @@ impl Driver for Psflip {
             fds.push((PsflipFd::Control, listener.as_fd(), PollFlags::POLLIN));
         }
         for (client, conn) in &self.os.clients {
-            fds.push((PsflipFd::Client(*client), conn.as_fd(), PollFlags::POLLIN));
+            if !self.os.answering.contains(client) {
+                fds.push((PsflipFd::Client(*client), conn.as_fd(), PollFlags::POLLIN));
+            }
         }
         fds
     }
@@ -642,12 +648,17 @@ impl Driver for Psflip {
             PsflipFd::Client(client) => {
                 let conn = self.os.clients.get_mut(&client)?;
                 match conn.receive() {
-                    Received::Request(request) => drive(
-                        &mut self.machine,
-                        now,
-                        Event::ControlRequest { client, request },
-                        &mut self.os,
-                    ),
+                    Received::Request(request) => {
+                        // Not polled any more: the client may close its side now and
+                        // still get the answer (poll would report that close forever).
+                        self.os.answering.insert(client);
+                        drive(
+                            &mut self.machine,
+                            now,
+                            Event::ControlRequest { client, request },
+                            &mut self.os,
+                        )
+                    }
                     Received::Invalid(line) => {
                         if let Some(conn) = self.os.clients.remove(&client) {
                             conn.reply(&format!("error: unknown request {line:?}\n"));

@@ -3,15 +3,17 @@
 //! printed by `psflip check` parses back to the same `Config`.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use psflip::Signal;
 use psflip::config::{
-    self, Config, HealthCheck, LoadOptions, ShutdownConfig, UpgradeConfig, format_duration,
-    parse_duration, parse_signal,
+    self, Config, Endpoint, HealthCheck, LoadOptions, ShutdownConfig, UpgradeConfig,
+    format_duration, parse_duration, parse_signal,
 };
+use psflip::probe::{HttpUrl, StatusPattern};
 use psflip::template::{self, Context};
 
 /// Options with an empty environment, so nothing outside the text matters.
@@ -78,6 +80,50 @@ fn upgrade_signal() -> impl Strategy<Value = Signal> {
 
 const DAY_MS: u64 = 86_400_000;
 
+/// A host to connect to: an IP address (IPv6 without brackets) or a name.
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("localhost".to_owned()),
+        any::<Ipv4Addr>().prop_map(|ip| ip.to_string()),
+        any::<Ipv6Addr>().prop_map(|ip| ip.to_string()),
+        "[A-Za-z0-9][A-Za-z0-9._-]{0,12}",
+    ]
+}
+
+/// A `[healthcheck.tcp]` address: TCP (an empty host means the loopback) or a
+/// Unix socket path.
+fn address() -> impl Strategy<Value = Endpoint> {
+    prop_oneof![
+        (prop_oneof![Just(String::new()), host()], 1..=u16::MAX)
+            .prop_map(|(host, port)| Endpoint::Tcp { host, port }),
+        non_empty_value()
+            .prop_filter("a valid Unix socket path", |p| {
+                !p.starts_with('@') && !p.contains('\n') && p.len() <= 107
+            })
+            .prop_map(|p| Endpoint::Unix(PathBuf::from(p))),
+    ]
+}
+
+/// A `[healthcheck.http]` URL.
+fn http_url() -> impl Strategy<Value = HttpUrl> {
+    (host(), 1..=u16::MAX, "(/[!-\"$-~]{0,16}){1,3}").prop_map(|(host, port, path)| HttpUrl {
+        host,
+        port,
+        path,
+    })
+}
+
+/// A `[healthcheck.http]` status pattern.
+fn status_pattern() -> impl Strategy<Value = StatusPattern> {
+    let item = prop_oneof![
+        (1..=5u16).prop_map(|class| format!("{class}xx")),
+        (100..=599u16).prop_map(|code| code.to_string()),
+        (100..=599u16, 100..=599u16).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+    ];
+    prop::collection::vec(item, 1..4)
+        .prop_map(|items| StatusPattern::parse(&items.join(",")).expect("a valid pattern"))
+}
+
 /// Valid configurations: every rule of `config::parse` holds.
 fn configs() -> impl Strategy<Value = Config> {
     let upgrade = (
@@ -85,7 +131,15 @@ fn configs() -> impl Strategy<Value = Config> {
         (1..=DAY_MS).prop_map(Duration::from_millis),
     );
     let shutdown = (millis(DAY_MS), any_signal(), millis(DAY_MS));
-    let healthcheck_choice = (any::<bool>(), command(), 0.0..1.0f64, 1..=DAY_MS);
+    let healthcheck_choice = (
+        0..4u8,
+        command(),
+        0.0..1.0f64,
+        1..=DAY_MS,
+        address(),
+        http_url(),
+        status_pattern(),
+    );
     (
         command(),
         prop::option::of(non_empty_value()),
@@ -99,22 +153,29 @@ fn configs() -> impl Strategy<Value = Config> {
     )
         .prop_map(
             |(cmd, workdir, env, pidfile, quiet, locals, (up_signal, up_timeout), shutdown, hc)| {
-                let (alive, hc_cmd, fraction, interval_ms) = hc;
+                let (kind, hc_cmd, fraction, interval_ms, address, url, status) = hc;
                 // Healthcheck delays strictly below upgrade.timeout, in whole ms.
                 let below = |fraction: f64| {
                     let max_ms = up_timeout.as_millis() as u64 - 1;
                     Duration::from_millis((max_ms as f64 * fraction) as u64)
                 };
-                let healthcheck = if alive {
-                    HealthCheck::Alive {
+                // A tcp or http interval is also above zero.
+                let interval = below(fraction).max(Duration::from_nanos(1));
+                let healthcheck = match kind {
+                    0 => HealthCheck::Alive {
                         timeout: below(fraction),
-                    }
-                } else {
-                    HealthCheck::Command {
+                    },
+                    1 => HealthCheck::Command {
                         cmd: hc_cmd,
                         after: below(fraction),
                         interval: Duration::from_millis(interval_ms),
-                    }
+                    },
+                    2 => HealthCheck::Tcp { address, interval },
+                    _ => HealthCheck::Http {
+                        url,
+                        status,
+                        interval,
+                    },
                 };
                 Config {
                     path: PathBuf::from("generated.toml"),

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -12,6 +13,7 @@ use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
 use psflip::effects::{fds, signals, spawn};
 use psflip::machine::{Generation, Health, Settings};
+use psflip::probe::{self, Check, HttpUrl, StatusPattern};
 use psflip::proxy::{self, Proxy, Route};
 use psflip::runtime::{self, RunSpec};
 
@@ -46,6 +48,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Internal: one `[healthcheck.tcp]` or `[healthcheck.http]` check, run as the
+    /// healthcheck's probe process. Exit 0 when healthy, 1 (and one line on
+    /// stderr) otherwise.
+    #[command(name = probe::SUBCOMMAND, hide = true)]
+    Probe {
+        #[command(subcommand)]
+        check: ProbeCommand,
+    },
+}
+
+/// The checks of `psflip __probe`; built by [`probe_argv`], which must agree.
+#[derive(Subcommand)]
+enum ProbeCommand {
+    /// Healthy when a connection to ADDRESS (host:port or unix:///path) is accepted.
+    Tcp {
+        #[command(flatten)]
+        opts: ProbeOpts,
+        address: String,
+    },
+    /// Healthy when `GET URL` answers with a status STATUS matches (e.g. 2xx).
+    Http {
+        #[command(flatten)]
+        opts: ProbeOpts,
+        url: String,
+        status: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ProbeOpts {
+    /// Give up after this long (a Go duration).
+    #[arg(long, value_parser = config::parse_duration)]
+    timeout: Duration,
+    /// Print nothing, even on failure.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +108,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // A probe reads no configuration: everything it needs is on its command line.
+    let command = match cli.command {
+        Some(Command::Probe { check }) => return run_probe(check),
+        command => command,
+    };
     let ab_second = std::env::var("PSFLIP_AB_FLAG").is_ok_and(|v| v == "b");
     let options = config::LoadOptions::from_process(ab_second);
     let config = match config::load(&cli.config, &options) {
@@ -82,7 +125,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command {
+    match command {
+        Some(Command::Probe { .. }) => {
+            unreachable!("a probe returns before the configuration is read")
+        }
         Some(Command::Check) => {
             print!("{}", config.to_resolved_toml());
             ExitCode::SUCCESS
@@ -91,6 +137,76 @@ fn main() -> ExitCode {
         Some(Command::Status { json }) => answer(client::status(&config, json)),
         None => run(config, predecessor, inherited, ab_second),
     }
+}
+
+/// `psflip __probe …`: one check, bounded by its timeout.
+fn run_probe(command: ProbeCommand) -> ExitCode {
+    let (check, opts) = match command {
+        ProbeCommand::Tcp { opts, address } => (
+            config::Endpoint::parse(&address, false).map(Check::Tcp),
+            opts,
+        ),
+        ProbeCommand::Http { opts, url, status } => (
+            HttpUrl::parse(&url).and_then(|url| {
+                StatusPattern::parse(&status).map(|status| Check::Http { url, status })
+            }),
+            opts,
+        ),
+    };
+    let check = match check {
+        Ok(check) => check,
+        Err(e) => {
+            eprintln!("psflip: {} {e}", probe::SUBCOMMAND);
+            return ExitCode::from(2);
+        }
+    };
+    match probe::run(&check, opts.timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            if !opts.quiet {
+                // Under the pid of the psflip whose healthcheck this is.
+                let line = format!("healthcheck failed: {check}: {why}");
+                runtime::log_line(std::os::unix::process::parent_id(), &line);
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The probe process of a tcp or http healthcheck: psflip's own binary, running
+/// [`ProbeCommand`], with a timeout a little shorter than the interval.
+fn probe_argv(
+    exe: &std::path::Path,
+    check: &Check,
+    interval: Duration,
+    quiet: bool,
+) -> Vec<String> {
+    // A path that is not UTF-8 cannot go through `RunSpec::probe_cmd`; the
+    // kernel's name for our own binary always can.
+    let exe = exe.to_str().unwrap_or("/proc/self/exe");
+    let kind = match check {
+        Check::Tcp(_) => "tcp",
+        Check::Http { .. } => "http",
+    };
+    let mut argv = vec![
+        exe.to_owned(),
+        probe::SUBCOMMAND.to_owned(),
+        kind.to_owned(),
+        "--timeout".to_owned(),
+        config::format_duration(probe::timeout_for(interval)),
+    ];
+    if quiet {
+        argv.push("--quiet".to_owned());
+    }
+    argv.push("--".to_owned());
+    match check {
+        Check::Tcp(address) => argv.push(address.to_string()),
+        Check::Http { url, status } => {
+            argv.push(url.to_string());
+            argv.push(status.to_string());
+        }
+    }
+    argv
 }
 
 fn answer(a: client::Answer) -> ExitCode {
@@ -157,6 +273,21 @@ fn run(
         .and_then(|g| g.parse().ok())
         .filter(|_| predecessor.is_some())
         .unwrap_or(1);
+    let exe = spawn::own_binary(&arg0);
+    // The probe runs in `workdir`: a relative socket path is psflip's, as for [[proxy]].
+    let absolute = |address: &config::Endpoint| match std::env::current_dir() {
+        Ok(cwd) => address.absolute(&cwd),
+        Err(_) => address.clone(),
+    };
+    let probe_health = |check: Check, interval: Duration| {
+        (
+            Health::Command {
+                after: Duration::ZERO,
+                interval,
+            },
+            Some(probe_argv(&exe, &check, interval, config.quiet)),
+        )
+    };
     let (health, probe_cmd) = match &config.healthcheck {
         HealthCheck::Alive { timeout } => (Health::Alive { timeout: *timeout }, None),
         HealthCheck::Command {
@@ -169,6 +300,20 @@ fn run(
                 interval: *interval,
             },
             Some(cmd.clone()),
+        ),
+        HealthCheck::Tcp { address, interval } => {
+            probe_health(Check::Tcp(absolute(address)), *interval)
+        }
+        HealthCheck::Http {
+            url,
+            status,
+            interval,
+        } => probe_health(
+            Check::Http {
+                url: url.clone(),
+                status: status.clone(),
+            },
+            *interval,
         ),
     };
     let settings = Settings {
@@ -187,7 +332,7 @@ fn run(
     };
     let spec = RunSpec {
         settings,
-        exe: spawn::own_binary(&arg0),
+        exe,
         arg0,
         args,
         cmd: config.cmd,

@@ -61,11 +61,26 @@ impl Listener {
     pub fn accept(&self) -> Option<io::Result<Connection>> {
         match self.listener.accept() {
             Ok((stream, _)) => {
-                let allowed = peer_uid(&stream).is_some_and(|uid| uid == 0 || uid == self.my_uid);
+                let uid = peer_uid(&stream);
+                let allowed = uid.is_some_and(|uid| uid == 0 || uid == self.my_uid);
                 if !allowed {
+                    // Say why before closing, or the client sees a bare EOF. (A
+                    // few bytes into a fresh socket: never blocks, never short.)
+                    let _ = stream.set_nonblocking(true);
+                    let who = uid.map_or("unknown".to_string(), |u| u.to_string());
+                    let _ = (&stream).write(
+                        format!(
+                            "refused: permission denied (only root and uid {} may control this psflip; you are uid {who})\n",
+                            self.my_uid
+                        )
+                        .as_bytes(),
+                    );
+                    // Read what it already sent, so that closing does not reset
+                    // the connection under the answer.
+                    let _ = (&stream).read(&mut [0u8; 512]);
                     return Some(Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
-                        "control client of another user refused",
+                        format!("control client of uid {who} refused"),
                     )));
                 }
                 if let Err(e) = stream.set_nonblocking(true) {
@@ -126,12 +141,17 @@ pub enum Received {
 }
 
 impl Connection {
-    /// Read what the client sent so far.
+    /// Read what the client sent so far. A whole request line counts even if the
+    /// client shut down its side right after it (`printf 'status\n' | socat …`).
     pub fn receive(&mut self) -> Received {
         let mut chunk = [0u8; 256];
+        let mut closed = false;
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Received::Closed,
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     if self.buf.len() > 4096 {
@@ -144,7 +164,11 @@ impl Connection {
             }
         }
         let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
-            return Received::Partial;
+            return if closed {
+                Received::Closed
+            } else {
+                Received::Partial
+            };
         };
         let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
         self.buf.clear();
@@ -175,7 +199,9 @@ impl Connection {
 pub fn ask(pid: u32, request: Request, timeout: Duration) -> io::Result<String> {
     let addr = SocketAddr::from_abstract_name(name(pid).as_bytes())?;
     let mut stream = UnixStream::connect_addr(&addr)?;
-    stream.write_all(request_line(request).as_bytes())?;
+    // A server that refuses us may have said why and closed before our request
+    // went out: read its answer all the same.
+    let sent = stream.write_all(request_line(request).as_bytes());
     let deadline = Instant::now() + timeout;
     let mut reply = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -192,8 +218,15 @@ pub fn ask(pid: u32, request: Request, timeout: Duration) -> io::Result<String> 
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
             }
+            // The server said its piece and closed before reading our request
+            // (it refused us): the kernel reports that as a reset, after the data.
+            Err(e) if !reply.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(_) if reply.is_empty() && sent.is_err() => break,
             Err(e) => return Err(e),
         }
+    }
+    if reply.is_empty() {
+        sent?;
     }
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }

@@ -55,6 +55,11 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
     cmd.env_remove("NOTIFY_SOCKET");
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = spec.workdir {
+        // Checked here so the error names the directory, not the program (exec's
+        // chdir failure reads as "cannot run PROG: No such file or directory").
+        if let Err(e) = std::fs::read_dir(dir) {
+            return Err(EffectError::io(format!("workdir {}", dir.display()), e));
+        }
         cmd.current_dir(dir);
     }
     if spec.quiet_stdio {

@@ -5,6 +5,8 @@
 mod util;
 
 mod cli;
+mod control;
+mod healthchecks;
 mod notify;
 mod pidfile;
 mod pidwatch;

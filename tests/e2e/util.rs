@@ -938,3 +938,46 @@ impl Drop for GenerationCounter {
         }
     }
 }
+
+/// The generations of a test's service: as [`generations`], without the
+/// `psflip upgrade` and `psflip status` clients (psflip processes too).
+fn service_generations(tag: &str) -> Vec<i32> {
+    generations(tag)
+        .into_iter()
+        .filter(|&p| {
+            let cmdline = fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            !cmdline
+                .split(|b| *b == 0)
+                .skip(1)
+                .any(|arg| arg == b"upgrade" || arg == b"status")
+        })
+        .collect()
+}
+
+impl GenerationCounter {
+    /// As [`GenerationCounter::start`], for a test that also runs `psflip
+    /// upgrade` or `psflip status`: those clients are not generations.
+    pub fn start_without_clients(tag: &str) -> GenerationCounter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tag = tag.to_string();
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let mut seen = service_generations(&tag);
+                if seen.len() > 2 {
+                    thread::sleep(Duration::from_millis(50));
+                    let again = service_generations(&tag);
+                    seen.retain(|p| again.contains(p));
+                }
+                max = max.max(seen.len());
+                thread::sleep(Duration::from_millis(3));
+            }
+            max
+        });
+        GenerationCounter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}

@@ -1,0 +1,936 @@
+//! `[healthcheck.tcp]` and `[healthcheck.http]`: one check, run by a probe process.
+//!
+//! Why it is shaped this way:
+//!
+//! 1. The machine knows one kind of active healthcheck, a probe *process*
+//!    (`Health::Command`): run at the child's spawn, then every interval, never
+//!    two at once, killed if it outlives the interval, healthy when it exits 0.
+//!    A tcp or http check is that same probe, run as psflip's own binary with
+//!    the hidden subcommand [`SUBCOMMAND`], so the machine, its simulation and
+//!    the event loop (which never blocks on a socket) stay as they are.
+//! 2. This module holds the pure parts, checked when the configuration is read
+//!    ([`HttpUrl::parse`], [`StatusPattern::parse`], the address is an
+//!    [`Endpoint`]) and the blocking check itself ([`run`]), bounded by a timeout
+//!    a little shorter than the interval ([`timeout_for`]) so that a slow check
+//!    ends with its own reason before the machine has to kill it.
+//! 3. std only: `TcpStream::connect_timeout`, `UnixStream`, and just enough
+//!    HTTP/1.1 to send a `GET` and read the status line.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::config::format_duration;
+use crate::proxy::endpoint::Endpoint;
+
+/// The hidden subcommand of the `psflip` binary that runs one check:
+/// `psflip __probe tcp --timeout 80ms -- ADDRESS`,
+/// `psflip __probe http --timeout 200ms -- URL STATUS`.
+pub const SUBCOMMAND: &str = "__probe";
+
+/// The longest status line (or header line, while skipping a 1xx answer) read.
+const MAX_LINE: u64 = 8 * 1024;
+
+/// What one probe run checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Healthy when a connection to the address is accepted.
+    Tcp(Endpoint),
+    /// Healthy when `GET url` answers with a status `status` matches.
+    Http {
+        /// Where to send the request.
+        url: HttpUrl,
+        /// Which statuses count as healthy.
+        status: StatusPattern,
+    },
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Tcp(address) => address.fmt(f),
+            Check::Http { url, .. } => url.fmt(f),
+        }
+    }
+}
+
+/// The timeout a probe gets for an `interval`: shorter by a fifth, by 100 ms at
+/// most, so that its own deadline (and a reason such as "connection timed out")
+/// comes before the machine's SIGKILL at `interval`, process start-up included.
+pub fn timeout_for(interval: Duration) -> Duration {
+    interval - (interval / 5).min(Duration::from_millis(100))
+}
+
+/// Runs `check`; `Ok` when healthy, otherwise one short line saying why. Never
+/// takes (much) longer than `timeout`: the check runs on a thread, so even a
+/// blocking name lookup or a Unix socket whose backlog is full cannot hold it.
+pub fn run(check: &Check, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let (tx, rx) = mpsc::channel();
+    let job = check.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(run_until(&job, deadline));
+    });
+    // A little grace, so that a socket timeout (which says what timed out) wins
+    // over this catch-all.
+    match rx.recv_timeout(timeout + Duration::from_millis(10)) {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {}", format_duration(timeout))),
+    }
+}
+
+fn run_until(check: &Check, deadline: Instant) -> Result<(), String> {
+    match check {
+        Check::Tcp(Endpoint::Unix(path)) => UnixStream::connect(path)
+            .map(drop)
+            .map_err(|e| describe(&e)),
+        Check::Tcp(address) => connect(address, deadline).map(drop),
+        Check::Http { url, status } => http(url, status, deadline),
+    }
+}
+
+/// The time left before `deadline`; an error once it has passed.
+fn left(deadline: Instant) -> Result<Duration, String> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "timed out".to_owned())
+}
+
+/// An I/O error in a few words ("connection refused", "timed out").
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_owned(),
+        _ => match e.raw_os_error() {
+            Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Connects to a TCP address, trying each resolved address in turn.
+fn connect(address: &Endpoint, deadline: Instant) -> Result<TcpStream, String> {
+    let addrs = address.resolve(false)?;
+    let mut last = format!("{address} resolves to no address");
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, left(deadline)?) {
+            Ok(stream) => return Ok(stream),
+            // With several addresses, say which one the last reason is about.
+            Err(e) if addrs.len() > 1 => last = format!("{addr}: {}", describe(&e)),
+            Err(e) => last = describe(&e),
+        }
+    }
+    Err(last)
+}
+
+/// `GET url`, then the status line (1xx informational answers skipped).
+fn http(url: &HttpUrl, status: &StatusPattern, deadline: Instant) -> Result<(), String> {
+    let stream = connect(&url.endpoint(), deadline)?;
+    let io_error = |what: &str, e: &io::Error| format!("{what}: {}", describe(e));
+    stream
+        .set_write_timeout(Some(left(deadline)?))
+        .map_err(|e| io_error("sending the request", &e))?;
+    (&stream)
+        .write_all(url.request().as_bytes())
+        .map_err(|e| io_error("sending the request", &e))?;
+    let mut reader = BufReader::new(&stream);
+    loop {
+        stream
+            .set_read_timeout(Some(left(deadline)?))
+            .map_err(|e| io_error("reading the answer", &e))?;
+        let line = read_line(&mut reader)
+            .map_err(|e| io_error("waiting for the status line", &e))?
+            .ok_or("the connection closed before a status line")?;
+        let code = parse_status_line(&line)?;
+        if status.matches(code) {
+            return Ok(());
+        }
+        // An informational answer (103 Early Hints…) comes before the real one.
+        if (100..200).contains(&code) && code != 101 {
+            skip_headers(&mut reader, &stream, deadline)?;
+            continue;
+        }
+        return Err(format!("answered {code} (expected {status})"));
+    }
+}
+
+/// One line without its line ending; `None` at end of stream before any byte.
+fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    io::Read::take(&mut *reader, MAX_LINE).read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.pop() != Some(b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            if line.len() as u64 + 1 >= MAX_LINE {
+                "line too long"
+            } else {
+                "the connection closed mid-line"
+            },
+        ));
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+}
+
+/// Reads header lines up to and including the empty line that ends them.
+fn skip_headers(
+    reader: &mut impl BufRead,
+    stream: &TcpStream,
+    deadline: Instant,
+) -> Result<(), String> {
+    for _ in 0..100 {
+        stream
+            .set_read_timeout(Some(left(deadline)?))
+            .map_err(|e| format!("reading the answer: {}", describe(&e)))?;
+        match read_line(reader) {
+            Ok(Some(line)) if line.is_empty() => return Ok(()),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("the connection closed mid-answer".to_owned()),
+            Err(e) => return Err(format!("reading the answer: {}", describe(&e))),
+        }
+    }
+    Err("too many header lines".to_owned())
+}
+
+/// The status code of an HTTP/1.x status line: `HTTP/1.1 200 OK` gives 200.
+pub fn parse_status_line(line: &str) -> Result<u16, String> {
+    let malformed = || {
+        let shown: String = line.chars().take(60).collect();
+        format!("malformed status line {shown:?}")
+    };
+    let (version, rest) = line.split_once(' ').ok_or_else(malformed)?;
+    let digits = version.strip_prefix("HTTP/").ok_or_else(malformed)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(malformed());
+    }
+    let code = rest.get(..3).ok_or_else(malformed)?;
+    if !code.bytes().all(|b| b.is_ascii_digit())
+        || !matches!(rest.as_bytes().get(3), None | Some(b' '))
+    {
+        return Err(malformed());
+    }
+    code.parse().map_err(|_| malformed())
+}
+
+// ---------------------------------------------------------------------------
+// URLs.
+
+/// An `http://` URL: `http://host[:port][/path][?query]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// An IPv4 address, an IPv6 address (without brackets) or a host name.
+    pub host: String,
+    /// 80 unless given.
+    pub port: u16,
+    /// The request target: starts with `/`, printable ASCII without spaces.
+    pub path: String,
+}
+
+const URL_EXPECTED: &str = "expected a URL such as http://127.0.0.1:8080/health";
+
+impl HttpUrl {
+    /// Parses an `http://` URL; `https://` is refused (plain HTTP only).
+    pub fn parse(text: &str) -> Result<HttpUrl, String> {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(format!("missing http:// in {text:?}: {URL_EXPECTED}"));
+        };
+        if scheme.eq_ignore_ascii_case("https") {
+            return Err(
+                "https is not supported: the http healthcheck speaks plain HTTP only \
+                 (point it at a plain-HTTP port, or use [healthcheck.command] with curl)"
+                    .to_owned(),
+            );
+        }
+        if !scheme.eq_ignore_ascii_case("http") {
+            return Err(format!("unknown scheme {scheme:?}: {URL_EXPECTED}"));
+        }
+        let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, target) = rest.split_at(split);
+        if target.contains('#') {
+            return Err("a fragment (#…) is never sent to the server: remove it".to_owned());
+        }
+        if authority.contains('@') {
+            return Err("user information (user@host) is not supported".to_owned());
+        }
+        let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+            let (host, after) = inner
+                .split_once(']')
+                .ok_or_else(|| format!("unbalanced '[' in {text:?}: {URL_EXPECTED}"))?;
+            host.parse::<Ipv6Addr>()
+                .map_err(|_| format!("{host:?} is not an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                    format!("unexpected {after:?} after [{host}]: {URL_EXPECTED}")
+                })?),
+            };
+            (host, port)
+        } else {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            if port.is_some_and(|p| p.contains(':')) {
+                return Err(format!(
+                    "an IPv6 address needs brackets, as in http://[::1]:8080/: {URL_EXPECTED}"
+                ));
+            }
+            if host.parse::<Ipv4Addr>().is_err()
+                && !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+            {
+                return Err(format!("{host:?} is not a host name or an IP address"));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(format!("missing host in {text:?}: {URL_EXPECTED}"));
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("invalid port {p:?} (expected 1 to 65535)"))?,
+        };
+        let path = match target {
+            "" => "/".to_owned(),
+            t if t.starts_with('?') => format!("/{t}"),
+            t => t.to_owned(),
+        };
+        if !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the path must be printable ASCII without spaces (percent-encode the rest)"
+                    .to_owned(),
+            );
+        }
+        Ok(HttpUrl {
+            host: host.to_owned(),
+            port,
+            path,
+        })
+    }
+
+    /// The address to connect to.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::Tcp {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// `host[:port]`, as the `Host` header and the URL write it.
+    fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The whole request.
+    pub fn request(&self) -> String {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: psflip-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            self.path,
+            self.authority()
+        )
+    }
+}
+
+/// The canonical form, which [`HttpUrl::parse`] reads back to the same value.
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority(), self.path)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Status patterns.
+
+/// Which HTTP statuses count as healthy: `2xx`, `200`, `200-299`, or a
+/// comma-separated list of these (`200,204`, `2xx, 304`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusPattern {
+    /// Inclusive ranges, as written.
+    ranges: Vec<(u16, u16)>,
+}
+
+const STATUS_EXPECTED: &str =
+    "expected 2xx, 200, 200-299 or a comma-separated list such as 200,204";
+
+impl StatusPattern {
+    /// Parses a pattern; codes are 100 to 599.
+    pub fn parse(text: &str) -> Result<StatusPattern, String> {
+        let code = |s: &str| {
+            s.parse::<u16>()
+                .ok()
+                .filter(|c| s.len() == 3 && (100..=599).contains(c))
+                .ok_or_else(|| format!("invalid status {s:?}: {STATUS_EXPECTED}"))
+        };
+        let mut ranges = Vec::new();
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(format!("empty status in {text:?}: {STATUS_EXPECTED}"));
+            }
+            let range = if let Some(class) =
+                item.strip_suffix("xx").or_else(|| item.strip_suffix("XX"))
+            {
+                match class.as_bytes() {
+                    [d @ b'1'..=b'5'] => {
+                        let lo = u16::from(d - b'0') * 100;
+                        (lo, lo + 99)
+                    }
+                    _ => return Err(format!("invalid status class {item:?}: {STATUS_EXPECTED}")),
+                }
+            } else if let Some((lo, hi)) = item.split_once('-') {
+                let (lo, hi) = (code(lo.trim())?, code(hi.trim())?);
+                if lo > hi {
+                    return Err(format!("empty status range {item:?}: {lo} is above {hi}"));
+                }
+                (lo, hi)
+            } else {
+                let c = code(item)?;
+                (c, c)
+            };
+            ranges.push(range);
+        }
+        Ok(StatusPattern { ranges })
+    }
+
+    /// `2xx`, psflip's default.
+    pub fn success() -> StatusPattern {
+        StatusPattern {
+            ranges: vec![(200, 299)],
+        }
+    }
+
+    /// Whether `code` is healthy.
+    pub fn matches(&self, code: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+/// The canonical form (`2xx`, `200`, `200-204`, joined by `,`), which
+/// [`StatusPattern::parse`] reads back to the same value.
+impl fmt::Display for StatusPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else if lo % 100 == 0 && hi == lo + 99 {
+                write!(f, "{}xx", lo / 100)?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+    use std::thread::JoinHandle;
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    fn tcp(addr: SocketAddr) -> Check {
+        Check::Tcp(Endpoint::parse(&addr.to_string(), false).expect("an address"))
+    }
+
+    fn http_check(addr: SocketAddr, path: &str, status: &str) -> Check {
+        Check::Http {
+            url: HttpUrl::parse(&format!("http://{addr}{path}")).expect("a URL"),
+            status: StatusPattern::parse(status).expect("a pattern"),
+        }
+    }
+
+    /// A temp dir for Unix sockets, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "psflip-probe-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Shrinks a listener's backlog to nothing (listen again with 0), then
+    /// connects until a connection is no longer accepted: the next connect hangs.
+    fn fill_backlog(fd: i32, mut connect: impl FnMut() -> bool) {
+        // SAFETY: listen on a valid listening socket we own.
+        assert_eq!(unsafe { libc::listen(fd, 0) }, 0, "listen(fd, 0)");
+        for _ in 0..16 {
+            if !connect() {
+                return;
+            }
+        }
+        panic!("the backlog never filled up");
+    }
+
+    #[test]
+    fn the_timeout_is_a_little_shorter_than_the_interval() {
+        assert_eq!(
+            timeout_for(Duration::from_millis(100)),
+            Duration::from_millis(80)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_millis(250)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_secs(1)),
+            Duration::from_millis(900)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_secs(10)),
+            Duration::from_millis(9900)
+        );
+        assert_eq!(
+            timeout_for(Duration::from_nanos(1)),
+            Duration::from_nanos(1)
+        );
+    }
+
+    // --- tcp ---
+
+    #[test]
+    fn tcp_is_healthy_when_a_connection_is_accepted() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        assert_eq!(run(&tcp(addr), SHORT), Ok(()));
+        // Also through a host name and the IPv6 form of the loopback, if any.
+        let by_name =
+            Check::Tcp(Endpoint::parse(&format!("localhost:{}", addr.port()), false).unwrap());
+        assert_eq!(run(&by_name, SHORT), Ok(()));
+    }
+
+    #[test]
+    fn tcp_is_unhealthy_when_the_connection_is_refused() {
+        // A client socket's local port is bound but does not listen: a
+        // connection to it is refused, and no other test can take the port.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let bound = client.local_addr().expect("addr");
+        assert_eq!(
+            run(&tcp(bound), SHORT),
+            Err("connection refused".to_owned())
+        );
+    }
+
+    #[test]
+    fn tcp_times_out_when_the_listener_never_accepts() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut held = Vec::new();
+        fill_backlog(listener.as_raw_fd(), || {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => {
+                    held.push(s);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        let started = Instant::now();
+        let result = run(&tcp(addr), Duration::from_millis(200));
+        let took = started.elapsed();
+        assert!(
+            matches!(&result, Err(why) if why.contains("timed out") || why.contains("no answer")),
+            "{result:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_millis(600),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn tcp_to_a_unix_socket() {
+        let dir = TempDir::new("unix-ok");
+        let path = dir.0.join("app.sock");
+        let check = Check::Tcp(Endpoint::Unix(path.clone()));
+        assert_eq!(
+            run(&check, SHORT),
+            Err("no such file or directory".to_owned())
+        );
+        let listener = UnixListener::bind(&path).expect("bind");
+        assert_eq!(run(&check, SHORT), Ok(()));
+        // The file stays, nothing listens any more.
+        drop(listener);
+        assert_eq!(run(&check, SHORT), Err("connection refused".to_owned()));
+    }
+
+    #[test]
+    fn tcp_to_a_unix_socket_times_out_when_the_backlog_is_full() {
+        let dir = TempDir::new("unix-full");
+        let path = dir.0.join("app.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let check = Check::Tcp(Endpoint::Unix(path));
+        // Each successful check leaves its (closed) connection in the queue.
+        fill_backlog(listener.as_raw_fd(), || {
+            run(&check, Duration::from_millis(200)).is_ok()
+        });
+        assert_eq!(
+            run(&check, Duration::from_millis(150)),
+            Err("no answer within 150ms".to_owned())
+        );
+    }
+
+    // --- http ---
+
+    /// A one-connection HTTP server: reads the request head, sends `answer`
+    /// (if any), then waits for the client to close (unless `hang_up`). Yields
+    /// the request.
+    fn serve(answer: Option<&'static [u8]>, hang_up: bool) -> (SocketAddr, JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            if let Some(answer) = answer {
+                let _ = conn.write_all(answer);
+            }
+            if !hang_up {
+                // Until the client hangs up (or 5 s).
+                let _ = conn.read(&mut buf);
+            }
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (addr, handle)
+    }
+
+    #[rstest]
+    #[case::ok(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "2xx", Ok(()))]
+    #[case::no_content(b"HTTP/1.1 204 No Content\r\n\r\n", "2xx", Ok(()))]
+    #[case::exact(b"HTTP/1.1 204 No Content\r\n\r\n", "200,204", Ok(()))]
+    #[case::http10(b"HTTP/1.0 200 OK\r\n\r\n", "200", Ok(()))]
+    #[case::no_reason(b"HTTP/1.1 200\r\n\r\n", "2xx", Ok(()))]
+    #[case::bare_lf(b"HTTP/1.1 200 OK\n\n", "2xx", Ok(()))]
+    #[case::not_found(
+        b"HTTP/1.1 404 Not Found\r\n\r\n",
+        "2xx",
+        Err("answered 404 (expected 2xx)")
+    )]
+    #[case::not_found_expected(b"HTTP/1.1 404 Not Found\r\n\r\n", "2xx,404", Ok(()))]
+    #[case::server_error(
+        b"HTTP/1.1 500 Internal Server Error\r\n\r\n",
+        "200-499",
+        Err("answered 500 (expected 200-499)")
+    )]
+    #[case::redirect(b"HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n", "3xx", Ok(()))]
+    #[case::redirect_is_not_2xx(
+        b"HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n",
+        "2xx",
+        Err("answered 301 (expected 2xx)")
+    )]
+    #[case::early_hints(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+        "2xx",
+        Ok(())
+    )]
+    #[case::garbage(b"hello\r\n", "2xx", Err("malformed status line \"hello\""))]
+    #[case::bad_code(
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        "2xx",
+        Err("malformed status line \"HTTP/1.1 2000 OK\"")
+    )]
+    fn http_answers(
+        #[case] answer: &'static [u8],
+        #[case] status: &str,
+        #[case] expected: Result<(), &str>,
+    ) {
+        let (addr, server) = serve(Some(answer), false);
+        let result = run(
+            &http_check(addr, "/health?x=1", status),
+            Duration::from_secs(2),
+        );
+        assert_eq!(result, expected.map_err(str::to_owned));
+        let request = server.join().expect("server");
+        assert_eq!(
+            request,
+            format!(
+                "GET /health?x=1 HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: psflip-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn http_closed_without_an_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            drop(conn);
+        });
+        let result = run(&http_check(addr, "/", "2xx"), Duration::from_secs(2));
+        server.join().unwrap();
+        // Closed before or after the request was written: either way, unhealthy.
+        assert!(
+            matches!(&result, Err(why) if why.contains("closed") || why.contains("reset") || why.contains("broken pipe")),
+            "{result:?}"
+        );
+    }
+
+    #[rstest]
+    #[case::half_line(
+        b"HTTP/1.1 200",
+        "waiting for the status line: the connection closed mid-line"
+    )]
+    #[case::nothing(b"", "the connection closed before a status line")]
+    #[case::informational_only(
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        "the connection closed before a status line"
+    )]
+    #[case::informational_cut(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>",
+        "reading the answer: the connection closed mid-line"
+    )]
+    fn http_answer_cut_short(#[case] answer: &'static [u8], #[case] expected: &str) {
+        let (addr, server) = serve(Some(answer), true);
+        let result = run(&http_check(addr, "/", "2xx"), Duration::from_secs(2));
+        assert_eq!(result, Err(expected.to_owned()));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn http_times_out_when_the_server_never_answers() {
+        let (addr, server) = serve(None, false);
+        let started = Instant::now();
+        let result = run(&http_check(addr, "/", "2xx"), Duration::from_millis(250));
+        let took = started.elapsed();
+        // The socket's own timeout says what timed out; the catch-all a few
+        // milliseconds later may win on a loaded machine.
+        assert!(
+            matches!(
+                result.as_ref().map_err(String::as_str),
+                Err("waiting for the status line: timed out" | "no answer within 250ms")
+            ),
+            "{result:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(240) && took < Duration::from_millis(700),
+            "{took:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn http_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let bound = client.local_addr().expect("addr");
+        assert_eq!(
+            run(&http_check(bound, "/", "2xx"), SHORT),
+            Err("connection refused".to_owned())
+        );
+    }
+
+    // --- parsing ---
+
+    #[rstest]
+    #[case("HTTP/1.1 200 OK", Ok(200))]
+    #[case("HTTP/1.0 404 Not Found", Ok(404))]
+    #[case("HTTP/1.1 204", Ok(204))]
+    #[case("HTTP/2 200 ", Ok(200))]
+    #[case("HTTP/1.1 999 Odd", Ok(999))]
+    #[case("", Err(()))]
+    #[case("HTTP/1.1", Err(()))]
+    #[case("HTTP/1.1 20", Err(()))]
+    #[case("HTTP/1.1 2000", Err(()))]
+    #[case("HTTP/1.1 20x OK", Err(()))]
+    #[case("HTTP/1.1  200 OK", Err(()))]
+    #[case("HTTP/ 200 OK", Err(()))]
+    #[case("HTTP/x 200 OK", Err(()))]
+    #[case("ICY 200 OK", Err(()))]
+    #[case("http/1.1 200 OK", Err(()))]
+    fn status_lines(#[case] line: &str, #[case] expected: Result<u16, ()>) {
+        assert_eq!(parse_status_line(line).map_err(|_| ()), expected);
+    }
+
+    fn url(host: &str, port: u16, path: &str) -> HttpUrl {
+        HttpUrl {
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        }
+    }
+
+    #[rstest]
+    #[case(
+        "http://127.0.0.1:8080/health",
+        url("127.0.0.1", 8080, "/health"),
+        "http://127.0.0.1:8080/health"
+    )]
+    #[case(
+        "http://127.0.0.1:8080",
+        url("127.0.0.1", 8080, "/"),
+        "http://127.0.0.1:8080/"
+    )]
+    #[case("http://localhost/", url("localhost", 80, "/"), "http://localhost/")]
+    #[case(
+        "http://app.internal:80/x",
+        url("app.internal", 80, "/x"),
+        "http://app.internal/x"
+    )]
+    #[case("HTTP://Host_1", url("Host_1", 80, "/"), "http://Host_1/")]
+    #[case(
+        "http://[::1]:9000/a/b?c=d&e",
+        url("::1", 9000, "/a/b?c=d&e"),
+        "http://[::1]:9000/a/b?c=d&e"
+    )]
+    #[case("http://[::1]", url("::1", 80, "/"), "http://[::1]/")]
+    #[case("http://h?q=1", url("h", 80, "/?q=1"), "http://h/?q=1")]
+    #[case("http://h/%20x", url("h", 80, "/%20x"), "http://h/%20x")]
+    fn parses_urls(#[case] text: &str, #[case] expected: HttpUrl, #[case] canonical: &str) {
+        assert_eq!(HttpUrl::parse(text), Ok(expected.clone()));
+        assert_eq!(expected.to_string(), canonical);
+        assert_eq!(HttpUrl::parse(canonical), Ok(expected));
+    }
+
+    #[rstest]
+    #[case("https://127.0.0.1/", "https is not supported")]
+    #[case("HTTPS://x/", "https is not supported")]
+    #[case("127.0.0.1:8080/health", "missing http://")]
+    #[case("ftp://x/", "unknown scheme \"ftp\"")]
+    #[case("http://", "missing host")]
+    #[case("http:///health", "missing host")]
+    #[case("http://:8080/", "missing host")]
+    #[case("http://x:/", "invalid port \"\"")]
+    #[case("http://x:0/", "invalid port \"0\"")]
+    #[case("http://x:65536/", "invalid port")]
+    #[case("http://x:http/", "invalid port")]
+    #[case("http://::1:80/", "needs brackets")]
+    #[case("http://[::1/", "unbalanced")]
+    #[case("http://[x]:80/", "not an IPv6 address")]
+    #[case("http://[::1]x/", "unexpected \"x\"")]
+    #[case("http://a b/", "not a host name")]
+    #[case("http://u:p@x/", "user information")]
+    #[case("http://x/#top", "fragment")]
+    #[case("http://x/a b", "printable ASCII")]
+    #[case("http://x/é", "printable ASCII")]
+    #[case("http://x/\r\nX: y", "printable ASCII")]
+    fn refuses_urls(#[case] text: &str, #[case] why: &str) {
+        let e = HttpUrl::parse(text).expect_err(text);
+        assert!(e.contains(why), "{text:?}: {e}");
+    }
+
+    #[test]
+    fn the_host_header_carries_the_port_unless_80() {
+        assert!(
+            url("::1", 8080, "/")
+                .request()
+                .contains("\r\nHost: [::1]:8080\r\n")
+        );
+        assert!(
+            url("example", 80, "/")
+                .request()
+                .contains("\r\nHost: example\r\n")
+        );
+    }
+
+    #[rstest]
+    #[case("2xx", &[200, 250, 299], &[199, 300, 404], "2xx")]
+    #[case("2XX", &[200], &[300], "2xx")]
+    #[case("3xx", &[301, 304], &[200], "3xx")]
+    #[case("200", &[200], &[201, 204], "200")]
+    #[case("200-204", &[200, 202, 204], &[199, 205], "200-204")]
+    #[case("200-299", &[200, 299], &[300], "2xx")]
+    #[case("200,204", &[200, 204], &[201], "200,204")]
+    #[case(" 2xx , 304 ", &[204, 304], &[301], "2xx,304")]
+    #[case("204-204", &[204], &[200], "204")]
+    #[case("100-599", &[100, 599], &[600], "100-599")]
+    fn status_patterns(
+        #[case] text: &str,
+        #[case] yes: &[u16],
+        #[case] no: &[u16],
+        #[case] canonical: &str,
+    ) {
+        let pattern = StatusPattern::parse(text).expect(text);
+        for &code in yes {
+            assert!(pattern.matches(code), "{text} should match {code}");
+        }
+        for &code in no {
+            assert!(!pattern.matches(code), "{text} should not match {code}");
+        }
+        assert_eq!(pattern.to_string(), canonical);
+        assert_eq!(StatusPattern::parse(canonical), Ok(pattern));
+    }
+
+    #[rstest]
+    #[case("", "empty status")]
+    #[case("200,", "empty status")]
+    #[case(",200", "empty status")]
+    #[case("2x", "invalid status \"2x\"")]
+    #[case("6xx", "invalid status class \"6xx\"")]
+    #[case("xx", "invalid status class")]
+    #[case("20xx", "invalid status class")]
+    #[case("OK", "invalid status \"OK\"")]
+    #[case("99", "invalid status \"99\"")]
+    #[case("600", "invalid status \"600\"")]
+    #[case("0200", "invalid status \"0200\"")]
+    #[case("+200", "invalid status \"+200\"")]
+    #[case("299-200", "empty status range \"299-200\"")]
+    #[case("200-", "invalid status \"\"")]
+    #[case("2xx-3xx", "invalid status class")]
+    fn refuses_status_patterns(#[case] text: &str, #[case] why: &str) {
+        let e = StatusPattern::parse(text).expect_err(text);
+        assert!(e.contains(why), "{text:?}: {e}");
+    }
+
+    #[test]
+    fn success_is_2xx() {
+        assert_eq!(
+            StatusPattern::success(),
+            StatusPattern::parse("2xx").unwrap()
+        );
+    }
+}
