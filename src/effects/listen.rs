@@ -17,7 +17,6 @@
 //!    live one, or any other file, is an error.
 
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -204,8 +203,8 @@ fn bind_tcp(listen: &Endpoint) -> Result<OwnedFd, String> {
     let addrs = listen.resolve(true)?;
     let mut last = None;
     for addr in &addrs {
-        match TcpListener::bind(addr) {
-            Ok(l) => return Ok(l.into()),
+        match sys::tcp_listener(addr) {
+            Ok(fd) => return Ok(fd),
             // No IPv6 on this host: `:port` falls back to IPv4.
             Err(e)
                 if addr.ip().is_unspecified()
@@ -266,6 +265,7 @@ fn why(e: &io::Error, port: Option<u16>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("psflip-listen-{}-{name}", std::process::id()));

@@ -107,6 +107,24 @@ pub fn read(fd: RawFd, scratch: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Sends on a socket without blocking and without SIGPIPE.
+pub fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length.
+    let rc = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
 pub fn write(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     // SAFETY: the buffer is valid for its length.
     let rc = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
@@ -349,4 +367,36 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+}
+
+/// A listening TCP socket on `addr`: SO_REUSEADDR (a restart is not refused by
+/// the last run's TIME_WAIT), dual-stack when `addr` is `[::]` whatever
+/// `net.ipv6.bindv6only` says, close-on-exec, the largest backlog.
+pub fn tcp_listener(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let sa = SockAddr::inet(addr);
+    let fd = stream_socket(&sa)?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &(1 as libc::c_int),
+    )?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &(0 as libc::c_int),
+        )?;
+    }
+    // SAFETY: the address is valid for `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa.storage as *const libc::sockaddr_storage).cast(),
+            sa.len,
+        )
+    })?;
+    listen_max(fd.as_raw_fd())?;
+    Ok(fd)
 }

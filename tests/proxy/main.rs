@@ -1,0 +1,523 @@
+//! `[[proxy]]` with real processes: forwarding either way between TCP and Unix
+//! sockets, half-closes, faults, the listener handoff across successful and failed
+//! upgrades (SPEC §5, §6, I8), and the load test of the issue (`load.rs`).
+
+mod load;
+mod util;
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use util::*;
+
+/// A configuration: `pidfile = "psflip.pid"`, quick health, the given proxies.
+fn conf(cmd: &[&str], proxies: &[(String, String)]) -> String {
+    let cmd: Vec<String> = cmd.iter().map(|a| format!("{a:?}")).collect();
+    let mut text = format!(
+        "cmd = [{}]\npidfile = \"psflip.pid\"\n\
+         [upgrade]\ntimeout = \"10s\"\n\
+         [shutdown]\ndelay = \"5s\"\ntimeout = \"2s\"\n\
+         [healthcheck.alive]\ntimeout = \"100ms\"\n",
+        cmd.join(", ")
+    );
+    for (listen, forward) in proxies {
+        text.push_str(&format!(
+            "[[proxy]]\nlisten = {listen:?}\nforward = {forward:?}\n"
+        ));
+    }
+    text
+}
+
+/// An app that runs until stopped, or fails at start while the file `fail` exists.
+const APP: &[&str] = &["sh", "-c", "test -e fail && exit 1; exec sleep 1000"];
+
+/// Upgrade the service; returns the new service's pid. `succeed` says which outcome
+/// to expect (a failed upgrade must leave the same service).
+fn upgrade(sb: &Sandbox, succeed: bool) -> i32 {
+    let old = sb.service();
+    let ready = sb.count("upgrade: the successor is ready");
+    let failed = sb.count("upgrade failed");
+    signal(old, Signal::SIGHUP);
+    if succeed {
+        sb.wait_log("upgrade: the successor is ready", ready + 1, T);
+        assert!(
+            wait_until(T, || !alive(old)),
+            "old generation {old} still runs; log:\n{}",
+            sb.log()
+        );
+        let new = sb.service();
+        assert_ne!(new, old);
+        new
+    } else {
+        sb.wait_log("upgrade failed", failed + 1, T);
+        assert_eq!(sb.service(), old);
+        old
+    }
+}
+
+fn started(sb: &mut Sandbox) -> i32 {
+    let pid = sb.start();
+    sb.wait_log("child is healthy; serving", 1, T);
+    pid
+}
+
+#[test]
+fn forwards_between_tcp_and_unix_either_side() {
+    let mut sb = Sandbox::new("kinds");
+    let tcp_backend = Backend::echo_tcp();
+    let unix_backend = Backend::unix(sb.path("backend.sock"), echo);
+    let (tcp_in, tcp_to_unix) = (free_port(), free_port());
+    let unix_in = Addr::Unix(sb.path("in.sock"));
+    let proxies = [
+        (Addr::Tcp(tcp_in).config(), tcp_backend.addr.config()),
+        (unix_in.config(), tcp_backend.addr.config()),
+        (Addr::Tcp(tcp_to_unix).config(), unix_backend.addr.config()),
+    ];
+    sb.write("psflip.toml", &conf(APP, &proxies));
+    started(&mut sb);
+    for (addr, what) in [
+        (Addr::Tcp(tcp_in), "TCP→TCP"),
+        (unix_in, "Unix→TCP"),
+        (Addr::Tcp(tcp_to_unix), "TCP→Unix"),
+    ] {
+        // A payload larger than any socket buffer or pipe, to exercise backpressure.
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let answer = exchange(&addr, &payload).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(answer.len(), payload.len() + 5, "{what}");
+        assert!(answer[5..] == payload[..], "{what}: bytes differ");
+    }
+    sb.stop_and_check();
+}
+
+#[test]
+fn each_direction_is_half_closed_on_its_own() {
+    let mut sb = Sandbox::new("halfclose");
+    // The backend speaks first and half-closes; it still reads what the client
+    // sends afterwards, and reports it back over a second channel.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::tcp(move |mut s| {
+        s.write_all(b"hello").unwrap();
+        s.shutdown_write().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        tx.lock().unwrap().send(got).unwrap();
+    });
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    started(&mut sb);
+
+    // Backend first: the client reads the greeting and EOF, then still sends.
+    let mut s = Addr::Tcp(port).connect().unwrap();
+    let mut greeting = Vec::new();
+    s.read_to_end(&mut greeting).unwrap();
+    assert_eq!(greeting, b"hello");
+    s.write_all(b"after your FIN").unwrap();
+    s.shutdown_write().unwrap();
+    let got = rx.recv_timeout(T).expect("the backend read to EOF");
+    assert_eq!(got, b"after your FIN");
+
+    // Client first: it half-closes, the backend (echo) still answers.
+    let echo_backend = Backend::echo_tcp();
+    let port2 = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(
+            APP,
+            &[
+                (Addr::Tcp(port).config(), backend.addr.config()),
+                (Addr::Tcp(port2).config(), echo_backend.addr.config()),
+            ],
+        ),
+    );
+    upgrade(&sb, true);
+    assert_eq!(
+        exchange(&Addr::Tcp(port2), b"question").unwrap(),
+        b"echo:question"
+    );
+    sb.stop_and_check();
+}
+
+#[test]
+fn listener_survives_upgrades_without_refusing_a_connection() {
+    let mut sb = Sandbox::new("survive");
+    let backend = Backend::echo_tcp();
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    let first = started(&mut sb);
+    let inode = tcp_listener_inode(port).expect("the listener is in /proc/net/tcp");
+    assert!(socket_inodes(first).contains(&inode));
+
+    // Clients connect all the time while upgrades succeed and fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let msg = format!("client {i} request {n}");
+                    match exchange(&Addr::Tcp(port), msg.as_bytes()) {
+                        Ok(a) if a == format!("echo:{msg}").as_bytes() => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(a) => errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("{msg}: wrong answer {a:?}")),
+                        Err(e) => errors.lock().unwrap().push(format!("{msg}: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut service = first;
+    for round in 0..6 {
+        let fail = round % 2 == 1;
+        if fail {
+            sb.write("fail", "");
+        } else {
+            let _ = std::fs::remove_file(sb.path("fail"));
+        }
+        service = upgrade(&sb, !fail);
+        assert_eq!(
+            tcp_listener_inode(port),
+            Some(inode),
+            "round {round}: the same listening socket"
+        );
+        assert!(
+            socket_inodes(service).contains(&inode),
+            "round {round}: the service holds the listener"
+        );
+        let child = sb.child_of(service);
+        assert!(
+            !socket_inodes(child).contains(&inode),
+            "round {round}: the app child {child} holds the listener"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    assert!(errors.is_empty(), "failed connections: {errors:#?}");
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(sb.count("upgrade failed"), 3);
+    assert_eq!(service, sb.service());
+    sb.stop_and_check();
+}
+
+#[test]
+fn unix_socket_file_stays_across_upgrades_and_goes_at_the_final_stop() {
+    let mut sb = Sandbox::new("unixfile");
+    let backend = Backend::echo_tcp();
+    let path = sb.path("app.sock");
+    // A stale socket file from an earlier run: nothing listens on it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let addr = Addr::Unix(path.clone());
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(addr.config(), backend.addr.config())]),
+    );
+    let first = started(&mut sb);
+    let inode = unix_listener_inode(&path).expect("listening at the path");
+    assert_eq!(exchange(&addr, b"1").unwrap(), b"echo:1");
+
+    upgrade(&sb, true);
+    assert_eq!(unix_listener_inode(&path), Some(inode));
+    sb.write("fail", "");
+    upgrade(&sb, false);
+    assert_eq!(unix_listener_inode(&path), Some(inode));
+    assert_eq!(exchange(&addr, b"2").unwrap(), b"echo:2");
+    assert!(!alive(first));
+
+    sb.stop_and_check();
+    assert!(!path.exists(), "the socket file outlived the service");
+}
+
+#[test]
+fn listen_address_in_use_is_exit_2_with_a_message() {
+    let mut sb = Sandbox::new("inuse");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    sb.write(
+        "psflip.toml",
+        &conf(
+            APP,
+            &[(format!("127.0.0.1:{port}"), "127.0.0.1:9".to_owned())],
+        ),
+    );
+    let pid = sb.start();
+    assert_eq!(sb.wait_exit(pid), Some(2));
+    let log = sb.log();
+    assert!(
+        log.contains(&format!(
+            "psflip: psflip.toml: proxy[0].listen: cannot listen on tcp://127.0.0.1:{port}: address already in use"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("started child"), "{log}");
+}
+
+#[test]
+fn an_upgrade_to_a_bad_listen_address_leaves_the_old_generation_serving() {
+    let mut sb = Sandbox::new("badlisten");
+    let backend = Backend::echo_tcp();
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    let first = started(&mut sb);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    sb.write(
+        "psflip.toml",
+        &conf(
+            APP,
+            &[
+                (Addr::Tcp(port).config(), backend.addr.config()),
+                (Addr::Tcp(taken).config(), backend.addr.config()),
+            ],
+        ),
+    );
+    assert_eq!(upgrade(&sb, false), first);
+    assert!(sb.log().contains("address already in use"));
+    assert_eq!(sb.count("started child"), 1, "no new child was started");
+    assert_eq!(exchange(&Addr::Tcp(port), b"still").unwrap(), b"echo:still");
+    drop(held);
+    sb.stop_and_check();
+}
+
+#[test]
+fn a_refusing_forward_target_closes_that_client_only() {
+    let mut sb = Sandbox::new("refused");
+    let backend = Backend::echo_tcp();
+    let (bad, good) = (free_port(), free_port());
+    let nobody = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(
+            APP,
+            &[
+                (Addr::Tcp(bad).config(), format!("127.0.0.1:{nobody}")),
+                (Addr::Tcp(good).config(), backend.addr.config()),
+            ],
+        ),
+    );
+    started(&mut sb);
+    for i in 0..3 {
+        let answer = exchange(&Addr::Tcp(bad), b"x");
+        assert!(
+            matches!(&answer, Ok(a) if a.is_empty()) || answer.is_err(),
+            "{answer:?}"
+        );
+        sb.wait_log("cannot connect to", i + 1, T);
+        assert_eq!(
+            exchange(&Addr::Tcp(good), b"ok").unwrap(),
+            b"echo:ok",
+            "the other proxy is undisturbed"
+        );
+    }
+    assert_eq!(sb.count("cannot connect to"), 3, "one line per connection");
+    assert!(sb.log().contains(&format!(
+        "cannot connect to tcp://127.0.0.1:{nobody}: Connection refused"
+    )));
+    sb.stop_and_check();
+}
+
+#[test]
+fn a_backend_reset_reaches_the_client() {
+    let mut sb = Sandbox::new("reset");
+    let backend = Backend::tcp(|mut s| {
+        let mut buf = [0u8; 4];
+        let _ = s.read_exact(&mut buf);
+        // Unread data pending at close makes the kernel send a reset.
+        thread::sleep(Duration::from_millis(50));
+    });
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    started(&mut sb);
+    let mut s = Addr::Tcp(port).connect().unwrap();
+    s.write_all(b"1234 and more that nobody reads").unwrap();
+    let mut out = Vec::new();
+    let e = s
+        .read_to_end(&mut out)
+        .expect_err("a reset, not an orderly end");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    // The proxy carries on: the next connection gets the same treatment.
+    let mut s = Addr::Tcp(port).connect().unwrap();
+    s.write_all(b"1234 again").unwrap();
+    let e = s.read_to_end(&mut out).expect_err("a reset again");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    sb.stop_and_check();
+}
+
+#[test]
+fn out_of_fds_pauses_accepting_instead_of_spinning_or_dropping() {
+    let mut sb = Sandbox::new("emfile");
+    let backend = Backend::echo_tcp();
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    // Room for about a dozen proxied connections (two fds each).
+    let psflip = sb.start_with_nofile(Some(40));
+    sb.wait_log("child is healthy; serving", 1, T);
+    let mut clients: Vec<_> = (0..30)
+        .map(|_| Addr::Tcp(port).connect().unwrap())
+        .collect();
+    sb.wait_log("Too many open files (os error 24); pausing accepts", 1, T);
+    let before = cpu_ticks(psflip);
+    thread::sleep(Duration::from_millis(500));
+    let spent = cpu_ticks(psflip) - before;
+    assert!(
+        spent <= 10,
+        "psflip used {spent} ticks in 0.5 s while out of fds"
+    );
+    // As connections finish, the waiting ones are accepted and served.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("client {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        c.shutdown_write().unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer)
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(answer, format!("echo:{msg}").as_bytes(), "client {i}");
+    }
+    assert!(sb.count("pausing accepts") <= 2, "{}", sb.log());
+    assert_eq!(sb.count("client connection closed"), 0, "{}", sb.log());
+    sb.stop_and_check();
+}
+
+#[test]
+fn a_client_that_vanishes_mid_answer_frees_its_backend_connection() {
+    let mut sb = Sandbox::new("vanish");
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::ErrorKind>();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::tcp(move |mut s| {
+        let mut req = [0u8; 4];
+        s.read_exact(&mut req).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        // Far more than the buffers on the way hold: the write fails once the
+        // proxy passes on the client's reset.
+        let outcome = (0..2000).find_map(|_| s.write_all(&chunk).err());
+        let kind = outcome.map_or(std::io::ErrorKind::Other, |e| e.kind());
+        tx.lock().unwrap().send(kind).unwrap();
+    });
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    let psflip = started(&mut sb);
+    // Sockets, not fds: empty pipes are pooled for reuse.
+    let sockets = || socket_inodes(psflip).len();
+    let baseline = sockets();
+    {
+        let mut s = Addr::Tcp(port).connect().unwrap();
+        s.write_all(b"1234").unwrap();
+        let mut first = [0u8; 1000];
+        s.read_exact(&mut first).unwrap();
+        // Dropped with unread data: the kernel resets the connection.
+    }
+    let kind = rx.recv_timeout(T).expect("the backend's writes failed");
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{kind:?}"
+    );
+    assert!(
+        wait_until(T, || sockets() <= baseline),
+        "psflip holds {} sockets, {baseline} before",
+        sockets()
+    );
+    assert_eq!(exchange_ok(port), b"1234".len());
+    sb.stop_and_check();
+}
+
+/// The backend of `a_client_that_vanishes…` answers anything with a flood; this
+/// checks the proxy still accepts and forwards (4 bytes reach it, bytes come back).
+fn exchange_ok(port: u16) -> usize {
+    let mut s = Addr::Tcp(port).connect().unwrap();
+    s.write_all(b"1234").unwrap();
+    let mut some = [0u8; 4];
+    s.read_exact(&mut some).unwrap();
+    some.len()
+}
+
+#[test]
+fn listens_and_forwards_over_ipv6_loopback() {
+    let mut sb = Sandbox::new("ipv6");
+    let backend = Backend::echo_tcp();
+    let v6 = free_port();
+    // IPv6 in, IPv4 out (loopback only: tests listen on nothing else).
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(format!("[::1]:{v6}"), backend.addr.config())]),
+    );
+    started(&mut sb);
+    let addr: std::net::SocketAddr = format!("[::1]:{v6}").parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, T).unwrap();
+    s.write_all(b"v6").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert_eq!(out, b"echo:v6");
+    assert!(sb.log().contains(&format!("proxy: bound tcp://[::1]:{v6}")));
+    sb.stop_and_check();
+}
+
+#[test]
+fn a_generation_that_takes_the_service_back_accepts_again() {
+    let mut sb = Sandbox::new("takeback");
+    let backend = Backend::echo_tcp();
+    let port = free_port();
+    let addr = Addr::Tcp(port);
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(addr.config(), backend.addr.config())]),
+    );
+    let old = started(&mut sb);
+    // An open connection keeps the old generation from draining: its child is not
+    // signalled before shutdown.delay (5 s).
+    let mut held = addr.connect().unwrap();
+    held.write_all(b"held").unwrap();
+    signal(old, Signal::SIGHUP);
+    sb.wait_log("upgrade: the successor is ready", 1, T);
+    let new = sb.service();
+    assert_ne!(new, old);
+    signal(new, Signal::SIGKILL);
+    sb.wait_log("serving again", 1, T);
+    assert_eq!(exchange(&addr, b"back").unwrap(), b"echo:back");
+    held.shutdown_write().unwrap();
+    let mut answer = Vec::new();
+    held.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"echo:held");
+    // The next handover still learns when the connections have drained.
+    let drained = sb.count("the proxied connections have all closed");
+    assert_eq!(sb.service(), old);
+    upgrade(&sb, true);
+    sb.wait_log("the proxied connections have all closed", drained + 1, T);
+    sb.stop_and_check();
+}
