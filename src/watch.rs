@@ -28,6 +28,26 @@
 use std::time::Duration;
 
 use crate::Signal;
+
+/// A signal number, real-time ones included (pidwatch forwards every signal; nix's
+/// [`Signal`] cannot name SIGRTMIN…SIGRTMAX).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalNo(pub i32);
+
+impl From<Signal> for SignalNo {
+    fn from(s: Signal) -> SignalNo {
+        SignalNo(s as i32)
+    }
+}
+
+impl std::fmt::Display for SignalNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Signal::try_from(self.0) {
+            Ok(sig) => f.write_str(sig.as_str()),
+            Err(_) => write!(f, "signal {}", self.0),
+        }
+    }
+}
 use crate::machine::{ExitStatus, Instant};
 
 /// How often the pidfile (and, when polling, the watched process) is checked.
@@ -54,7 +74,7 @@ pub enum Event {
     /// The loop runs: start CMD.
     Started,
     /// pidwatch received this signal.
-    SignalReceived(Signal),
+    SignalReceived(SignalNo),
     /// CMD, our direct child, exited.
     CmdExited(ExitStatus),
     /// Another process we reaped (a psflip generation re-parented to us) exited.
@@ -81,10 +101,10 @@ pub enum Effect {
     /// Send a signal to the process followed (just judged followable).
     SignalPid {
         pid: u32,
-        signal: Signal,
+        signal: SignalNo,
     },
     /// Send a signal to CMD.
-    SignalCmd(Signal),
+    SignalCmd(SignalNo),
     Log(String),
     /// Why pidwatch gives up: shown even when quiet.
     Error(String),
@@ -112,7 +132,7 @@ pub struct Watch {
     /// The last reading, to log changes once.
     last: Option<Reading>,
     /// Signals waiting for the answer to the `ReadPidfile` they caused.
-    pending: Vec<Signal>,
+    pending: Vec<SignalNo>,
     next_read: Option<Instant>,
     done: bool,
 }
@@ -248,8 +268,7 @@ impl Watch {
                 (Some(pid), _) => out.push(Effect::SignalPid { pid, signal }),
                 (None, Cmd::Running) => out.push(Effect::SignalCmd(signal)),
                 (None, _) => out.push(Effect::Log(format!(
-                    "{} dropped: nothing to forward it to",
-                    signal.as_str()
+                    "{signal} dropped: nothing to forward it to"
                 ))),
             }
         }
@@ -296,13 +315,13 @@ mod tests {
         let out = w.step(t(150), Event::PidfileRead(Reading::Followable(20)));
         assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))));
         // A signal goes to the successor.
-        w.step(t(160), Event::SignalReceived(Signal::SIGHUP));
+        w.step(t(160), Event::SignalReceived(Signal::SIGHUP.into()));
         let out = w.step(t(160), Event::PidfileRead(Reading::Followable(20)));
         assert_eq!(
             out,
             vec![Effect::SignalPid {
                 pid: 20,
-                signal: Signal::SIGHUP
+                signal: Signal::SIGHUP.into()
             }]
         );
         // The successor is gone and the pidfile removed: exit 0.
@@ -343,14 +362,14 @@ mod tests {
             assert_eq!(w.watched(), Some(20));
         }
         // Signals still reach it.
-        w.step(t(450), Event::SignalReceived(Signal::SIGTERM));
+        w.step(t(450), Event::SignalReceived(Signal::SIGTERM.into()));
         w.step(t(450), Event::PidfileRead(Reading::Missing));
         let out = w.step(t(450), Event::PidChecked(Reading::Followable(20)));
         assert_eq!(
             out,
             vec![Effect::SignalPid {
                 pid: 20,
-                signal: Signal::SIGTERM
+                signal: Signal::SIGTERM.into()
             }]
         );
         // It dies: now the service is gone.
@@ -408,9 +427,9 @@ mod tests {
     fn signals_go_to_cmd_while_no_pidfile_and_are_never_dropped_silently() {
         let mut w = Watch::new();
         w.step(t(0), Event::Started);
-        w.step(t(1), Event::SignalReceived(Signal::SIGTERM));
+        w.step(t(1), Event::SignalReceived(Signal::SIGTERM.into()));
         let out = w.step(t(1), Event::PidfileRead(Reading::Foreign(1)));
-        assert!(out.contains(&Effect::SignalCmd(Signal::SIGTERM)));
+        assert!(out.contains(&Effect::SignalCmd(Signal::SIGTERM.into())));
         assert!(
             out.iter()
                 .any(|e| matches!(e, Effect::Log(l) if l.contains("not ours")))

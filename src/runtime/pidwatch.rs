@@ -5,7 +5,6 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
 use nix::poll::PollFlags;
-use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use super::{Clock, Driver, event_loop};
@@ -13,7 +12,7 @@ use crate::Signal;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, procfs, spawn};
 use crate::machine::{ExitStatus, Instant};
-use crate::watch::{Effect, Event, Reading, Watch};
+use crate::watch::{Effect, Event, Reading, SignalNo, Watch};
 
 /// How pidwatch was asked to run.
 pub struct WatchSpec {
@@ -117,10 +116,13 @@ impl Pidwatch {
         exit
     }
 
-    fn send(&self, pid: Pid, signal: Signal) {
-        match kill(pid, signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => self.say(&format!("cannot send {} to {pid}: {e}", signal.as_str())),
+    fn send(&self, pid: Pid, signal: SignalNo) {
+        // SAFETY: kill(2) with plain integers (real-time signals included).
+        if unsafe { libc::kill(pid.as_raw(), signal.0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                self.say(&format!("cannot send {signal} to {pid}: {e}"));
+            }
         }
     }
 }
@@ -141,7 +143,11 @@ impl Driver for Pidwatch {
     }
 
     fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
-        self.drive(now, Event::SignalReceived(sig))
+        self.drive(now, Event::SignalReceived(sig.into()))
+    }
+
+    fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {
+        self.drive(now, Event::SignalReceived(SignalNo(signo)))
     }
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {

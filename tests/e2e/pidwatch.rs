@@ -447,3 +447,23 @@ fn quiet_silences_pidwatch_but_not_cmd() {
     );
     sb.assert_clean();
 }
+
+/// Every signal is forwarded, real-time ones included: SIGRTMIN to pidwatch reaches
+/// the followed psflip, which forwards it to its child (a `sleep`, which dies of
+/// it); psflip exits with 128 + SIGRTMIN and removes its pidfile; pidwatch exits 0.
+#[test]
+fn realtime_signals_are_forwarded_to_the_followed_psflip() {
+    let sb = Sandbox::new("pidwatch_realtime_signals_are_forwarded");
+    let mut pw = pidwatch_psflip(&sb, &[], &Conf::sleep(&sb).alive("150ms"));
+    let p1 = first_psflip(&sb, pw.pid);
+    sb.must_name(p1);
+    sb.must_pidwatch_log(pw.pid, &format!("following pid {p1}"));
+    let c = sb.child_of(p1);
+    let rtmin = libc::SIGRTMIN();
+    // SAFETY: kill(2) with integer arguments.
+    assert_eq!(unsafe { libc::kill(pw.pid, rtmin) }, 0);
+    assert_eq!(sb.wait_exit(&mut pw, T), 0, "{}", sb.diag());
+    sb.must_log(p1, &format!("the child exited (signal {rtmin})"));
+    assert!(!alive(p1) && !alive(c), "{}", sb.diag());
+    sb.assert_clean();
+}
