@@ -742,7 +742,7 @@ pub fn qa<S: AsRef<str>>(items: &[S]) -> String {
 }
 
 /// A configuration, rendered to TOML. Defaults: a pidfile in the sandbox, the
-/// alive healthcheck at 200 ms, upgrade.timeout 3 s, shutdown.timeout 1 s.
+/// alive healthcheck at 200 ms, upgrade.timeout 3 s, shutdown.timeout 3 s (generous: under load a TERM-handling shell may be slow, and SIGKILL must not beat it).
 #[derive(Clone, Debug)]
 pub struct Conf {
     pub cmd: Vec<String>,
@@ -785,7 +785,7 @@ impl Conf {
             upgrade_signal: None,
             upgrade_timeout: "3s".into(),
             shutdown_delay: None,
-            shutdown_timeout: "1s".into(),
+            shutdown_timeout: "3s".into(),
             health: alive_table("200ms"),
         }
     }
