@@ -170,37 +170,14 @@ fn upgrade_fails(sb: &Sandbox) -> String {
 
 // --- the service ---------------------------------------------------------------------
 
-/// Start the first generation with `conf` and wait until it serves: the
-/// psflip and its child.
-fn serve(sb: &Sandbox, conf: &Conf) -> (Psflip, i32) {
-    sb.config(conf);
-    let p = sb.start();
-    sb.must_name(p.pid);
-    let c = sb.child_of(p.pid);
-    sb.must_start(c);
-    (p, c)
-}
-
 /// After a failed or refused upgrade: the old psflip and its child run as
 /// before, the child was never signalled, the pidfile names the old psflip,
-/// and nothing of a failed generation is left.
+/// nothing of a failed generation is left (`util::assert_untouched`), and
+/// `psflip status` says it serves as before.
 fn assert_untouched(sb: &Sandbox, p: &mut Psflip, c1: i32) {
-    assert!(p.running(), "the old psflip must carry on\n{}", sb.diag());
-    sb.assert_alive(c1, "the old child");
-    assert_eq!(ppid(c1), Some(p.pid));
-    assert_eq!(
-        sb.signals_of(c1),
-        Vec::<String>::new(),
-        "the old child was signalled"
-    );
+    crate::util::assert_untouched(sb, p, c1);
     assert_eq!(sb.read_pidfile(), Some(p.pid));
     let old = p.pid;
-    sb.must(T, "only the old generation is left", || {
-        tagged(&sb.tag)
-            .into_iter()
-            .all(|x| x == old || pgrp(x) == Some(c1))
-    });
-    sb.must_reap(old);
     // And it says so.
     let st = status(sb);
     assert_eq!(st["psflip_pid"], old.to_string());

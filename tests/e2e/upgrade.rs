@@ -11,39 +11,6 @@ use rstest::rstest;
 
 use crate::util::*;
 
-/// Start the first generation with `conf` and wait until it serves: the
-/// psflip and its child.
-fn serve(sb: &Sandbox, conf: &Conf) -> (Psflip, i32) {
-    sb.config(conf);
-    let p = sb.start();
-    sb.must_name(p.pid);
-    let c = sb.child_of(p.pid);
-    sb.must_start(c);
-    (p, c)
-}
-
-/// I3 after a failed upgrade: the old psflip and its child run as before, the
-/// child was never signalled, the pidfile names the old psflip, and nothing of
-/// the failed generation is left.
-fn assert_untouched(sb: &Sandbox, p: &mut Psflip, c1: i32) {
-    assert!(p.running(), "the old psflip must carry on\n{}", sb.diag());
-    sb.assert_alive(c1, "the old child");
-    assert_eq!(ppid(c1), Some(p.pid));
-    assert_eq!(
-        sb.signals_of(c1),
-        Vec::<String>::new(),
-        "the old child was signalled"
-    );
-    sb.must_name(p.pid);
-    let old = p.pid;
-    sb.must(T, "only the old generation is left", || {
-        tagged(&sb.tag)
-            .into_iter()
-            .all(|x| x == old || pgrp(x) == Some(c1))
-    });
-    sb.must_reap(old);
-}
-
 /// I3: a later upgrade succeeds (with the configuration the caller restored);
 /// the old child then gets exactly the shutdown signal. Returns the successor.
 fn assert_upgrade_succeeds(sb: &Sandbox, p: &mut Psflip, c1: i32) -> i32 {
