@@ -282,7 +282,9 @@ pub enum Effect {
     /// Atomically write psflip's own pid to the pidfile; answer with `PidfileWritten`
     /// or `PidfileFailed`.
     WritePidfile,
-    /// Remove the pidfile if it still names this psflip.
+    /// Remove the pidfile if it still names this psflip, or this psflip's last
+    /// successor once that has exited (an upgrade aborted just as the successor
+    /// wrote it). Never a live process's pidfile.
     RemovePidfile,
     /// (Successor only) tell the old generation we are ready.
     ReportReady,
