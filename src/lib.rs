@@ -6,10 +6,18 @@
 //! - [`runtime`]: the event loop turning OS happenings into events and interpreting effects;
 //! - [`config`] and [`template`]: the TOML configuration and its `{{ … }}` templates.
 //! - [`probe`]: the `[healthcheck.tcp]` and `[healthcheck.http]` checks, run by `psflip __probe`.
+//!
+//! Three leaves import nothing else from the crate, so the modules above build on
+//! them without importing each other: [`values`] (durations, signals, endpoints,
+//! URLs, status patterns), [`log`] (log lines) and [`sys`] (raw socket, epoll and
+//! splice calls).
 
 pub mod client;
 pub mod config;
+pub mod log;
+pub mod sys;
 pub mod template;
+pub mod values;
 
 /// Signals are plain data everywhere, the machine included.
 pub use nix::sys::signal::Signal;

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -412,10 +411,8 @@ impl Os for LinuxOs {
     }
 }
 
-/// One log line on stderr. A closed stderr must not take psflip down.
-pub fn log_line(pid: u32, line: &str) {
-    let _ = writeln!(std::io::stderr(), "psflip[{pid}]: {line}");
-}
+/// One log line on stderr (kept here for callers that name it `runtime::log_line`).
+pub use crate::log::log_line;
 
 /// The monotonic clock, read once per event and turned into the machine's
 /// [`Instant`]: the only place time enters.

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::fds;
-use crate::config::{Endpoint, ProxyConfig};
-use crate::proxy::sys;
+use crate::config::ProxyConfig;
+use crate::sys;
+use crate::values::Endpoint;
 
 /// The environment variable naming the inherited listeners.
 pub const ENV: &str = "PSFLIP_PROXY_FDS";

@@ -27,8 +27,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sys::{self, SockAddr};
 use super::{CMD_ACCEPT, CMD_STOP, EVT_DRAINED, Route, Target};
+use crate::sys::{self, SockAddr};
 
 const IN: u32 = libc::EPOLLIN as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
@@ -209,7 +209,7 @@ impl Engine {
 
     fn say(&self, line: &str) {
         if !self.quiet {
-            crate::runtime::log_line(self.pid, line);
+            crate::log::log_line(self.pid, line);
         }
     }
 

@@ -18,9 +18,10 @@
 //! Why a thread and not the main loop, nor an async runtime: see README,
 //! "Architecture — the proxy".
 
-pub mod endpoint;
 mod engine;
-pub mod sys;
+
+/// The endpoint values now live in the leaf [`crate::values`].
+pub use crate::values::endpoint;
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 
 use crate::effects::EffectError;
 use crate::effects::listen::{self, Listener, SocketFile};
+use crate::sys;
 
 /// Where a connection accepted on one listener goes.
 #[derive(Clone, Debug)]
@@ -91,7 +93,7 @@ impl Proxy {
         for l in &listeners {
             let how = if l.inherited { "inherited" } else { "bound" };
             if !quiet {
-                crate::runtime::log_line(std::process::id(), &format!("proxy: {how} {}", l.key));
+                crate::log::log_line(std::process::id(), &format!("proxy: {how} {}", l.key));
             }
         }
         Ok(Proxy {
@@ -112,7 +114,7 @@ impl Proxy {
 
     fn say(&self, line: &str) {
         if !self.quiet {
-            crate::runtime::log_line(std::process::id(), line);
+            crate::log::log_line(std::process::id(), line);
         }
     }
 

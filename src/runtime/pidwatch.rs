@@ -175,10 +175,7 @@ impl Driver for Pidwatch {
 
 /// One log line on stderr, as pidwatch. A closed stderr must not take us down.
 fn log_line(pid: u32, line: &str) {
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!("pidwatch[{pid}]: {line}\n").as_bytes(),
-    );
+    crate::log::write("pidwatch", pid, line);
 }
 
 /// Run pidwatch until the watched service is gone; returns the exit status.

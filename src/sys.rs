@@ -1,6 +1,10 @@
-//! Thin wrappers over the Linux calls of the proxy's data path (epoll, splice,
-//! accept4, non-blocking connect). Every fd made here is close-on-exec from birth,
-//! so a child spawned by the main thread at any moment inherits none of them.
+//! The low-level module: thin wrappers over the raw Linux socket calls that nix
+//! does not wrap the way psflip needs them (epoll, splice, accept4, non-blocking
+//! connect, socket options), used by the listeners (`effects::listen`) and the
+//! proxy's data path. Every fd made here is close-on-exec from birth, so a child
+//! spawned by the main thread at any moment inherits none of them.
+//!
+//! A leaf: imports nothing else from the crate.
 
 use std::io;
 use std::mem::{size_of, zeroed};
