@@ -74,6 +74,10 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     /// Where the active psflip writes its pid.
     pub pidfile: Option<PathBuf>,
+    /// The control socket's path, when set; otherwise a name derived from the
+    /// configuration's path in psflip's user's private directory (see
+    /// `effects::control::default_path`).
+    pub control_socket: Option<PathBuf>,
     /// Suppress psflip's own log lines.
     pub quiet: bool,
     /// The expanded `[locals]`.
@@ -402,6 +406,12 @@ impl Config {
                 toml_string(&pidfile.to_string_lossy())
             ));
         }
+        if let Some(socket) = &self.control_socket {
+            out.push_str(&format!(
+                "control_socket = {}\n",
+                toml_string(&socket.to_string_lossy())
+            ));
+        }
         out.push_str(&format!("quiet = {}\n", self.quiet));
         if !self.locals.is_empty() {
             out.push_str("\n[locals]\n");
@@ -472,6 +482,7 @@ struct RawConfig {
     workdir: Option<Spanned<String>>,
     env: Option<RawEnv>,
     pidfile: Option<Spanned<String>>,
+    control_socket: Option<Spanned<String>>,
     quiet: Option<bool>,
     #[serde(default)]
     locals: BTreeMap<String, Spanned<String>>,
@@ -980,15 +991,32 @@ impl Resolver<'_> {
             return Ok((default, None));
         };
         let value = self.expand(raw, key)?;
-        parse_duration(&value)
-            .map(|d| (d, Some(raw.span())))
-            .map_err(|reason| {
-                self.src.error(
-                    Some(raw.span()),
-                    Some(key.to_owned()),
-                    ConfigErrorKind::Duration { value, reason },
-                )
-            })
+        let error = |reason: String| {
+            self.src.error(
+                Some(raw.span()),
+                Some(key.to_owned()),
+                ConfigErrorKind::Duration {
+                    value: value.clone(),
+                    reason,
+                },
+            )
+        };
+        let d = parse_duration(&value).map_err(&error)?;
+        let (min, max) = duration_bounds(key);
+        if d > max {
+            return Err(error(format!(
+                "longer than {}, the most {key} allows",
+                format_duration(max)
+            )));
+        }
+        // Zero, where it is not allowed, gets its own message from the caller.
+        if !d.is_zero() && d < min {
+            return Err(error(format!(
+                "shorter than {}, the least {key} allows",
+                format_duration(min)
+            )));
+        }
+        Ok((d, Some(raw.span())))
     }
 
     /// A signal with a default.
@@ -1011,20 +1039,67 @@ impl Resolver<'_> {
             )
         };
         let signal = parse_signal(&value).map_err(&error)?;
-        if key == "upgrade.signal" {
-            let why = match signal {
-                Signal::SIGKILL | Signal::SIGSTOP => {
-                    Some("it cannot be caught, so it cannot be the upgrade signal")
-                }
-                Signal::SIGCHLD => Some("psflip needs SIGCHLD to learn that its children exited"),
-                _ => None,
-            };
-            if let Some(why) = why {
-                return Err(error(format!("{}: {why}", signal.as_str())));
-            }
+        let why = match key {
+            "upgrade.signal" => unfit_upgrade_signal(signal),
+            "shutdown.signal" => unfit_shutdown_signal(signal),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(error(format!("{}: {why}", signal.as_str())));
         }
         Ok(signal)
     }
+}
+
+/// The shortest and longest value each duration key accepts. A value beyond
+/// them is a typo or a unit mistake (`1000000h`), never a plan: refusing it
+/// keeps every deadline psflip computes far from overflow. Zero, where a key
+/// cannot be zero, is refused by the rule of that key.
+pub fn duration_bounds(key: &str) -> (Duration, Duration) {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    const MS: Duration = Duration::from_millis(1);
+    if key == "upgrade.timeout" || key.ends_with(".interval") {
+        (MS, DAY)
+    } else {
+        (Duration::ZERO, DAY)
+    }
+}
+
+/// Why `signal` cannot be the upgrade signal, if it cannot.
+pub fn unfit_upgrade_signal(signal: Signal) -> Option<&'static str> {
+    use Signal::*;
+    Some(match signal {
+        SIGKILL | SIGSTOP => "it cannot be caught, so it cannot be the upgrade signal",
+        SIGCHLD => "psflip needs SIGCHLD to learn that its children exited",
+        SIGTERM | SIGINT | SIGQUIT => {
+            "it is a termination signal: psflip stops on it (and aborts an upgrade in flight)"
+        }
+        SIGPIPE => "psflip's own writes to a closed pipe or socket raise it",
+        SIGCONT | SIGTSTP | SIGTTIN | SIGTTOU => {
+            "job control sends it (a stop or a resume would start an upgrade)"
+        }
+        SIGSEGV | SIGBUS | SIGFPE | SIGILL | SIGTRAP | SIGSYS | SIGABRT => {
+            "the kernel raises it on a fault; it cannot be told from a crash"
+        }
+        _ => return None,
+    })
+}
+
+/// Why `signal` cannot be the shutdown signal, if it cannot: it must ask the
+/// child to end, and leave it the chance to do so gracefully.
+pub fn unfit_shutdown_signal(signal: Signal) -> Option<&'static str> {
+    use Signal::*;
+    Some(match signal {
+        SIGKILL => {
+            "it leaves the child no chance to finish; for an immediate kill set shutdown.timeout = \"0s\""
+        }
+        SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU => {
+            "it stops the child instead of ending it"
+        }
+        SIGCONT | SIGCHLD | SIGURG => "it does not end a process (ignored or a no-op by default)",
+        SIGPIPE => "servers commonly ignore it, so it would not end the child",
+        _ => return None,
+    })
 }
 
 /// Pass 3: expands templates, applies defaults and checks the rules that span
@@ -1053,6 +1128,7 @@ fn resolve(
     let workdir = r.path(raw.workdir.as_ref(), "workdir")?;
     let env = r.env(raw.env.as_ref())?;
     let pidfile = r.path(raw.pidfile.as_ref(), "pidfile")?;
+    let control_socket = r.path(raw.control_socket.as_ref(), "control_socket")?;
 
     let upgrade_signal = r.signal(
         raw.upgrade.signal.as_ref(),
@@ -1109,6 +1185,22 @@ fn resolve(
             )?
             .0,
     };
+    if shutdown.signal == upgrade_signal {
+        let span = raw
+            .shutdown
+            .signal
+            .as_ref()
+            .or(raw.upgrade.signal.as_ref())
+            .map(|s| s.span());
+        return Err(src.invalid(
+            span,
+            "shutdown.signal",
+            format!(
+                "the same signal as upgrade.signal ({}): every signal but the upgrade signal is forwarded to the child, so a stop meant for the child would start an upgrade instead",
+                upgrade_signal.as_str()
+            ),
+        ));
+    }
 
     // The interval of a tcp or http check, which first runs at the spawn.
     let check_interval = |raw: Option<&Spanned<String>>, key: &str, default: Duration| {
@@ -1237,6 +1329,7 @@ fn resolve(
         workdir,
         env,
         pidfile,
+        control_socket,
         quiet: raw.quiet.unwrap_or(false),
         upgrade: UpgradeConfig {
             signal: upgrade_signal,
@@ -1384,6 +1477,7 @@ mod tests {
                 workdir: None,
                 env: Vec::new(),
                 pidfile: None,
+                control_socket: None,
                 quiet: false,
                 locals: BTreeMap::new(),
                 upgrade: UpgradeConfig {
@@ -1680,6 +1774,42 @@ interval = "{{ `100ms` }}"
         "cmd = [\"a\"]\n[shutdown]\nsignal = \"9\"\n",
         "psflip.toml:3:10: shutdown.signal: invalid signal \"9\": signal numbers are not accepted, use a name such as SIGTERM"
     )]
+    #[case::upgrade_timeout_beyond_bound(
+        "cmd = [\"a\"]\n[upgrade]\ntimeout = \"1000000h\"\n",
+        "psflip.toml:3:11: upgrade.timeout: invalid duration \"1000000h\": longer than 24h0m0s, the most upgrade.timeout allows"
+    )]
+    #[case::shutdown_timeout_beyond_bound(
+        "cmd = [\"a\"]\n[shutdown]\ntimeout = \"25h\"\n",
+        "psflip.toml:3:11: shutdown.timeout: invalid duration \"25h\": longer than 24h0m0s, the most shutdown.timeout allows"
+    )]
+    #[case::interval_below_bound(
+        "cmd = [\"a\"]\n[healthcheck.command]\ncmd = [\"true\"]\ninterval = \"10us\"\n",
+        "psflip.toml:4:12: healthcheck.command.interval: invalid duration \"10us\": shorter than 1ms, the least healthcheck.command.interval allows"
+    )]
+    #[case::shutdown_sigchld(
+        "cmd = [\"a\"]\n[shutdown]\nsignal = \"SIGCHLD\"\n",
+        "psflip.toml:3:10: shutdown.signal: invalid signal \"SIGCHLD\": SIGCHLD: it does not end a process (ignored or a no-op by default)"
+    )]
+    #[case::shutdown_stop(
+        "cmd = [\"a\"]\n[shutdown]\nsignal = \"stop\"\n",
+        "psflip.toml:3:10: shutdown.signal: invalid signal \"stop\": SIGSTOP: it stops the child instead of ending it"
+    )]
+    #[case::shutdown_kill(
+        "cmd = [\"a\"]\n[shutdown]\nsignal = \"KILL\"\n",
+        "psflip.toml:3:10: shutdown.signal: invalid signal \"KILL\": SIGKILL: it leaves the child no chance to finish; for an immediate kill set shutdown.timeout = \"0s\""
+    )]
+    #[case::upgrade_term(
+        "cmd = [\"a\"]\n[upgrade]\nsignal = \"TERM\"\n",
+        "psflip.toml:3:10: upgrade.signal: invalid signal \"TERM\": SIGTERM: it is a termination signal: psflip stops on it (and aborts an upgrade in flight)"
+    )]
+    #[case::upgrade_pipe(
+        "cmd = [\"a\"]\n[upgrade]\nsignal = \"pipe\"\n",
+        "psflip.toml:3:10: upgrade.signal: invalid signal \"pipe\": SIGPIPE: psflip's own writes to a closed pipe or socket raise it"
+    )]
+    #[case::upgrade_equals_shutdown(
+        "cmd = [\"a\"]\n[upgrade]\nsignal = \"USR2\"\n[shutdown]\nsignal = \"usr2\"\n",
+        "psflip.toml:5:10: shutdown.signal: the same signal as upgrade.signal (SIGUSR2): every signal but the upgrade signal is forwarded to the child, so a stop meant for the child would start an upgrade instead"
+    )]
     #[case::upgrade_kill(
         "cmd = [\"a\"]\n[upgrade]\nsignal = \"kill\"\n",
         "psflip.toml:3:10: upgrade.signal: invalid signal \"kill\": SIGKILL: it cannot be caught, so it cannot be the upgrade signal"
@@ -1780,7 +1910,7 @@ interval = "{{ `100ms` }}"
     #[rstest]
     #[case::top(
         "cmd = [\"a\"]\n\ncmdd = 1\n",
-        "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `quiet`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`)"
+        "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `control_socket`, `quiet`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`)"
     )]
     #[case::upgrade(
         "cmd = [\"a\"]\n[upgrade]\nsignl = \"HUP\"\n",
@@ -1922,6 +2052,7 @@ timeout = "1.5s"
             workdir: Some(PathBuf::from("{{")),
             env: vec![("K".to_owned(), "{{ Env \"HOME\" }}".to_owned())],
             pidfile: None,
+            control_socket: None,
             quiet: false,
             locals: BTreeMap::from([("a b".to_owned(), "{{ Local \"x\" }}".to_owned())]),
             upgrade: UpgradeConfig::default(),
@@ -1929,7 +2060,7 @@ timeout = "1.5s"
             healthcheck: HealthCheck::Command {
                 cmd: strings(&["check", "{{"]),
                 after: Duration::from_millis(1),
-                interval: Duration::from_nanos(1),
+                interval: Duration::from_millis(1),
             },
             proxy: vec![
                 ProxyConfig {

@@ -73,7 +73,15 @@ fn any_signal() -> impl Strategy<Value = Signal> {
 fn upgrade_signal() -> impl Strategy<Value = Signal> {
     prop::sample::select(
         Signal::iterator()
-            .filter(|s| ![Signal::SIGKILL, Signal::SIGSTOP, Signal::SIGCHLD].contains(s))
+            .filter(|s| config::unfit_upgrade_signal(*s).is_none())
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn shutdown_signal() -> impl Strategy<Value = Signal> {
+    prop::sample::select(
+        Signal::iterator()
+            .filter(|s| config::unfit_shutdown_signal(*s).is_none())
             .collect::<Vec<_>>(),
     )
 }
@@ -128,9 +136,9 @@ fn status_pattern() -> impl Strategy<Value = StatusPattern> {
 fn configs() -> impl Strategy<Value = Config> {
     let upgrade = (
         upgrade_signal(),
-        (1..=DAY_MS).prop_map(Duration::from_millis),
+        (2..=DAY_MS).prop_map(Duration::from_millis),
     );
-    let shutdown = (millis(DAY_MS), any_signal(), millis(DAY_MS));
+    let shutdown = (millis(DAY_MS), shutdown_signal(), millis(DAY_MS));
     let healthcheck_choice = (
         0..4u8,
         command(),
@@ -159,8 +167,8 @@ fn configs() -> impl Strategy<Value = Config> {
                     let max_ms = up_timeout.as_millis() as u64 - 1;
                     Duration::from_millis((max_ms as f64 * fraction) as u64)
                 };
-                // A tcp or http interval is also above zero.
-                let interval = below(fraction).max(Duration::from_nanos(1));
+                // A tcp or http interval is also at least 1ms.
+                let interval = below(fraction).max(Duration::from_millis(1));
                 let healthcheck = match kind {
                     0 => HealthCheck::Alive {
                         timeout: below(fraction),
@@ -177,12 +185,19 @@ fn configs() -> impl Strategy<Value = Config> {
                         interval,
                     },
                 };
+                // The two signals differ: the shutdown signal is forwarded.
+                let up_signal = if up_signal == shutdown.1 {
+                    if shutdown.1 == Signal::SIGHUP { Signal::SIGUSR2 } else { Signal::SIGHUP }
+                } else {
+                    up_signal
+                };
                 Config {
                     path: PathBuf::from("generated.toml"),
                     cmd,
                     workdir: workdir.map(PathBuf::from),
                     env,
                     pidfile: pidfile.map(PathBuf::from),
+                    control_socket: None,
                     quiet,
                     locals: locals.into_iter().collect::<BTreeMap<_, _>>(),
                     upgrade: UpgradeConfig {

@@ -11,7 +11,7 @@ use psflip::client;
 use psflip::config::{self, Config, HealthCheck};
 use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
-use psflip::effects::{fds, signals, spawn};
+use psflip::effects::{fds, pidfile, signals, spawn};
 use psflip::machine::{Generation, Health, Settings};
 use psflip::probe::{self, Check, HttpUrl, StatusPattern};
 use psflip::proxy::{self, Proxy, Route};
@@ -256,6 +256,21 @@ fn run(
     inherited: Inherited,
     ab_second: bool,
 ) -> ExitCode {
+    // The first generation refuses to start a service it could not report:
+    // without its pidfile, `status` and `upgrade` would say "not running" while
+    // it runs. (A successor that cannot write it fails its upgrade instead, and
+    // the old generation carries on.)
+    if predecessor.is_none()
+        && let Some(path) = &config.pidfile
+        && let Err(why) = pidfile::check_writable(path)
+    {
+        eprintln!(
+            "psflip: {}: pidfile: cannot write {}: {why}",
+            config.path.display(),
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
     let proxy = match start_proxy(&config, inherited) {
         Ok(proxy) => proxy,
         Err(code) => {
