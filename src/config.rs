@@ -1093,9 +1093,7 @@ pub fn unfit_shutdown_signal(signal: Signal) -> Option<&'static str> {
         SIGKILL => {
             "it leaves the child no chance to finish; for an immediate kill set shutdown.timeout = \"0s\""
         }
-        SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU => {
-            "it stops the child instead of ending it"
-        }
+        SIGSTOP | SIGTSTP | SIGTTIN | SIGTTOU => "it stops the child instead of ending it",
         SIGCONT | SIGCHLD | SIGURG => "it does not end a process (ignored or a no-op by default)",
         SIGPIPE => "servers commonly ignore it, so it would not end the child",
         _ => return None,

@@ -187,7 +187,11 @@ fn configs() -> impl Strategy<Value = Config> {
                 };
                 // The two signals differ: the shutdown signal is forwarded.
                 let up_signal = if up_signal == shutdown.1 {
-                    if shutdown.1 == Signal::SIGHUP { Signal::SIGUSR2 } else { Signal::SIGHUP }
+                    if shutdown.1 == Signal::SIGHUP {
+                        Signal::SIGUSR2
+                    } else {
+                        Signal::SIGHUP
+                    }
                 } else {
                     up_signal
                 };
