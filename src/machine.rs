@@ -11,8 +11,9 @@
 //!    event. `step` returns the [`Effect`]s to carry out, in order.
 //! 3. The runtime carries out each effect. Effects that can fail report back:
 //!    a failed [`Effect::Spawn`] as [`Event::SpawnFailed`], [`Effect::WritePidfile`] as
-//!    [`Event::PidfileWritten`] or [`Event::PidfileFailed`]. Nothing else is decided by
-//!    the runtime.
+//!    [`Event::PidfileWritten`] or [`Event::PidfileFailed`], [`Effect::InspectContainer`]
+//!    as [`Event::ContainerInspected`] (unless [`Effect::AbandonInspection`] came
+//!    first). Nothing else is decided by the runtime.
 //! 4. The runtime asks [`Machine::deadline`] for the next instant something is due and
 //!    delivers [`Event::Tick`] when it has passed. A tick when nothing is due is a
 //!    no-op, so a spurious wake-up is harmless.
@@ -26,6 +27,9 @@
 //!    is healthy). [`Effect::ProxyStopAccepting`] hands the accepting over to the
 //!    successor; the runtime answers with [`Event::ProxyDrained`] once this
 //!    generation's proxied connections have all closed (at once if there are none).
+//! 8. With `[healthcheck.notify]`, each app child gets a notify socket of its own;
+//!    what arrives on it becomes [`Event::ChildNotified`] (read before the child's
+//!    exit is reported, so a READY=1 sent just before dying still counts).
 //!
 
 //! There is no I/O, no clock and no OS call here: time is data ([`Instant`]), so the
@@ -144,6 +148,33 @@ pub enum Health {
     /// then one every `interval`; never two at once; a run still going after
     /// `interval` is killed.
     Command { after: Duration, interval: Duration },
+    /// `[healthcheck.notify]`: healthy once `READY=1` arrives on the child's own
+    /// notify socket ([`Event::ChildNotified`]).
+    Notify,
+    /// `[healthcheck.docker]`: healthy once the Docker engine reports the container
+    /// healthy. One inspection at the spawn, then one every `interval`; never two at
+    /// once; one without an answer after `interval` is abandoned. A container that
+    /// has stopped, is unhealthy or has no HEALTHCHECK fails the child at once, and
+    /// a child that never became healthy is stopped with `shutdown.signal` (a
+    /// `docker run` client passes it on to its container) before SIGKILL.
+    Docker { interval: Duration },
+}
+
+/// What the Docker engine said about the container (`[healthcheck.docker]`), as
+/// read by the runtime; what it means is decided here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inspection {
+    /// The container exists: its `State.Status` (`created`, `running`, `exited`,
+    /// `dead`…) and `State.Health.Status` (`starting`, `healthy`, `unhealthy`;
+    /// `None` without a HEALTHCHECK).
+    Found {
+        status: String,
+        health: Option<String>,
+    },
+    /// No such container (yet).
+    Missing,
+    /// The engine could not be asked, or gave no usable answer: why.
+    Failed(String),
 }
 
 /// Everything the machine needs from the configuration: pure data.
@@ -261,6 +292,18 @@ pub enum Event {
     /// After `Effect::ProxyStopAccepting`: every connection this generation's proxy
     /// accepted has closed.
     ProxyDrained,
+    /// (`[healthcheck.notify]`) a datagram arrived on the notify socket of the child
+    /// `id`: whether it said `READY=1`, and its `STATUS=` text if any.
+    ChildNotified {
+        id: ProcId,
+        ready: bool,
+        status: Option<String>,
+    },
+    /// (`[healthcheck.docker]`) the answer to `Effect::InspectContainer`.
+    ContainerInspected {
+        container: String,
+        inspection: Inspection,
+    },
     /// Time has passed; whatever is due at `now` happens.
     Tick,
 }
@@ -300,9 +343,15 @@ pub enum Effect {
     /// Stop accepting on the proxy listeners (the successor accepts now) and let the
     /// open connections finish; answer with `ProxyDrained` once they have all closed.
     ProxyStopAccepting,
-    /// Remove the Unix socket files of the proxy listeners: the service stops for good
-    /// (this generation was the service and exits without having handed over).
+    /// Remove the Unix socket files of the proxy listeners and of the `[[listen]]`
+    /// sockets: the service stops for good (this generation was the service and
+    /// exits without having handed over).
     RemoveProxySockets,
+    /// (`[healthcheck.docker]`) ask the Docker engine for the container's state;
+    /// answer with `ContainerInspected`. Never two in flight.
+    InspectContainer,
+    /// Give up the inspection in flight: no `ContainerInspected` follows for it.
+    AbandonInspection,
     /// Write a line to psflip's log (stderr) unless `quiet`.
     Log(String),
     /// Exit psflip with this status.
@@ -360,6 +409,8 @@ struct Child {
 struct Probe {
     /// The run in progress, if any, and whether it was already killed.
     running: Option<(ProcId, bool)>,
+    /// (`[healthcheck.docker]`) an inspection is in flight, abandoned at this instant.
+    inspecting: Option<Instant>,
     /// When the running probe is killed.
     kill_at: Option<Instant>,
     /// When the next run may start.
@@ -402,6 +453,11 @@ pub struct Machine {
     child_timeout: Duration,
     /// `[[proxy]]` is configured (see contract step 7).
     proxy: bool,
+    /// `[[listen]]` sockets are configured: their files go when the service stops.
+    listen: bool,
+    /// (`[healthcheck.docker]`) why the last inspection did not make the child
+    /// healthy, for the failure reason at `upgrade.timeout`.
+    last_check: Option<String>,
     /// (Successor) we reported ready: we are the service.
     reported_ready: bool,
     /// After the handover, the proxy reported its connections all closed.
@@ -434,6 +490,8 @@ impl Machine {
             failure: None,
             child_timeout,
             proxy: false,
+            listen: false,
+            last_check: None,
             reported_ready: false,
             proxy_drained: false,
             drain_until: None,
@@ -452,6 +510,13 @@ impl Machine {
     /// the new child's whole group and say why, instead of being SIGKILLed.
     pub fn with_predecessor_timeout(mut self, predecessor_upgrade_timeout: Duration) -> Machine {
         self.child_timeout = self.child_timeout.min(predecessor_upgrade_timeout);
+        self
+    }
+
+    /// The same machine, with `[[listen]]` sockets or without: their Unix socket
+    /// files are removed when the service stops for good, as the proxy's are.
+    pub fn with_listen(mut self, listen: bool) -> Machine {
+        self.listen = listen;
         self
     }
 
@@ -519,6 +584,11 @@ impl Machine {
                         Health::Command { .. } => match self.probe.running {
                             Some((_, false)) => at(self.probe.kill_at),
                             Some((_, true)) => {}
+                            None => at(self.probe.next_at),
+                        },
+                        Health::Notify => {}
+                        Health::Docker { .. } => match self.probe.inspecting {
+                            Some(abandon_at) => at(Some(abandon_at)),
                             None => at(self.probe.next_at),
                         },
                     }
@@ -592,6 +662,16 @@ impl Machine {
                 self.on_pidfile_failed(now, reason, &mut out)
             }
             (_, Event::ProxyDrained) => self.on_proxy_drained(now, &mut out),
+            (_, Event::ChildNotified { id, ready, status }) => {
+                self.on_child_notified(now, id, ready, status, &mut out)
+            }
+            (
+                _,
+                Event::ContainerInspected {
+                    container,
+                    inspection,
+                },
+            ) => self.on_inspected(now, &container, inspection, &mut out),
             (_, Event::PidfileWritten) => {}
             (_, Event::PidfileFailed { reason }) => {
                 log(&mut out, format!("cannot write the pidfile: {reason}"))
@@ -613,8 +693,10 @@ impl Machine {
             exited: None,
         });
         self.phase = Phase::Starting;
-        if let Health::Command { after, .. } = self.settings.health {
-            self.probe.next_at = Some(now + after);
+        match self.settings.health {
+            Health::Command { after, .. } => self.probe.next_at = Some(now + after),
+            Health::Docker { .. } => self.probe.next_at = Some(now),
+            Health::Alive { .. } | Health::Notify => {}
         }
         out.push(Effect::Spawn {
             id,
@@ -707,20 +789,25 @@ impl Machine {
             return;
         }
         if now >= child.spawned_at + self.child_timeout {
+            // What the last check said tells the operator what to fix.
+            let last = match self.last_check.take() {
+                Some(why) => format!("; last check: {why}"),
+                None => String::new(),
+            };
             log(
                 out,
                 format!(
-                    "the child did not become healthy within upgrade.timeout ({:?}); killing it",
+                    "the child did not become healthy within upgrade.timeout ({:?}){last}; stopping it",
                     self.child_timeout
                 ),
             );
             self.upgrade_pending = false;
             self.failure = Some(format!(
-                "the new child did not become healthy within upgrade.timeout ({:?})",
+                "the new child did not become healthy within upgrade.timeout ({:?}){last}",
                 self.child_timeout
             ));
             self.kill_probe(out);
-            self.kill_unready_child(1, out);
+            self.kill_unready_child(now, 1, out);
             return;
         }
         match self.settings.health {
@@ -757,7 +844,123 @@ impl Machine {
                     }
                 }
             },
+            Health::Notify => {}
+            Health::Docker { interval } => match self.probe.inspecting {
+                Some(abandon_at) => {
+                    if now >= abandon_at {
+                        let why = format!(
+                            "the Docker engine did not answer within interval ({interval:?})"
+                        );
+                        log(out, format!("docker healthcheck: {why}"));
+                        self.last_check = Some(why);
+                        self.probe.inspecting = None;
+                        out.push(Effect::AbandonInspection);
+                    }
+                }
+                None => {
+                    if self.probe.next_at.is_some_and(|t| now >= t) {
+                        self.probe.inspecting = Some(now + interval);
+                        self.probe.next_at = Some(now + interval);
+                        out.push(Effect::InspectContainer);
+                    }
+                }
+            },
         }
+    }
+
+    /// (`[healthcheck.notify]`) the child, or a process holding its notify socket,
+    /// spoke.
+    fn on_child_notified(
+        &mut self,
+        now: Instant,
+        id: ProcId,
+        ready: bool,
+        status: Option<String>,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.live_child() != Some(id) {
+            return;
+        }
+        if let Some(status) = status {
+            log(out, format!("child status: {status}"));
+        }
+        if ready
+            && self.settings.health == Health::Notify
+            && self.phase == Phase::Starting
+            && !self.healthy
+        {
+            log(out, "the child sent READY=1");
+            self.on_healthy(now, out);
+        }
+    }
+
+    /// (`[healthcheck.docker]`) what the engine said about the container.
+    fn on_inspected(
+        &mut self,
+        now: Instant,
+        container: &str,
+        inspection: Inspection,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.probe.inspecting.take().is_none()
+            || self.phase != Phase::Starting
+            || self.healthy
+            || self.live_child().is_none()
+        {
+            return;
+        }
+        let failed = match inspection {
+            Inspection::Missing => {
+                let why = format!("container {container} does not exist (yet)");
+                if self.last_check.as_ref() != Some(&why) {
+                    log(out, format!("docker healthcheck: {why}"));
+                }
+                self.last_check = Some(why);
+                return;
+            }
+            Inspection::Failed(why) => {
+                if self.last_check.as_ref() != Some(&why) {
+                    log(out, format!("docker healthcheck: {why}"));
+                }
+                self.last_check = Some(why);
+                return;
+            }
+            // On this engine an exited container with a health check also reports
+            // itself unhealthy: its state says more.
+            Inspection::Found { status, .. } if status == "exited" || status == "dead" => {
+                format!("container {container} has stopped ({status})")
+            }
+            Inspection::Found { health: None, .. } => format!(
+                "container {container} has no HEALTHCHECK (docker run --health-cmd, or HEALTHCHECK in its image)"
+            ),
+            Inspection::Found {
+                health: Some(health),
+                status,
+            } => match health.as_str() {
+                "healthy" => {
+                    log(out, format!("container {container} is healthy"));
+                    self.last_check = None;
+                    self.on_healthy(now, out);
+                    return;
+                }
+                "unhealthy" => format!("container {container} is unhealthy"),
+                _ => {
+                    self.last_check = Some(format!(
+                        "container {container} is {status}, its health {health}"
+                    ));
+                    return;
+                }
+            },
+        };
+        log(
+            out,
+            format!("docker healthcheck failed: {failed}; stopping the child"),
+        );
+        self.upgrade_pending = false;
+        self.last_check = None;
+        self.failure = Some(format!("docker healthcheck failed: {failed}"));
+        self.kill_probe(out);
+        self.kill_unready_child(now, 1, out);
     }
 
     /// The child passed its healthcheck: make the pidfile name us, then be ready.
@@ -825,7 +1028,7 @@ impl Machine {
                     format!("upgrade failed: cannot write the pidfile: {reason}"),
                 );
                 self.failure = Some(format!("cannot write the pidfile: {reason}"));
-                self.kill_unready_child(1, out);
+                self.kill_unready_child(now, 1, out);
             }
         }
     }
@@ -1259,11 +1462,29 @@ impl Machine {
     /// finish, and the old generation's patience with a successor
     /// (`upgrade.timeout` + grace) must not run out while it stops. Exit with
     /// `code` once it is gone.
-    fn kill_unready_child(&mut self, code: i32, out: &mut Vec<Effect>) {
+    ///
+    /// With `[healthcheck.docker]` the child is a `docker run` client: SIGKILL would
+    /// end the client and leave its container running (and its name taken), so it
+    /// gets `shutdown.signal`, which it passes on to the container, and SIGKILL to
+    /// its group only after `shutdown.timeout`, at most [`GIVE_UP_GRACE`].
+    fn kill_unready_child(&mut self, now: Instant, code: i32, out: &mut Vec<Effect>) {
         let Some(id) = self.live_child() else {
             self.exit(code, out);
             return;
         };
+        if let Health::Docker { .. } = self.settings.health {
+            out.push(Effect::Signal {
+                id,
+                signal: self.settings.shutdown_signal,
+                group: false,
+            });
+            self.phase = Phase::Stopping {
+                code,
+                signal_at: None,
+                kill_at: Some(now + self.settings.shutdown_timeout.min(GIVE_UP_GRACE)),
+            };
+            return;
+        }
         out.push(kill(id, true));
         self.phase = Phase::Stopping {
             code,
@@ -1353,6 +1574,9 @@ impl Machine {
         if let Some((id, _)) = self.probe.running {
             out.push(kill(id, true));
         }
+        if self.probe.inspecting.is_some() {
+            out.push(Effect::AbandonInspection);
+        }
         self.probe = Probe::default();
     }
 
@@ -1380,7 +1604,7 @@ impl Machine {
         // serves on).
         let service = self.settings.generation == Generation::First
             || (self.reported_ready && !self.predecessor_alive);
-        if self.proxy && service && !self.handed_over {
+        if (self.proxy || self.listen) && service && !self.handed_over {
             out.push(Effect::RemoveProxySockets);
         }
         out.push(Effect::Exit(code));
@@ -1957,5 +2181,323 @@ mod proxy_tests {
         );
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
         assert!(!has(&out, &Effect::RemoveProxySockets));
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    //! `[healthcheck.notify]` and `[healthcheck.docker]`: the events that make a
+    //! child healthy, and how a child that never was is stopped.
+
+    use super::*;
+
+    const CHILD: ProcId = ProcId(1);
+
+    fn machine(generation: Generation, health: Health) -> Machine {
+        let mut m = Machine::new(Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: Duration::from_secs(5),
+            health,
+            pidfile: false,
+        });
+        m.step(Instant::ZERO, Event::Started);
+        m
+    }
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
+        effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .collect()
+    }
+
+    fn logs(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Log(line) => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn notified(id: ProcId, ready: bool, status: Option<&str>) -> Event {
+        Event::ChildNotified {
+            id,
+            ready,
+            status: status.map(str::to_owned),
+        }
+    }
+
+    fn inspected(inspection: Inspection) -> Event {
+        Event::ContainerInspected {
+            container: "app-green".into(),
+            inspection,
+        }
+    }
+
+    fn found(status: &str, health: Option<&str>) -> Inspection {
+        Inspection::Found {
+            status: status.into(),
+            health: health.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn notify_ready_makes_the_child_healthy_and_status_is_logged() {
+        let mut m = machine(Generation::Successor, Health::Notify);
+        // Only the upgrade timeout is due: no polling.
+        assert_eq!(m.deadline(), Some(t(10_000)));
+        let out = m.step(t(100), notified(CHILD, false, Some("loading")));
+        assert_eq!(logs(&out), ["child status: loading"]);
+        assert!(!m.healthy());
+        // Another process's id (a probe, a stale child) does not count.
+        assert!(no_logs(m.step(t(150), notified(ProcId(7), true, None))).is_empty());
+        let out = no_logs(m.step(t(200), notified(CHILD, true, Some("up"))));
+        assert_eq!(out, vec![Effect::ReportReady]);
+        assert!(m.healthy());
+        // A second READY=1 changes nothing.
+        assert!(no_logs(m.step(t(300), notified(CHILD, true, None))).is_empty());
+    }
+
+    #[test]
+    fn notify_silence_until_the_timeout_kills_the_child() {
+        let mut m = machine(Generation::Successor, Health::Notify);
+        assert!(no_logs(m.step(t(9_999), Event::Tick)).is_empty());
+        let out = no_logs(m.step(t(10_000), Event::Tick));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: CHILD,
+                signal: Signal::SIGKILL,
+                group: true
+            }]
+        );
+    }
+
+    #[test]
+    fn notify_ready_means_nothing_with_another_healthcheck() {
+        let mut m = machine(
+            Generation::First,
+            Health::Alive {
+                timeout: Duration::from_secs(3),
+            },
+        );
+        m.step(t(10), notified(CHILD, true, None));
+        assert!(!m.healthy());
+    }
+
+    #[test]
+    fn docker_polls_until_healthy_one_inspection_at_a_time() {
+        let mut m = machine(
+            Generation::First,
+            Health::Docker {
+                interval: Duration::from_secs(1),
+            },
+        );
+        assert_eq!(m.deadline(), Some(t(0)));
+        assert_eq!(
+            no_logs(m.step(t(0), Event::Tick)),
+            vec![Effect::InspectContainer]
+        );
+        // In flight: nothing new before it is abandoned.
+        assert_eq!(m.deadline(), Some(t(1000)));
+        let out = m.step(t(20), inspected(Inspection::Missing));
+        assert_eq!(
+            logs(&out),
+            ["docker healthcheck: container app-green does not exist (yet)"]
+        );
+        assert_eq!(m.deadline(), Some(t(1000)));
+        assert_eq!(
+            no_logs(m.step(t(1000), Event::Tick)),
+            vec![Effect::InspectContainer]
+        );
+        // The same answer is not logged twice.
+        assert!(m.step(t(1010), inspected(Inspection::Missing)).is_empty());
+        m.step(t(2000), Event::Tick);
+        m.step(t(2010), inspected(found("running", Some("starting"))));
+        assert!(!m.healthy());
+        // No answer within the interval: abandoned, then the next one starts.
+        m.step(t(3000), Event::Tick);
+        assert_eq!(
+            no_logs(m.step(t(4000), Event::Tick)),
+            vec![Effect::AbandonInspection]
+        );
+        // A late answer to an abandoned inspection is ignored.
+        m.step(t(4001), inspected(found("running", Some("healthy"))));
+        assert!(!m.healthy());
+        assert_eq!(
+            no_logs(m.step(t(4001), Event::Tick)),
+            vec![Effect::InspectContainer]
+        );
+        let out = m.step(t(4010), inspected(found("running", Some("healthy"))));
+        assert!(m.healthy());
+        assert!(logs(&out).contains(&"child is healthy; serving"));
+        assert_eq!(m.phase(), &Phase::Serving);
+    }
+
+    #[test]
+    fn docker_failures_stop_the_child_gracefully_at_once() {
+        for (inspection, reason) in [
+            (
+                found("running", Some("unhealthy")),
+                "container app-green is unhealthy",
+            ),
+            (
+                found("exited", Some("unhealthy")),
+                "container app-green has stopped (exited)",
+            ),
+            (
+                found("dead", None),
+                "container app-green has stopped (dead)",
+            ),
+            (
+                found("running", None),
+                "container app-green has no HEALTHCHECK",
+            ),
+        ] {
+            let mut m = machine(
+                Generation::Successor,
+                Health::Docker {
+                    interval: Duration::from_secs(1),
+                },
+            );
+            m.step(t(0), Event::Tick);
+            let out = m.step(t(50), inspected(inspection.clone()));
+            assert!(
+                logs(&out).iter().any(|l| l.contains(reason)),
+                "{inspection:?}: {out:?}"
+            );
+            // shutdown.signal to the docker client (it stops its container), not
+            // SIGKILL; SIGKILL to its group after min(shutdown.timeout, grace).
+            assert_eq!(
+                no_logs(out),
+                vec![Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                }]
+            );
+            assert_eq!(m.deadline(), Some(t(50) + GIVE_UP_GRACE));
+            assert_eq!(
+                no_logs(m.step(t(50) + GIVE_UP_GRACE, Event::Tick)),
+                vec![Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGKILL,
+                    group: true
+                }]
+            );
+            let out = no_logs(m.step(
+                t(2100),
+                Event::ProcessExited {
+                    id: CHILD,
+                    status: ExitStatus::Signaled(9),
+                },
+            ));
+            // The old generation hears why.
+            assert!(
+                matches!(&out[..], [_, Effect::ReportFailure(why), Effect::Exit(1)] if why.contains(reason)),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn docker_timeout_says_what_the_last_check_found() {
+        let mut m = machine(
+            Generation::Successor,
+            Health::Docker {
+                interval: Duration::from_secs(4),
+            },
+        );
+        let unreachable = || {
+            inspected(Inspection::Failed(
+                "cannot reach the Docker engine at /nowhere/docker.sock: no such file or directory"
+                    .into(),
+            ))
+        };
+        for at in [0, 4000] {
+            m.step(t(at), Event::Tick);
+            m.step(t(at + 1), unreachable());
+        }
+        m.step(t(8000), Event::Tick);
+        // In flight at the timeout: abandoned, and the child stopped gracefully.
+        let out = m.step(t(10_000), Event::Tick);
+        assert!(
+            logs(&out).iter().any(|l| l.contains(
+                "within upgrade.timeout (10s); last check: cannot reach the Docker engine at /nowhere/docker.sock"
+            )),
+            "{out:?}"
+        );
+        assert_eq!(
+            no_logs(out),
+            vec![
+                Effect::AbandonInspection,
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_socket_files_go_only_when_the_service_stops_for_good() {
+        let mut m = machine(
+            Generation::First,
+            Health::Alive {
+                timeout: Duration::ZERO,
+            },
+        )
+        .with_listen(true);
+        m.step(t(0), Event::Tick);
+        assert_eq!(m.phase(), &Phase::Serving);
+        let out = no_logs(m.step(
+            t(10),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Code(0),
+            },
+        ));
+        assert!(out.contains(&Effect::RemoveProxySockets), "{out:?}");
+
+        // A handover leaves them to the successor.
+        let mut m = machine(
+            Generation::First,
+            Health::Alive {
+                timeout: Duration::ZERO,
+            },
+        )
+        .with_listen(true);
+        m.step(t(0), Event::Tick);
+        m.step(t(1), Event::SignalReceived(Signal::SIGHUP));
+        m.step(t(2), Event::SuccessorReady { id: ProcId(2) });
+        let out = no_logs(m.step(
+            t(10),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(15),
+            },
+        ));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGKILL,
+                    group: true
+                },
+                Effect::Exit(0)
+            ]
+        );
     }
 }

@@ -58,8 +58,16 @@ pub trait Os {
     fn proxy_accept(&mut self) {}
     /// Stop accepting; `Event::ProxyDrained` follows once the connections closed.
     fn proxy_stop_accepting(&mut self) {}
-    /// Remove the Unix socket files this service's proxy listeners created.
+    /// Remove the Unix socket files this service's proxy listeners and `[[listen]]`
+    /// sockets created.
     fn remove_proxy_sockets(&mut self) {}
+    /// Ask the Docker engine about the container; `Event::ContainerInspected`
+    /// follows (`None` here: the answer comes later, from the event loop).
+    fn inspect_container(&mut self) -> Option<Event> {
+        None
+    }
+    /// Forget the inspection in flight.
+    fn abandon_inspection(&mut self) {}
 }
 
 /// Feed `event` to the machine and carry out its effects in order; the answers of
@@ -90,6 +98,12 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                 Effect::ProxyAccept => os.proxy_accept(),
                 Effect::ProxyStopAccepting => os.proxy_stop_accepting(),
                 Effect::RemoveProxySockets => os.remove_proxy_sockets(),
+                Effect::InspectContainer => {
+                    if let Some(answer) = os.inspect_container() {
+                        queue.push_back(answer);
+                    }
+                }
+                Effect::AbandonInspection => os.abandon_inspection(),
                 Effect::Log(line) => os.log(&line),
                 Effect::Exit(code) => exit = Some(code),
             }

@@ -192,8 +192,8 @@ impl Faults {
     /// or is too slow).
     pub fn probe(&mut self, settings: &Settings) -> (ProbeOutcome, bool) {
         let interval = match settings.health {
-            Health::Command { interval, .. } => interval,
-            Health::Alive { .. } => Duration::from_secs(1),
+            Health::Command { interval, .. } | Health::Docker { interval } => interval,
+            Health::Alive { .. } | Health::Notify => Duration::from_secs(1),
         };
         if self.hit(self.swarm.probe_hangs) {
             return (ProbeOutcome::Hangs, true);
