@@ -1,0 +1,76 @@
+//! Pass 1, the shape: runs on the parsed document before serde, for what serde
+//! would get wrong or word badly.
+
+use std::ops::Range;
+
+use toml::de::DeTable;
+
+use super::errors::{ConfigError, ConfigErrorKind, Source, key_span, with_article};
+
+/// Pass 1: refuses unsupported features by name, tables written as other
+/// values (serde would happily read `upgrade = ["SIGHUP", "1m"]` as a struct),
+/// and more than one healthcheck.
+pub(super) fn check_shape(src: &Source, root: &DeTable) -> Result<(), ConfigError> {
+    let unsupported = |span: Range<usize>, feature: &str| {
+        src.error(
+            Some(span),
+            None,
+            ConfigErrorKind::Unsupported {
+                feature: feature.to_owned(),
+            },
+        )
+    };
+    if let Some((key, _)) = root.get_key_value("listen") {
+        return Err(unsupported(key.span(), "listen"));
+    }
+    let must_be_table = |parent: &DeTable, name: &str, dotted: &str| match parent.get(name) {
+        Some(value) if !value.get_ref().is_table() => Err(src.invalid(
+            Some(value.span()),
+            dotted,
+            format!(
+                "expected a table, found {}",
+                with_article(value.get_ref().type_str())
+            ),
+        )),
+        _ => Ok(()),
+    };
+    for name in ["locals", "upgrade", "shutdown", "healthcheck"] {
+        must_be_table(root, name, name)?;
+    }
+    let Some(healthcheck) = root.get("healthcheck").and_then(|v| v.get_ref().as_table()) else {
+        return Ok(());
+    };
+    for kind in ["notify", "docker"] {
+        if let Some((key, _)) = healthcheck.get_key_value(kind) {
+            return Err(unsupported(key.span(), &format!("healthcheck.{kind}")));
+        }
+    }
+    const KINDS: [&str; 4] = ["alive", "command", "tcp", "http"];
+    for kind in KINDS {
+        must_be_table(healthcheck, kind, &format!("healthcheck.{kind}"))?;
+    }
+    let found: Vec<String> = KINDS
+        .into_iter()
+        .filter(|kind| healthcheck.contains_key(*kind))
+        .map(|kind| format!("`healthcheck.{kind}`"))
+        .collect();
+    if let [first @ .., last] = found.as_slice()
+        && !first.is_empty()
+    {
+        // Points at the one written last.
+        let span = KINDS
+            .into_iter()
+            .filter_map(|kind| key_span(root, &["healthcheck", kind]))
+            .max_by_key(|s| s.start);
+        let both = if first.len() == 1 { "both " } else { "" };
+        return Err(src.error(
+            span,
+            None,
+            ConfigErrorKind::Invalid(format!(
+                "at most one healthcheck may be configured, found {both}{} and {last}",
+                first.join(", ")
+            )),
+        ));
+    }
+    Ok(())
+}
