@@ -211,12 +211,14 @@ impl LinuxOs {
                 env: &self.spec.env,
                 workdir: self.spec.workdir.as_deref(),
                 quiet_stdio: false,
+                ..Default::default()
             }),
             Role::Probe => spawn::app(&spawn::AppSpec {
                 argv: self.spec.probe_cmd.as_deref().unwrap_or_default(),
                 env: &self.spec.env,
                 workdir: self.spec.workdir.as_deref(),
                 quiet_stdio: true,
+                ..Default::default()
             }),
             Role::Successor => {
                 let (r, w) = readiness::pipe()?;

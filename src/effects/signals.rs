@@ -57,15 +57,16 @@ impl Signals {
     }
 }
 
-/// Between fork and exec of an app child or a probe: default dispositions and an
-/// empty mask. Only async-signal-safe calls.
+/// Between clone and exec: give every signal its default disposition. The mask
+/// is left alone, so a signal that arrives meanwhile waits (call
+/// [`unblock_all_in_child`] last, right before exec).
 ///
 /// Every signal, real-time ones included: an ignored disposition survives exec,
-/// and psflip may have been started with some ignored (glibc's `posix_spawn`,
-/// which std's `Command` uses, leaves its internal signals 32 and 33 ignored in
-/// the process it starts). glibc's `sigaction` refuses to touch those two, so
-/// this uses the raw system call.
-pub fn reset_in_child() {
+/// and psflip may have been started with some ignored (glibc's `posix_spawn`
+/// leaves its internal signals 32 and 33 ignored in the process it starts).
+/// glibc's `sigaction` refuses to touch those two, so this uses the raw system
+/// call. No allocation, no libc state: safe in a `CLONE_VM` child.
+pub fn default_dispositions_in_child() {
     // The kernel's `struct sigaction` all zero: SIG_DFL, no flags, empty mask
     // (larger than the kernel's struct on every architecture; it reads its size).
     let default_action = [0u64; 8];
@@ -75,7 +76,7 @@ pub fn reset_in_child() {
     } else {
         8
     };
-    // SAFETY: rt_sigaction/sigprocmask are async-signal-safe; no allocation.
+    // SAFETY: rt_sigaction is async-signal-safe; no allocation.
     unsafe {
         for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -88,6 +89,13 @@ pub fn reset_in_child() {
                 );
             }
         }
+    }
+}
+
+/// Between clone and exec: the empty signal mask the child starts with.
+pub fn unblock_all_in_child() {
+    // SAFETY: sigemptyset/sigprocmask on a local set; async-signal-safe.
+    unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());

@@ -5,22 +5,32 @@
 //! `NOTIFY_SOCKET`; its stdio; `workdir`; its own process group; an empty signal
 //! mask and default dispositions (psflip blocks everything, and a blocked mask
 //! survives exec); `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with psflip even if
-//! psflip is SIGKILLed. Spawns run on the one event-loop thread, which lives as long
-//! as psflip: PDEATHSIG fires when the forking *thread* exits.
+//! psflip is SIGKILLed; fds 0–2, plus the ones passed on purpose
+//! ([`AppSpec::pass_fds`], at 3, 4, …). Spawns run on the one event-loop thread,
+//! which lives as long as psflip: PDEATHSIG fires when the forking *thread* exits.
 //!
 //! The successor is psflip's own binary, found on disk by the path psflip was
 //! started from: it keeps the blocked mask (a signal that arrives before its
 //! signalfd exists waits), it keeps our process group, it gets no PDEATHSIG (it must
 //! outlive us), and it inherits the readiness pipe and the proxy listeners (their
-//! FD_CLOEXEC is cleared in the forked successor only), nothing else.
+//! FD_CLOEXEC is cleared in the child only), nothing else.
+//!
+//! How: `clone(CLONE_VM | CLONE_VFORK)`, as glibc's `posix_spawn` does, rather than
+//! `fork`: the child borrows psflip's memory until it execs, so no page table is
+//! copied (a fork costs more the more psflip has mapped, e.g. with thousands of
+//! proxied connections), and psflip's thread waits, suspended, until the child has
+//! exec'd or failed to. Everything the child needs (paths, argv, envp, fds) is
+//! prepared here first; the child only makes system calls, allocates nothing and
+//! touches no lock, since other threads (the proxy's) keep running in the same
+//! memory. It writes why it failed into the plan it was given, and psflip reads it
+//! once it resumes. `posix_spawn` itself cannot set PDEATHSIG nor check `getppid`.
 
-use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use nix::unistd::{Pid, getpid};
+use nix::unistd::Pid;
 
 use super::{EffectError, fds, listen, readiness, signals};
 
@@ -33,64 +43,84 @@ pub const INTERNAL_ENV: &[&str] = &[
 ];
 
 /// What an app child or probe is started with.
+#[derive(Default)]
 pub struct AppSpec<'a> {
     pub argv: &'a [String],
+    /// Set on top of psflip's environment (a later entry wins).
     pub env: &'a [(String, String)],
     pub workdir: Option<&'a Path>,
     /// Probes run with stdin and stdout on /dev/null; the app keeps psflip's stdio.
     pub quiet_stdio: bool,
+    /// Fds the child gets as 3, 4, … in this order (socket activation); every
+    /// other fd above 2 is closed at exec.
+    pub pass_fds: &'a [RawFd],
+    /// Variables set to the child's own pid (e.g. `LISTEN_PID`), which only the
+    /// child knows: it writes them itself, between clone and exec.
+    pub pid_env: &'a [&'a str],
 }
 
 /// Start an app child or a probe; returns its pid.
 pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
-    let (prog, args) = spec
+    let (prog, _) = spec
         .argv
         .split_first()
         .ok_or_else(|| EffectError::io("empty command", std::io::ErrorKind::InvalidInput.into()))?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args);
-    for key in INTERNAL_ENV {
-        cmd.env_remove(key);
+    let what = || format!("cannot run {prog:?}");
+    let invalid = |e: std::ffi::NulError| {
+        EffectError::io(
+            what(),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )
+    };
+    let mut env = Env::inherited(|key| {
+        !INTERNAL_ENV.iter().any(|k| OsStr::new(k) == key) && key != "NOTIFY_SOCKET"
+    });
+    for (k, v) in spec.env {
+        env.set(OsStr::new(k), OsStr::new(v));
     }
-    cmd.env_remove("NOTIFY_SOCKET");
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(dir) = spec.workdir {
-        // Checked here so the error names the directory, not the program (exec's
-        // chdir failure reads as "cannot run PROG: No such file or directory").
-        if let Err(e) = std::fs::read_dir(dir) {
-            return Err(EffectError::io(format!("workdir {}", dir.display()), e));
-        }
-        cmd.current_dir(dir);
-    }
-    if spec.quiet_stdio {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    }
-    cmd.process_group(0);
-    let parent = getpid().as_raw();
-    // SAFETY: the closure only makes async-signal-safe calls (sigaction,
-    // sigprocmask, prctl, getppid, _exit) and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            signals::reset_in_child();
-            fds::restore_nofile_limit_in_child();
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            // psflip may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
+    let workdir = match spec.workdir {
+        Some(dir) => {
+            // Checked here so the error names the directory, not the program (the
+            // child's chdir failure reads as "cannot run PROG: No such file…").
+            if let Err(e) = std::fs::read_dir(dir) {
+                return Err(EffectError::io(format!("workdir {}", dir.display()), e));
             }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| EffectError::io(format!("cannot run {prog:?}"), e))?;
-    Ok(Pid::from_raw(child.id() as i32))
+            Some(CString::new(dir.as_os_str().as_bytes()).map_err(invalid)?)
+        }
+        None => None,
+    };
+    let null = if spec.quiet_stdio {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| EffectError::io("/dev/null", e))?;
+        Some(OwnedFd::from(null))
+    } else {
+        None
+    };
+    let mut plan = Plan {
+        paths: search_path(OsStr::new(prog), env.get(OsStr::new("PATH")))
+            .into_iter()
+            .map(CString::new)
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
+        argv: CStrings::new(spec.argv.iter().map(|a| a.as_bytes().to_vec())).map_err(invalid)?,
+        envp: env.into_cstrings(spec.pid_env).map_err(invalid)?,
+        workdir,
+        null: null.as_ref().map(AsRawFd::as_raw_fd),
+        pass_fds: spec.pass_fds.to_vec(),
+        scratch: vec![-1; spec.pass_fds.len()],
+        keep_fds: Vec::new(),
+        app: true,
+        parent: std::process::id() as libc::pid_t,
+        failed_at: None,
+        errno: 0,
+    };
+    plan.run().map_err(|(stage, e)| match stage {
+        Stage::Exec => EffectError::io(what(), e),
+        stage => EffectError::io(format!("{}: {}", what(), stage.name()), e),
+    })
 }
 
 /// Start the successor: `exe` with `args`, the readiness pipe's write end, the
@@ -102,30 +132,373 @@ pub fn successor(
     args: &[OsString],
     ready: &OwnedFd,
     env: &[(&str, String)],
-    inherit: &[std::os::fd::RawFd],
+    inherit: &[RawFd],
 ) -> Result<Pid, EffectError> {
-    let inherit = inherit.to_vec();
-    let mut cmd = Command::new(exe);
-    cmd.arg0(arg0).args(args);
+    let what = || format!("cannot run {}", exe.display());
+    let invalid = |e: std::ffi::NulError| {
+        EffectError::io(
+            what(),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )
+    };
     let fd = ready.as_raw_fd();
-    cmd.env(readiness::ENV_FD, fd.to_string());
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: fcntl and setrlimit are async-signal-safe; nothing allocates.
+    let mut vars = Env::inherited(|_| true);
+    vars.set(OsStr::new(readiness::ENV_FD), OsStr::new(&fd.to_string()));
+    for (k, v) in env {
+        vars.set(OsStr::new(k), OsStr::new(v));
+    }
+    let argv = std::iter::once(arg0)
+        .chain(args)
+        .map(|a| a.as_bytes().to_vec());
+    let mut plan = Plan {
+        paths: vec![CString::new(exe.as_os_str().as_bytes()).map_err(invalid)?],
+        argv: CStrings::new(argv).map_err(invalid)?,
+        envp: vars.into_cstrings(&[]).map_err(invalid)?,
+        workdir: None,
+        null: None,
+        pass_fds: Vec::new(),
+        scratch: Vec::new(),
+        keep_fds: std::iter::once(fd).chain(inherit.iter().copied()).collect(),
+        app: false,
+        parent: std::process::id() as libc::pid_t,
+        failed_at: None,
+        errno: 0,
+    };
+    plan.run().map_err(|(stage, e)| match stage {
+        Stage::Exec => EffectError::io(what(), e),
+        stage => EffectError::io(format!("{}: {}", what(), stage.name()), e),
+    })
+}
+
+/// The environment a child gets, built in psflip.
+struct Env(Vec<(OsString, OsString)>);
+
+impl Env {
+    /// psflip's environment, the variables `keep` accepts.
+    fn inherited(keep: impl Fn(&OsStr) -> bool) -> Env {
+        Env(std::env::vars_os().filter(|(k, _)| keep(k)).collect())
+    }
+
+    fn set(&mut self, key: &OsStr, value: &OsStr) {
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_owned(), value.to_owned()));
+    }
+
+    fn get(&self, key: &OsStr) -> Option<&OsStr> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_os_str())
+    }
+
+    /// `KEY=VALUE` strings; each of `pid_env` gets room for the child's pid
+    /// (written by the child), replacing any value it had.
+    fn into_cstrings(mut self, pid_env: &[&str]) -> Result<CStrings, std::ffi::NulError> {
+        for key in pid_env {
+            self.0.retain(|(k, _)| k != OsStr::new(key));
+        }
+        let vars = self.0.into_iter().map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            kv
+        });
+        let mut strings = CStrings::new(vars)?;
+        for key in pid_env {
+            // Room for any pid (at most 10 digits), filled with NULs.
+            let mut slot = format!("{key}=").into_bytes();
+            CString::new(slot.clone())?;
+            slot.resize(slot.len() + PID_DIGITS + 1, 0);
+            strings
+                .pid_slots
+                .push((key.len() + 1, slot.into_boxed_slice()));
+        }
+        strings.finish();
+        Ok(strings)
+    }
+}
+
+/// Room for a pid in decimal (`pid_max` is at most 2^22; 10 digits hold any i32).
+const PID_DIGITS: usize = 10;
+
+/// NUL-terminated strings and the NULL-terminated array of pointers to them, as
+/// execve takes them. The strings are owned here and never move (each is its own
+/// heap allocation), so the pointers stay valid as long as this lives.
+struct CStrings {
+    strings: Vec<CString>,
+    /// `(offset of the value, buffer)` of each pid variable; the child writes the
+    /// digits at the offset.
+    pid_slots: Vec<(usize, Box<[u8]>)>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+impl CStrings {
+    fn new(items: impl Iterator<Item = Vec<u8>>) -> Result<CStrings, std::ffi::NulError> {
+        let strings = items.map(CString::new).collect::<Result<Vec<_>, _>>()?;
+        let mut s = CStrings {
+            strings,
+            pid_slots: Vec::new(),
+            ptrs: Vec::new(),
+        };
+        s.finish();
+        Ok(s)
+    }
+
+    fn finish(&mut self) {
+        self.ptrs.clear();
+        self.ptrs.extend(self.strings.iter().map(|s| s.as_ptr()));
+        self.ptrs
+            .extend(self.pid_slots.iter().map(|(_, b)| b.as_ptr().cast()));
+        self.ptrs.push(std::ptr::null());
+    }
+}
+
+/// Where the program may be: `prog` itself when it has a slash, else each `PATH`
+/// entry joined with it, tried in order by the child as `execvp` does (glibc's
+/// default search path when `PATH` is unset). Searched with the child's own
+/// `PATH`, the one `env` may have set.
+fn search_path(prog: &OsStr, path: Option<&OsStr>) -> Vec<Vec<u8>> {
+    let prog = prog.as_bytes();
+    if prog.contains(&b'/') || prog.is_empty() {
+        return vec![prog.to_vec()];
+    }
+    let path = path.map_or(&b"/bin:/usr/bin"[..], OsStrExt::as_bytes);
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            if dir.is_empty() {
+                // An empty entry is the current directory.
+                return prog.to_vec();
+            }
+            let mut p = dir.to_vec();
+            if !dir.ends_with(b"/") {
+                p.push(b'/');
+            }
+            p.extend_from_slice(prog);
+            p
+        })
+        .collect()
+}
+
+/// The step of the child's set-up that failed.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Group,
+    Parent,
+    Workdir,
+    Stdio,
+    PassFds,
+    KeepFds,
+    Exec,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Group => "setpgid",
+            Stage::Parent => "psflip exited while it started",
+            Stage::Workdir => "chdir to workdir",
+            Stage::Stdio => "stdin/stdout on /dev/null",
+            Stage::PassFds => "passing fds",
+            Stage::KeepFds => "clearing FD_CLOEXEC",
+            Stage::Exec => "execve",
+        }
+    }
+}
+
+/// Everything a child needs between clone and exec, prepared in psflip. The child
+/// reads it, and writes `failed_at` and `errno` when a step fails, in psflip's own
+/// memory (CLONE_VM) while psflip's thread waits (CLONE_VFORK).
+struct Plan {
+    /// Paths to execve in turn.
+    paths: Vec<CString>,
+    argv: CStrings,
+    envp: CStrings,
+    workdir: Option<CString>,
+    /// /dev/null, for stdin and stdout.
+    null: Option<RawFd>,
+    /// Fds to place at 3, 4, …, and room for their temporary copies.
+    pass_fds: Vec<RawFd>,
+    scratch: Vec<RawFd>,
+    /// Fds to keep at their numbers across exec (FD_CLOEXEC cleared).
+    keep_fds: Vec<RawFd>,
+    /// An app child or probe (own group, clean signal state, PDEATHSIG), not the
+    /// successor.
+    app: bool,
+    /// psflip's pid, for the child's `getppid` check.
+    parent: libc::pid_t,
+    failed_at: Option<Stage>,
+    errno: i32,
+}
+
+/// The child's stack: it only makes system calls, so a little is plenty.
+const CHILD_STACK: usize = 64 * 1024;
+
+impl Plan {
+    /// Start the child; its pid once it has exec'd, or the step that failed.
+    fn run(&mut self) -> Result<Pid, (Stage, std::io::Error)> {
+        let mut stack = vec![0u8; CHILD_STACK];
+        // The stack grows down on every Linux architecture Rust supports but
+        // PA-RISC; 16-byte alignment as every ABI wants.
+        let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+        let plan: *mut Plan = self;
+        // SAFETY: `child` runs on its own stack in our memory while this thread is
+        // suspended (CLONE_VFORK) until it has exec'd or exited; it reads `plan`,
+        // which outlives the call, writes only `failed_at`, `errno`, `scratch` and
+        // the pid slots, and makes only async-signal-safe system calls.
+        let pid = unsafe {
+            libc::clone(
+                child,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                plan.cast(),
+            )
+        };
+        if pid < 0 {
+            return Err((Stage::Exec, std::io::Error::last_os_error()));
+        }
+        // SAFETY: the child is done with the plan (it has exec'd or exited); read
+        // what it wrote through the same pointer it had.
+        let (failed_at, errno) = unsafe {
+            (
+                std::ptr::read_volatile(&raw const (*plan).failed_at),
+                std::ptr::read_volatile(&raw const (*plan).errno),
+            )
+        };
+        drop(stack);
+        match failed_at {
+            None => Ok(Pid::from_raw(pid)),
+            Some(stage) => {
+                // It exited (127): reap it here, it was never anyone's child.
+                loop {
+                    // SAFETY: waitpid on our own child's pid.
+                    let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                    if rc >= 0
+                        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        break;
+                    }
+                }
+                Err((stage, std::io::Error::from_raw_os_error(errno)))
+            }
+        }
+    }
+}
+
+/// In the child: record why `stage` failed (errno) and exit 127.
+unsafe fn fail(plan: &mut Plan, stage: Stage) -> ! {
+    // SAFETY: errno is this thread's; _exit ends the child at once.
     unsafe {
-        cmd.pre_exec(move || {
-            for &fd in std::iter::once(&fd).chain(&inherit) {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
+        plan.errno = *libc::__errno_location();
+        plan.failed_at = Some(stage);
+        libc::_exit(127)
+    }
+}
+
+/// The child, between clone and exec. Only system calls; every failure is written
+/// into the plan and ends the child with 127.
+extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `plan` is the `Plan` that `Plan::run` passed, alive and unmoved
+    // while its thread waits for us.
+    let plan = unsafe { &mut *plan.cast::<Plan>() };
+    // SAFETY: as the doc says; each call's arguments are valid for it.
+    unsafe {
+        if plan.app {
+            // Signals stay blocked until right before exec: none can act meanwhile.
+            signals::default_dispositions_in_child();
+            if libc::setpgid(0, 0) != 0 {
+                fail(plan, Stage::Group);
+            }
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            // psflip may have died between clone and prctl: then nobody would kill us.
+            if libc::getppid() != plan.parent {
+                *libc::__errno_location() = libc::ESRCH;
+                fail(plan, Stage::Parent);
+            }
+        }
+        fds::restore_nofile_limit_in_child();
+        if let Some(dir) = &plan.workdir
+            && libc::chdir(dir.as_ptr()) != 0
+        {
+            fail(plan, Stage::Workdir);
+        }
+        if let Some(null) = plan.null
+            && (libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0)
+        {
+            fail(plan, Stage::Stdio);
+        }
+        // Copy each passed fd above every source and target first, so that placing
+        // one at 3 + i never overwrites another still to be placed.
+        let n = plan.pass_fds.len() as RawFd;
+        let above = plan.pass_fds.iter().copied().fold(3 + n, RawFd::max);
+        for i in 0..plan.pass_fds.len() {
+            let copy = libc::fcntl(plan.pass_fds[i], libc::F_DUPFD_CLOEXEC, above);
+            if copy < 0 {
+                fail(plan, Stage::PassFds);
+            }
+            plan.scratch[i] = copy;
+        }
+        for i in 0..plan.scratch.len() {
+            // dup2 clears FD_CLOEXEC on the new fd; the copies close at exec.
+            if libc::dup2(plan.scratch[i], 3 + i as RawFd) < 0 {
+                fail(plan, Stage::PassFds);
+            }
+        }
+        for i in 0..plan.keep_fds.len() {
+            if libc::fcntl(plan.keep_fds[i], libc::F_SETFD, 0) < 0 {
+                fail(plan, Stage::KeepFds);
+            }
+        }
+        if !plan.envp.pid_slots.is_empty() {
+            let mut digits = [0u8; PID_DIGITS];
+            let mut pid = libc::getpid() as u32;
+            let mut len = 0;
+            loop {
+                digits[PID_DIGITS - 1 - len] = b'0' + (pid % 10) as u8;
+                len += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
                 }
             }
-            fds::restore_nofile_limit_in_child();
-            Ok(())
-        });
+            for s in 0..plan.envp.pid_slots.len() {
+                let (at, buf) = &mut plan.envp.pid_slots[s];
+                let at = *at;
+                buf[at..at + len].copy_from_slice(&digits[PID_DIGITS - len..]);
+                buf[at + len] = 0;
+            }
+        }
+        if plan.app {
+            signals::unblock_all_in_child();
+        }
+        // As execvp: go on past a directory without the program, remember a
+        // permission error, stop at any other error.
+        let mut denied = false;
+        let mut errno = libc::ENOENT;
+        for i in 0..plan.paths.len() {
+            let path = plan.paths[i].as_ptr();
+            libc::execve(path, plan.argv.ptrs.as_ptr(), plan.envp.ptrs.as_ptr());
+            errno = *libc::__errno_location();
+            match errno {
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => {
+                    denied = false;
+                    break;
+                }
+            }
+        }
+        if denied {
+            errno = libc::EACCES;
+        }
+        *libc::__errno_location() = errno;
+        fail(plan, Stage::Exec)
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| EffectError::io(format!("cannot run {}", exe.display()), e))?;
-    Ok(Pid::from_raw(child.id() as i32))
 }
 
 /// The path to exec for the successor, resolved once at start-up: `argv[0]` made
@@ -159,4 +532,214 @@ pub fn own_binary(arg0: &OsString) -> PathBuf {
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("psflip-spawn-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Wait for our child `pid`; its exit code.
+    fn wait(pid: Pid) -> i32 {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid pointer.
+        assert_eq!(
+            unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) },
+            pid.as_raw()
+        );
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    fn pipe() -> (std::fs::File, OwnedFd) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        (std::fs::File::from(r), w)
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn passed_fds_land_at_3_up_in_order_and_pid_env_holds_the_childs_own_pid() {
+        let (mut r1, w1) = pipe();
+        let (mut r2, w2) = pipe();
+        // The second pipe first: the child finds it at 3, the first at 4.
+        let argv = strings(&["/bin/sh", "-c", "echo \"$OWN_PID $$\" >&3; echo four >&4"]);
+        let pid = app(&AppSpec {
+            argv: &argv,
+            // A stale value must not survive: the slot replaces it.
+            env: &[("OWN_PID".into(), "1".into())],
+            pass_fds: &[w2.as_raw_fd(), w1.as_raw_fd()],
+            pid_env: &["OWN_PID"],
+            ..Default::default()
+        })
+        .unwrap();
+        drop((w1, w2));
+        assert_eq!(wait(pid), 0);
+        let (mut at3, mut at4) = (String::new(), String::new());
+        r2.read_to_string(&mut at3).unwrap();
+        r1.read_to_string(&mut at4).unwrap();
+        // `$$` is the shell's pid: the process app() started (it exec'd sh).
+        assert_eq!(at3, format!("{pid} {pid}\n"));
+        assert_eq!(at4, "four\n");
+    }
+
+    #[test]
+    fn passing_the_same_fd_twice_gives_two_copies() {
+        // The same fd twice, and sources that may sit at target numbers: each
+        // lands where it is asked, whatever the order.
+        let (mut ra, wa) = pipe();
+        let (mut rb, wb) = pipe();
+        let a = wa.as_raw_fd();
+        let b = wb.as_raw_fd();
+        let argv = strings(&["/bin/sh", "-c", "echo A >&3; echo B >&4; echo A2 >&5"]);
+        let pid = app(&AppSpec {
+            argv: &argv,
+            pass_fds: &[a, b, a],
+            ..Default::default()
+        })
+        .unwrap();
+        drop((wa, wb));
+        assert_eq!(wait(pid), 0);
+        let (mut sa, mut sb) = (String::new(), String::new());
+        ra.read_to_string(&mut sa).unwrap();
+        rb.read_to_string(&mut sb).unwrap();
+        assert_eq!(sa, "A\nA2\n");
+        assert_eq!(sb, "B\n");
+    }
+
+    #[test]
+    fn the_program_is_searched_in_the_childs_own_path() {
+        let dir = tmp("path");
+        let script = dir.join("psflip-spawn-test-prog");
+        std::fs::write(&script, "#!/bin/sh\nexit 7\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("/nonexistent:{}", dir.display());
+        let argv = strings(&["psflip-spawn-test-prog"]);
+        let pid = app(&AppSpec {
+            argv: &argv,
+            env: &[("PATH".into(), path)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(wait(pid), 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_program_found_only_without_permission_is_eacces_and_a_later_one_runs() {
+        let first = tmp("eacces-1");
+        let second = tmp("eacces-2");
+        std::fs::write(first.join("prog"), "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(first.join("prog"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let argv = strings(&["prog"]);
+        let only_first = format!("{}", first.display());
+        let err = app(&AppSpec {
+            argv: &argv,
+            env: &[("PATH".into(), only_first)],
+            ..Default::default()
+        })
+        .unwrap_err();
+        let EffectError::Io { what, source } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(what, "cannot run \"prog\"");
+        assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{err}");
+
+        std::fs::write(second.join("prog"), "#!/bin/sh\nexit 5\n").unwrap();
+        std::fs::set_permissions(second.join("prog"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let both = format!("{}:{}", first.display(), second.display());
+        let pid = app(&AppSpec {
+            argv: &argv,
+            env: &[("PATH".into(), both)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(wait(pid), 5);
+        std::fs::remove_dir_all(&first).unwrap();
+        std::fs::remove_dir_all(&second).unwrap();
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error_naming_it_and_leaves_no_child() {
+        let argv = strings(&["/nonexistent/psflip-no-such-program", "x"]);
+        let err = app(&AppSpec {
+            argv: &argv,
+            ..Default::default()
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot run \"/nonexistent/psflip-no-such-program\": "),
+            "{text}"
+        );
+        let EffectError::Io { source, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn quiet_stdio_puts_stdin_and_stdout_on_dev_null() {
+        let (mut r, w) = pipe();
+        let argv = strings(&[
+            "/bin/sh",
+            "-c",
+            // Read in subshells: dash applies a command's own redirections to
+            // the shell itself while the command runs.
+            "a=$(readlink /proc/$$/fd/0); b=$(readlink /proc/$$/fd/1); echo \"$a $b\" >&3",
+        ]);
+        let pid = app(&AppSpec {
+            argv: &argv,
+            quiet_stdio: true,
+            pass_fds: &[w.as_raw_fd()],
+            ..Default::default()
+        })
+        .unwrap();
+        drop(w);
+        assert_eq!(wait(pid), 0);
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "/dev/null /dev/null\n");
+    }
+
+    #[test]
+    fn the_successor_keeps_its_fds_at_their_numbers() {
+        let (mut r, w) = pipe();
+        let (mut r2, w2) = pipe();
+        let keep = w2.into_raw_fd();
+        let script = format!("echo \"$PSFLIP_READY_FD $X\" >&$PSFLIP_READY_FD; echo kept >&{keep}");
+        let args = [OsString::from("-c"), OsString::from(script)];
+        let pid = successor(
+            Path::new("/bin/sh"),
+            &OsString::from("sh"),
+            &args,
+            &w,
+            &[("X", "y".into())],
+            &[keep],
+        )
+        .unwrap();
+        // SAFETY: `keep` is ours, from into_raw_fd above.
+        drop(unsafe { OwnedFd::from_raw_fd(keep) });
+        let fd = w.as_raw_fd();
+        drop(w);
+        assert_eq!(wait(pid), 0);
+        let (mut out, mut kept) = (String::new(), String::new());
+        r.read_to_string(&mut out).unwrap();
+        r2.read_to_string(&mut kept).unwrap();
+        assert_eq!(out, format!("{fd} y\n"));
+        assert_eq!(kept, "kept\n");
+    }
 }

@@ -91,6 +91,7 @@ impl Pidwatch {
                             env: &[],
                             workdir: None,
                             quiet_stdio: false,
+                            ..Default::default()
                         });
                         match spawned {
                             Ok(pid) => self.cmd = Some(pid),
