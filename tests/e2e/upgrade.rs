@@ -149,7 +149,7 @@ fn c_new_child_not_healthy_within_upgrade_timeout() {
     let c2 = sb.child_of(s);
     sb.must_log(p.pid, "upgrade failed: the successor exited (exit code 1)");
     sb.must_log(s, "did not become healthy within upgrade.timeout");
-    sb.must_log(s, "killing it");
+    sb.must_log(s, "stopping it");
     // Killed with its group at once (SIGKILL cannot be trapped: nothing logged).
     assert!(
         sb.signals_of(c2).is_empty(),
