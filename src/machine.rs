@@ -252,6 +252,10 @@ pub enum Notify {
     MainPid,
 }
 
+/// Why an upgrade signal is ignored while an upgrade is in flight (a control
+/// client asking then waits for the outcome of that upgrade instead).
+const UPGRADE_IN_FLIGHT: &str = "an upgrade is already in flight";
+
 /// How long a successor that gives up (a termination signal before it took over)
 /// lets its never-ready child stop before SIGKILL to its group, at most: well
 /// within [`SUCCESSOR_GRACE`], so the old generation never has to kill the
@@ -465,6 +469,10 @@ pub struct Machine {
     /// After the handover with a proxy, the latest instant to exit at while proxied
     /// connections stay open: `shutdown.delay + shutdown.timeout` after it (I4).
     drain_until: Option<Instant>,
+    /// The termination signal (SIGTERM, SIGINT, SIGQUIT) psflip last received and
+    /// passed on to its child: a child that dies of it stopped as it was asked to,
+    /// and psflip exits 0 (see [`Machine::relayed`]).
+    stop_signal: Option<Signal>,
 }
 
 impl Machine {
@@ -495,6 +503,7 @@ impl Machine {
             reported_ready: false,
             proxy_drained: false,
             drain_until: None,
+            stop_signal: None,
         }
     }
 
@@ -1004,8 +1013,19 @@ impl Machine {
                 self.reported_ready = true;
                 self.last_upgrade = Some("succeeded".into());
                 // Before the old generation hears of it, so before the old child is
-                // signalled: the service manager follows the new main process.
-                out.push(Effect::Notify(Notify::MainPid));
+                // signalled. With a pidfile, the service manager learns the new main
+                // process from it (systemd's PIDFile=) once the old generation has
+                // exited, when we are its own child: announced now, while the old
+                // generation still runs, we would be "not our child" to systemd, and
+                // a later `systemctl stop` would SIGKILL at once (KillMode=mixed).
+                // Without a pidfile, MAINPID= is the only way it can follow.
+                out.push(Effect::Notify(if self.settings.pidfile {
+                    Notify::Ready {
+                        status: "serving".into(),
+                    }
+                } else {
+                    Notify::MainPid
+                }));
                 out.push(Effect::ReportReady);
             }
         }
@@ -1121,15 +1141,32 @@ impl Machine {
             }
         }
         match self.live_child() {
-            Some(id) => out.push(Effect::Signal {
-                id,
-                signal: sig,
-                group: false,
-            }),
+            Some(id) => {
+                if terminating {
+                    self.stop_signal = Some(sig);
+                }
+                out.push(Effect::Signal {
+                    id,
+                    signal: sig,
+                    group: false,
+                })
+            }
             None => log(
                 out,
                 format!("{} not forwarded: the child has exited", sig.as_str()),
             ),
+        }
+    }
+
+    /// psflip's exit status for its child's `status` (SPEC §1, as issue #9 changed
+    /// it): the child's code, or 128+N when it died of signal N — except 0 when it
+    /// died of the termination signal psflip itself received and passed on. Then
+    /// the stop was asked for (by a service manager, pidwatch or an operator) and
+    /// happened as asked: systemd would otherwise mark the unit `failed`.
+    fn relayed(&self, status: ExitStatus) -> i32 {
+        match (status, self.stop_signal) {
+            (ExitStatus::Signaled(n), Some(sig)) if n == sig as i32 => 0,
+            _ => status.code(),
         }
     }
 
@@ -1178,6 +1215,16 @@ impl Machine {
                     log(out, "upgrade requested over the control socket");
                     self.waiters.push(client);
                 }
+                // One upgrade at a time, but its outcome is every asker's: a
+                // service manager may both send the upgrade signal and run
+                // `psflip upgrade` (systemd's Type=notify-reload with ExecReload=).
+                Err(UPGRADE_IN_FLIGHT) => {
+                    log(
+                        out,
+                        "upgrade requested over the control socket while one is in flight: answering with its outcome",
+                    );
+                    self.waiters.push(client);
+                }
                 Err(why) => {
                     log(out, format!("upgrade request refused: {why}"));
                     out.push(Effect::Reply {
@@ -1223,7 +1270,7 @@ impl Machine {
             (Phase::Booting | Phase::Starting, Generation::Successor) => {
                 "this generation is not ready yet"
             }
-            (Phase::Upgrading { .. }, _) => "an upgrade is already in flight",
+            (Phase::Upgrading { .. }, _) => return Err(UPGRADE_IN_FLIGHT),
             (Phase::Aborting { .. }, _) => "an upgrade is being aborted",
             (Phase::Stopping { .. }, _) => "this generation is stopping",
             (Phase::Done, _) => "this generation has exited",
@@ -1310,7 +1357,14 @@ impl Machine {
             Phase::Starting => {
                 self.kill_probe(out);
                 self.upgrade_pending = false;
-                let code = if status.success() { 1 } else { status.code() };
+                let code = if status.success() {
+                    1
+                } else if self.settings.generation == Generation::First {
+                    // Stopped while starting (`systemctl stop` before it was ready).
+                    self.relayed(status)
+                } else {
+                    status.code()
+                };
                 log(
                     out,
                     format!("the child exited ({status}) before it became healthy"),
@@ -1322,7 +1376,7 @@ impl Machine {
             }
             Phase::Serving => {
                 log(out, format!("the child exited ({status})"));
-                self.exit(status.code(), out);
+                self.exit(self.relayed(status), out);
             }
             Phase::Upgrading { .. } => log(
                 out,
@@ -1331,7 +1385,7 @@ impl Machine {
             Phase::Aborting { successor, .. } => {
                 if successor.is_none() {
                     log(out, format!("the child exited ({status})"));
-                    self.exit(status.code(), out);
+                    self.exit(self.relayed(status), out);
                 }
             }
             Phase::Stopping { code, .. } => {
@@ -1407,7 +1461,7 @@ impl Machine {
         match self.child.as_ref().and_then(|c| c.exited) {
             Some(status) => {
                 log(out, format!("the old child had exited ({status})"));
-                self.exit(status.code(), out);
+                self.exit(self.relayed(status), out);
             }
             None => {
                 self.phase = Phase::Serving;
@@ -1785,7 +1839,7 @@ mod tests {
         let exited = |id, status| Event::ProcessExited { id, status };
         m.step(t(2200), exited(CHILD, ExitStatus::Signaled(15)));
         let out = no_logs(m.step(t(2300), exited(ProcId(2), ExitStatus::Code(143))));
-        assert_eq!(out, vec![Effect::RemovePidfile, Effect::Exit(143)]);
+        assert_eq!(out, vec![Effect::RemovePidfile, Effect::Exit(0)]);
     }
 
     #[test]
@@ -1868,6 +1922,119 @@ mod tests {
             out,
             vec![kill(CHILD, true), Effect::RemovePidfile, Effect::Exit(0)]
         );
+    }
+
+    /// Issue #9: a stop the service manager (or anyone) asked for with a
+    /// termination signal, which the child obeyed by dying of it, is a clean exit.
+    #[test]
+    fn child_dying_of_the_forwarded_termination_signal_is_exit_0() {
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+            let mut m = serving();
+            m.step(t(2000), Event::SignalReceived(sig));
+            let died = ExitStatus::Signaled(sig as i32);
+            let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status: died });
+            assert_eq!(out.last(), Some(&Effect::Exit(0)), "{sig:?}");
+        }
+        // Any other end is reported as before: a different signal, or SIGKILL after
+        // a stop the child did not obey, or its own code.
+        for (status, code) in [
+            (ExitStatus::Signaled(9), 137),
+            (ExitStatus::Signaled(Signal::SIGINT as i32), 130),
+            (ExitStatus::Code(3), 3),
+        ] {
+            let mut m = serving();
+            m.step(t(2000), Event::SignalReceived(Signal::SIGTERM));
+            let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
+            assert_eq!(out.last(), Some(&Effect::Exit(code)), "{status:?}");
+        }
+        // Not asked: the child died of SIGTERM from someone else.
+        let mut m = serving();
+        let status = ExitStatus::Signaled(Signal::SIGTERM as i32);
+        let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
+        assert_eq!(out.last(), Some(&Effect::Exit(143)));
+        // A signal that is not a termination request is not one either.
+        let mut m = serving();
+        m.step(t(2000), Event::SignalReceived(Signal::SIGUSR1));
+        let status = ExitStatus::Signaled(Signal::SIGUSR1 as i32);
+        let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
+        assert_eq!(out.last(), Some(&Effect::Exit(128 + Signal::SIGUSR1 as i32)));
+    }
+
+    /// A successor that takes over, as systemd is told: with a pidfile, READY=1
+    /// only (systemd follows PIDFile= once the old generation is gone); without,
+    /// MAINPID= as well.
+    #[test]
+    fn successor_announces_mainpid_only_without_a_pidfile() {
+        for (pidfile, expected) in [
+            (
+                true,
+                Notify::Ready {
+                    status: "serving".into(),
+                },
+            ),
+            (false, Notify::MainPid),
+        ] {
+            let mut m = Machine::new(Settings {
+                pidfile,
+                ..settings(Generation::Successor)
+            });
+            m.step(t(0), Event::Started);
+            let mut out = m.step(t(1000), Event::Tick);
+            if pidfile {
+                out = m.step(t(1000), Event::PidfileWritten);
+            }
+            let notes: Vec<_> = out
+                .iter()
+                .filter(|e| matches!(e, Effect::Notify(_)))
+                .collect();
+            assert_eq!(notes, vec![&Effect::Notify(expected)], "pidfile {pidfile}");
+            let ready = out.iter().position(|e| *e == Effect::ReportReady);
+            let note = out.iter().position(|e| matches!(e, Effect::Notify(_)));
+            assert!(note < ready, "{out:?}");
+        }
+    }
+
+    /// `psflip upgrade` while an upgrade is in flight waits for its outcome.
+    #[test]
+    fn upgrade_request_in_flight_gets_that_upgrades_outcome() {
+        for succeeds in [true, false] {
+            let mut m = serving();
+            let (a, b) = (ClientId(1), ClientId(2));
+            let ask = |client| Event::ControlRequest {
+                client,
+                request: Request::Upgrade,
+            };
+            m.step(t(2000), ask(a));
+            assert!(m.upgrading());
+            let out = no_logs(m.step(t(2010), ask(b)));
+            assert!(out.is_empty(), "{out:?}");
+            let successor = ProcId(2);
+            let out = if succeeds {
+                m.step(t(3000), Event::SuccessorReady { id: successor })
+            } else {
+                m.step(
+                    t(3000),
+                    Event::ProcessExited {
+                        id: successor,
+                        status: ExitStatus::Code(1),
+                    },
+                )
+            };
+            let replies: Vec<_> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Reply { client, reply } => Some((*client, reply.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(replies.len(), 2, "{out:?}");
+            assert_eq!(replies[0].1, replies[1].1);
+            assert_eq!(
+                matches!(replies[0].1, Reply::Upgraded { .. }),
+                succeeds,
+                "{replies:?}"
+            );
+        }
     }
 }
 
@@ -2156,7 +2323,7 @@ mod proxy_tests {
             },
         );
         assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
-        assert_eq!(out.last(), Some(&Effect::Exit(143)));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
     }
 
     #[test]

@@ -471,6 +471,11 @@ fn i6_pidfile_names_ready_psflip(w: &World) -> Vec<String> {
 ///    successor's pidfile could not be written) or could not start it.
 /// 3. The child's status (code, or 128+N) when the child exited while serving.
 /// 4. 1 — or the child's own non-zero status — when it exited before healthy.
+///
+/// In 3 and 4, a child that died of the termination signal its generation had
+/// received (and passed on) stopped as asked: 0 (issue #9) — for a generation
+/// that is or was to be the service (the first, or a successor that took over
+/// and was not aborted), not for a successor that gave up.
 pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
     let g = &w.gens[&gpid];
     if g.machine.handed_over() {
@@ -480,9 +485,15 @@ pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
     if g.ghost.stopped_child || g.ghost.child_spawn_failed {
         return 1;
     }
+    let may_relay = g.ghost.generation == Generation::First
+        || (g.ghost.ready_reported && !g.ghost.aborted);
+    let status_of = |status: ExitStatus| match (status, g.ghost.stop_signal) {
+        (ExitStatus::Signaled(n), Some(sig)) if may_relay && n == sig as i32 => 0,
+        _ => status.code(),
+    };
     match g.ghost.child_exit {
-        Some((status, true)) => status.code(),
-        Some((status, false)) if status != ExitStatus::Code(0) => status.code(),
+        Some((status, true)) => status_of(status),
+        Some((status, false)) if status != ExitStatus::Code(0) => status_of(status),
         _ => 1,
     }
 }

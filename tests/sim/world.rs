@@ -160,6 +160,9 @@ pub struct Ghost {
     pub dies_after_ready: bool,
     /// It received a termination signal (SIGTERM, SIGINT, SIGQUIT).
     pub terminating: bool,
+    /// The last termination signal it received while its child ran (and so
+    /// passed on to it): the child dying of it is the stop that was asked for.
+    pub stop_signal: Option<Signal>,
     /// (Proxy) when it stopped accepting.
     pub stopped_accepting_at: Option<Instant>,
     /// (Proxy) its last proxied connection closed after it stopped accepting.
@@ -202,6 +205,7 @@ impl Gen {
                 upgrade_child: None,
                 dies_after_ready: false,
                 terminating: false,
+                stop_signal: None,
                 stopped_accepting_at: None,
                 connections_closed: false,
                 end: None,
@@ -1080,8 +1084,11 @@ impl World {
                 }
                 _ => {}
             },
-            Event::SignalReceived(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => {
-                this.ghost.terminating = true
+            Event::SignalReceived(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)) => {
+                this.ghost.terminating = true;
+                if this.machine.live_child().is_some() {
+                    this.ghost.stop_signal = Some(*sig);
+                }
             }
             Event::AbortRequested(_) => {
                 // The predecessor aborted the upgrade: whatever we reported, we
