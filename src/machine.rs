@@ -1932,7 +1932,13 @@ mod tests {
             let mut m = serving();
             m.step(t(2000), Event::SignalReceived(sig));
             let died = ExitStatus::Signaled(sig as i32);
-            let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status: died });
+            let out = m.step(
+                t(2100),
+                Event::ProcessExited {
+                    id: CHILD,
+                    status: died,
+                },
+            );
             assert_eq!(out.last(), Some(&Effect::Exit(0)), "{sig:?}");
         }
         // Any other end is reported as before: a different signal, or SIGKILL after
@@ -1957,7 +1963,10 @@ mod tests {
         m.step(t(2000), Event::SignalReceived(Signal::SIGUSR1));
         let status = ExitStatus::Signaled(Signal::SIGUSR1 as i32);
         let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
-        assert_eq!(out.last(), Some(&Effect::Exit(128 + Signal::SIGUSR1 as i32)));
+        assert_eq!(
+            out.last(),
+            Some(&Effect::Exit(128 + Signal::SIGUSR1 as i32))
+        );
     }
 
     /// A successor that takes over, as systemd is told: with a pidfile, READY=1

@@ -485,8 +485,8 @@ pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
     if g.ghost.stopped_child || g.ghost.child_spawn_failed {
         return 1;
     }
-    let may_relay = g.ghost.generation == Generation::First
-        || (g.ghost.ready_reported && !g.ghost.aborted);
+    let may_relay =
+        g.ghost.generation == Generation::First || (g.ghost.ready_reported && !g.ghost.aborted);
     let status_of = |status: ExitStatus| match (status, g.ghost.stop_signal) {
         (ExitStatus::Signaled(n), Some(sig)) if may_relay && n == sig as i32 => 0,
         _ => status.code(),
