@@ -9,7 +9,7 @@
 //!
 //! Three leaves import nothing else from the crate, so the modules above build on
 //! them without importing each other: [`values`] (durations, signals, endpoints,
-//! URLs, status patterns), [`log`] (log lines) and [`sys`] (raw socket, epoll and
+//! URLs, status patterns), [`log`] (the one logger: text, JSON or journald lines, never blocking its caller) and [`sys`] (raw socket, epoll and
 //! splice calls).
 
 pub mod client;

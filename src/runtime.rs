@@ -30,6 +30,7 @@ use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, pidfile, reap, spawn};
+use crate::log::{Level, Record};
 use crate::machine::{
     ClientId, Effect, Event, ExitStatus, Instant, Machine, Notify, ProcId, Reply, Role, Settings,
 };
@@ -199,9 +200,11 @@ impl LinuxOs {
     }
 
     fn say(&self, line: &str) {
-        if !self.spec.quiet {
-            log_line(self.my_pid, line);
-        }
+        crate::log::logger().info("note", line);
+    }
+
+    fn warn(&self, event: &'static str, line: &str) {
+        crate::log::logger().warn(event, line);
     }
 
     fn spawn_role(&mut self, id: ProcId, role: Role) -> Result<Pid, EffectError> {
@@ -278,7 +281,14 @@ impl Os for LinuxOs {
             Role::Successor => "successor",
             Role::Probe => return Ok(()),
         };
-        self.say(&format!("started {what} (pid {pid})"));
+        let event = match role {
+            Role::Successor => "successor_started",
+            _ => "child_started",
+        };
+        crate::log::logger().log(
+            Record::new(Level::Info, event, format!("started {what} (pid {pid})"))
+                .field("pid", pid.as_raw()),
+        );
         Ok(())
     }
 
@@ -294,7 +304,10 @@ impl Os for LinuxOs {
         };
         match kill(target, signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => self.say(&format!("cannot send {} to {target}: {e}", signal.as_str())),
+            Err(e) => self.warn(
+                "signal_failed",
+                &format!("cannot send {} to {target}: {e}", signal.as_str()),
+            ),
         }
     }
 
@@ -306,7 +319,10 @@ impl Os for LinuxOs {
         if unsafe { libc::kill(pid.as_raw(), signo) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ESRCH) {
-                self.say(&format!("cannot send signal {signo} to {pid}: {e}"));
+                self.warn(
+                    "signal_failed",
+                    &format!("cannot send signal {signo} to {pid}: {e}"),
+                );
             }
         }
     }
@@ -333,7 +349,7 @@ impl Os for LinuxOs {
             result = pidfile::remove_if_ours(path, pid);
         }
         if let Err(e) = result {
-            self.say(&e.to_string());
+            self.warn("pidfile_failed", &e.to_string());
         }
     }
 
@@ -342,7 +358,10 @@ impl Os for LinuxOs {
             && let Err(e) = pipe.report_ready()
         {
             // The previous generation died: we are the service all the same.
-            self.say(&format!("{e}; carrying on as the service"));
+            self.warn(
+                "predecessor_gone",
+                &format!("{e}; carrying on as the service"),
+            );
         }
     }
 
@@ -359,7 +378,10 @@ impl Os for LinuxOs {
             Notify::MainPid => format!("MAINPID={}\nREADY=1\nSTATUS=serving\n", self.my_pid),
         };
         if let Err(e) = sd_notify::send(socket, &text) {
-            self.say(&format!("cannot notify the service manager: {e}"));
+            self.warn(
+                "notify_failed",
+                &format!("cannot notify the service manager: {e}"),
+            );
         }
     }
 
@@ -426,9 +448,6 @@ impl Os for LinuxOs {
         }
     }
 }
-
-/// One log line on stderr (kept here for callers that name it `runtime::log_line`).
-pub use crate::log::log_line;
 
 /// The monotonic clock, read once per event and turned into the machine's
 /// [`Instant`]: the only place time enters.
@@ -653,7 +672,9 @@ impl Driver for Psflip {
                             self.os.next_client += 1;
                             self.os.clients.insert(ClientId(self.os.next_client), conn);
                         }
-                        Err(e) => self.os.say(&format!("control socket: {e}")),
+                        Err(e) => self
+                            .os
+                            .warn("control_failed", &format!("control socket: {e}")),
                     }
                 }
                 None
@@ -787,7 +808,9 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
     // to the upgrade signal.
     match control::Listener::bind(psflip.os.my_pid) {
         Ok(listener) => psflip.os.control = Some(listener),
-        Err(e) => psflip.os.say(&format!("no control socket: {e}")),
+        Err(e) => psflip
+            .os
+            .warn("control_failed", &format!("no control socket: {e}")),
     }
     if let Some(code) = drive(
         &mut psflip.machine,

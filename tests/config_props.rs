@@ -203,6 +203,11 @@ fn configs() -> impl Strategy<Value = Config> {
                     pidfile: pidfile.map(PathBuf::from),
                     control_socket: None,
                     quiet,
+                    log_format: if quiet {
+                        psflip::log::Format::Json
+                    } else {
+                        psflip::log::Format::Text
+                    },
                     locals: locals.into_iter().collect::<BTreeMap<_, _>>(),
                     upgrade: UpgradeConfig {
                         signal: up_signal,

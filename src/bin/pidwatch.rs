@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use psflip::effects::{fds, signals};
+use psflip::log::{self, Level, Logger, Record};
 use psflip::runtime::pidwatch::{self, WatchSpec};
 
 /// Start CMD, forward every signal to the process named by the pidfile, and stay
@@ -40,17 +41,24 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    log::init(
+        Logger::plain("pidwatch")
+            .with_quiet(cli.quiet)
+            .with_writer_thread(),
+    );
     let spec = WatchSpec {
         pidfile: cli.pidfile,
         argv: cli.cmd,
         quiet: cli.quiet,
         poll: cli.poll,
     };
-    match pidwatch::run(spec) {
+    let code = match pidwatch::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("pidwatch: {e}");
+            log::logger().shout(Record::new(Level::Error, "error", e.to_string()));
             ExitCode::from(1)
         }
-    }
+    };
+    log::flush();
+    code
 }

@@ -12,6 +12,7 @@ use psflip::config::{self, Config, HealthCheck};
 use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
 use psflip::effects::{fds, pidfile, signals, spawn};
+use psflip::log::{self, Level, Logger, Record};
 use psflip::machine::{Generation, Health, Settings};
 use psflip::probe::{self, Check, HttpUrl, StatusPattern};
 use psflip::proxy::{self, Proxy, Route};
@@ -84,6 +85,16 @@ struct ProbeOpts {
     /// Print nothing, even on failure.
     #[arg(long)]
     quiet: bool,
+    /// The generation of the psflip whose healthcheck this is, for the log.
+    #[arg(long)]
+    generation: Option<u64>,
+    /// The log format of that psflip.
+    #[arg(long, default_value = "text", value_parser = parse_log_format)]
+    log_format: log::Format,
+}
+
+fn parse_log_format(s: &str) -> Result<log::Format, String> {
+    log::Format::parse(s).ok_or_else(|| format!("{s:?}: expected text or json"))
 }
 
 fn main() -> ExitCode {
@@ -118,9 +129,11 @@ fn main() -> ExitCode {
     let config = match config::load(&cli.config, &options) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("psflip: {e}");
-            if let Some(p) = &predecessor {
-                p.report_failure(&format!("invalid configuration: {e}"));
+            match &predecessor {
+                // The old generation logs why its upgrade failed, this reason
+                // included, after it logged starting us: one line, in order.
+                Some(p) => p.report_failure(&format!("invalid configuration: {e}")),
+                None => eprintln!("psflip: {e}"),
             }
             return ExitCode::from(2);
         }
@@ -135,8 +148,29 @@ fn main() -> ExitCode {
         }
         Some(Command::Upgrade) => answer(client::upgrade(&config)),
         Some(Command::Status { json }) => answer(client::status(&config, json)),
-        None => run(config, predecessor, inherited, ab_second),
+        None => {
+            let generation = generation(predecessor.is_some());
+            log::init(
+                Logger::plain("psflip")
+                    .with_generation(Some(generation))
+                    .with_format(config.log_format)
+                    .with_quiet(config.quiet)
+                    .with_writer_thread(),
+            );
+            let code = run(config, predecessor, inherited, ab_second, generation);
+            log::flush();
+            code
+        }
     }
+}
+
+/// This generation's number: 1, or what the previous generation told us.
+fn generation(successor: bool) -> u64 {
+    std::env::var("PSFLIP_GENERATION")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .filter(|_| successor)
+        .unwrap_or(1)
 }
 
 /// `psflip __probe …`: one check, bounded by its timeout.
@@ -164,9 +198,26 @@ fn run_probe(command: ProbeCommand) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             if !opts.quiet {
-                // Under the pid of the psflip whose healthcheck this is.
-                let line = format!("healthcheck failed: {check}: {why}");
-                runtime::log_line(std::os::unix::process::parent_id(), &line);
+                // Under the pid and generation of the psflip whose healthcheck
+                // this is, in its format: its log, one line per failed check.
+                let logger = Logger::plain("psflip")
+                    .with_pid(std::os::unix::process::parent_id())
+                    .with_generation(opts.generation)
+                    .with_format(opts.log_format);
+                let kind = match check {
+                    Check::Tcp(_) => "tcp",
+                    Check::Http { .. } => "http",
+                };
+                logger.log(
+                    Record::new(
+                        Level::Warning,
+                        "healthcheck_failed",
+                        format!("healthcheck failed: {check}: {why}"),
+                    )
+                    .field("check", kind)
+                    .field("target", check.to_string())
+                    .field("reason", why.to_string()),
+                );
             }
             ExitCode::from(1)
         }
@@ -179,7 +230,8 @@ fn probe_argv(
     exe: &std::path::Path,
     check: &Check,
     interval: Duration,
-    quiet: bool,
+    config: &Config,
+    generation: u64,
 ) -> Vec<String> {
     // A path that is not UTF-8 cannot go through `RunSpec::probe_cmd`; the
     // kernel's name for our own binary always can.
@@ -195,9 +247,11 @@ fn probe_argv(
         "--timeout".to_owned(),
         config::format_duration(probe::timeout_for(interval)),
     ];
-    if quiet {
+    if config.quiet {
         argv.push("--quiet".to_owned());
     }
+    argv.push(format!("--generation={generation}"));
+    argv.push(format!("--log-format={}", config.log_format.as_str()));
     argv.push("--".to_owned());
     match check {
         Check::Tcp(address) => argv.push(address.to_string()),
@@ -255,6 +309,7 @@ fn run(
     predecessor: Option<ToPredecessor>,
     inherited: Inherited,
     ab_second: bool,
+    generation: u64,
 ) -> ExitCode {
     // The first generation refuses to start a service it could not report:
     // without its pidfile, `status` and `upgrade` would say "not running" while
@@ -283,11 +338,6 @@ fn run(
     let mut argv = std::env::args_os();
     let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
     let args: Vec<OsString> = argv.collect();
-    let generation = std::env::var("PSFLIP_GENERATION")
-        .ok()
-        .and_then(|g| g.parse().ok())
-        .filter(|_| predecessor.is_some())
-        .unwrap_or(1);
     let exe = spawn::own_binary(&arg0);
     // The probe runs in `workdir`: a relative socket path is psflip's, as for [[proxy]].
     let absolute = |address: &config::Endpoint| match std::env::current_dir() {
@@ -300,7 +350,7 @@ fn run(
                 after: Duration::ZERO,
                 interval,
             },
-            Some(probe_argv(&exe, &check, interval, config.quiet)),
+            Some(probe_argv(&exe, &check, interval, &config, generation)),
         )
     };
     let (health, probe_cmd) = match &config.healthcheck {

@@ -40,6 +40,7 @@ struct Document {
     #[serde(skip_serializing_if = "Option::is_none")]
     control_socket: Option<String>,
     quiet: bool,
+    log_format: &'static str,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     locals: BTreeMap<String, String>,
     upgrade: Upgrade,
@@ -114,6 +115,7 @@ impl From<&Config> for Document {
             pidfile: c.pidfile.as_deref().map(path),
             control_socket: c.control_socket.as_deref().map(path),
             quiet: c.quiet,
+            log_format: c.log_format.as_str(),
             locals: c.locals.iter().map(|(k, v)| (k.clone(), text(v))).collect(),
             upgrade: Upgrade {
                 signal: c.upgrade.signal.as_str(),

@@ -90,6 +90,8 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// Suppress psflip's own log lines.
     pub quiet: bool,
+    /// `log_format`: `text` (default) or `json`, one object per line.
+    pub log_format: crate::log::Format,
     /// The expanded `[locals]`.
     pub locals: BTreeMap<String, String>,
     /// `[upgrade]`.

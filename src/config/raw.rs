@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) pidfile: Option<Spanned<String>>,
     pub(super) control_socket: Option<Spanned<String>>,
     pub(super) quiet: Option<bool>,
+    pub(super) log_format: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) locals: BTreeMap<String, Spanned<String>>,
     #[serde(default)]

@@ -40,6 +40,7 @@ pub(super) fn resolve(
     let env = r.env(raw.env.as_ref())?;
     let pidfile = r.path(raw.pidfile.as_ref(), "pidfile")?;
     let control_socket = r.path(raw.control_socket.as_ref(), "control_socket")?;
+    let log_format = r.log_format(raw.log_format.as_ref())?;
     let (upgrade, limit) = r.upgrade(&raw.upgrade)?;
     let shutdown = r.shutdown(&raw.shutdown, &raw.upgrade, upgrade.signal)?;
     let healthcheck = r.healthcheck(&raw.healthcheck, &limit)?;
@@ -52,6 +53,7 @@ pub(super) fn resolve(
         pidfile,
         control_socket,
         quiet: raw.quiet.unwrap_or(false),
+        log_format,
         upgrade,
         shutdown,
         healthcheck,
@@ -465,6 +467,21 @@ impl Resolver<'_> {
     }
 
     /// An optional path: non-empty when given.
+    /// `log_format`: `text` or `json`.
+    fn log_format(&self, raw: Option<&Spanned<String>>) -> Result<crate::log::Format, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(crate::log::Format::Text);
+        };
+        let value = self.expand(raw, "log_format")?;
+        crate::log::Format::parse(&value).ok_or_else(|| {
+            self.src.invalid(
+                Some(raw.span()),
+                "log_format",
+                format!("{value:?} is not a log format: expected \"text\" or \"json\""),
+            )
+        })
+    }
+
     fn path(
         &self,
         raw: Option<&Spanned<String>>,

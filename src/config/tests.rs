@@ -46,6 +46,7 @@ fn minimal_config_gets_every_default() {
             pidfile: None,
             control_socket: None,
             quiet: false,
+            log_format: crate::log::Format::Text,
             locals: BTreeMap::new(),
             upgrade: UpgradeConfig {
                 signal: Signal::SIGHUP,
@@ -425,6 +426,10 @@ fn env_list_keeps_order_and_duplicates() {
     "cmd = [\"a\"]\n[healthcheck.alive]\n[healthcheck.command]\ncmd = [\"true\"]\n",
     "psflip.toml:3:14: at most one healthcheck may be configured, found both `healthcheck.alive` and `healthcheck.command`"
 )]
+#[case::log_format(
+    "cmd = [\"a\"]\nlog_format = \"xml\"\n",
+    "psflip.toml:2:14: log_format: \"xml\" is not a log format: expected \"text\" or \"json\""
+)]
 #[case::not_a_table(
     "cmd = [\"a\"]\nupgrade = [\"SIGHUP\", \"1m\"]\n",
     "psflip.toml:2:11: upgrade: expected a table, found an array"
@@ -477,7 +482,7 @@ fn unsupported_features_are_refused_by_name(#[case] text: &str, #[case] expected
 #[rstest]
 #[case::top(
     "cmd = [\"a\"]\n\ncmdd = 1\n",
-    "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `control_socket`, `quiet`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`)"
+    "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `control_socket`, `quiet`, `log_format`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`)"
 )]
 #[case::upgrade(
     "cmd = [\"a\"]\n[upgrade]\nsignl = \"HUP\"\n",
@@ -584,6 +589,7 @@ workdir = "srv"
 env = ["MODE=prod", "HOME_COPY=/home/app", "EQ=a=b"]
 pidfile = "/run/app-blue.pid"
 quiet = true
+log_format = "text"
 
 [locals]
 name = "app-blue"
@@ -619,6 +625,7 @@ fn resolved_toml_escapes_templates_and_toml() {
         pidfile: None,
         control_socket: None,
         quiet: false,
+        log_format: crate::log::Format::Json,
         locals: BTreeMap::from([("a b".to_owned(), "{{ Local \"x\" }}".to_owned())]),
         upgrade: UpgradeConfig::default(),
         shutdown: ShutdownConfig::default(),

@@ -156,7 +156,6 @@ pub(super) struct Engine {
     told_drained: bool,
     retries: Vec<(Instant, usize)>,
     quiet: bool,
-    pid: u32,
 }
 
 impl Engine {
@@ -203,13 +202,12 @@ impl Engine {
             told_drained: false,
             retries: Vec::new(),
             quiet,
-            pid: std::process::id(),
         })
     }
 
     fn say(&self, line: &str) {
         if !self.quiet {
-            crate::log::log_line(self.pid, line);
+            crate::log::logger().warn("proxy_error", line);
         }
     }
 

@@ -93,7 +93,7 @@ impl Proxy {
         for l in &listeners {
             let how = if l.inherited { "inherited" } else { "bound" };
             if !quiet {
-                crate::log::log_line(std::process::id(), &format!("proxy: {how} {}", l.key));
+                crate::log::logger().info("proxy_listening", format!("proxy: {how} {}", l.key));
             }
         }
         Ok(Proxy {
@@ -114,7 +114,7 @@ impl Proxy {
 
     fn say(&self, line: &str) {
         if !self.quiet {
-            crate::log::log_line(std::process::id(), line);
+            crate::log::logger().warn("proxy_error", line);
         }
     }
 

@@ -11,6 +11,7 @@ use super::{Clock, Driver, event_loop};
 use crate::Signal;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, procfs, spawn};
+use crate::log::{Level, Record};
 use crate::machine::{ExitStatus, Instant};
 use crate::watch::{Effect, Event, Reading, SignalNo, Watch};
 
@@ -33,14 +34,12 @@ struct Pidwatch {
 
 impl Pidwatch {
     fn say(&self, line: &str) {
-        if !self.spec.quiet {
-            self.shout(line);
-        }
+        crate::log::logger().info("note", line);
     }
 
-    /// A line on stderr even when quiet.
+    /// An error, logged even when quiet.
     fn shout(&self, line: &str) {
-        log_line(self.my_pid, line);
+        crate::log::logger().shout(Record::new(Level::Error, "error", line));
     }
 
     /// Judge what the pidfile names: only a live process we may signal is followed.
@@ -174,20 +173,15 @@ impl Driver for Pidwatch {
     }
 }
 
-/// One log line on stderr, as pidwatch. A closed stderr must not take us down.
-fn log_line(pid: u32, line: &str) {
-    crate::log::write("pidwatch", pid, line);
-}
-
 /// Run pidwatch until the watched service is gone; returns the exit status.
 /// Signals must already be blocked.
 pub fn run(mut spec: WatchSpec) -> Result<i32, EffectError> {
     let my_pid = std::process::id();
     if !spec.poll && nix::sys::prctl::set_child_subreaper(true).is_err() {
-        if !spec.quiet {
-            // (Not psflip's `log_line`: that one says "psflip[…]".)
-            log_line(my_pid, "cannot become a child subreaper; polling instead");
-        }
+        crate::log::logger().warn(
+            "subreaper_failed",
+            "cannot become a child subreaper; polling instead",
+        );
         spec.poll = true;
     }
     let signals = Signals::new()?;

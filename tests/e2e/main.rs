@@ -7,6 +7,7 @@ mod util;
 mod cli;
 mod control;
 mod healthchecks;
+mod logs;
 mod notify;
 mod pidfile;
 mod pidwatch;

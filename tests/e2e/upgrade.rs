@@ -611,9 +611,10 @@ fn i9_no_fd_or_thread_growth_across_20_upgrades() {
         }
         // Measure once the predecessor is gone and the successor knows it.
         sb.must_log(active, "the previous generation has exited");
+        // The event loop and the log writer (src/log.rs).
         assert_eq!(
             status_field(active, "Threads").as_deref(),
-            Some("1"),
+            Some("2"),
             "generation {}",
             round + 1
         );

@@ -481,10 +481,11 @@ impl Sandbox {
 
     /// The log lines of the psflip with this pid, without their prefix.
     pub fn log_of(&self, pid: i32) -> Vec<String> {
-        let prefix = format!("psflip[{pid}]: ");
+        // `<time> <level> gen=N psflip[pid]: message` (see src/log.rs).
+        let tag = format!("psflip[{pid}]: ");
         self.psflip_log()
             .lines()
-            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .filter_map(|l| l.split_once(&tag).map(|(_, m)| m.to_string()))
             .collect()
     }
 
@@ -502,10 +503,10 @@ impl Sandbox {
 
     /// The log lines of the pidwatch with this pid, without their prefix.
     pub fn pidwatch_log_of(&self, pid: i32) -> Vec<String> {
-        let prefix = format!("pidwatch[{pid}]: ");
+        let tag = format!("pidwatch[{pid}]: ");
         self.psflip_log()
             .lines()
-            .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .filter_map(|l| l.split_once(&tag).map(|(_, m)| m.to_string()))
             .collect()
     }
 

@@ -263,7 +263,7 @@ impl Sandbox {
         let log = self.log();
         let mut pids: Vec<i32> = Vec::new();
         for line in log.lines() {
-            if let Some(rest) = line.strip_prefix("psflip[")
+            if let Some((_, rest)) = line.split_once("psflip[")
                 && let Some(pid) = rest.split(']').next().and_then(|p| p.parse().ok())
             {
                 pids.push(pid);
@@ -299,7 +299,7 @@ impl Sandbox {
         let mut pids: Vec<i32> = self
             .log()
             .lines()
-            .filter_map(|l| l.strip_prefix("psflip[")?.split(']').next()?.parse().ok())
+            .filter_map(|l| l.split_once("psflip[")?.1.split(']').next()?.parse().ok())
             .collect();
         pids.sort_unstable();
         pids.dedup();
