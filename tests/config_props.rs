@@ -2,6 +2,9 @@
 //! they print, nothing panics on arbitrary input, and a resolved configuration
 //! printed by `psflip check` parses back to the same `Config`.
 
+#[path = "common/props.rs"]
+mod props;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -13,7 +16,7 @@ use psflip::config::{
     self, Config, Endpoint, HealthCheck, LoadOptions, ShutdownConfig, UpgradeConfig,
     format_duration, parse_duration, parse_signal,
 };
-use psflip::probe::{HttpUrl, StatusPattern};
+use psflip::values::{HttpUrl, StatusPattern};
 use psflip::template::{self, Context};
 
 /// Options with an empty environment, so nothing outside the text matters.
@@ -251,7 +254,7 @@ fn signal_spelling() -> impl Strategy<Value = (Signal, String)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(props::config(512))]
 
     #[test]
     fn durations_round_trip_in_milliseconds(ms in 0..=365 * DAY_MS) {

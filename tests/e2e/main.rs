@@ -2,6 +2,8 @@
 //! files. Each test runs in its own sandbox (see `util`), kills what it started
 //! and checks that nothing outlived it. Fixtures live in `fixtures/`.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod util;
 
 mod cli;

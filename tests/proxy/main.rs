@@ -2,6 +2,8 @@
 //! sockets, half-closes, faults, the listener handoff across successful and failed
 //! upgrades (SPEC §5, §6, I8), and the load test of the issue (`load.rs`).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod load;
 mod util;
 
