@@ -16,8 +16,8 @@ use psflip::config::{
     self, Config, Endpoint, HealthCheck, LoadOptions, ShutdownConfig, UpgradeConfig,
     format_duration, parse_duration, parse_signal,
 };
-use psflip::values::{HttpUrl, StatusPattern};
 use psflip::template::{self, Context};
+use psflip::values::{HttpUrl, StatusPattern};
 
 /// Options with an empty environment, so nothing outside the text matters.
 fn opts(ab_second: bool) -> LoadOptions {
