@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 
 use crate::Signal;
 use crate::effects::control::{self, Received};
+use crate::effects::notify::{self, NotifySocket};
 use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
@@ -143,6 +144,8 @@ pub struct RunSpec {
     pub predecessor_upgrade_timeout: Option<std::time::Duration>,
     /// The `[[proxy]]` engine, already running (listeners open, not accepting).
     pub proxy: Option<Proxy>,
+    /// (`[healthcheck.notify]`) the kind of notify socket each app child gets.
+    pub notify: Option<notify::Kind>,
 }
 
 /// The real OS.
@@ -171,6 +174,8 @@ pub struct LinuxOs {
     /// exited (see `remove_pidfile`).
     last_successor: Option<Pid>,
     successor_exited: bool,
+    /// (`[healthcheck.notify]`) the app child's notify socket, until it is reaped.
+    child_notify: Option<(ProcId, NotifySocket)>,
 }
 
 impl LinuxOs {
@@ -196,6 +201,7 @@ impl LinuxOs {
             predecessor_pid,
             last_successor: None,
             successor_exited: false,
+            child_notify: None,
         }
     }
 
@@ -209,13 +215,24 @@ impl LinuxOs {
 
     fn spawn_role(&mut self, id: ProcId, role: Role) -> Result<Pid, EffectError> {
         match role {
-            Role::App => spawn::app(&spawn::AppSpec {
-                argv: &self.spec.cmd,
-                env: &self.spec.env,
-                workdir: self.spec.workdir.as_deref(),
-                quiet_stdio: false,
-                ..Default::default()
-            }),
+            Role::App => {
+                let notify = match self.spec.notify {
+                    Some(kind) => Some(NotifySocket::bind(kind, &id.0.to_string())?),
+                    None => None,
+                };
+                let pid = spawn::app(&spawn::AppSpec {
+                    argv: &self.spec.cmd,
+                    env: &self.spec.env,
+                    workdir: self.spec.workdir.as_deref(),
+                    quiet_stdio: false,
+                    notify_socket: notify.as_ref().map(|s| s.env_value().as_os_str()),
+                    ..Default::default()
+                })?;
+                if let Some(socket) = notify {
+                    self.child_notify = Some((id, socket));
+                }
+                Ok(pid)
+            }
             Role::Probe => spawn::app(&spawn::AppSpec {
                 argv: self.spec.probe_cmd.as_deref().unwrap_or_default(),
                 env: &self.spec.env,
@@ -266,6 +283,9 @@ impl LinuxOs {
         self.pids.remove(&id);
         if self.successor_pipe.as_ref().is_some_and(|(s, _)| *s == id) {
             self.successor_pipe = None;
+        }
+        if self.child_notify.as_ref().is_some_and(|(c, _)| *c == id) {
+            self.child_notify = None;
         }
         Some(id)
     }
@@ -601,9 +621,28 @@ pub enum PsflipFd {
     Client(ClientId),
     /// The proxy thread's news (its connections have all closed).
     Proxy,
+    /// The app child's notify socket (`[healthcheck.notify]`).
+    Notify,
 }
 
 impl Psflip {
+    /// Read the child's notify socket and report what arrived, in order.
+    fn hear_child(&mut self, now: Instant) -> Option<i32> {
+        let (id, socket) = self.os.child_notify.as_ref()?;
+        let id = *id;
+        for message in socket.receive() {
+            let event = Event::ChildNotified {
+                id,
+                ready: message.ready,
+                status: message.status,
+            };
+            if let Some(code) = drive(&mut self.machine, now, event, &mut self.os) {
+                return Some(code);
+            }
+        }
+        None
+    }
+
     /// Read the successor's pipe and report what it said.
     fn hear_successor(&mut self, now: Instant) -> Option<i32> {
         let (id, fd) = self.os.successor_pipe.as_ref()?;
@@ -649,6 +688,9 @@ impl Driver for Psflip {
         if let Some(fd) = self.os.spec.proxy.as_ref().and_then(Proxy::events_fd) {
             fds.push((PsflipFd::Proxy, fd, PollFlags::POLLIN));
         }
+        if let Some((_, socket)) = self.os.child_notify.as_ref() {
+            fds.push((PsflipFd::Notify, socket.as_fd(), PollFlags::POLLIN));
+        }
         if let Some(listener) = self.os.control.as_ref() {
             fds.push((PsflipFd::Control, listener.as_fd(), PollFlags::POLLIN));
         }
@@ -663,6 +705,7 @@ impl Driver for Psflip {
     fn on_fd(&mut self, now: Instant, tag: PsflipFd) -> Option<i32> {
         match tag {
             PsflipFd::Successor => self.hear_successor(now),
+            PsflipFd::Notify => self.hear_child(now),
             PsflipFd::Control => {
                 while let Some(accepted) =
                     self.os.control.as_ref().and_then(control::Listener::accept)
@@ -766,6 +809,12 @@ impl Driver for Psflip {
             // A successor that wrote "ready" (or why it gave up) and died at once
             // has still said so: the pipe is read before its exit is reported.
             if let Some(code) = self.hear_successor(now) {
+                return Some(code);
+            }
+        }
+        if self.os.child_notify.as_ref().is_some_and(|(c, _)| *c == id) {
+            // Likewise a READY=1 sent just before the child died.
+            if let Some(code) = self.hear_child(now) {
                 return Some(code);
             }
         }

@@ -415,6 +415,7 @@ fn run(
             .map(std::time::Duration::from_millis),
         predecessor,
         proxy,
+        notify: None,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

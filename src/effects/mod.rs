@@ -7,6 +7,7 @@
 pub mod control;
 pub mod fds;
 pub mod listen;
+pub mod notify;
 pub mod pidfile;
 pub mod procfs;
 pub mod readiness;

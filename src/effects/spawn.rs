@@ -57,6 +57,8 @@ pub struct AppSpec<'a> {
     /// Variables set to the child's own pid (e.g. `LISTEN_PID`), which only the
     /// child knows: it writes them itself, between clone and exec.
     pub pid_env: &'a [&'a str],
+    /// (`[healthcheck.notify]`) the child's own `NOTIFY_SOCKET`.
+    pub notify_socket: Option<&'a OsStr>,
 }
 
 /// Start an app child or a probe; returns its pid.
@@ -77,6 +79,9 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
     });
     for (k, v) in spec.env {
         env.set(OsStr::new(k), OsStr::new(v));
+    }
+    if let Some(socket) = spec.notify_socket {
+        env.set(OsStr::new("NOTIFY_SOCKET"), socket);
     }
     let workdir = match spec.workdir {
         Some(dir) => {
