@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 
 use crate::Signal;
 use crate::effects::control::{self, Received};
+use crate::effects::docker::Inspector;
 use crate::effects::notify::{self, NotifySocket};
 use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
@@ -146,6 +147,8 @@ pub struct RunSpec {
     pub proxy: Option<Proxy>,
     /// (`[healthcheck.notify]`) the kind of notify socket each app child gets.
     pub notify: Option<notify::Kind>,
+    /// (`[healthcheck.docker]`) the container's inspections.
+    pub docker: Option<Inspector>,
 }
 
 /// The real OS.
@@ -467,6 +470,21 @@ impl Os for LinuxOs {
             proxy.remove_socket_files();
         }
     }
+
+    fn inspect_container(&mut self) -> Option<Event> {
+        let docker = self.spec.docker.as_mut()?;
+        let inspection = docker.start()?;
+        Some(Event::ContainerInspected {
+            container: docker.container().to_owned(),
+            inspection,
+        })
+    }
+
+    fn abandon_inspection(&mut self) {
+        if let Some(docker) = self.spec.docker.as_mut() {
+            docker.abandon();
+        }
+    }
 }
 
 /// The monotonic clock, read once per event and turned into the machine's
@@ -623,6 +641,8 @@ pub enum PsflipFd {
     Proxy,
     /// The app child's notify socket (`[healthcheck.notify]`).
     Notify,
+    /// The Docker engine's connection (`[healthcheck.docker]`).
+    Docker,
 }
 
 impl Psflip {
@@ -691,6 +711,9 @@ impl Driver for Psflip {
         if let Some((_, socket)) = self.os.child_notify.as_ref() {
             fds.push((PsflipFd::Notify, socket.as_fd(), PollFlags::POLLIN));
         }
+        if let Some((fd, flags)) = self.os.spec.docker.as_ref().and_then(Inspector::poll) {
+            fds.push((PsflipFd::Docker, fd, flags));
+        }
         if let Some(listener) = self.os.control.as_ref() {
             fds.push((PsflipFd::Control, listener.as_fd(), PollFlags::POLLIN));
         }
@@ -706,6 +729,15 @@ impl Driver for Psflip {
         match tag {
             PsflipFd::Successor => self.hear_successor(now),
             PsflipFd::Notify => self.hear_child(now),
+            PsflipFd::Docker => {
+                let docker = self.os.spec.docker.as_mut()?;
+                let inspection = docker.on_ready()?;
+                let event = Event::ContainerInspected {
+                    container: docker.container().to_owned(),
+                    inspection,
+                };
+                drive(&mut self.machine, now, event, &mut self.os)
+            }
             PsflipFd::Control => {
                 while let Some(accepted) =
                     self.os.control.as_ref().and_then(control::Listener::accept)

@@ -223,6 +223,7 @@ fn configs() -> impl Strategy<Value = Config> {
                     },
                     healthcheck,
                     proxy: Vec::new(),
+                    listen: Vec::new(),
                 }
             },
         )

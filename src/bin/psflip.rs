@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 
 use psflip::client;
 use psflip::config::{self, Config, HealthCheck};
+use psflip::effects::docker::Inspector;
 use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
-use psflip::effects::{fds, pidfile, signals, spawn};
+use psflip::effects::{fds, notify, pidfile, signals, spawn};
 use psflip::log::{self, Level, Logger, Record};
 use psflip::machine::{Generation, Health, Settings};
 use psflip::probe::{self, Check, HttpUrl, StatusPattern};
@@ -353,7 +354,29 @@ fn run(
             Some(probe_argv(&exe, &check, interval, &config, generation)),
         )
     };
+    let mut notify = None;
+    let mut docker = None;
     let (health, probe_cmd) = match &config.healthcheck {
+        HealthCheck::Notify { socket } => {
+            notify = Some(match socket {
+                config::NotifySocketKind::Path => notify::Kind::Path,
+                config::NotifySocketKind::Abstract => notify::Kind::Abstract,
+            });
+            (Health::Notify, None)
+        }
+        HealthCheck::Docker {
+            container,
+            socket,
+            interval,
+        } => {
+            docker = Some(Inspector::new(socket.clone(), container.clone()));
+            (
+                Health::Docker {
+                    interval: *interval,
+                },
+                None,
+            )
+        }
         HealthCheck::Alive { timeout } => (Health::Alive { timeout: *timeout }, None),
         HealthCheck::Command {
             cmd,
@@ -415,7 +438,8 @@ fn run(
             .map(std::time::Duration::from_millis),
         predecessor,
         proxy,
-        notify: None,
+        notify,
+        docker,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Config, HealthCheck};
+use super::{Config, HealthCheck, NotifySocketKind};
 use crate::template;
 use crate::values::format_duration;
 
@@ -48,6 +48,14 @@ struct Document {
     healthcheck: Healthcheck,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     proxy: Vec<Proxy>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    listen: Vec<Listen>,
+}
+
+#[derive(Serialize)]
+struct Listen {
+    address: String,
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -82,6 +90,14 @@ enum Healthcheck {
     Http {
         url: String,
         status: String,
+        interval: String,
+    },
+    Notify {
+        socket: &'static str,
+    },
+    Docker {
+        container: String,
+        socket: String,
         interval: String,
     },
 }
@@ -135,6 +151,14 @@ impl From<&Config> for Document {
                     forward: text(&p.forward),
                 })
                 .collect(),
+            listen: c
+                .listen
+                .iter()
+                .map(|l| Listen {
+                    address: text(&l.address),
+                    name: text(&l.name),
+                })
+                .collect(),
         }
     }
 }
@@ -165,6 +189,21 @@ impl From<&HealthCheck> for Healthcheck {
             } => Healthcheck::Http {
                 url: text(url),
                 status: text(status),
+                interval: format_duration(*interval),
+            },
+            HealthCheck::Notify { socket } => Healthcheck::Notify {
+                socket: match socket {
+                    NotifySocketKind::Path => "path",
+                    NotifySocketKind::Abstract => "abstract",
+                },
+            },
+            HealthCheck::Docker {
+                container,
+                socket,
+                interval,
+            } => Healthcheck::Docker {
+                container: text(container),
+                socket: text(format!("unix://{}", socket.display())),
                 interval: format_duration(*interval),
             },
         }

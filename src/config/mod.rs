@@ -7,9 +7,8 @@
 //!    straight to the spot: it names the file, the dotted key (`cmd[2]`,
 //!    `shutdown.timeout`) and the line and column.
 //! 2. A typo must never fall back to a default, so every table is
-//!    `deny_unknown_fields`, and the features of the design that are not built
-//!    yet (`[[listen]]`, `[healthcheck.notify]`, …) are recognised and
-//!    refused by name rather than reported as unknown keys.
+//!    `deny_unknown_fields`; a feature not built yet is recognised and refused
+//!    by name rather than reported as an unknown key (none is left today).
 //! 3. The result, [`Config`], is plain comparable data with every template
 //!    expanded and every default filled in: the rest of psflip never sees TOML
 //!    or templates. [`Config::to_resolved_toml`] prints it back (for
@@ -67,6 +66,13 @@ pub const DEFAULT_COMMAND_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_TCP_INTERVAL: Duration = Duration::from_millis(100);
 /// Default `healthcheck.http.interval`.
 pub const DEFAULT_HTTP_INTERVAL: Duration = Duration::from_millis(250);
+/// Default `healthcheck.docker.socket`.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Default `healthcheck.docker.interval`.
+pub const DEFAULT_DOCKER_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `[[listen]] name`: what `sd_listen_fds_with_names` reports for an
+/// unnamed socket.
+pub const DEFAULT_LISTEN_NAME: &str = "unknown";
 
 /// A fully resolved configuration: templates expanded, defaults filled in,
 /// validated.
@@ -102,6 +108,29 @@ pub struct Config {
     pub healthcheck: HealthCheck,
     /// `[[proxy]]`, in file order; no two share a `listen` address.
     pub proxy: Vec<ProxyConfig>,
+    /// `[[listen]]` (socket activation), in file order: passed to every child as
+    /// fds 3, 4…; no address twice, none a `[[proxy]]` listen address.
+    pub listen: Vec<ListenConfig>,
+}
+
+/// One `[[listen]]`: a socket psflip binds once and passes to every child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Where to listen: TCP (v4 or v6) or a Unix socket path.
+    pub address: Endpoint,
+    /// Its name in `LISTEN_FDNAMES`: 1 to 255 printable ASCII characters, no `:`
+    /// and no space.
+    pub name: String,
+}
+
+/// `[healthcheck.notify] socket`: the kind of socket each child gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NotifySocketKind {
+    /// A socket file in a private directory (`"path"`, the default).
+    #[default]
+    Path,
+    /// An abstract socket (`"abstract"`), for a child in another mount namespace.
+    Abstract,
 }
 
 /// One `[[proxy]]`: every connection accepted on `listen` is forwarded to `forward`.
@@ -189,6 +218,24 @@ pub enum HealthCheck {
         /// The healthy statuses (`2xx` unless configured).
         status: StatusPattern,
         /// Delay between tries; > 0, shorter than `upgrade.timeout`.
+        interval: Duration,
+    },
+    /// `[healthcheck.notify]`: healthy once `READY=1` arrives on the child's own
+    /// `NOTIFY_SOCKET` (the sd_notify protocol).
+    Notify {
+        /// A socket file in a private directory, or an abstract socket.
+        socket: NotifySocketKind,
+    },
+    /// `[healthcheck.docker]`: healthy once the Docker engine reports the
+    /// container's `State.Health.Status` as `healthy`; asked at the spawn, then
+    /// every `interval`.
+    Docker {
+        /// The container's name or id.
+        container: String,
+        /// The engine's Unix socket (`unix:///var/run/docker.sock` unless
+        /// configured), absolute.
+        socket: PathBuf,
+        /// Delay between inspections; > 0, shorter than `upgrade.timeout`.
         interval: Duration,
     },
 }

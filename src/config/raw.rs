@@ -29,6 +29,15 @@ pub(super) struct RawConfig {
     pub(super) healthcheck: RawHealthcheck,
     #[serde(default)]
     pub(super) proxy: Vec<RawProxy>,
+    #[serde(default)]
+    pub(super) listen: Vec<RawListen>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,8 +62,6 @@ pub(super) struct RawShutdown {
     pub(super) timeout: Option<Spanned<String>>,
 }
 
-/// The unsupported healthchecks are refused by [`super::shape::check_shape`] before serde
-/// runs, so they are not listed here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealthcheck {
@@ -62,6 +69,22 @@ pub(super) struct RawHealthcheck {
     pub(super) command: Option<RawCommand>,
     pub(super) tcp: Option<RawTcp>,
     pub(super) http: Option<RawHttp>,
+    pub(super) notify: Option<RawNotify>,
+    pub(super) docker: Option<RawDocker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) socket: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDocker {
+    pub(super) container: Option<Spanned<String>>,
+    pub(super) socket: Option<Spanned<String>>,
+    pub(super) interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

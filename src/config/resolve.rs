@@ -15,8 +15,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::errors::{ConfigError, ConfigErrorKind, Source, key_span, toml_key};
 use super::raw::{
-    RawAlive, RawCommand, RawConfig, RawEnv, RawHealthcheck, RawHttp, RawProxy, RawShutdown,
-    RawTcp, RawUpgrade,
+    RawAlive, RawCommand, RawConfig, RawDocker, RawEnv, RawHealthcheck, RawHttp, RawListen,
+    RawNotify, RawProxy, RawShutdown, RawTcp, RawUpgrade,
 };
 use super::*;
 use crate::template::{self, Context, TemplateError};
@@ -45,6 +45,7 @@ pub(super) fn resolve(
     let shutdown = r.shutdown(&raw.shutdown, &raw.upgrade, upgrade.signal)?;
     let healthcheck = r.healthcheck(&raw.healthcheck, &limit)?;
     let proxy = r.proxies(&raw.proxy)?;
+    let listen = r.listens(&raw.listen, &proxy)?;
     Ok(Config {
         path: src.path.to_owned(),
         cmd,
@@ -58,6 +59,7 @@ pub(super) fn resolve(
         shutdown,
         healthcheck,
         proxy,
+        listen,
         locals: r.locals,
     })
 }
@@ -161,6 +163,10 @@ impl Resolver<'_> {
             self.tcp_check(tcp, limit)
         } else if let Some(http) = &raw.http {
             self.http_check(http, limit)
+        } else if let Some(notify) = &raw.notify {
+            self.notify_check(notify)
+        } else if let Some(docker) = &raw.docker {
+            self.docker_check(docker, limit)
         } else {
             self.alive_check(raw.alive.as_ref(), limit)
         }
@@ -241,6 +247,74 @@ impl Resolver<'_> {
         Ok(HealthCheck::Http {
             url,
             status,
+            interval,
+        })
+    }
+
+    /// `[healthcheck.notify]`.
+    fn notify_check(&self, raw: &RawNotify) -> Result<HealthCheck, ConfigError> {
+        let socket = match &raw.socket {
+            None => NotifySocketKind::default(),
+            Some(value) => self.parsed(value, "healthcheck.notify.socket", |text| match text {
+                "path" => Ok(NotifySocketKind::Path),
+                "abstract" => Ok(NotifySocketKind::Abstract),
+                other => Err(format!(
+                    "expected \"path\" (a socket file in a private directory) or \"abstract\" (an abstract socket), found {other:?}"
+                )),
+            })?,
+        };
+        Ok(HealthCheck::Notify { socket })
+    }
+
+    /// `[healthcheck.docker]`.
+    fn docker_check(&self, raw: &RawDocker, limit: &Limit) -> Result<HealthCheck, ConfigError> {
+        let key = "healthcheck.docker.container";
+        let raw_container = self.required(
+            raw.container.as_ref(),
+            &["healthcheck", "docker"],
+            key,
+            "missing: the container to watch is required, e.g. container = \"app-{{ BlueGreen }}\"",
+        )?;
+        let container = self.parsed(raw_container, key, |name| {
+            // Docker's own rule for names (ids fit it too); it also keeps the
+            // name safe in the request's path.
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if valid {
+                Ok(name.to_owned())
+            } else {
+                Err(format!(
+                    "{name:?} is not a container name: expected [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+                ))
+            }
+        })?;
+        let socket = match &raw.socket {
+            None => PathBuf::from(DEFAULT_DOCKER_SOCKET),
+            Some(value) => self.parsed(value, "healthcheck.docker.socket", |text| {
+                match text.strip_prefix("unix://") {
+                    Some(path) if path.starts_with('/') && !path.contains('\0') => {
+                        Ok(PathBuf::from(path))
+                    }
+                    _ => Err(format!(
+                        "expected the Docker engine's Unix socket as unix:///absolute/path, found {text:?}"
+                    )),
+                }
+            })?,
+        };
+        let interval = self.probe_interval(
+            raw.interval.as_ref(),
+            "healthcheck.docker.interval",
+            DEFAULT_DOCKER_INTERVAL,
+            limit,
+        )?;
+        Ok(HealthCheck::Docker {
+            container,
+            socket,
             interval,
         })
     }
@@ -345,6 +419,65 @@ impl Resolver<'_> {
                 ));
             }
             out.push(ProxyConfig { listen, forward });
+        }
+        Ok(out)
+    }
+
+    /// `[[listen]]`: an address required, no address twice (nor one a
+    /// `[[proxy]]` listens on), a name fit for `LISTEN_FDNAMES`.
+    fn listens(
+        &self,
+        raw: &[RawListen],
+        proxies: &[ProxyConfig],
+    ) -> Result<Vec<ListenConfig>, ConfigError> {
+        let table_span = |i: usize| match self.root.get("listen").map(|v| v.get_ref()) {
+            Some(DeValue::Array(items)) => items.get(i).map(|t| t.span()),
+            _ => None,
+        };
+        let base = &self.opts.base_dir;
+        let mut out: Vec<ListenConfig> = Vec::with_capacity(raw.len());
+        for (i, entry) in raw.iter().enumerate() {
+            let key = format!("listen[{i}].address");
+            let Some(raw_address) = entry.address.as_ref() else {
+                return Err(self.src.invalid(
+                    table_span(i),
+                    &key,
+                    "missing: each [[listen]] needs `address`, e.g. address = \"tcp://:8080\"",
+                ));
+            };
+            let address = self.parsed(raw_address, &key, |text| Endpoint::parse(text, true))?;
+            let same = |other: &Endpoint| other.absolute(base) == address.absolute(base);
+            let taken = if let Some(j) = out.iter().position(|l| same(&l.address)) {
+                Some(format!("listen[{j}]"))
+            } else {
+                proxies
+                    .iter()
+                    .position(|p| same(&p.listen))
+                    .map(|j| format!("the listen address of proxy[{j}]"))
+            };
+            if let Some(taken) = taken {
+                return Err(self.src.invalid(
+                    Some(raw_address.span()),
+                    &key,
+                    format!("{address} is already {taken}"),
+                ));
+            }
+            let name = match &entry.name {
+                None => DEFAULT_LISTEN_NAME.to_owned(),
+                Some(value) => self.parsed(value, &format!("listen[{i}].name"), |name| {
+                    let fit = !name.is_empty()
+                        && name.len() <= 255
+                        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+                    if fit {
+                        Ok(name.to_owned())
+                    } else {
+                        Err(format!(
+                            "{name:?} cannot go into LISTEN_FDNAMES: 1 to 255 printable ASCII characters, no ':' and no space"
+                        ))
+                    }
+                })?,
+            };
+            out.push(ListenConfig { address, name });
         }
         Ok(out)
     }

@@ -1,27 +1,23 @@
 //! Pass 1, the shape: runs on the parsed document before serde, for what serde
 //! would get wrong or word badly.
 
-use std::ops::Range;
-
 use toml::de::DeTable;
 
 use super::errors::{ConfigError, ConfigErrorKind, Source, key_span, with_article};
 
-/// Pass 1: refuses unsupported features by name, tables written as other
-/// values (serde would happily read `upgrade = ["SIGHUP", "1m"]` as a struct),
-/// and more than one healthcheck.
+/// Pass 1: refuses tables written as other values (serde would happily read
+/// `upgrade = ["SIGHUP", "1m"]` as a struct), and more than one healthcheck.
+/// (A feature not built yet would be refused here by name, with
+/// `ConfigErrorKind::Unsupported`.)
 pub(super) fn check_shape(src: &Source, root: &DeTable) -> Result<(), ConfigError> {
-    let unsupported = |span: Range<usize>, feature: &str| {
-        src.error(
-            Some(span),
+    if let Some((key, _)) = root.get_key_value("listen") {
+        return Err(src.error(
+            Some(key.span()),
             None,
             ConfigErrorKind::Unsupported {
-                feature: feature.to_owned(),
+                feature: "listen".to_owned(),
             },
-        )
-    };
-    if let Some((key, _)) = root.get_key_value("listen") {
-        return Err(unsupported(key.span(), "listen"));
+        ));
     }
     let must_be_table = |parent: &DeTable, name: &str, dotted: &str| match parent.get(name) {
         Some(value) if !value.get_ref().is_table() => Err(src.invalid(
@@ -40,12 +36,7 @@ pub(super) fn check_shape(src: &Source, root: &DeTable) -> Result<(), ConfigErro
     let Some(healthcheck) = root.get("healthcheck").and_then(|v| v.get_ref().as_table()) else {
         return Ok(());
     };
-    for kind in ["notify", "docker"] {
-        if let Some((key, _)) = healthcheck.get_key_value(kind) {
-            return Err(unsupported(key.span(), &format!("healthcheck.{kind}")));
-        }
-    }
-    const KINDS: [&str; 4] = ["alive", "command", "tcp", "http"];
+    const KINDS: [&str; 6] = ["alive", "command", "tcp", "http", "notify", "docker"];
     for kind in KINDS {
         must_be_table(healthcheck, kind, &format!("healthcheck.{kind}"))?;
     }

@@ -61,6 +61,7 @@ fn minimal_config_gets_every_default() {
                 timeout: Duration::from_secs(5),
             },
             proxy: Vec::new(),
+            listen: Vec::new(),
         }
     );
 }
@@ -458,31 +459,84 @@ fn errors_name_file_position_and_key(#[case] text: &str, #[case] expected: &str)
     assert_eq!(err(text), expected);
 }
 
+#[test]
+fn notify_and_docker_tables_resolve_with_defaults() {
+    let config = ok("cmd = [\"a\"]\n[healthcheck.notify]\n");
+    assert_eq!(
+        config.healthcheck,
+        HealthCheck::Notify {
+            socket: NotifySocketKind::Path
+        }
+    );
+    let config = ok("cmd = [\"a\"]\nhealthcheck = { notify = { socket = \"abstract\" } }\n");
+    assert_eq!(
+        config.healthcheck,
+        HealthCheck::Notify {
+            socket: NotifySocketKind::Abstract
+        }
+    );
+    let config = ok("cmd = [\"a\"]\n[healthcheck.docker]\ncontainer = \"app-{{ BlueGreen }}\"\n");
+    assert_eq!(
+        config.healthcheck,
+        HealthCheck::Docker {
+            container: "app-blue".to_owned(),
+            socket: PathBuf::from("/var/run/docker.sock"),
+            interval: Duration::from_secs(1),
+        }
+    );
+    let config = ok("cmd = [\"a\"]\n[healthcheck.docker]\ncontainer = \"c1\"\n\
+         socket = \"unix:///tmp/d.sock\"\ninterval = \"250ms\"\n");
+    assert_eq!(
+        config.healthcheck,
+        HealthCheck::Docker {
+            container: "c1".to_owned(),
+            socket: PathBuf::from("/tmp/d.sock"),
+            interval: Duration::from_millis(250),
+        }
+    );
+    // psflip check prints them back in a form that reads the same.
+    let text = config.to_resolved_toml();
+    assert!(text.contains("[healthcheck.docker]\ncontainer = \"c1\"\nsocket = \"unix:///tmp/d.sock\"\ninterval = \"250ms\"\n"), "{text}");
+    assert_eq!(parse_with(&text, false), Ok(config));
+}
+
 #[rstest]
-#[case::listen(
-    "cmd = [\"a\"]\n[[listen]]\naddress = \"tcp://:8080\"\n",
-    "psflip.toml:2:3: `listen` is not supported yet"
+#[case::notify_socket(
+    "cmd = [\"a\"]\n[healthcheck.notify]\nsocket = \"file\"\n",
+    "psflip.toml:3:10: healthcheck.notify.socket: expected \"path\" (a socket file in a private directory) or \"abstract\" (an abstract socket), found \"file\""
 )]
-#[case::notify(
-    "cmd = [\"a\"]\n[healthcheck.notify]\n",
-    "psflip.toml:2:14: `healthcheck.notify` is not supported yet"
+#[case::notify_unknown_key(
+    "cmd = [\"a\"]\n[healthcheck.notify]\nready = true\n",
+    "psflip.toml:3:1: unknown key `ready` in [healthcheck.notify] (expected `socket`)"
 )]
-#[case::docker(
-    "cmd = [\"a\"]\n[healthcheck.docker]\ncontainer = \"app\"\n",
-    "psflip.toml:2:14: `healthcheck.docker` is not supported yet"
+#[case::docker_no_container(
+    "cmd = [\"a\"]\n[healthcheck.docker]\n",
+    "psflip.toml:2:14: healthcheck.docker.container: missing: the container to watch is required, e.g. container = \"app-{{ BlueGreen }}\""
 )]
-#[case::docker_inline(
-    "cmd = [\"a\"]\nhealthcheck = { docker = { container = \"app\" } }\n",
-    "psflip.toml:2:17: `healthcheck.docker` is not supported yet"
+#[case::docker_bad_name(
+    "cmd = [\"a\"]\n[healthcheck.docker]\ncontainer = \"a/../b\"\n",
+    "psflip.toml:3:13: healthcheck.docker.container: \"a/../b\" is not a container name: expected [a-zA-Z0-9][a-zA-Z0-9_.-]*"
 )]
-fn unsupported_features_are_refused_by_name(#[case] text: &str, #[case] expected: &str) {
+#[case::docker_tcp_socket(
+    "cmd = [\"a\"]\n[healthcheck.docker]\ncontainer = \"a\"\nsocket = \"tcp://127.0.0.1:2375\"\n",
+    "psflip.toml:4:10: healthcheck.docker.socket: expected the Docker engine's Unix socket as unix:///absolute/path, found \"tcp://127.0.0.1:2375\""
+)]
+#[case::docker_interval(
+    "cmd = [\"a\"]\n[upgrade]\ntimeout = \"1s\"\n[healthcheck.docker]\ncontainer = \"a\"\n",
+    "psflip.toml:3:11: healthcheck.docker.interval: healthcheck.docker.interval (1s, the default) must be shorter than upgrade.timeout (1s): the check would run only once, at the spawn, before the new child is given up on"
+)]
+#[case::two_healthchecks(
+    "cmd = [\"a\"]\n[healthcheck.notify]\n[healthcheck.docker]\ncontainer = \"a\"\n",
+    "psflip.toml:3:14: at most one healthcheck may be configured, found both `healthcheck.notify` and `healthcheck.docker`"
+)]
+fn notify_and_docker_errors_name_the_key(#[case] text: &str, #[case] expected: &str) {
     assert_eq!(err(text), expected);
 }
 
 #[rstest]
 #[case::top(
     "cmd = [\"a\"]\n\ncmdd = 1\n",
-    "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `control_socket`, `quiet`, `log_format`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`)"
+    "psflip.toml:3:1: unknown key `cmdd` in the top level (expected one of `cmd`, `workdir`, `env`, `pidfile`, `control_socket`, `quiet`, `log_format`, `locals`, `upgrade`, `shutdown`, `healthcheck`, `proxy`, `listen`)"
 )]
 #[case::upgrade(
     "cmd = [\"a\"]\n[upgrade]\nsignl = \"HUP\"\n",
@@ -502,7 +556,7 @@ fn unsupported_features_are_refused_by_name(#[case] text: &str, #[case] expected
 )]
 #[case::healthcheck(
     "cmd = [\"a\"]\n[healthcheck.alvie]\n",
-    "psflip.toml:2:14: unknown key `alvie` in [healthcheck] (expected one of `alive`, `command`, `tcp`, `http`)"
+    "psflip.toml:2:14: unknown key `alvie` in [healthcheck] (expected one of `alive`, `command`, `tcp`, `http`, `notify`, `docker`)"
 )]
 #[case::alive(
     "cmd = [\"a\"]\n[healthcheck.alive]\ntimeout = \"1s\"\ninterval = \"1s\"\n",
@@ -650,6 +704,7 @@ fn resolved_toml_escapes_templates_and_toml() {
                 forward: Endpoint::Unix(PathBuf::from("app \"q\".sock")),
             },
         ],
+        listen: Vec::new(),
     };
     let text = config.to_resolved_toml();
     assert_eq!(

@@ -5,6 +5,7 @@
 //! machine (`src/machine.rs`) says what, these modules say how.
 
 pub mod control;
+pub mod docker;
 pub mod fds;
 pub mod listen;
 pub mod notify;

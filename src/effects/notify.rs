@@ -68,7 +68,8 @@ impl NotifySocket {
             std::process::id(),
             random()
         );
-        let err = |what: &str, e: std::io::Error| EffectError::io(format!("{what}: notify socket"), e);
+        let err =
+            |what: &str, e: std::io::Error| EffectError::io(format!("{what}: notify socket"), e);
         let (socket, env, dir, only_uid) = match kind {
             Kind::Path => {
                 let dir = runtime_dir().join(&name);
@@ -145,9 +146,7 @@ impl NotifySocket {
                                         drop(unsafe { OwnedFd::from_raw_fd(fd) });
                                     }
                                 }
-                                ControlMessageOwned::ScmCredentials(cred) => {
-                                    uid = Some(cred.uid())
-                                }
+                                ControlMessageOwned::ScmCredentials(cred) => uid = Some(cred.uid()),
                                 _ => {}
                             }
                         }

@@ -13,6 +13,7 @@ mod logs;
 mod notify;
 mod pidfile;
 mod pidwatch;
+mod readiness;
 mod selfupgrade;
 mod supervision;
 mod upgrade;
