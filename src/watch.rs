@@ -76,9 +76,9 @@ pub enum Event {
     /// pidwatch received this signal.
     SignalReceived(SignalNo),
     /// CMD, our direct child, exited.
-    CmdExited(ExitStatus),
+    CmdExited { pid: u32, status: ExitStatus },
     /// Another process we reaped (a psflip generation re-parented to us) exited.
-    OtherExited,
+    OtherExited { pid: u32, status: ExitStatus },
     /// `SpawnCmd` failed.
     SpawnFailed(String),
     /// The answer to `ReadPidfile`.
@@ -135,6 +135,10 @@ pub struct Watch {
     pending: Vec<SignalNo>,
     next_read: Option<Instant>,
     done: bool,
+    /// `--exit-status`: exit with the service's final status, not 0.
+    relay_status: bool,
+    /// How the process followed last ended, when we reaped it.
+    final_status: Option<(u32, ExitStatus)>,
 }
 
 impl Default for Watch {
@@ -154,7 +158,16 @@ impl Watch {
             pending: Vec::new(),
             next_read: None,
             done: false,
+            relay_status: false,
+            final_status: None,
         }
+    }
+
+    /// `--exit-status`: once the service is gone, exit with its final status
+    /// (its code, or 128 + the signal that killed it) instead of 0.
+    pub fn relaying_status(mut self) -> Watch {
+        self.relay_status = true;
+        self
     }
 
     /// The pid being followed, if any.
@@ -186,12 +199,16 @@ impl Watch {
                 self.pending.push(sig);
                 self.read(now, &mut out);
             }
-            Event::CmdExited(status) => {
+            Event::CmdExited { pid, status } => {
                 self.cmd = Cmd::Exited(status);
+                self.note_exit(pid, status);
                 out.push(Effect::Log(format!("the command exited ({status})")));
                 self.read(now, &mut out);
             }
-            Event::OtherExited => self.read(now, &mut out),
+            Event::OtherExited { pid, status } => {
+                self.note_exit(pid, status);
+                self.read(now, &mut out);
+            }
             Event::Tick => {
                 if self.next_read.is_some_and(|t| now >= t) {
                     self.read(now, &mut out);
@@ -201,6 +218,14 @@ impl Watch {
             Event::PidChecked(reading) => self.on_checked(reading, &mut out),
         }
         out
+    }
+
+    /// Keep the exit status of the process followed last: the service's final
+    /// status, for `--exit-status`.
+    fn note_exit(&mut self, pid: u32, status: ExitStatus) {
+        if self.watched == Some(pid) {
+            self.final_status = Some((pid, status));
+        }
     }
 
     fn read(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -229,6 +254,9 @@ impl Watch {
         }
         match reading {
             Reading::Followable(pid) => {
+                if self.watched != Some(pid) {
+                    self.final_status = None;
+                }
                 self.followed_once = true;
                 self.lingering = false;
                 self.watched = Some(pid);
@@ -274,7 +302,28 @@ impl Watch {
         }
         if let (None, Cmd::Exited(status)) = (self.watched, &self.cmd) {
             // The service is gone. If it never wrote a pidfile, CMD's status says why.
-            let code = if self.followed_once { 0 } else { status.code() };
+            let code = if !self.followed_once {
+                status.code()
+            } else if !self.relay_status {
+                0
+            } else {
+                match self.final_status {
+                    Some((pid, status)) => {
+                        out.push(Effect::Log(format!(
+                            "the service (pid {pid}) ended with {status}; exiting with {}",
+                            status.code()
+                        )));
+                        status.code()
+                    }
+                    None => {
+                        out.push(Effect::Log(
+                            "the service's exit status is unknown (it was not our child); exiting 0"
+                                .to_string(),
+                        ));
+                        0
+                    }
+                }
+            };
             self.exit(code, out);
         }
     }
@@ -306,7 +355,13 @@ mod tests {
         assert_eq!(w.watched(), Some(10));
         // The first psflip (CMD) exits after the handoff: the pidfile names 20.
         assert_eq!(
-            w.step(t(150), Event::CmdExited(ExitStatus::Code(0))),
+            w.step(
+                t(150),
+                Event::CmdExited {
+                    pid: 10,
+                    status: ExitStatus::Code(0)
+                }
+            ),
             vec![
                 Effect::Log("the command exited (exit code 0)".into()),
                 Effect::ReadPidfile
@@ -325,12 +380,78 @@ mod tests {
             }]
         );
         // The successor is gone and the pidfile removed: exit 0.
-        w.step(t(170), Event::OtherExited);
+        w.step(
+            t(170),
+            Event::OtherExited {
+                pid: 20,
+                status: ExitStatus::Code(3),
+            },
+        );
         let out = w.step(t(170), Event::PidfileRead(Reading::Missing));
         assert_eq!(out.last(), Some(&Effect::CheckPid(20)));
         let out = w.step(t(170), Event::PidChecked(Reading::Dead(20)));
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
         assert!(w.step(t(300), Event::Tick).is_empty());
+    }
+
+    /// `--exit-status`: the final status is that of the process followed last
+    /// (the successor), not CMD's (the first psflip, which exits 0 after the
+    /// handoff).
+    #[test]
+    fn exit_status_relays_the_last_followed_process() {
+        for (status, code) in [
+            (ExitStatus::Code(3), 3),
+            (ExitStatus::Signaled(9), 137),
+            (ExitStatus::Code(0), 0),
+        ] {
+            let mut w = Watch::new().relaying_status();
+            w.step(t(0), Event::Started);
+            w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+            w.step(
+                t(50),
+                Event::CmdExited {
+                    pid: 10,
+                    status: ExitStatus::Code(0),
+                },
+            );
+            w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
+            w.step(
+                t(90),
+                Event::OtherExited {
+                    pid: 99,
+                    status: ExitStatus::Code(7),
+                },
+            );
+            w.step(t(90), Event::PidfileRead(Reading::Followable(20)));
+            w.step(t(100), Event::OtherExited { pid: 20, status });
+            let out = w.step(t(100), Event::PidfileRead(Reading::Dead(20)));
+            let out = [out, w.step(t(100), Event::PidChecked(Reading::Dead(20)))].concat();
+            assert_eq!(out.last(), Some(&Effect::Exit(code)), "{status:?}");
+        }
+    }
+
+    /// `--exit-status` with a service we did not reap (polling): unknown, so 0.
+    #[test]
+    fn exit_status_of_a_process_never_reaped_is_unknown() {
+        let mut w = Watch::new().relaying_status();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(20)));
+        w.step(
+            t(50),
+            Event::CmdExited {
+                pid: 10,
+                status: ExitStatus::Code(4),
+            },
+        );
+        w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
+        w.step(t(150), Event::Tick);
+        w.step(t(150), Event::PidfileRead(Reading::Dead(20)));
+        let out = w.step(t(150), Event::PidChecked(Reading::Dead(20)));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Log(l) if l.contains("unknown")))
+        );
     }
 
     /// Regression: a followed process was dropped as soon as the pidfile stopped
@@ -342,7 +463,13 @@ mod tests {
         let mut w = Watch::new();
         w.step(t(0), Event::Started);
         w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
-        w.step(t(50), Event::CmdExited(ExitStatus::Code(0)));
+        w.step(
+            t(50),
+            Event::CmdExited {
+                pid: 10,
+                status: ExitStatus::Code(0),
+            },
+        );
         w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
         for (i, gone) in [Reading::Missing, Reading::Garbage, Reading::Foreign(1234)]
             .into_iter()
@@ -373,7 +500,13 @@ mod tests {
             }]
         );
         // It dies: now the service is gone.
-        w.step(t(460), Event::OtherExited);
+        w.step(
+            t(460),
+            Event::OtherExited {
+                pid: 20,
+                status: ExitStatus::Signaled(9),
+            },
+        );
         w.step(t(460), Event::PidfileRead(Reading::Missing));
         let out = w.step(t(460), Event::PidChecked(Reading::Dead(20)));
         assert_eq!(out, vec![Effect::Exit(0)]);
@@ -418,7 +551,13 @@ mod tests {
         let mut w = Watch::new();
         w.step(t(0), Event::Started);
         w.step(t(0), Event::PidfileRead(Reading::Missing));
-        w.step(t(5), Event::CmdExited(ExitStatus::Code(2)));
+        w.step(
+            t(5),
+            Event::CmdExited {
+                pid: 10,
+                status: ExitStatus::Code(2),
+            },
+        );
         let out = w.step(t(5), Event::PidfileRead(Reading::Missing));
         assert_eq!(out.last(), Some(&Effect::Exit(2)));
     }
@@ -434,7 +573,13 @@ mod tests {
             out.iter()
                 .any(|e| matches!(e, Effect::Log(l) if l.contains("not ours")))
         );
-        w.step(t(2), Event::CmdExited(ExitStatus::Signaled(15)));
+        w.step(
+            t(2),
+            Event::CmdExited {
+                pid: 10,
+                status: ExitStatus::Signaled(15),
+            },
+        );
         let out = w.step(t(2), Event::PidfileRead(Reading::Missing));
         assert_eq!(out.last(), Some(&Effect::Exit(143)));
     }

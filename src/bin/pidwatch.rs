@@ -23,6 +23,12 @@ struct Cli {
     /// Poll with kill(pid, 0) every 100 ms instead of becoming a child subreaper.
     #[arg(long)]
     poll: bool,
+    /// Exit with the watched service's final status (its exit code, or 128 +
+    /// the signal that killed it) instead of 0, so runit or OpenRC can tell a
+    /// crash from a stop. Known when pidwatch reaped the service (the default,
+    /// as a child subreaper); 0 when it could not (--poll).
+    #[arg(long)]
+    exit_status: bool,
     /// The command to start, usually `psflip -c FILE`.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
         argv: cli.cmd,
         quiet: cli.quiet,
         poll: cli.poll,
+        exit_status: cli.exit_status,
     };
     let code = match pidwatch::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

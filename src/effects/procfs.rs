@@ -20,6 +20,12 @@ pub fn alive(pid: u32) -> bool {
     matches!(stat(pid), Some((state, _)) if state != 'Z' && state != 'X' && state != 'x')
 }
 
+/// Whether `pid` is a zombie whose parent is `parent`: dead, but its exit
+/// status is still `parent`'s to collect.
+pub fn zombie_child_of(pid: u32, parent: u32) -> bool {
+    matches!(stat(pid), Some(('Z', ppid)) if ppid == parent)
+}
+
 /// Whether `pid` descends from `ancestor` (and is not `ancestor` itself).
 pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut cur = pid;

@@ -22,6 +22,8 @@ pub struct WatchSpec {
     pub quiet: bool,
     /// Poll with `kill(pid, 0)` instead of subreaping. Forced where subreaping fails.
     pub poll: bool,
+    /// `--exit-status`: exit with the watched service's final status.
+    pub exit_status: bool,
 }
 
 struct Pidwatch {
@@ -63,6 +65,12 @@ impl Pidwatch {
             return Reading::Foreign(pid);
         }
         if !procfs::alive(pid) {
+            // Our own zombie is reported exited (with its status) before it is
+            // reaped; until then it counts as followed, so a pidfile read in
+            // between cannot end the watch before its status is known.
+            if !self.spec.poll && procfs::zombie_child_of(pid, self.my_pid) {
+                return Reading::Followable(pid);
+            }
             return Reading::Dead(pid);
         }
         let ours = if self.spec.poll {
@@ -151,10 +159,11 @@ impl Driver for Pidwatch {
     }
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
+        let raw = pid.as_raw() as u32;
         if self.cmd == Some(pid) {
-            self.drive(now, Event::CmdExited(status))
+            self.drive(now, Event::CmdExited { pid: raw, status })
         } else {
-            self.drive(now, Event::OtherExited)
+            self.drive(now, Event::OtherExited { pid: raw, status })
         }
     }
 
@@ -186,12 +195,17 @@ pub fn run(mut spec: WatchSpec) -> Result<i32, EffectError> {
     }
     let signals = Signals::new()?;
     let clock = Clock::start();
+    let exit_status = spec.exit_status;
     let mut driver = Pidwatch {
         my_uid: nix::unistd::getuid().as_raw(),
         spec,
         my_pid,
         cmd: None,
-        watch: Watch::new(),
+        watch: if exit_status {
+            Watch::new().relaying_status()
+        } else {
+            Watch::new()
+        },
     };
     if let Some(code) = driver.drive(clock.now(), Event::Started) {
         return Ok(code);

@@ -467,3 +467,38 @@ fn realtime_signals_are_forwarded_to_the_followed_psflip() {
     assert!(!alive(p1) && !alive(c), "{}", sb.diag());
     sb.assert_clean();
 }
+
+// --- --exit-status ---------------------------------------------------------------
+
+/// After an upgrade the service is the successor; how it ends is what
+/// `--exit-status` relays: its child killed by SIGKILL makes it exit 137; a
+/// stop (TERM through pidwatch, the child dying of it) is a clean exit, 0
+/// (issue #9). Without the flag, pidwatch exits 0 either way, as the
+/// reference does.
+#[rstest]
+#[case::crash_relayed(&["--exit-status"], Signal::SIGKILL, 137)]
+#[case::stop_relayed(&["--exit-status"], Signal::SIGTERM, 0)]
+#[case::crash_not_relayed(&[], Signal::SIGKILL, 0)]
+fn exit_status_relays_how_the_service_ended(
+    #[case] flags: &[&str],
+    #[case] how: Signal,
+    #[case] expected: i32,
+) {
+    let sb = Sandbox::new(&format!("pidwatch_exit_status_{}_{}", flags.len(), how as i32));
+    let mut pw = pidwatch_psflip(&sb, flags, &quick(&sb));
+    let p1 = first_psflip(&sb, pw.pid);
+    sb.must_name(p1);
+    let s = upgrade_via(&sb, pw.pid, p1);
+    let child = sb.child_of(s);
+    sb.must(T, "the successor is re-parented to pidwatch", || {
+        ppid(s) == Some(pw.pid)
+    });
+    match how {
+        // A crash of the service: its child dies, psflip exits 128 + 9.
+        Signal::SIGKILL => signal(child, Signal::SIGKILL),
+        // A stop through pidwatch, as runit's `sv stop` does it.
+        _ => signal(pw.pid, how),
+    }
+    assert_eq!(sb.wait_exit(&mut pw, T), expected, "{}", sb.diag());
+    sb.assert_clean();
+}
