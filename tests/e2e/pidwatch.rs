@@ -484,7 +484,11 @@ fn exit_status_relays_how_the_service_ended(
     #[case] how: Signal,
     #[case] expected: i32,
 ) {
-    let sb = Sandbox::new(&format!("pidwatch_exit_status_{}_{}", flags.len(), how as i32));
+    let sb = Sandbox::new(&format!(
+        "pidwatch_exit_status_{}_{}",
+        flags.len(),
+        how as i32
+    ));
     let mut pw = pidwatch_psflip(&sb, flags, &quick(&sb));
     let p1 = first_psflip(&sb, pw.pid);
     sb.must_name(p1);
