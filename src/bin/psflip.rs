@@ -1,8 +1,15 @@
 //! `psflip`: run a service with zero-downtime upgrades (see SPEC §1).
+//!
+//! `main` is the C one (`#![no_main]`): std's own start-up work (finding the main
+//! thread's stack guard by reading `/proc/self/maps`, a signal stack, SIGPIPE
+//! ignored, a poll of fds 0–2) is a sixth of the instructions psflip runs before
+//! its first child starts, and psflip needs none of it: it blocks every signal
+//! first thing, and a stack overflow is a SIGSEGV either way.
+#![no_main]
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -98,7 +105,38 @@ fn parse_log_format(s: &str) -> Result<log::Format, String> {
     log::Format::parse(s).ok_or_else(|| format!("{s:?}: expected text or json"))
 }
 
-fn main() -> ExitCode {
+// libgcc's unwinder linked in rather than loaded: std refers to ten `_Unwind_*`
+// functions (backtraces; with panic = "abort" nothing unwinds), and taking them
+// from libgcc_s.so meant one more library to map and relocate against at every
+// start. Listed here, in the binary, it comes before std's `-lgcc_s` on the link
+// line, and `--as-needed` then drops libgcc_s. (Part of gcc, which links us.)
+#[link(name = "gcc_eh", kind = "static", modifiers = "-bundle")]
+unsafe extern "C" {}
+
+/// The C entry point; std's `env::args` still works (glibc hands the arguments to
+/// std's initialiser).
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    let ExitCode(code) = psflip_main();
+    // std flushes stdout at exit only when its own `main` ran.
+    let _ = std::io::stdout().flush();
+    libc::c_int::from(code)
+}
+
+/// An exit status, as `std::process::ExitCode` (which stable Rust cannot turn back
+/// into a number for the C `main`).
+#[derive(Clone, Copy)]
+struct ExitCode(u8);
+
+impl ExitCode {
+    const SUCCESS: ExitCode = ExitCode(0);
+
+    fn from(code: u8) -> ExitCode {
+        ExitCode(code)
+    }
+}
+
+fn psflip_main() -> ExitCode {
     // Before anything else: a signal arriving now must wait for the event loop, not
     // kill us, and nothing we inherited may leak into a child.
     if let Err(e) = signals::block_all() {

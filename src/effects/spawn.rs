@@ -68,12 +68,7 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
         .split_first()
         .ok_or_else(|| EffectError::io("empty command", std::io::ErrorKind::InvalidInput.into()))?;
     let what = || format!("cannot run {prog:?}");
-    let invalid = |e: std::ffi::NulError| {
-        EffectError::io(
-            what(),
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        )
-    };
+    let invalid = |e: Nul| EffectError::io(what(), e.into());
     let mut env = Env::inherited(|key| {
         !INTERNAL_ENV.iter().any(|k| OsStr::new(k) == key) && key != "NOTIFY_SOCKET"
     });
@@ -90,7 +85,7 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
             if let Err(e) = std::fs::read_dir(dir) {
                 return Err(EffectError::io(format!("workdir {}", dir.display()), e));
             }
-            Some(CString::new(dir.as_os_str().as_bytes()).map_err(invalid)?)
+            Some(CString::new(dir.as_os_str().as_bytes()).map_err(|_| invalid(Nul))?)
         }
         None => None,
     };
@@ -105,12 +100,8 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
         None
     };
     let mut plan = Plan {
-        paths: search_path(OsStr::new(prog), env.get(OsStr::new("PATH")))
-            .into_iter()
-            .map(CString::new)
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?,
-        argv: CStrings::new(spec.argv.iter().map(|a| a.as_bytes().to_vec())).map_err(invalid)?,
+        paths: search_path(OsStr::new(prog), env.get(OsStr::new("PATH"))).map_err(invalid)?,
+        argv: CStrings::new(spec.argv.iter().map(|a| a.as_bytes())).map_err(invalid)?,
         envp: env.into_cstrings(spec.pid_env).map_err(invalid)?,
         workdir,
         null: null.as_ref().map(AsRawFd::as_raw_fd),
@@ -140,24 +131,20 @@ pub fn successor(
     inherit: &[RawFd],
 ) -> Result<Pid, EffectError> {
     let what = || format!("cannot run {}", exe.display());
-    let invalid = |e: std::ffi::NulError| {
-        EffectError::io(
-            what(),
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        )
-    };
+    let invalid = |e: Nul| EffectError::io(what(), e.into());
     let fd = ready.as_raw_fd();
     let mut vars = Env::inherited(|_| true);
     vars.set(OsStr::new(readiness::ENV_FD), OsStr::new(&fd.to_string()));
     for (k, v) in env {
         vars.set(OsStr::new(k), OsStr::new(v));
     }
-    let argv = std::iter::once(arg0)
+    let argv: Vec<&[u8]> = std::iter::once(arg0)
         .chain(args)
-        .map(|a| a.as_bytes().to_vec());
+        .map(|a| a.as_bytes())
+        .collect();
     let mut plan = Plan {
-        paths: vec![CString::new(exe.as_os_str().as_bytes()).map_err(invalid)?],
-        argv: CStrings::new(argv).map_err(invalid)?,
+        paths: CStrings::new(std::iter::once(exe.as_os_str().as_bytes())).map_err(invalid)?,
+        argv: CStrings::new(argv.into_iter()).map_err(invalid)?,
         envp: vars.into_cstrings(&[]).map_err(invalid)?,
         workdir: None,
         null: None,
@@ -198,62 +185,100 @@ impl Env {
 
     /// `KEY=VALUE` strings; each of `pid_env` gets room for the child's pid
     /// (written by the child), replacing any value it had.
-    fn into_cstrings(mut self, pid_env: &[&str]) -> Result<CStrings, std::ffi::NulError> {
+    fn into_cstrings(mut self, pid_env: &[&str]) -> Result<CStrings, Nul> {
         for key in pid_env {
             self.0.retain(|(k, _)| k != OsStr::new(key));
         }
-        let vars = self.0.into_iter().map(|(k, v)| {
-            let mut kv = k.into_encoded_bytes();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            kv
-        });
-        let mut strings = CStrings::new(vars)?;
+        let bytes = self.0.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let mut strings = CStrings::with_capacity(self.0.len() + pid_env.len(), bytes);
+        for (k, v) in &self.0 {
+            strings.push(&[k.as_bytes(), b"=", v.as_bytes()])?;
+        }
         for key in pid_env {
-            // Room for any pid (at most 10 digits), filled with NULs.
-            let mut slot = format!("{key}=").into_bytes();
-            CString::new(slot.clone())?;
-            slot.resize(slot.len() + PID_DIGITS + 1, 0);
-            strings
-                .pid_slots
-                .push((key.len() + 1, slot.into_boxed_slice()));
+            strings.push_pid_slot(key.as_bytes())?;
         }
         strings.finish();
         Ok(strings)
     }
 }
 
+/// A string for execve held a NUL byte.
+#[derive(Debug)]
+struct Nul;
+
+impl From<Nul> for std::io::Error {
+    fn from(_: Nul) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument or environment variable holds a NUL byte",
+        )
+    }
+}
+
 /// Room for a pid in decimal (`pid_max` is at most 2^22; 10 digits hold any i32).
 const PID_DIGITS: usize = 10;
 
-/// NUL-terminated strings and the NULL-terminated array of pointers to them, as
-/// execve takes them. The strings are owned here and never move (each is its own
-/// heap allocation), so the pointers stay valid as long as this lives.
+/// NUL-terminated strings, all in one buffer, and the NULL-terminated array of
+/// pointers to them, as execve takes them (one allocation each, whatever the
+/// number of strings).
 struct CStrings {
-    strings: Vec<CString>,
-    /// `(offset of the value, buffer)` of each pid variable; the child writes the
-    /// digits at the offset.
-    pid_slots: Vec<(usize, Box<[u8]>)>,
+    buf: Vec<u8>,
+    starts: Vec<usize>,
+    /// Where the value of each pid variable goes in `buf`: the child writes the
+    /// digits there.
+    pid_slots: Vec<usize>,
     ptrs: Vec<*const libc::c_char>,
 }
 
 impl CStrings {
-    fn new(items: impl Iterator<Item = Vec<u8>>) -> Result<CStrings, std::ffi::NulError> {
-        let strings = items.map(CString::new).collect::<Result<Vec<_>, _>>()?;
-        let mut s = CStrings {
-            strings,
+    fn with_capacity(n: usize, bytes: usize) -> CStrings {
+        CStrings {
+            buf: Vec::with_capacity(bytes + n * (PID_DIGITS + 1)),
+            starts: Vec::with_capacity(n),
             pid_slots: Vec::new(),
             ptrs: Vec::new(),
-        };
+        }
+    }
+
+    fn new<'a>(items: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> Result<CStrings, Nul> {
+        let bytes = items.clone().map(|i| i.len() + 1).sum();
+        let mut s = CStrings::with_capacity(items.len(), bytes);
+        for item in items {
+            s.push(&[item])?;
+        }
         s.finish();
         Ok(s)
     }
 
+    /// One string, the concatenation of `parts`.
+    fn push(&mut self, parts: &[&[u8]]) -> Result<(), Nul> {
+        if parts.iter().any(|p| p.contains(&0)) {
+            return Err(Nul);
+        }
+        self.starts.push(self.buf.len());
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.buf.push(0);
+        Ok(())
+    }
+
+    /// `KEY=` and room for a pid, all NULs until the child fills it.
+    fn push_pid_slot(&mut self, key: &[u8]) -> Result<(), Nul> {
+        self.push(&[key, b"="])?;
+        self.buf.pop();
+        self.pid_slots.push(self.buf.len());
+        self.buf.resize(self.buf.len() + PID_DIGITS + 1, 0);
+        Ok(())
+    }
+
+    /// The pointers, once every string is in: `buf` does not move from now on.
     fn finish(&mut self) {
+        let base = self.buf.as_ptr();
         self.ptrs.clear();
-        self.ptrs.extend(self.strings.iter().map(|s| s.as_ptr()));
+        // SAFETY: every start is an offset inside `buf`.
         self.ptrs
-            .extend(self.pid_slots.iter().map(|(_, b)| b.as_ptr().cast()));
+            .extend(self.starts.iter().map(|&i| unsafe { base.add(i) }.cast()));
         self.ptrs.push(std::ptr::null());
     }
 }
@@ -262,26 +287,24 @@ impl CStrings {
 /// entry joined with it, tried in order by the child as `execvp` does (glibc's
 /// default search path when `PATH` is unset). Searched with the child's own
 /// `PATH`, the one `env` may have set.
-fn search_path(prog: &OsStr, path: Option<&OsStr>) -> Vec<Vec<u8>> {
+fn search_path(prog: &OsStr, path: Option<&OsStr>) -> Result<CStrings, Nul> {
     let prog = prog.as_bytes();
     if prog.contains(&b'/') || prog.is_empty() {
-        return vec![prog.to_vec()];
+        return CStrings::new(std::iter::once(prog));
     }
     let path = path.map_or(&b"/bin:/usr/bin"[..], OsStrExt::as_bytes);
-    path.split(|&b| b == b':')
-        .map(|dir| {
-            if dir.is_empty() {
-                // An empty entry is the current directory.
-                return prog.to_vec();
-            }
-            let mut p = dir.to_vec();
-            if !dir.ends_with(b"/") {
-                p.push(b'/');
-            }
-            p.extend_from_slice(prog);
-            p
-        })
-        .collect()
+    let n = path.iter().filter(|&&b| b == b':').count() + 1;
+    let mut paths = CStrings::with_capacity(n, path.len() + n * (prog.len() + 2));
+    for dir in path.split(|&b| b == b':') {
+        match dir {
+            // An empty entry is the current directory.
+            [] => paths.push(&[prog])?,
+            [.., b'/'] => paths.push(&[dir, prog])?,
+            _ => paths.push(&[dir, b"/", prog])?,
+        }
+    }
+    paths.finish();
+    Ok(paths)
 }
 
 /// The step of the child's set-up that failed.
@@ -315,7 +338,7 @@ impl Stage {
 /// memory (CLONE_VM) while psflip's thread waits (CLONE_VFORK).
 struct Plan {
     /// Paths to execve in turn.
-    paths: Vec<CString>,
+    paths: CStrings,
     argv: CStrings,
     envp: CStrings,
     workdir: Option<CString>,
@@ -336,12 +359,13 @@ struct Plan {
 }
 
 /// The child's stack: it only makes system calls, so a little is plenty.
-const CHILD_STACK: usize = 64 * 1024;
+const CHILD_STACK: usize = 32 * 1024;
 
 impl Plan {
     /// Start the child; its pid once it has exec'd, or the step that failed.
     fn run(&mut self) -> Result<Pid, (Stage, std::io::Error)> {
-        let mut stack = vec![0u8; CHILD_STACK];
+        // Not zeroed: zeroing would write (and make resident) every page.
+        let mut stack: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(CHILD_STACK);
         // The stack grows down on every Linux architecture Rust supports but
         // PA-RISC; 16-byte alignment as every ABI wants.
         let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
@@ -472,8 +496,8 @@ extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
                 }
             }
             for s in 0..plan.envp.pid_slots.len() {
-                let (at, buf) = &mut plan.envp.pid_slots[s];
-                let at = *at;
+                let at = plan.envp.pid_slots[s];
+                let buf = &mut plan.envp.buf;
                 buf[at..at + len].copy_from_slice(&digits[PID_DIGITS - len..]);
                 buf[at + len] = 0;
             }
@@ -485,8 +509,8 @@ extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
         // permission error, stop at any other error.
         let mut denied = false;
         let mut errno = libc::ENOENT;
-        for i in 0..plan.paths.len() {
-            let path = plan.paths[i].as_ptr();
+        for i in 0..plan.paths.starts.len() {
+            let path = plan.paths.ptrs[i];
             libc::execve(path, plan.argv.ptrs.as_ptr(), plan.envp.ptrs.as_ptr());
             errno = *libc::__errno_location();
             match errno {
