@@ -211,8 +211,10 @@ fn to_json(lines: &str) -> String {
 }
 
 /// `psflip upgrade`: ask the running generation to upgrade and wait for the
-/// outcome. Exit 0 only when the new generation took over.
-pub fn upgrade(config: &Config) -> Answer {
+/// outcome. Exit 0 only when the new generation took over. With `wait_old`, a
+/// success is reported only once the old generation has exited too (see
+/// [`wait_gone`]).
+pub fn upgrade(config: &Config, wait_old: bool) -> Answer {
     let (pid, path) = match running(config) {
         Ok(found) => found,
         Err(why) => return Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
@@ -226,7 +228,16 @@ pub fn upgrade(config: &Config) -> Answer {
     let wait = (config.upgrade.timeout + SUCCESSOR_GRACE + Duration::from_secs(5))
         .max(Duration::from_secs(600));
     match control::ask(pid, Request::Upgrade, wait) {
-        Ok(reply) if reply.starts_with("ok") => Answer::out(0, reply),
+        Ok(reply) if reply.starts_with("ok") => {
+            if wait_old && let Some(note) = wait_gone(config, pid) {
+                return Answer {
+                    code: 0,
+                    stdout: reply,
+                    stderr: note,
+                };
+            }
+            Answer::out(0, reply)
+        }
         Ok(reply) if !reply.is_empty() => Answer::err(1, reply),
         Ok(_) => Answer::err(
             1,
@@ -253,6 +264,29 @@ pub fn upgrade(config: &Config) -> Answer {
             format!("failed: cannot ask psflip (pid {pid}) over its control socket: {e}\n"),
         ),
     }
+}
+
+/// After a successful upgrade: wait until the old generation `pid` has exited
+/// (a zombie has: its children are re-parented by then). systemd reads PIDFile=
+/// when ExecReload= ends; if the old psflip still ran, the new one would be its
+/// child, not systemd's, and systemd would supervise it as "not our child"
+/// (`systemctl stop` then SIGKILLs at once with KillMode=mixed). The old
+/// generation stops its child within shutdown.delay + shutdown.timeout (of its
+/// own configuration, which this one may not match: hence the margin). A note
+/// for stderr if it is still there after that.
+fn wait_gone(config: &Config, pid: u32) -> Option<String> {
+    let bound = (config.shutdown.delay + config.shutdown.timeout + Duration::from_secs(10))
+        .max(Duration::from_secs(30));
+    let deadline = Instant::now() + bound;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return Some(format!(
+                "note: the old generation (pid {pid}) has not exited within {bound:?}\n"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// For a running psflip without a control socket: send the upgrade signal and

@@ -50,7 +50,14 @@ enum Command {
     Check,
     /// Ask the running psflip (found through the pidfile) to upgrade; wait for the
     /// outcome and print it. Exit 0 only when the new generation took over.
-    Upgrade,
+    Upgrade {
+        /// After a successful upgrade, also wait until the old generation has
+        /// exited (bounded by shutdown.delay + shutdown.timeout and a margin).
+        /// For systemd's ExecReload=: systemd reads PIDFile= when the reload ends,
+        /// and the new psflip is its own child only once the old one is gone.
+        #[arg(long)]
+        wait_old: bool,
+    },
     /// Print the running generation as `key: value` lines. Exit 3 when nothing runs.
     Status {
         /// Print JSON instead.
@@ -185,7 +192,7 @@ fn psflip_main() -> ExitCode {
             print!("{}", config.to_resolved_toml());
             ExitCode::SUCCESS
         }
-        Some(Command::Upgrade) => answer(client::upgrade(&config)),
+        Some(Command::Upgrade { wait_old }) => answer(client::upgrade(&config, wait_old)),
         Some(Command::Status { json }) => answer(client::status(&config, json)),
         None => {
             let generation = generation(predecessor.is_some());
