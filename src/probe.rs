@@ -13,11 +13,13 @@
 //!    [`Endpoint`]) and the blocking check itself ([`run`]), bounded by a timeout
 //!    a little shorter than the interval ([`timeout_for`]) so that a slow check
 //!    ends with its own reason before the machine has to kill it.
-//! 3. std only: `TcpStream::connect_timeout`, `UnixStream`, and just enough
-//!    HTTP/1.1 to send a `GET` and read the status line.
+//! 3. Blocking std sockets (`TcpStream::connect_timeout`, `UnixStream`), a
+//!    hand-written `GET` (five fixed lines), and the answer read by `httparse`
+//!    (the HTTP/1.x head parser under hyper): healthy or not is decided on the
+//!    status line alone; the head is read whole only to skip a 1xx answer.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
@@ -31,8 +33,11 @@ pub use crate::values::{Endpoint, HttpUrl, StatusPattern};
 /// `psflip __probe http --timeout 200ms -- URL STATUS`.
 pub const SUBCOMMAND: &str = "__probe";
 
-/// The longest status line (or header line, while skipping a 1xx answer) read.
-const MAX_LINE: u64 = 8 * 1024;
+/// The longest answer head read (status line and headers, while skipping a 1xx
+/// answer).
+const MAX_HEAD: usize = 8 * 1024;
+/// The most header lines an answer head may have.
+const MAX_HEADERS: usize = 100;
 
 /// What one probe run checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +131,7 @@ fn connect(address: &Endpoint, deadline: Instant) -> Result<TcpStream, String> {
     Err(last)
 }
 
-/// `GET url`, then the status line (1xx informational answers skipped).
+/// `GET url`, then the answer's status (1xx informational answers skipped).
 fn http(url: &HttpUrl, status: &StatusPattern, deadline: Instant) -> Result<(), String> {
     let stream = connect(&url.endpoint(), deadline)?;
     let io_error = |what: &str, e: &io::Error| format!("{what}: {}", describe(e));
@@ -136,91 +141,131 @@ fn http(url: &HttpUrl, status: &StatusPattern, deadline: Instant) -> Result<(), 
     (&stream)
         .write_all(url.request().as_bytes())
         .map_err(|e| io_error("sending the request", &e))?;
-    let mut reader = BufReader::new(&stream);
+    let mut answer = Answer {
+        stream: &stream,
+        deadline,
+        buf: Vec::new(),
+    };
     loop {
-        stream
-            .set_read_timeout(Some(left(deadline)?))
-            .map_err(|e| io_error("reading the answer", &e))?;
-        let line = read_line(&mut reader)
-            .map_err(|e| io_error("waiting for the status line", &e))?
-            .ok_or("the connection closed before a status line")?;
-        let code = parse_status_line(&line)?;
+        let code = answer.status()?;
         if status.matches(code) {
             return Ok(());
         }
         // An informational answer (103 Early Hints…) comes before the real one.
         if (100..200).contains(&code) && code != 101 {
-            skip_headers(&mut reader, &stream, deadline)?;
+            answer.skip_head()?;
             continue;
         }
         return Err(format!("answered {code} (expected {status})"));
     }
 }
 
-/// One line without its line ending; `None` at end of stream before any byte.
-fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
-    let mut line = Vec::new();
-    io::Read::take(&mut *reader, MAX_LINE).read_until(b'\n', &mut line)?;
-    if line.is_empty() {
-        return Ok(None);
-    }
-    if line.pop() != Some(b'\n') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            if line.len() as u64 + 1 >= MAX_LINE {
-                "line too long"
-            } else {
-                "the connection closed mid-line"
-            },
-        ));
-    }
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+/// The answer as read so far; `httparse` parses it.
+struct Answer<'s> {
+    stream: &'s TcpStream,
+    deadline: Instant,
+    buf: Vec<u8>,
 }
 
-/// Reads header lines up to and including the empty line that ends them.
-fn skip_headers(
-    reader: &mut impl BufRead,
-    stream: &TcpStream,
-    deadline: Instant,
-) -> Result<(), String> {
-    for _ in 0..100 {
-        stream
-            .set_read_timeout(Some(left(deadline)?))
-            .map_err(|e| format!("reading the answer: {}", describe(&e)))?;
-        match read_line(reader) {
-            Ok(Some(line)) if line.is_empty() => return Ok(()),
-            Ok(Some(_)) => {}
-            Ok(None) => return Err("the connection closed mid-answer".to_owned()),
-            Err(e) => return Err(format!("reading the answer: {}", describe(&e))),
+/// What `httparse` makes of the buffer.
+enum Head {
+    /// Not even the status line yet.
+    Nothing,
+    /// The status line (its code), not yet the headers' end.
+    Status(u16),
+    /// The whole head (status code, length in bytes).
+    Complete(u16, usize),
+}
+
+impl Answer<'_> {
+    /// The status code of the next answer: decided on its status line alone.
+    fn status(&mut self) -> Result<u16, String> {
+        loop {
+            match self.parse()? {
+                Head::Status(code) | Head::Complete(code, _) => return Ok(code),
+                Head::Nothing => {
+                    self.read("waiting for the status line", "before a status line")?
+                }
+            }
         }
     }
-    Err("too many header lines".to_owned())
+
+    /// Drops the head of the answer whose status was read (headers included).
+    fn skip_head(&mut self) -> Result<(), String> {
+        loop {
+            match self.parse()? {
+                Head::Complete(_, len) => {
+                    self.buf.drain(..len);
+                    return Ok(());
+                }
+                _ => self.read("reading the answer", "mid-answer")?,
+            }
+        }
+    }
+
+    fn parse(&self) -> Result<Head, String> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let parsed = response.parse(&self.buf);
+        // httparse reads the code before the line ends; only a whole line counts.
+        let line_done = self.buf.contains(&b'\n');
+        match (parsed, response.code) {
+            (Ok(httparse::Status::Complete(len)), Some(code)) => Ok(Head::Complete(code, len)),
+            (Ok(_), _) if self.buf.len() >= MAX_HEAD => Err("answer head too long".to_owned()),
+            (Ok(_), Some(code)) if line_done => Ok(Head::Status(code)),
+            (Ok(_), _) => Ok(Head::Nothing),
+            (Err(httparse::Error::TooManyHeaders), _) => Err("too many header lines".to_owned()),
+            // A bad header after a good status line: the status still counts.
+            (Err(_), _) => match parse_status_line(&self.first_line()) {
+                Ok(code) if line_done => Ok(Head::Status(code)),
+                Ok(_) => Err(format!("malformed status line {:?}", self.first_line())),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The first line read, without its line ending.
+    fn first_line(&self) -> String {
+        let first = self.buf.split(|&b| b == b'\n').next().unwrap_or_default();
+        String::from_utf8_lossy(first)
+            .trim_end_matches('\r')
+            .to_owned()
+    }
+
+    /// Reads more of the answer, within the deadline.
+    fn read(&mut self, what: &str, closed: &str) -> Result<(), String> {
+        let timeout = left(self.deadline)?;
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| format!("{what}: {}", describe(&e)))?;
+        let mut chunk = [0u8; 1024];
+        match io::Read::read(&mut &*self.stream, &mut chunk) {
+            Ok(0) if self.buf.is_empty() => Err(format!("the connection closed {closed}")),
+            Ok(0) => Err(format!("{what}: the connection closed mid-line")),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) => Err(format!("{what}: {}", describe(&e))),
+        }
+    }
 }
 
 /// The status code of an HTTP/1.x status line: `HTTP/1.1 200 OK` gives 200.
 pub fn parse_status_line(line: &str) -> Result<u16, String> {
-    let malformed = || {
-        let shown: String = line.chars().take(60).collect();
-        format!("malformed status line {shown:?}")
-    };
-    let (version, rest) = line.split_once(' ').ok_or_else(malformed)?;
-    let digits = version.strip_prefix("HTTP/").ok_or_else(malformed)?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(malformed());
+    let mut answer = format!("{line}\r\n").into_bytes();
+    answer.extend_from_slice(b"\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut response = httparse::Response::new(&mut headers);
+    match (response.parse(&answer), response.code) {
+        (Ok(httparse::Status::Complete(_)), Some(code)) => Ok(code),
+        _ => {
+            let shown: String = line.chars().take(60).collect();
+            Err(format!("malformed status line {shown:?}"))
+        }
     }
-    let code = rest.get(..3).ok_or_else(malformed)?;
-    if !code.bytes().all(|b| b.is_ascii_digit())
-        || !matches!(rest.as_bytes().get(3), None | Some(b' '))
-    {
-        return Err(malformed());
-    }
-    code.parse().map_err(|_| malformed())
 }
 
-// ---------------------------------------------------------------------------
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,7 +597,8 @@ mod tests {
     #[case("HTTP/1.1 200 OK", Ok(200))]
     #[case("HTTP/1.0 404 Not Found", Ok(404))]
     #[case("HTTP/1.1 204", Ok(204))]
-    #[case("HTTP/2 200 ", Ok(200))]
+    // An HTTP/1.1 request gets an HTTP/1.x answer; httparse reads no other.
+    #[case("HTTP/2 200 ", Err(()))]
     #[case("HTTP/1.1 999 Odd", Ok(999))]
     #[case("", Err(()))]
     #[case("HTTP/1.1", Err(()))]

@@ -115,9 +115,22 @@ fn address() -> impl Strategy<Value = Endpoint> {
     ]
 }
 
+/// A host in the canonical form `HttpUrl::parse` gives it (the URL standard's):
+/// an IP address (IPv6 without brackets) or a lowercase name whose labels do
+/// not read as numbers or as punycode.
+fn http_host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("localhost".to_owned()),
+        any::<Ipv4Addr>().prop_map(|ip| ip.to_string()),
+        any::<Ipv6Addr>().prop_map(|ip| ip.to_string()),
+        "[a-z][a-z0-9_-]{0,8}(\\.[a-z_][a-z0-9_-]{0,8}){0,2}"
+            .prop_filter("not punycode", |h| !h.contains("--")),
+    ]
+}
+
 /// A `[healthcheck.http]` URL.
 fn http_url() -> impl Strategy<Value = HttpUrl> {
-    (host(), 1..=u16::MAX, "(/[!-\"$-~]{0,16}){1,3}").prop_map(|(host, port, path)| HttpUrl {
+    (http_host(), 1..=u16::MAX, "(/[!-\"$-~]{0,16}){1,3}").prop_map(|(host, port, path)| HttpUrl {
         host,
         port,
         path,

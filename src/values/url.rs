@@ -1,14 +1,14 @@
-//! `[healthcheck.http] url`: plain `http://` URLs.
+//! `[healthcheck.http] url`: plain `http://` URLs, parsed by the `url` crate.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::Endpoint;
 
 /// An `http://` URL: `http://host[:port][/path][?query]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpUrl {
-    /// An IPv4 address, an IPv6 address (without brackets) or a host name.
+    /// An IPv4 address, an IPv6 address (without brackets) or a host name
+    /// (lowercase).
     pub host: String,
     /// 80 unless given.
     pub port: u16,
@@ -20,6 +20,15 @@ const URL_EXPECTED: &str = "expected a URL such as http://127.0.0.1:8080/health"
 
 impl HttpUrl {
     /// Parses an `http://` URL; `https://` is refused (plain HTTP only).
+    ///
+    /// The `url` crate (the WHATWG URL standard, as browsers and curl read
+    /// URLs) parses the scheme, host and port: IPv4 in every spelling, IPv6,
+    /// host names (lowercased; non-ASCII names are refused, see Cargo.lock's
+    /// `idna_adapter` pin). Before it, the text is checked for what the standard
+    /// would quietly repair but a healthcheck should not guess at (an empty
+    /// host or port, `http:///x`, user information, a fragment, spaces). The
+    /// request target is then sent as written, not re-encoded or normalised:
+    /// servers route on it byte for byte.
     pub fn parse(text: &str) -> Result<HttpUrl, String> {
         let Some((scheme, rest)) = text.split_once("://") else {
             return Err(format!("missing http:// in {text:?}: {URL_EXPECTED}"));
@@ -36,71 +45,24 @@ impl HttpUrl {
         }
         let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, target) = rest.split_at(split);
-        if target.contains('#') {
-            return Err("a fragment (#…) is never sent to the server: remove it".to_owned());
-        }
-        if authority.contains('@') {
-            return Err("user information (user@host) is not supported".to_owned());
-        }
-        let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
-            let (host, after) = inner
-                .split_once(']')
-                .ok_or_else(|| format!("unbalanced '[' in {text:?}: {URL_EXPECTED}"))?;
-            host.parse::<Ipv6Addr>()
-                .map_err(|_| format!("{host:?} is not an IPv6 address"))?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':').ok_or_else(|| {
-                    format!("unexpected {after:?} after [{host}]: {URL_EXPECTED}")
-                })?),
-            };
-            (host, port)
-        } else {
-            let (host, port) = match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            };
-            if port.is_some_and(|p| p.contains(':')) {
-                return Err(format!(
-                    "an IPv6 address needs brackets, as in http://[::1]:8080/: {URL_EXPECTED}"
-                ));
-            }
-            if host.parse::<Ipv4Addr>().is_err()
-                && !host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
-            {
-                return Err(format!("{host:?} is not a host name or an IP address"));
-            }
-            (host, port)
+        check_as_written(text, authority, target)?;
+        let url = url::Url::parse(text).map_err(|e| why_not(e, text, authority))?;
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) => name.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(format!("missing host in {text:?}: {URL_EXPECTED}")),
         };
-        if host.is_empty() {
-            return Err(format!("missing host in {text:?}: {URL_EXPECTED}"));
-        }
-        let port = match port {
-            None => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("invalid port {p:?} (expected 1 to 65535)"))?,
+        let port = match url.port_or_known_default() {
+            Some(0) | None => return Err("invalid port \"0\" (expected 1 to 65535)".to_owned()),
+            Some(port) => port,
         };
         let path = match target {
             "" => "/".to_owned(),
             t if t.starts_with('?') => format!("/{t}"),
             t => t.to_owned(),
         };
-        if !path.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(
-                "the path must be printable ASCII without spaces (percent-encode the rest)"
-                    .to_owned(),
-            );
-        }
-        Ok(HttpUrl {
-            host: host.to_owned(),
-            port,
-            path,
-        })
+        Ok(HttpUrl { host, port, path })
     }
 
     /// The address to connect to.
@@ -132,6 +94,72 @@ impl HttpUrl {
             self.path,
             self.authority()
         )
+    }
+}
+
+/// Refuses what the URL standard would accept by repairing it.
+fn check_as_written(text: &str, authority: &str, target: &str) -> Result<(), String> {
+    if target.contains('#') {
+        return Err("a fragment (#…) is never sent to the server: remove it".to_owned());
+    }
+    if authority.contains('@') {
+        return Err("user information (user@host) is not supported".to_owned());
+    }
+    let port = if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| format!("unbalanced '[' in {text:?}: {URL_EXPECTED}"))?;
+        if !after.is_empty() && !after.starts_with(':') {
+            return Err(format!(
+                "unexpected {after:?} after [{host}]: {URL_EXPECTED}"
+            ));
+        }
+        after.strip_prefix(':')
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        if port.is_some_and(|p| p.contains(':')) {
+            return Err(format!(
+                "an IPv6 address needs brackets, as in http://[::1]:8080/: {URL_EXPECTED}"
+            ));
+        }
+        if host.is_empty() {
+            return Err(format!("missing host in {text:?}: {URL_EXPECTED}"));
+        }
+        port
+    };
+    if port == Some("") {
+        return Err("invalid port \"\" (expected 1 to 65535)".to_owned());
+    }
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "the path must be printable ASCII without spaces (percent-encode the rest)".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// The `url` crate's refusal in the words of the configuration.
+fn why_not(e: url::ParseError, text: &str, authority: &str) -> String {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(inner) => inner.split_once(']').unwrap_or((inner, "")),
+        None => authority.split_once(':').unwrap_or((authority, "")),
+    };
+    let port = port.strip_prefix(':').unwrap_or(port);
+    match e {
+        url::ParseError::EmptyHost => format!("missing host in {text:?}: {URL_EXPECTED}"),
+        url::ParseError::InvalidPort => {
+            format!("invalid port {port:?} (expected 1 to 65535)")
+        }
+        url::ParseError::InvalidIpv6Address => format!("{host:?} is not an IPv6 address"),
+        url::ParseError::InvalidIpv4Address
+        | url::ParseError::InvalidDomainCharacter
+        | url::ParseError::IdnaError => {
+            format!("{host:?} is not a host name or an IP address")
+        }
+        e => format!("invalid URL {text:?}: {e}"),
     }
 }
 
@@ -172,7 +200,13 @@ mod tests {
         url("app.internal", 80, "/x"),
         "http://app.internal/x"
     )]
-    #[case("HTTP://Host_1", url("Host_1", 80, "/"), "http://Host_1/")]
+    #[case("HTTP://Host_1", url("host_1", 80, "/"), "http://host_1/")]
+    #[case(
+        "http://127.1:8080/",
+        url("127.0.0.1", 8080, "/"),
+        "http://127.0.0.1:8080/"
+    )]
+    #[case("http://h/a/../b", url("h", 80, "/a/../b"), "http://h/a/../b")]
     #[case(
         "http://[::1]:9000/a/b?c=d&e",
         url("::1", 9000, "/a/b?c=d&e"),
@@ -204,6 +238,8 @@ mod tests {
     #[case("http://[x]:80/", "not an IPv6 address")]
     #[case("http://[::1]x/", "unexpected \"x\"")]
     #[case("http://a b/", "not a host name")]
+    #[case("http://bücher/", "not a host name")]
+    #[case("http://1.2.3.4.5/", "not a host name")]
     #[case("http://u:p@x/", "user information")]
     #[case("http://x/#top", "fragment")]
     #[case("http://x/a b", "printable ASCII")]
