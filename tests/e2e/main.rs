@@ -8,6 +8,7 @@ mod util;
 
 mod cli;
 mod control;
+mod examples;
 mod healthchecks;
 mod logs;
 mod notify;
