@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -27,6 +27,7 @@ use nix::unistd::Pid;
 use crate::Signal;
 use crate::effects::control::{self, Received};
 use crate::effects::docker::Inspector;
+use crate::effects::listen;
 use crate::effects::notify::{self, NotifySocket};
 use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
@@ -149,6 +150,10 @@ pub struct RunSpec {
     pub notify: Option<notify::Kind>,
     /// (`[healthcheck.docker]`) the container's inspections.
     pub docker: Option<Inspector>,
+    /// The `[[listen]]` sockets, open, and their names: every app child gets them
+    /// as fds 3, 4… with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`; every
+    /// successor inherits them.
+    pub listen: Vec<(listen::Listener, String)>,
 }
 
 /// The real OS.
@@ -223,13 +228,32 @@ impl LinuxOs {
                     Some(kind) => Some(NotifySocket::bind(kind, &id.0.to_string())?),
                     None => None,
                 };
+                // Socket activation (sd_listen_fds(3)): LISTEN_PID is written by
+                // the child itself, the only one that knows its pid before exec.
+                let pass_fds: Vec<RawFd> = self
+                    .spec
+                    .listen
+                    .iter()
+                    .map(|(l, _)| l.fd.as_raw_fd())
+                    .collect();
+                let mut env = self.spec.env.clone();
+                if !pass_fds.is_empty() {
+                    let names: Vec<&str> = self.spec.listen.iter().map(|(_, n)| &n[..]).collect();
+                    env.push(("LISTEN_FDS".into(), pass_fds.len().to_string()));
+                    env.push(("LISTEN_FDNAMES".into(), names.join(":")));
+                }
                 let pid = spawn::app(&spawn::AppSpec {
                     argv: &self.spec.cmd,
-                    env: &self.spec.env,
+                    env: &env,
                     workdir: self.spec.workdir.as_deref(),
                     quiet_stdio: false,
                     notify_socket: notify.as_ref().map(|s| s.env_value().as_os_str()),
-                    ..Default::default()
+                    pass_fds: &pass_fds,
+                    pid_env: if pass_fds.is_empty() {
+                        &[]
+                    } else {
+                        &["LISTEN_PID"]
+                    },
                 })?;
                 if let Some(socket) = notify {
                     self.child_notify = Some((id, socket));
@@ -246,12 +270,20 @@ impl LinuxOs {
             Role::Successor => {
                 let (r, w) = readiness::pipe()?;
                 let ab = if self.spec.ab_second { "a" } else { "b" };
-                let (listeners, named) = self
+                let (mut listeners, named) = self
                     .spec
                     .proxy
                     .as_ref()
                     .map(Proxy::handoff)
                     .unwrap_or_default();
+                listeners.extend(self.spec.listen.iter().map(|(l, _)| l.fd.as_raw_fd()));
+                let activation_named = self
+                    .spec
+                    .listen
+                    .iter()
+                    .map(|(l, _)| format!("{}={}", l.fd.as_raw_fd(), l.key))
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 let env = [
                     ("PSFLIP_AB_FLAG", ab.to_string()),
                     ("PSFLIP_GENERATION", (self.spec.generation + 1).to_string()),
@@ -259,7 +291,8 @@ impl LinuxOs {
                         UPGRADE_TIMEOUT_ENV,
                         self.spec.settings.upgrade_timeout.as_millis().to_string(),
                     ),
-                    (crate::effects::listen::ENV, named),
+                    (listen::ENV, named),
+                    (listen::ACTIVATION_ENV, activation_named),
                 ];
                 let pid = spawn::successor(
                     &self.spec.exe,
@@ -468,6 +501,16 @@ impl Os for LinuxOs {
     fn remove_proxy_sockets(&mut self) {
         if let Some(proxy) = self.spec.proxy.as_ref() {
             proxy.remove_socket_files();
+        }
+        for file in self.spec.listen.iter().filter_map(|(l, _)| l.file.as_ref()) {
+            match file.remove_if_ours() {
+                Ok(true) => self.say(&format!("listen: removed {}", file.path.display())),
+                Ok(false) => {}
+                Err(e) => self.say(&format!(
+                    "listen: cannot remove {}: {e}",
+                    file.path.display()
+                )),
+            }
         }
     }
 
@@ -877,7 +920,9 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
     let clock = Clock::start();
     let mut psflip = Psflip {
         machine: {
-            let machine = Machine::new(spec.settings.clone()).with_proxy(spec.proxy.is_some());
+            let machine = Machine::new(spec.settings.clone())
+                .with_proxy(spec.proxy.is_some())
+                .with_listen(!spec.listen.is_empty());
             match spec.predecessor_upgrade_timeout {
                 Some(t) => machine.with_predecessor_timeout(t),
                 None => machine,

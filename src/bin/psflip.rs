@@ -152,10 +152,14 @@ fn psflip_main() -> ExitCode {
     }
     fds::cloexec_from_3();
     let predecessor = ToPredecessor::from_env(std::env::var(readiness::ENV_FD).ok().as_deref());
-    // The proxy listeners handed over by the previous generation, if any.
-    let inherited = match predecessor {
-        Some(_) => Inherited::from_env(std::env::var(listen::ENV).ok().as_deref()),
-        None => Inherited::default(),
+    // The proxy listeners and [[listen]] sockets handed over by the previous
+    // generation, if any.
+    let (inherited, inherited_listen) = match predecessor {
+        Some(_) => (
+            Inherited::from_env(std::env::var(listen::ENV).ok().as_deref()),
+            Inherited::from_env(std::env::var(listen::ACTIVATION_ENV).ok().as_deref()),
+        ),
+        None => (Inherited::default(), Inherited::default()),
     };
 
     let cli = match Cli::try_parse() {
@@ -203,7 +207,13 @@ fn psflip_main() -> ExitCode {
                     .with_quiet(config.quiet)
                     .with_writer_thread(),
             );
-            let code = run(config, predecessor, inherited, ab_second, generation);
+            let code = run(
+                config,
+                predecessor,
+                (inherited, inherited_listen),
+                ab_second,
+                generation,
+            );
             log::flush();
             code
         }
@@ -350,10 +360,39 @@ fn start_proxy(config: &Config, inherited: Inherited) -> Result<Option<Proxy>, E
         })
 }
 
+/// Open (or take over) the `[[listen]]` sockets. As for the proxy, an address
+/// that cannot be listened on is an error before any child starts. An inherited
+/// socket the configuration dropped is closed here (its file, if any, is left).
+fn open_listen(
+    config: &Config,
+    inherited: Inherited,
+) -> Result<Vec<(listen::Listener, String)>, ExitCode> {
+    if config.listen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("psflip: {}: {e}", config.path.display());
+        ExitCode::from(2)
+    };
+    let cwd = std::env::current_dir().map_err(|e| fail(&e))?;
+    let endpoints: Vec<(String, &config::Endpoint)> = config
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listen[{i}].address"), &l.address))
+        .collect();
+    let opened = listen::open_endpoints(&endpoints, inherited, &cwd).map_err(|e| fail(&e))?;
+    Ok(opened
+        .listeners
+        .into_iter()
+        .zip(config.listen.iter().map(|l| l.name.clone()))
+        .collect())
+}
+
 fn run(
     config: Config,
     predecessor: Option<ToPredecessor>,
-    inherited: Inherited,
+    (inherited, inherited_listen): (Inherited, Inherited),
     ab_second: bool,
     generation: u64,
 ) -> ExitCode {
@@ -372,6 +411,15 @@ fn run(
         );
         return ExitCode::from(2);
     }
+    let activation = match open_listen(&config, inherited_listen) {
+        Ok(sockets) => sockets,
+        Err(code) => {
+            if let Some(p) = &predecessor {
+                p.report_failure("cannot open the [[listen]] sockets (see the log)");
+            }
+            return code;
+        }
+    };
     let proxy = match start_proxy(&config, inherited) {
         Ok(proxy) => proxy,
         Err(code) => {
@@ -485,6 +533,7 @@ fn run(
         proxy,
         notify,
         docker,
+        listen: activation,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

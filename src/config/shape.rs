@@ -10,15 +10,6 @@ use super::errors::{ConfigError, ConfigErrorKind, Source, key_span, with_article
 /// (A feature not built yet would be refused here by name, with
 /// `ConfigErrorKind::Unsupported`.)
 pub(super) fn check_shape(src: &Source, root: &DeTable) -> Result<(), ConfigError> {
-    if let Some((key, _)) = root.get_key_value("listen") {
-        return Err(src.error(
-            Some(key.span()),
-            None,
-            ConfigErrorKind::Unsupported {
-                feature: "listen".to_owned(),
-            },
-        ));
-    }
     let must_be_table = |parent: &DeTable, name: &str, dotted: &str| match parent.get(name) {
         Some(value) if !value.get_ref().is_table() => Err(src.invalid(
             Some(value.span()),

@@ -460,7 +460,7 @@ fn errors_name_file_position_and_key(#[case] text: &str, #[case] expected: &str)
 }
 
 #[test]
-fn notify_and_docker_tables_resolve_with_defaults() {
+fn notify_docker_and_listen_tables_resolve_with_defaults() {
     let config = ok("cmd = [\"a\"]\n[healthcheck.notify]\n");
     assert_eq!(
         config.healthcheck,
@@ -485,7 +485,9 @@ fn notify_and_docker_tables_resolve_with_defaults() {
         }
     );
     let config = ok("cmd = [\"a\"]\n[healthcheck.docker]\ncontainer = \"c1\"\n\
-         socket = \"unix:///tmp/d.sock\"\ninterval = \"250ms\"\n");
+         socket = \"unix:///tmp/d.sock\"\ninterval = \"250ms\"\n\
+         [[listen]]\naddress = \"tcp://[::1]:8080\"\nname = \"http\"\n\
+         [[listen]]\naddress = \"unix://app.sock\"\n");
     assert_eq!(
         config.healthcheck,
         HealthCheck::Docker {
@@ -494,7 +496,28 @@ fn notify_and_docker_tables_resolve_with_defaults() {
             interval: Duration::from_millis(250),
         }
     );
+    assert_eq!(
+        config.listen,
+        vec![
+            ListenConfig {
+                address: Endpoint::Tcp {
+                    host: "::1".to_owned(),
+                    port: 8080
+                },
+                name: "http".to_owned()
+            },
+            ListenConfig {
+                address: Endpoint::Unix(PathBuf::from("app.sock")),
+                name: "unknown".to_owned()
+            },
+        ]
+    );
     // psflip check prints them back in a form that reads the same.
+    assert!(
+        config
+            .to_resolved_toml()
+            .contains("[[listen]]\naddress = \"tcp://[::1]:8080\"\nname = \"http\"\n")
+    );
     let text = config.to_resolved_toml();
     assert!(text.contains("[healthcheck.docker]\ncontainer = \"c1\"\nsocket = \"unix:///tmp/d.sock\"\ninterval = \"250ms\"\n"), "{text}");
     assert_eq!(parse_with(&text, false), Ok(config));
@@ -529,7 +552,31 @@ fn notify_and_docker_tables_resolve_with_defaults() {
     "cmd = [\"a\"]\n[healthcheck.notify]\n[healthcheck.docker]\ncontainer = \"a\"\n",
     "psflip.toml:3:14: at most one healthcheck may be configured, found both `healthcheck.notify` and `healthcheck.docker`"
 )]
-fn notify_and_docker_errors_name_the_key(#[case] text: &str, #[case] expected: &str) {
+#[case::listen_no_address(
+    "cmd = [\"a\"]\n[[listen]]\nname = \"http\"\n",
+    "psflip.toml:2:1: listen[0].address: missing: each [[listen]] needs `address`, e.g. address = \"tcp://:8080\""
+)]
+#[case::listen_bad_address(
+    "cmd = [\"a\"]\n[[listen]]\naddress = \"8080\"\n",
+    "psflip.toml:3:11: listen[0].address: missing :port in \"8080\": expected unix:///path, tcp://host:port, host:port, :port or [ipv6]:port"
+)]
+#[case::listen_twice(
+    "cmd = [\"a\"]\n[[listen]]\naddress = \":80\"\n[[listen]]\naddress = \"tcp://:80\"\n",
+    "psflip.toml:5:11: listen[1].address: tcp://:80 is already listen[0]"
+)]
+#[case::listen_proxy_clash(
+    "cmd = [\"a\"]\n[[proxy]]\nlisten = \":80\"\nforward = \"127.0.0.1:81\"\n[[listen]]\naddress = \":80\"\n",
+    "psflip.toml:6:11: listen[0].address: tcp://:80 is already the listen address of proxy[0]"
+)]
+#[case::listen_bad_name(
+    "cmd = [\"a\"]\n[[listen]]\naddress = \":80\"\nname = \"a:b\"\n",
+    "psflip.toml:4:8: listen[0].name: \"a:b\" cannot go into LISTEN_FDNAMES: 1 to 255 printable ASCII characters, no ':' and no space"
+)]
+#[case::listen_unknown_key(
+    "cmd = [\"a\"]\n[[listen]]\naddress = \":80\"\nbacklog = 5\n",
+    "psflip.toml:4:1: unknown key `backlog` in [listen[0]] (expected `address` or `name`)"
+)]
+fn notify_docker_and_listen_errors_name_the_key(#[case] text: &str, #[case] expected: &str) {
     assert_eq!(err(text), expected);
 }
 

@@ -1,6 +1,8 @@
-//! The proxy's listening sockets: bound once by the first generation, handed to
-//! every successor across exec, matched to the successor's configuration by listen
-//! address.
+//! The proxy's listening sockets, and the `[[listen]]` sockets of socket
+//! activation: bound once by the first generation, handed to every successor
+//! across exec, matched to the successor's configuration by listen address. The
+//! two kinds travel in separate variables ([`ENV`], [`ACTIVATION_ENV`]) and never
+//! mix.
 //!
 //! 1. The old generation clears FD_CLOEXEC on each listener in the successor's
 //!    `pre_exec` only, and names them in [`ENV`]: one `FD=ADDRESS` line each, where
@@ -30,8 +32,10 @@ use crate::config::ProxyConfig;
 use crate::sys;
 use crate::values::Endpoint;
 
-/// The environment variable naming the inherited listeners.
+/// The environment variable naming the inherited proxy listeners.
 pub const ENV: &str = "PSFLIP_PROXY_FDS";
+/// The environment variable naming the inherited `[[listen]]` sockets.
+pub const ACTIVATION_ENV: &str = "PSFLIP_LISTEN_FDS";
 
 /// A listening socket of the proxy.
 #[derive(Debug)]
@@ -128,9 +132,10 @@ pub fn env_value(listeners: &[Listener]) -> String {
 
 /// A listen address that cannot be listened on.
 #[derive(Debug, Error)]
-#[error("proxy[{index}].listen: cannot listen on {address}: {reason}")]
+#[error("{key}: cannot listen on {address}: {reason}")]
 pub struct ListenError {
-    pub index: usize,
+    /// The configuration key, e.g. `proxy[0].listen`.
+    pub key: String,
     pub address: String,
     pub reason: String,
 }
@@ -152,13 +157,29 @@ pub fn open(
     inherited: Inherited,
     cwd: &Path,
 ) -> Result<Opened, ListenError> {
+    let endpoints: Vec<(String, &Endpoint)> = proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("proxy[{i}].listen"), &p.listen))
+        .collect();
+    open_endpoints(&endpoints, inherited, cwd)
+}
+
+/// Opens a listening socket for each `(configuration key, address)`: inherited
+/// when the previous generation had the same address, bound otherwise (blocking,
+/// close-on-exec, the largest backlog).
+pub fn open_endpoints(
+    endpoints: &[(String, &Endpoint)],
+    inherited: Inherited,
+    cwd: &Path,
+) -> Result<Opened, ListenError> {
     let mut pool = inherited.0;
     let mut opened = Opened::default();
-    for (index, proxy) in proxies.iter().enumerate() {
-        let key = key(&proxy.listen, cwd);
+    for &(ref config_key, listen) in endpoints {
+        let key = key(listen, cwd);
         let error = |reason: String| ListenError {
-            index,
-            address: proxy.listen.to_string(),
+            key: config_key.clone(),
+            address: listen.to_string(),
             reason,
         };
         let file_of = |ep: &Endpoint| match ep.absolute(cwd) {
@@ -169,13 +190,13 @@ pub fn open(
             let (fd, _) = pool.swap_remove(i);
             opened.listeners.push(Listener {
                 fd: Arc::new(fd),
-                file: file_of(&proxy.listen),
+                file: file_of(listen),
                 key,
                 inherited: true,
             });
             continue;
         }
-        let (fd, file) = match proxy.listen.absolute(cwd) {
+        let (fd, file) = match listen.absolute(cwd) {
             Endpoint::Unix(path) => {
                 let fd = bind_unix(&path).map_err(error)?;
                 (fd, SocketFile::at(&path))

@@ -40,6 +40,7 @@ pub const INTERNAL_ENV: &[&str] = &[
     "PSFLIP_GENERATION",
     "PSFLIP_UPGRADE_TIMEOUT_MS",
     listen::ENV,
+    listen::ACTIVATION_ENV,
 ];
 
 /// What an app child or probe is started with.

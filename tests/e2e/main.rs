@@ -6,6 +6,7 @@
 mod common;
 mod util;
 
+mod activation;
 mod cli;
 mod control;
 mod examples;
