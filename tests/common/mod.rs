@@ -76,6 +76,14 @@ pub fn wait_for<V>(timeout: Duration, mut f: impl FnMut() -> Option<V>) -> Optio
     }
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
 // ---------------------------------------------------------------------------
 // A psflip the test started.
 
@@ -379,6 +387,12 @@ impl Sandbox {
     /// Fail the test with `what` and the diagnostics.
     pub fn fail(&self, what: &str) -> ! {
         panic!("[{}] {what}\n{}", self.name, self.diag())
+    }
+
+    /// SIGTERM to `pid`, then wait until it is dead.
+    pub fn terminate(&self, pid: i32, what: &str) {
+        signal(pid, Signal::SIGTERM);
+        self.must_die(pid, what);
     }
 
     /// Wait until the process is dead (gone or a zombie).

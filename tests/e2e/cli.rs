@@ -4,7 +4,6 @@ use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 
-use nix::sys::signal::Signal;
 use rstest::rstest;
 
 use crate::util::*;
@@ -185,9 +184,7 @@ fn serve_and_upgrade(sb: &Sandbox, cwd: &Path, args: &[&str]) {
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
     let c = sb.child_of(s);
     sb.assert_alive(c, "the new child");
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the successor");
-    sb.assert_clean();
+    finish(sb, s);
 }
 
 #[test]

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -191,23 +190,15 @@ fn assert_untouched(sb: &Sandbox, p: &mut Psflip, c1: i32) {
 /// new psflip.
 fn assert_upgrade_succeeds(sb: &Sandbox, p: &mut Psflip, c1: i32) -> i32 {
     let s = upgrade_ok(sb, 2);
-    assert_eq!(sb.wait_exit(p, T), 0, "{}", sb.diag());
-    assert_eq!(
-        sb.signals_of(c1),
-        ["TERM"],
-        "the old child gets the shutdown signal once\n{}",
-        sb.diag()
-    );
-    sb.must_start(sb.child_of(s));
+    assert_took_over(sb, p, c1, s);
     s
 }
 
-/// Stop the service run by psflip `s` (not the test's child) and check that
-/// nothing is left.
-fn finish(sb: &Sandbox, s: i32) {
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the last generation");
-    sb.assert_clean();
+/// I3 after a failed upgrade (with `psflip status` saying so), then a
+/// `psflip upgrade` (`util::recovers_by`).
+fn recovers(sb: &Sandbox, p: &mut Psflip, c1: i32, conf: &Conf) {
+    assert_untouched(sb, p, c1);
+    recovers_by(sb, p, c1, conf, |sb, _| upgrade_ok(sb, 2));
 }
 
 /// The fixture app. It dies of SIGTERM at once, after logging it; the
@@ -470,10 +461,7 @@ fn upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout() {
     let s = sb.successor_of(p.pid);
     let c2 = sb.child_of(s);
     assert!(!alive(s) && !alive(c2));
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 #[test]
@@ -560,10 +548,7 @@ fn upgrade_fails_when_the_new_child_cannot_start(#[case] what: &str) {
     assert!(why.contains("No such file or directory"), "{why:?}");
     let s = sb.successor_of(p.pid);
     sb.must_die(s, "the failed successor");
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 #[test]
@@ -571,19 +556,10 @@ fn upgrade_fails_when_the_binary_is_missing() {
     let sb = Sandbox::new("upgrade_fails_when_the_binary_is_missing");
     let conf = fixture_conf(&sb);
     sb.config(&conf);
+    let installed = deploy(&sb);
     let dir = sb.path("bin");
-    fs::create_dir_all(&dir).unwrap();
-    let installed = dir.join("psflip");
-    fs::copy(bin(), &installed).unwrap();
-    fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut p = sb.spawn({
-        let mut cmd = sb.command(&installed);
-        cmd.args(["-c", "psflip.toml"]);
-        cmd
-    });
-    sb.must_name(p.pid);
-    let c1 = sb.child_of(p.pid);
-    sb.must_start(c1);
+    let mut p = start_installed(&sb, &installed);
+    let c1 = must_serve(&sb, &p);
 
     let away = dir.join("psflip.away");
     fs::rename(&installed, &away).unwrap();
@@ -678,8 +654,7 @@ fn upgrade_asked_while_another_is_in_flight_reports_its_outcome() {
         "exactly one successor"
     );
     finish(&sb, s);
-    let most = generations.finish();
-    assert!(most <= 2, "I2: {most} psflip generations ran at once");
+    generations.assert_i2();
 }
 
 #[test]
@@ -803,8 +778,7 @@ fn five_upgrades_in_sequence_each_succeed_and_alternate_ab() {
         ]
     );
     finish(&sb, active);
-    let most = generations.finish();
-    assert!(most <= 2, "I2: {most} psflip generations ran at once");
+    generations.assert_i2();
 }
 
 // --- the client's fallbacks and the socket's guard --------------------------------------------

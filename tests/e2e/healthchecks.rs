@@ -35,14 +35,6 @@ while True:
     c.close()
 "#;
 
-/// A port nothing listens on right now (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 /// Two different free ports.
 fn two_free_ports() -> (u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -112,13 +104,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// SIGTERM to the test's psflip; waits until it and everything it started is gone.
-fn stop(sb: &Sandbox, p: &mut Psflip) {
-    p.signal(Signal::SIGTERM);
-    sb.wait_exit(p, T);
-    sb.assert_clean();
-}
-
 #[test]
 fn tcp_ready_only_once_the_port_answers() {
     let sb = Sandbox::new("tcp_ready_only_once_the_port_answers");
@@ -186,9 +171,7 @@ fn tcp_upgrade_hands_over_once_the_new_port_answers() {
     sb.must_die(c1, "the old child");
     TcpStream::connect(("127.0.0.1", p2)).expect("the new app listens");
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the new psflip");
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]

@@ -63,8 +63,7 @@ fn text_lines_carry_utc_time_level_generation_and_pid() {
     sb.must_name(p.pid);
     let successor = sb.upgrade(p.pid);
     let new_child = sb.child_of(successor);
-    signal(successor, Signal::SIGTERM);
-    sb.must_die(successor, "the new generation");
+    sb.terminate(successor, "the new generation");
     let after = now_secs();
     let _ = p.exit_code();
 
@@ -144,8 +143,7 @@ fn json_format_is_one_object_per_line_with_the_documented_keys() {
     }) as i32;
     sb.must_name(successor);
     sb.must_die(p.pid, "the old psflip");
-    signal(successor, Signal::SIGTERM);
-    sb.must_die(successor, "the new generation");
+    sb.terminate(successor, "the new generation");
     let _ = p.exit_code();
 
     let lines = json_lines(&sb);

@@ -105,8 +105,7 @@ fn pidfile_is_replaced_atomically_across_10_upgrades() {
         .filter(|n| n.contains("psflip.pid") && n != "psflip.pid")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    signal(active, Signal::SIGTERM);
-    sb.must_die(active, "the last generation");
+    sb.terminate(active, "the last generation");
     assert!(
         !sb.pidfile().exists(),
         "the last generation removes its pidfile"
@@ -146,14 +145,7 @@ fn a_planted_symlink_is_replaced_not_followed(#[case] target_exists: bool) {
 #[test]
 fn pidfile_is_removed_when_psflip_exits_because_its_child_exited() {
     let sb = Sandbox::new("pidfile_is_removed_when_psflip_exits_because_its_child_exited");
-    sb.config(
-        &Conf::fixture(&sb, &[])
-            .alive("150ms")
-            .env("CHILD_EXIT_AFTER_MS", "700")
-            .env("CHILD_EXIT_CODE", "3"),
-    );
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = start_child_exiting_3(&sb);
     assert_eq!(sb.wait_exit(&mut p, T), 3, "{}", sb.diag());
     assert!(!sb.pidfile().exists());
     sb.assert_clean();
@@ -184,8 +176,7 @@ fn the_old_generation_leaves_the_pidfile_to_its_successor() {
     // The old psflip has exited: the pidfile still names the successor.
     assert_eq!(sb.read_pidfile(), Some(s));
     assert!(alive(s));
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the successor");
+    sb.terminate(s, "the successor");
     assert!(!sb.pidfile().exists());
     sb.assert_clean();
 }

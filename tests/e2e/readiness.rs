@@ -43,13 +43,6 @@ fn python_child(sb: &Sandbox) -> Conf {
     .env("NOTIFY_CHILD_LOG", &sb.path("notify.log").to_string_lossy())
 }
 
-/// Stop the test's psflip with SIGTERM; everything it started must go.
-fn stop(sb: &Sandbox, p: &mut Psflip) {
-    p.signal(Signal::SIGTERM);
-    sb.wait_exit(p, T);
-    sb.assert_clean();
-}
-
 #[test]
 fn systemd_notify_ready_makes_the_child_healthy_over_a_private_path_socket() {
     let sb = Sandbox::new("systemd_notify_ready_over_a_private_path_socket");
@@ -119,8 +112,7 @@ fn systemd_notify_ready_makes_the_child_healthy_over_a_private_path_socket() {
     // The old child's socket went with it.
     sb.must(T, "the old socket's directory is removed", || !dir.exists());
     let dir2 = Path::new(&socket2).parent().unwrap().to_owned();
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the new psflip");
+    sb.terminate(s, "the new psflip");
     assert!(!dir2.exists(), "{} left behind", dir2.display());
     sb.assert_clean();
 }

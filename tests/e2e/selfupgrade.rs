@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 
@@ -10,17 +9,6 @@ use crate::util::*;
 
 /// Install a fresh copy of the psflip binary at `bin/psflip` in the sandbox,
 /// the way a deploy does it: copy to a new file, then rename it over the old.
-fn deploy(sb: &Sandbox) -> PathBuf {
-    let dir = sb.path("bin");
-    fs::create_dir_all(&dir).unwrap();
-    let new = dir.join("psflip.new");
-    fs::copy(bin(), &new).unwrap();
-    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
-    let dest = dir.join("psflip");
-    fs::rename(&new, &dest).unwrap();
-    dest
-}
-
 fn exe_of(pid: i32) -> String {
     fs::read_link(format!("/proc/{pid}/exe"))
         .unwrap()
@@ -33,11 +21,7 @@ fn a_binary_replaced_by_rename_is_what_the_successor_runs() {
     let sb = Sandbox::new("a_binary_replaced_by_rename_is_what_the_successor_runs");
     sb.config(&Conf::sleep(&sb));
     let installed = deploy(&sb);
-    let mut p = sb.spawn({
-        let mut cmd = sb.command(&installed);
-        cmd.args(["-c", "psflip.toml"]);
-        cmd
-    });
+    let mut p = start_installed(&sb, &installed);
     sb.must_name(p.pid);
     assert_eq!(exe_of(p.pid), installed.to_string_lossy());
 
@@ -61,9 +45,7 @@ fn a_binary_replaced_by_rename_is_what_the_successor_runs() {
             "the successor runs the new file (round {round})"
         );
     }
-    signal(active, Signal::SIGTERM);
-    sb.must_die(active, "the last generation");
-    sb.assert_clean();
+    finish(&sb, active);
 }
 
 #[test]
@@ -71,14 +53,8 @@ fn f_binary_missing_or_not_executable_the_old_generation_carries_on() {
     let sb = Sandbox::new("f_binary_missing_or_not_executable");
     sb.config(&Conf::fixture(&sb, &[]));
     let installed = deploy(&sb);
-    let mut p = sb.spawn({
-        let mut cmd = sb.command(&installed);
-        cmd.args(["-c", "psflip.toml"]);
-        cmd
-    });
-    sb.must_name(p.pid);
-    let c1 = sb.child_of(p.pid);
-    sb.must_start(c1);
+    let mut p = start_installed(&sb, &installed);
+    let c1 = must_serve(&sb, &p);
 
     let untouched = |p: &mut Psflip, failures: usize| {
         sb.must(T, "the failure is logged", || {
@@ -118,9 +94,7 @@ fn f_binary_missing_or_not_executable_the_old_generation_carries_on() {
     let s = sb.upgrade(p.pid);
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
     assert_eq!(sb.signals_of(c1), ["TERM"]);
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the successor");
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]
@@ -150,9 +124,7 @@ fn the_configuration_is_reloaded_on_upgrade() {
     let s2 = sb.upgrade(s);
     let c3 = sb.child_of(s2);
     sb.must(T, "the new child runs sleep", || comm(c3) == "sleep");
-    signal(s2, Signal::SIGTERM);
-    sb.must_die(s2, "the last generation");
-    sb.assert_clean();
+    finish(&sb, s2);
 }
 
 #[test]
@@ -184,7 +156,5 @@ fn ab_and_bluegreen_alternate_across_generations() {
         seen,
         ["a blue 8081", "b green 8082", "a blue 8081", "b green 8082"]
     );
-    signal(active, Signal::SIGTERM);
-    sb.must_die(active, "the last generation");
-    sb.assert_clean();
+    finish(&sb, active);
 }

@@ -12,26 +12,12 @@ use crate::util::*;
 
 const EMPTY_MASK: &str = "0000000000000000";
 
-/// Stop a successor (not the test's child, so its status cannot be read) with
-/// SIGTERM and wait until it is gone.
-fn stop(sb: &Sandbox, psflip: i32) {
-    signal(psflip, Signal::SIGTERM);
-    sb.must_die(psflip, "the psflip told to stop");
-}
-
 // --- exit statuses -----------------------------------------------------------
 
 #[test]
 fn exit_status_is_the_childs_code_while_serving() {
     let sb = Sandbox::new("exit_status_is_the_childs_code_while_serving");
-    sb.config(
-        &Conf::fixture(&sb, &[])
-            .alive("150ms")
-            .env("CHILD_EXIT_AFTER_MS", "700")
-            .env("CHILD_EXIT_CODE", "3"),
-    );
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = start_child_exiting_3(&sb);
     sb.must_log(p.pid, "serving");
     assert_eq!(sb.wait_exit(&mut p, T), 3, "{}", sb.diag());
     sb.assert_clean();
@@ -158,8 +144,7 @@ fn env_reaches_the_child(#[case] table: bool) {
     let s = sb.upgrade(p.pid);
     assert_eq!(sb.wait_exit(&mut p, T), 0);
     check_env(&sb, sb.child_of(s));
-    stop(&sb, s);
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[rstest]
@@ -186,8 +171,7 @@ fn workdir_is_the_childs_cwd(#[case] absolute: bool) {
     let s = sb.upgrade(p.pid);
     assert_eq!(sb.wait_exit(&mut p, T), 0);
     assert_eq!(cwd(sb.child_of(s)), want);
-    stop(&sb, s);
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]
@@ -266,8 +250,7 @@ fn child_has_an_empty_signal_mask_and_default_dispositions() {
     let c2 = sb.child_of(s);
     assert_clean_signal_state(&sb, c2);
     // The blocked TERM did not stick either: it stops the service.
-    stop(&sb, s);
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]
@@ -294,9 +277,7 @@ fn catchable_signals_are_forwarded_to_the_child() {
     let sb = Sandbox::new("catchable_signals_are_forwarded_to_the_child");
     sb.config(&Conf::fixture(&sb, &[]));
     let mut p = sb.start();
-    sb.must_name(p.pid);
-    let c = sb.child_of(p.pid);
-    sb.must_start(c);
+    let c = must_serve(&sb, &p);
     let sent = ["USR1", "USR2", "WINCH", "ALRM"];
     for (name, sig) in sent.iter().zip([
         Signal::SIGUSR1,
@@ -403,8 +384,7 @@ fn child_gets_only_stdin_stdout_stderr() {
             round + 1
         );
     }
-    stop(&sb, active);
-    sb.assert_clean();
+    finish(&sb, active);
 }
 
 #[test]
@@ -420,8 +400,7 @@ fn child_leads_its_own_process_group() {
     assert_eq!(sb.wait_exit(&mut p, T), 0);
     let c2 = sb.child_of(s);
     assert_eq!(pgrp(c2), Some(c2));
-    stop(&sb, s);
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]
@@ -486,8 +465,7 @@ fn an_upgrade_signal_before_the_child_is_healthy_is_deferred() {
         ["TERM"],
         "the old child only got the shutdown signal"
     );
-    stop(&sb, s);
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 fn bg_of(sb: &Sandbox, c: i32) -> i32 {
@@ -532,7 +510,7 @@ fn the_old_childs_background_job_dies_on_upgrade() {
     sb.must_die(bg1, "the old child's background job");
     let c2 = sb.child_of(s);
     let bg2 = bg_of(&sb, c2);
-    stop(&sb, s);
+    sb.terminate(s, "the psflip told to stop");
     sb.must_die(bg2, "the new child's background job");
     sb.assert_clean();
 }
@@ -615,7 +593,7 @@ fn quiet_silences_psflip_but_not_the_child() {
         sb.read_pidfile().filter(|&s| s != p.pid)
     });
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
-    stop(&sb, s);
+    sb.terminate(s, "the psflip told to stop");
     assert!(
         !sb.psflip_log().contains("psflip["),
         "quiet psflip logged:\n{}",

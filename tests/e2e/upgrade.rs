@@ -11,27 +11,9 @@ use rstest::rstest;
 
 use crate::util::*;
 
-/// I3: a later upgrade succeeds (with the configuration the caller restored);
-/// the old child then gets exactly the shutdown signal. Returns the successor.
-fn assert_upgrade_succeeds(sb: &Sandbox, p: &mut Psflip, c1: i32) -> i32 {
-    let s = sb.upgrade(p.pid);
-    assert_eq!(sb.wait_exit(p, T), 0, "{}", sb.diag());
-    assert_eq!(
-        sb.signals_of(c1),
-        ["TERM"],
-        "the old child gets the shutdown signal once"
-    );
-    let c2 = sb.child_of(s);
-    sb.must_start(c2);
-    s
-}
-
-/// Stop the service run by psflip `s` (not the test's child) and check that
-/// nothing is left.
-fn finish(sb: &Sandbox, s: i32) {
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the last generation");
-    sb.assert_clean();
+/// I3 after a failed upgrade, then an upgrade by signal (`util::recovers_by`).
+fn recovers(sb: &Sandbox, p: &mut Psflip, c1: i32, conf: &Conf) {
+    recovers_by(sb, p, c1, conf, |sb, p| sb.upgrade(p.pid));
 }
 
 /// Nanoseconds since the epoch of the file's last modification.
@@ -127,10 +109,7 @@ fn b_new_child_exits_before_healthy() {
     sb.must_log(p.pid, "upgrade failed: the successor exited (exit code 4)");
     sb.must_log(s, "before it became healthy");
     assert!(!alive(s) && !alive(c2));
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 #[test]
@@ -157,10 +136,7 @@ fn c_new_child_not_healthy_within_upgrade_timeout() {
         sb.signals_of(c2)
     );
     assert!(!alive(s) && !alive(c2));
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 #[test]
@@ -179,10 +155,7 @@ fn d_successor_crashes_before_ready() {
         "upgrade failed: the successor exited (signal SIGKILL)",
     );
     sb.must_die(c2, "the new child of the crashed successor (pdeathsig)");
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 #[test]
@@ -216,10 +189,7 @@ fn e_hung_successor_is_killed_after_upgrade_timeout_plus_5s() {
         "upgrade failed: the successor exited (signal SIGKILL)",
     );
     sb.must_die(c2, "the new child of the killed successor (pdeathsig)");
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 #[test]
@@ -248,10 +218,7 @@ fn f_invalid_new_configuration() {
         1,
         "only the old child ever started"
     );
-    assert_untouched(&sb, &mut p, c1);
-    sb.config(&conf);
-    let s = assert_upgrade_succeeds(&sb, &mut p, c1);
-    finish(&sb, s);
+    recovers(&sb, &mut p, c1, &conf);
 }
 
 // --- g, h: upgrade signals that must be ignored ----------------------------------
@@ -296,8 +263,7 @@ fn g_upgrade_signal_while_an_upgrade_is_in_flight_is_ignored() {
     );
     assert!(!alive(c1));
     finish(&sb, s);
-    let most = generations.finish();
-    assert!(most <= 2, "I2: {most} psflip generations ran at once");
+    generations.assert_i2();
 }
 
 #[test]
@@ -627,6 +593,5 @@ fn i9_no_fd_or_thread_growth_across_20_upgrades() {
         }
     }
     finish(&sb, active);
-    let most = generations.finish();
-    assert!(most <= 2, "I2: {most} psflip generations ran at once");
+    generations.assert_i2();
 }

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -388,6 +389,12 @@ impl GenerationCounter {
         }
     }
 
+    /// I2: never more than two generations ran at once.
+    pub fn assert_i2(self) {
+        let most = self.finish();
+        assert!(most <= 2, "I2: {most} psflip generations ran at once");
+    }
+
     /// The most generations seen at once.
     pub fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
@@ -419,17 +426,103 @@ fn service_generations(tag: &str) -> Vec<i32> {
         .collect()
 }
 
-// --- shared by the upgrade tests (upgrade.rs, control.rs) ---
+/// Start psflip over a fixture child that exits with code 3 some 700 ms after
+/// it is healthy; returns once the pidfile names psflip.
+pub fn start_child_exiting_3(sb: &Sandbox) -> Psflip {
+    sb.config(
+        &Conf::fixture(sb, &[])
+            .alive("150ms")
+            .env("CHILD_EXIT_AFTER_MS", "700")
+            .env("CHILD_EXIT_CODE", "3"),
+    );
+    let p = sb.start();
+    sb.must_name(p.pid);
+    p
+}
+
+// --- shared by the upgrade tests ---
+
+/// Stop the service run by psflip `s` (not the test's child, so its status
+/// cannot be read) and check that nothing is left.
+pub fn finish(sb: &Sandbox, s: i32) {
+    sb.terminate(s, "the last generation");
+    sb.assert_clean();
+}
+
+/// SIGTERM to the test's psflip; waits until it and everything it started is gone.
+pub fn stop(sb: &Sandbox, p: &mut Psflip) {
+    p.signal(Signal::SIGTERM);
+    sb.wait_exit(p, T);
+    sb.assert_clean();
+}
+
+/// I3 after a failed upgrade: the old generation carries on untouched, and
+/// once `conf` is restored a later upgrade (`upgrade`, by signal or by `psflip
+/// upgrade`, returns the new psflip) takes over; then the service stops and
+/// leaves nothing behind.
+pub fn recovers_by(
+    sb: &Sandbox,
+    p: &mut Psflip,
+    c1: i32,
+    conf: &Conf,
+    upgrade: impl FnOnce(&Sandbox, &Psflip) -> i32,
+) {
+    assert_untouched(sb, p, c1);
+    sb.config(conf);
+    let s = upgrade(sb, p);
+    assert_took_over(sb, p, c1, s);
+    finish(sb, s);
+}
+
+/// I3: generation `s` took over from `p` (started by the test): `p` exited 0,
+/// its child `c1` got exactly the shutdown signal, and `s`'s child started.
+pub fn assert_took_over(sb: &Sandbox, p: &mut Psflip, c1: i32, s: i32) {
+    assert_eq!(sb.wait_exit(p, T), 0, "{}", sb.diag());
+    assert_eq!(
+        sb.signals_of(c1),
+        ["TERM"],
+        "the old child gets the shutdown signal once\n{}",
+        sb.diag()
+    );
+    sb.must_start(sb.child_of(s));
+}
 
 /// Start the first generation with `conf` and wait until it serves: the
 /// psflip and its child.
 pub fn serve(sb: &Sandbox, conf: &Conf) -> (Psflip, i32) {
     sb.config(conf);
     let p = sb.start();
+    let c = must_serve(sb, &p);
+    (p, c)
+}
+
+/// Wait until psflip `p` serves: the pidfile names it and its child has
+/// started. Returns the child.
+pub fn must_serve(sb: &Sandbox, p: &Psflip) -> i32 {
     sb.must_name(p.pid);
     let c = sb.child_of(p.pid);
     sb.must_start(c);
-    (p, c)
+    c
+}
+
+/// A copy of the psflip under test installed as `bin/psflip` in the sandbox:
+/// copied next to it, then renamed into place, as a package manager does.
+pub fn deploy(sb: &Sandbox) -> PathBuf {
+    let dir = sb.path("bin");
+    fs::create_dir_all(&dir).unwrap();
+    let new = dir.join("psflip.new");
+    fs::copy(bin(), &new).unwrap();
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+    let dest = dir.join("psflip");
+    fs::rename(&new, &dest).unwrap();
+    dest
+}
+
+/// `INSTALLED -c psflip.toml`, for a psflip [`deploy`]ed in the sandbox.
+pub fn start_installed(sb: &Sandbox, installed: &Path) -> Psflip {
+    let mut cmd = sb.command(installed);
+    cmd.args(["-c", "psflip.toml"]);
+    sb.spawn(cmd)
 }
 
 /// I3 after a failed upgrade: the old psflip and its child run as before, the

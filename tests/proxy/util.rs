@@ -52,15 +52,6 @@ pub fn unix_listener_inode(path: &Path) -> Option<u64> {
     })
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Sandbox {
     /// A sandbox in a short dir (Unix sockets are bound in it); a load test
     /// may take minutes on a busy machine, hence the long hard deadline.
