@@ -325,28 +325,17 @@ mod tests {
         panic!("the backlog never filled up");
     }
 
-    #[test]
-    fn the_timeout_is_a_little_shorter_than_the_interval() {
-        assert_eq!(
-            timeout_for(Duration::from_millis(100)),
-            Duration::from_millis(80)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_millis(250)),
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_secs(1)),
-            Duration::from_millis(900)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_secs(10)),
-            Duration::from_millis(9900)
-        );
-        assert_eq!(
-            timeout_for(Duration::from_nanos(1)),
-            Duration::from_nanos(1)
-        );
+    #[rstest]
+    #[case::a_fifth_off(Duration::from_millis(100), Duration::from_millis(80))]
+    #[case::a_fifth_off_again(Duration::from_millis(250), Duration::from_millis(200))]
+    #[case::at_most_100ms_off(Duration::from_secs(1), Duration::from_millis(900))]
+    #[case::long(Duration::from_secs(10), Duration::from_millis(9900))]
+    #[case::tiny(Duration::from_nanos(1), Duration::from_nanos(1))]
+    fn the_timeout_is_a_little_shorter_than_the_interval(
+        #[case] interval: Duration,
+        #[case] timeout: Duration,
+    ) {
+        assert_eq!(timeout_for(interval), timeout);
     }
 
     // --- tcp ---

@@ -276,44 +276,31 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
     .map(drop)
 }
 
-/// The pending error of a socket (the outcome of a non-blocking connect), 0 if none.
-pub fn take_error(fd: RawFd) -> i32 {
-    let mut err: libc::c_int = 0;
+/// An `int` socket option of `fd` at `SOL_SOCKET`.
+fn socket_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` is valid for `len` bytes.
-    let rc = unsafe {
+    // SAFETY: `value` is valid for `len` bytes.
+    cvt(unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
+            name,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
-    };
-    if rc < 0 {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    } else {
-        err
-    }
+    })
+    .map(|_| value)
+}
+
+/// The pending error of a socket (the outcome of a non-blocking connect), 0 if none.
+pub fn take_error(fd: RawFd) -> i32 {
+    socket_option(fd, libc::SO_ERROR).unwrap_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Whether `fd` is a listening socket.
 pub fn is_listening(fd: RawFd) -> bool {
-    let mut on: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `on` is valid for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut on as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && on == 1
+    socket_option(fd, libc::SO_ACCEPTCONN).is_ok_and(|on| on == 1)
 }
 
 /// Sends our FIN: the peer reads end of stream, and may still send to us.

@@ -606,24 +606,19 @@ mod tests {
         assert_eq!(run(input).as_deref(), Ok(expected));
     }
 
-    #[test]
-    fn ab_alternates_with_the_generation() {
-        let base = Path::new("/");
+    #[rstest]
+    #[case("{{ AB \"a\" \"b\" }}", false, "a")]
+    #[case("{{ AB \"a\" \"b\" }}", true, "b")]
+    #[case("{{ BlueGreen }}", false, "blue")]
+    #[case("{{ BlueGreen }}", true, "green")]
+    fn ab_alternates_with_the_generation(
+        #[case] input: &str,
+        #[case] ab_second: bool,
+        #[case] expected: &str,
+    ) {
         assert_eq!(
-            run_with("{{ AB \"a\" \"b\" }}", false, base).as_deref(),
-            Ok("a")
-        );
-        assert_eq!(
-            run_with("{{ AB \"a\" \"b\" }}", true, base).as_deref(),
-            Ok("b")
-        );
-        assert_eq!(
-            run_with("{{ BlueGreen }}", false, base).as_deref(),
-            Ok("blue")
-        );
-        assert_eq!(
-            run_with("{{ BlueGreen }}", true, base).as_deref(),
-            Ok("green")
+            run_with(input, ab_second, Path::new("/")).as_deref(),
+            Ok(expected)
         );
     }
 

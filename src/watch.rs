@@ -342,6 +342,24 @@ mod tests {
         Instant::from_origin(Duration::from_millis(ms))
     }
 
+    /// The successor (pid 20), followed through the pidfile, exited.
+    fn other_exited(status: ExitStatus) -> Event {
+        Event::OtherExited { pid: 20, status }
+    }
+
+    /// Forward `signal` to the successor (pid 20).
+    fn signal_successor(signal: Signal) -> Effect {
+        Effect::SignalPid {
+            pid: 20,
+            signal: signal.into(),
+        }
+    }
+
+    /// The watched command (pid 10) exited.
+    fn cmd_exited(status: ExitStatus) -> Event {
+        Event::CmdExited { pid: 10, status }
+    }
+
     #[test]
     fn follows_the_successor_after_cmd_exits() {
         let mut w = Watch::new();
@@ -355,13 +373,7 @@ mod tests {
         assert_eq!(w.watched(), Some(10));
         // The first psflip (CMD) exits after the handoff: the pidfile names 20.
         assert_eq!(
-            w.step(
-                t(150),
-                Event::CmdExited {
-                    pid: 10,
-                    status: ExitStatus::Code(0)
-                }
-            ),
+            w.step(t(150), cmd_exited(ExitStatus::Code(0))),
             vec![
                 Effect::Log("the command exited (exit code 0)".into()),
                 Effect::ReadPidfile
@@ -372,21 +384,9 @@ mod tests {
         // A signal goes to the successor.
         w.step(t(160), Event::SignalReceived(Signal::SIGHUP.into()));
         let out = w.step(t(160), Event::PidfileRead(Reading::Followable(20)));
-        assert_eq!(
-            out,
-            vec![Effect::SignalPid {
-                pid: 20,
-                signal: Signal::SIGHUP.into()
-            }]
-        );
+        assert_eq!(out, vec![signal_successor(Signal::SIGHUP)]);
         // The successor is gone and the pidfile removed: exit 0.
-        w.step(
-            t(170),
-            Event::OtherExited {
-                pid: 20,
-                status: ExitStatus::Code(3),
-            },
-        );
+        w.step(t(170), other_exited(ExitStatus::Code(3)));
         let out = w.step(t(170), Event::PidfileRead(Reading::Missing));
         assert_eq!(out.last(), Some(&Effect::CheckPid(20)));
         let out = w.step(t(170), Event::PidChecked(Reading::Dead(20)));
@@ -407,13 +407,7 @@ mod tests {
             let mut w = Watch::new().relaying_status();
             w.step(t(0), Event::Started);
             w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
-            w.step(
-                t(50),
-                Event::CmdExited {
-                    pid: 10,
-                    status: ExitStatus::Code(0),
-                },
-            );
+            w.step(t(50), cmd_exited(ExitStatus::Code(0)));
             w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
             w.step(
                 t(90),
@@ -436,13 +430,7 @@ mod tests {
         let mut w = Watch::new().relaying_status();
         w.step(t(0), Event::Started);
         w.step(t(0), Event::PidfileRead(Reading::Followable(20)));
-        w.step(
-            t(50),
-            Event::CmdExited {
-                pid: 10,
-                status: ExitStatus::Code(4),
-            },
-        );
+        w.step(t(50), cmd_exited(ExitStatus::Code(4)));
         w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
         w.step(t(150), Event::Tick);
         w.step(t(150), Event::PidfileRead(Reading::Dead(20)));
@@ -463,13 +451,7 @@ mod tests {
         let mut w = Watch::new();
         w.step(t(0), Event::Started);
         w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
-        w.step(
-            t(50),
-            Event::CmdExited {
-                pid: 10,
-                status: ExitStatus::Code(0),
-            },
-        );
+        w.step(t(50), cmd_exited(ExitStatus::Code(0)));
         w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
         for (i, gone) in [Reading::Missing, Reading::Garbage, Reading::Foreign(1234)]
             .into_iter()
@@ -492,21 +474,9 @@ mod tests {
         w.step(t(450), Event::SignalReceived(Signal::SIGTERM.into()));
         w.step(t(450), Event::PidfileRead(Reading::Missing));
         let out = w.step(t(450), Event::PidChecked(Reading::Followable(20)));
-        assert_eq!(
-            out,
-            vec![Effect::SignalPid {
-                pid: 20,
-                signal: Signal::SIGTERM.into()
-            }]
-        );
+        assert_eq!(out, vec![signal_successor(Signal::SIGTERM)]);
         // It dies: now the service is gone.
-        w.step(
-            t(460),
-            Event::OtherExited {
-                pid: 20,
-                status: ExitStatus::Signaled(9),
-            },
-        );
+        w.step(t(460), other_exited(ExitStatus::Signaled(9)));
         w.step(t(460), Event::PidfileRead(Reading::Missing));
         let out = w.step(t(460), Event::PidChecked(Reading::Dead(20)));
         assert_eq!(out, vec![Effect::Exit(0)]);
@@ -551,13 +521,7 @@ mod tests {
         let mut w = Watch::new();
         w.step(t(0), Event::Started);
         w.step(t(0), Event::PidfileRead(Reading::Missing));
-        w.step(
-            t(5),
-            Event::CmdExited {
-                pid: 10,
-                status: ExitStatus::Code(2),
-            },
-        );
+        w.step(t(5), cmd_exited(ExitStatus::Code(2)));
         let out = w.step(t(5), Event::PidfileRead(Reading::Missing));
         assert_eq!(out.last(), Some(&Effect::Exit(2)));
     }
@@ -573,13 +537,7 @@ mod tests {
             out.iter()
                 .any(|e| matches!(e, Effect::Log(l) if l.contains("not ours")))
         );
-        w.step(
-            t(2),
-            Event::CmdExited {
-                pid: 10,
-                status: ExitStatus::Signaled(15),
-            },
-        );
+        w.step(t(2), cmd_exited(ExitStatus::Signaled(15)));
         let out = w.step(t(2), Event::PidfileRead(Reading::Missing));
         assert_eq!(out.last(), Some(&Effect::Exit(143)));
     }

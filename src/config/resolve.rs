@@ -686,32 +686,8 @@ impl Resolver<'_> {
         let Some(raw) = raw else {
             return Ok((default, None));
         };
-        let value = self.expand(raw, key)?;
-        let error = |reason: String| {
-            self.src.error(
-                Some(raw.span()),
-                Some(key.to_owned()),
-                ConfigErrorKind::Duration {
-                    value: value.clone(),
-                    reason,
-                },
-            )
-        };
-        let d = parse_duration(&value).map_err(&error)?;
-        let (min, max) = duration_bounds(key);
-        if d > max {
-            return Err(error(format!(
-                "longer than {}, the most {key} allows",
-                format_duration(max)
-            )));
-        }
-        // Zero, where it is not allowed, gets its own message from the caller.
-        if !d.is_zero() && d < min {
-            return Err(error(format!(
-                "shorter than {}, the least {key} allows",
-                format_duration(min)
-            )));
-        }
+        let kind = |value, reason| ConfigErrorKind::Duration { value, reason };
+        let d = self.quoted(raw, key, kind, |text| bounded_duration(text, key))?;
         Ok((d, Some(raw.span())))
     }
 
@@ -723,27 +699,58 @@ impl Resolver<'_> {
         default: Signal,
     ) -> Result<Signal, ConfigError> {
         let Some(raw) = raw else { return Ok(default) };
+        let kind = |value, reason| ConfigErrorKind::Signal { value, reason };
+        self.quoted(raw, key, kind, |text| fitting_signal(text, key))
+    }
+
+    /// A value whose error quotes it (a duration, a signal): expanded, then
+    /// `parse`d; `kind` words the error.
+    fn quoted<T>(
+        &self,
+        raw: &Spanned<String>,
+        key: &str,
+        kind: fn(String, String) -> ConfigErrorKind,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
         let value = self.expand(raw, key)?;
-        let error = |reason: String| {
-            self.src.error(
-                Some(raw.span()),
-                Some(key.to_owned()),
-                ConfigErrorKind::Signal {
-                    value: value.clone(),
-                    reason,
-                },
-            )
-        };
-        let signal = parse_signal(&value).map_err(&error)?;
-        let why = match key {
-            "upgrade.signal" => unfit_upgrade_signal(signal),
-            "shutdown.signal" => unfit_shutdown_signal(signal),
-            _ => None,
-        };
-        if let Some(why) = why {
-            return Err(error(format!("{}: {why}", signal.as_str())));
-        }
-        Ok(signal)
+        parse(&value).map_err(|reason| {
+            self.src
+                .error(Some(raw.span()), Some(key.to_owned()), kind(value, reason))
+        })
+    }
+}
+
+/// A Go duration within the bounds of `key` ([`duration_bounds`]).
+fn bounded_duration(text: &str, key: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    let (min, max) = duration_bounds(key);
+    if d > max {
+        return Err(format!(
+            "longer than {}, the most {key} allows",
+            format_duration(max)
+        ));
+    }
+    // Zero, where it is not allowed, gets its own message from the caller.
+    if !d.is_zero() && d < min {
+        return Err(format!(
+            "shorter than {}, the least {key} allows",
+            format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
+/// A signal name, refused when unfit for `key`.
+fn fitting_signal(text: &str, key: &str) -> Result<Signal, String> {
+    let signal = parse_signal(text)?;
+    let why = match key {
+        "upgrade.signal" => unfit_upgrade_signal(signal),
+        "shutdown.signal" => unfit_shutdown_signal(signal),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(format!("{}: {why}", signal.as_str())),
+        None => Ok(signal),
     }
 }
 

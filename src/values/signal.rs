@@ -47,28 +47,20 @@ mod tests {
         assert_eq!(parse_signal(text), Ok(expected));
     }
 
-    #[rstest]
-    #[case("")]
-    #[case("SIG")]
-    #[case("SIGSIGHUP")]
-    #[case("HANGUP")]
-    #[case(" HUP")]
-    #[case("HUP ")]
-    #[case("SIG_HUP")]
-    fn rejects_unknown_signal_names(#[case] text: &str) {
-        assert_eq!(
-            parse_signal(text),
-            Err("unknown signal name (expected a name such as SIGHUP, TERM or usr1)".to_owned())
-        );
-    }
+    const UNKNOWN: &str = "unknown signal name (expected a name such as SIGHUP, TERM or usr1)";
+    const NUMBER: &str = "signal numbers are not accepted, use a name such as SIGTERM";
 
     #[rstest]
-    #[case("9")]
-    #[case("SIG15")]
-    fn rejects_signal_numbers(#[case] text: &str) {
-        assert_eq!(
-            parse_signal(text),
-            Err("signal numbers are not accepted, use a name such as SIGTERM".to_owned())
-        );
+    #[case("", UNKNOWN)]
+    #[case("SIG", UNKNOWN)]
+    #[case("SIGSIGHUP", UNKNOWN)]
+    #[case("HANGUP", UNKNOWN)]
+    #[case(" HUP", UNKNOWN)]
+    #[case("HUP ", UNKNOWN)]
+    #[case("SIG_HUP", UNKNOWN)]
+    #[case("9", NUMBER)]
+    #[case("SIG15", NUMBER)]
+    fn rejects_unknown_names_and_numbers(#[case] text: &str, #[case] why: &str) {
+        assert_eq!(parse_signal(text), Err(why.to_owned()));
     }
 }
