@@ -10,10 +10,15 @@
 //! in a pipe, either way. Pipes come from a small pool and go back as soon as they
 //! are empty, so an idle connection holds two sockets and nothing else.
 //!
-//! Epoll interest follows the halves: a source is watched for reading only while
-//! its pipe is empty, a destination for writing only while its pipe holds data; in
-//! the usual request/response flow the interest never changes and a message costs
-//! one read and one send.
+//! Epoll is edge-triggered, and each socket is registered once, for reading and
+//! writing, when it is opened; it leaves epoll by being closed. A side remembers
+//! what epoll last said (readable, writable) until a call says otherwise: a short
+//! read or EAGAIN clears readable (as nginx does; after the peer's FIN, only EOF
+//! or EAGAIN does, since no new edge will come), a short write or EAGAIN clears
+//! writable. So a request/response costs one read and one send per direction and
+//! no epoll_ctl, and a connection costs two epoll_ctl in all. Tokens carry a
+//! generation: an event for a closed connection whose slot was taken again (its
+//! socket may live on in a child between clone and exec) is recognised and dropped.
 //!
 //! End of stream on a source shuts down the destination's write side once the pipe
 //! is empty (each direction is half-closed on its own). A reset on a source is
@@ -34,10 +39,20 @@ const IN: u32 = libc::EPOLLIN as u32;
 const OUT: u32 = libc::EPOLLOUT as u32;
 const ERR: u32 = libc::EPOLLERR as u32;
 const HUP: u32 = libc::EPOLLHUP as u32;
+const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+const ET: u32 = libc::EPOLLET as u32;
+/// What every connection socket is registered for, once.
+const CONN_EVENTS: u32 = IN | OUT | RDHUP | ET;
 
 const TOKEN_COMMANDS: u64 = u64::MAX;
-/// Listener `i` is `TOKEN_LISTENER | i`; a connection's side is `slot << 1 | side`.
+/// Listener `i` is `TOKEN_LISTENER | i`; a connection's side is
+/// `generation << 32 | slot << 1 | side`, the generation below bit 61.
 const TOKEN_LISTENER: u64 = 1 << 62;
+const GENERATION_MASK: u32 = (1 << 29) - 1;
+
+fn conn_token(generation: u32, slot: usize, side: usize) -> u64 {
+    (generation as u64) << 32 | (slot as u64) << 1 | side as u64
+}
 
 const CLIENT: usize = 0;
 const BACKEND: usize = 1;
@@ -90,6 +105,8 @@ impl Half {
 
 struct Conn {
     listener: usize,
+    /// Tells this connection's events from those of an earlier one in the slot.
+    generation: u32,
     /// `[client, backend]`; the backend is `None` between connect attempts.
     fds: [Option<OwnedFd>; 2],
     /// `half[s]` reads from side `s` and writes to the other side.
@@ -99,35 +116,17 @@ struct Conn {
     target: usize,
     last_error: i32,
     retry_until: Option<Instant>,
-    /// The side reported EPOLLHUP: nothing new will come; it is out of epoll.
-    hup: [bool; 2],
-    /// The interest registered in epoll per side; `None` when not registered.
-    mask: [Option<u32>; 2],
+    /// What epoll last said of each side, until a call said otherwise.
+    readable: [bool; 2],
+    writable: [bool; 2],
+    /// The peer shut down its side (EPOLLRDHUP or EPOLLHUP): no new edge will
+    /// come, so only EOF or EAGAIN ends reading.
+    peer_done: [bool; 2],
 }
 
 impl Conn {
     fn raw(&self, side: usize) -> Option<RawFd> {
         self.fds[side].as_ref().map(|f| f.as_raw_fd())
-    }
-
-    fn wanted(&self) -> [u32; 2] {
-        let reads = |s: usize| {
-            let h = &self.half[s];
-            !h.eof && !h.broken && h.pending == 0 && !self.connecting
-        };
-        let client = if reads(CLIENT) { IN } else { 0 }
-            | if self.half[BACKEND].pending > 0 {
-                OUT
-            } else {
-                0
-            };
-        let backend = if reads(BACKEND) { IN } else { 0 }
-            | if self.half[CLIENT].pending > 0 || self.connecting {
-                OUT
-            } else {
-                0
-            };
-        [client, backend]
     }
 }
 
@@ -155,6 +154,10 @@ pub(super) struct Engine {
     draining: bool,
     told_drained: bool,
     retries: Vec<(Instant, usize)>,
+    /// Connections that stopped reading after MAX_ROUNDS with data left: served
+    /// again after this batch, before waiting.
+    again: Vec<(usize, u32)>,
+    next_generation: u32,
     quiet: bool,
 }
 
@@ -201,6 +204,8 @@ impl Engine {
             draining: false,
             told_drained: false,
             retries: Vec::new(),
+            again: Vec::new(),
+            next_generation: 0,
             quiet,
         })
     }
@@ -215,7 +220,11 @@ impl Engine {
     pub(super) fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
         loop {
-            let timeout = self.timeout_ms(Instant::now());
+            let timeout = if self.again.is_empty() {
+                self.timeout_ms(Instant::now())
+            } else {
+                0
+            };
             let n = match sys::epoll_wait(&self.ep, &mut events, timeout) {
                 Ok(n) => n,
                 Err(e) => {
@@ -224,6 +233,11 @@ impl Engine {
                     continue;
                 }
             };
+            for (slot, generation) in std::mem::take(&mut self.again) {
+                if self.is_current(slot, generation) {
+                    self.progress(slot);
+                }
+            }
             for ev in &events[..n] {
                 let (token, revents) = (ev.u64, ev.events);
                 if token == TOKEN_COMMANDS {
@@ -233,7 +247,9 @@ impl Engine {
                 } else if token & TOKEN_LISTENER != 0 {
                     self.on_listener((token & !TOKEN_LISTENER) as usize);
                 } else {
-                    self.on_conn((token >> 1) as usize, (token & 1) as usize, revents);
+                    let slot = (token as u32 >> 1) as usize;
+                    let generation = (token >> 32) as u32;
+                    self.on_conn(slot, generation, (token & 1) as usize, revents);
                 }
             }
             self.on_timers(Instant::now());
@@ -243,6 +259,13 @@ impl Engine {
                 let _ = sys::write(self.events.as_raw_fd(), &[EVT_DRAINED]);
             }
         }
+    }
+
+    fn is_current(&self, slot: usize, generation: u32) -> bool {
+        self.conns
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.generation == generation)
     }
 
     fn timeout_ms(&self, now: Instant) -> i32 {
@@ -383,12 +406,14 @@ impl Engine {
                 self.conns.len() - 1
             }
         };
+        let generation = self.next_generation;
+        self.next_generation = (generation + 1) & GENERATION_MASK;
         if let Err(e) = sys::epoll_ctl(
             &self.ep,
             libc::EPOLL_CTL_ADD,
             client.as_raw_fd(),
-            0,
-            (slot as u64) << 1,
+            CONN_EVENTS,
+            conn_token(generation, slot, CLIENT),
         ) {
             self.say(&format!("proxy: epoll: {e}; connection closed"));
             self.free.push(slot);
@@ -396,14 +421,18 @@ impl Engine {
         }
         self.conns[slot] = Some(Conn {
             listener,
+            generation,
             fds: [Some(client), None],
             half: [Half::default(), Half::default()],
             connecting: false,
             target: 0,
             last_error: 0,
             retry_until: None,
-            hup: [false; 2],
-            mask: [Some(0), None],
+            // The client has likely sent already: it is read as soon as the
+            // backend is connected, without waiting for the edge.
+            readable: [true, false],
+            writable: [true, false],
+            peer_done: [false; 2],
         });
         self.live += 1;
         self.connect(slot);
@@ -455,6 +484,22 @@ impl Engine {
                     return;
                 }
             };
+            let token = conn_token(conn.generation, slot, BACKEND);
+            if let Err(e) = sys::epoll_ctl(
+                &self.ep,
+                libc::EPOLL_CTL_ADD,
+                sock.as_raw_fd(),
+                CONN_EVENTS,
+                token,
+            ) {
+                let line = format!("proxy: epoll: {e}; connection closed");
+                self.say(&line);
+                self.close(slot, None);
+                return;
+            }
+            conn.readable[BACKEND] = false;
+            conn.writable[BACKEND] = false;
+            conn.peer_done[BACKEND] = false;
             match sys::connect(&sock, &addr) {
                 Ok(()) => {
                     conn.connecting = false;
@@ -462,15 +507,13 @@ impl Engine {
                         sys::set_nodelay(sock.as_raw_fd());
                     }
                     conn.fds[BACKEND] = Some(sock);
-                    conn.mask[BACKEND] = None;
-                    // The client has likely sent already: try it now.
-                    return self.progress(slot, CLIENT, true, false);
+                    conn.writable[BACKEND] = true;
+                    return self.progress(slot);
                 }
                 Err(libc::EINPROGRESS) => {
                     conn.connecting = true;
                     conn.fds[BACKEND] = Some(sock);
-                    conn.mask[BACKEND] = None;
-                    return self.update(slot);
+                    return;
                 }
                 Err(libc::EAGAIN) if !tcp => {
                     let now = Instant::now();
@@ -491,18 +534,22 @@ impl Engine {
         }
     }
 
-    fn on_conn(&mut self, slot: usize, side: usize, revents: u32) {
+    fn on_conn(&mut self, slot: usize, generation: u32, side: usize, revents: u32) {
         let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
             return;
         };
+        if conn.generation != generation {
+            return; // a closed connection's socket, still open in a child
+        }
         if side == BACKEND && conn.connecting {
             let Some(fd) = conn.raw(BACKEND) else {
                 return;
             };
-            let err = sys::take_error(fd);
-            if err != 0 || revents & (ERR | HUP) != 0 {
+            if revents & (ERR | HUP) != 0 {
+                // Closing the socket takes it out of epoll.
+                let err = sys::take_error(fd);
                 conn.last_error = if err != 0 { err } else { libc::ECONNREFUSED };
-                forget(&self.ep, conn, BACKEND);
+                conn.fds[BACKEND] = None;
                 conn.connecting = false;
                 conn.target += 1;
                 return self.connect(slot);
@@ -519,72 +566,47 @@ impl Engine {
             {
                 sys::set_nodelay(fd);
             }
-            return self.progress(slot, CLIENT, true, false);
         }
         if revents & ERR != 0 {
             // A reset (or another error) on this side: the other peer sees one too.
             return self.close(slot, Some(1 - side));
         }
-        if revents & HUP != 0 {
-            conn.hup[side] = true;
+        if revents & (HUP | RDHUP) != 0 {
+            conn.peer_done[side] = true;
         }
-        let readable = revents & (IN | HUP) != 0;
-        let writable = revents & (OUT | HUP) != 0;
-        self.progress(slot, side, readable, writable);
+        if revents & (IN | HUP | RDHUP) != 0 {
+            conn.readable[side] = true;
+        }
+        if revents & (OUT | HUP) != 0 {
+            conn.writable[side] = true;
+        }
+        self.progress(slot);
     }
 
-    /// Pump the half reading from `side` (if `readable`) and the half writing to it
-    /// (if `writable`), then close the connection or update its epoll interest.
-    fn progress(&mut self, slot: usize, side: usize, readable: bool, writable: bool) {
+    /// Pump both halves as far as their sides allow, then close the connection if
+    /// both are over.
+    fn progress(&mut self, slot: usize) {
         let Some(conn) = self.conns[slot].as_mut() else {
             return;
         };
-        let mut result = Ok(());
-        if readable || conn.hup[side] {
-            result = pump(conn, side, true, &mut self.pool, &mut self.scratch);
+        if conn.connecting {
+            return;
         }
-        if result.is_ok() && writable {
-            result = pump(conn, 1 - side, false, &mut self.pool, &mut self.scratch);
+        let mut result = Ok(false);
+        for h in [CLIENT, BACKEND] {
+            result = match pump(conn, h, &mut self.pool, &mut self.scratch) {
+                Ok(more) => result.map(|m| m || more),
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                break;
+            }
         }
         match result {
             Err(Abort(reset)) => self.close(slot, reset),
-            Ok(()) if conn.half.iter().all(Half::finished) => self.close(slot, None),
-            Ok(()) => self.update(slot),
-        }
-    }
-
-    /// Bring the epoll interest of both sides in line with what the halves want.
-    fn update(&mut self, slot: usize) {
-        let Some(conn) = self.conns[slot].as_mut() else {
-            return;
-        };
-        let wanted = conn.wanted();
-        for side in [CLIENT, BACKEND] {
-            let Some(fd) = conn.raw(side) else {
-                continue;
-            };
-            let token = (slot as u64) << 1 | side as u64;
-            let result = if conn.hup[side] {
-                // Level-triggered HUP would fire forever: drop the fd from epoll; its
-                // remaining bytes are read whenever the other side can take them.
-                match conn.mask[side].take() {
-                    Some(_) => sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_DEL, fd, 0, 0),
-                    None => Ok(()),
-                }
-            } else {
-                match conn.mask[side] {
-                    Some(m) if m == wanted[side] => Ok(()),
-                    Some(_) => {
-                        sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_MOD, fd, wanted[side], token)
-                    }
-                    None => sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, fd, wanted[side], token),
-                }
-                .map(|()| conn.mask[side] = Some(wanted[side]))
-            };
-            if let Err(e) = result {
-                self.say(&format!("proxy: epoll: {e}; connection closed"));
-                return self.close(slot, None);
-            }
+            Ok(_) if conn.half.iter().all(Half::finished) => self.close(slot, None),
+            Ok(true) => self.again.push((slot, conn.generation)),
+            Ok(false) => {}
         }
     }
 
@@ -596,8 +618,9 @@ impl Engine {
         if let Some(fd) = reset.and_then(|side| conn.raw(side)) {
             sys::set_linger_zero(fd);
         }
-        forget(&self.ep, &mut conn, CLIENT);
-        forget(&self.ep, &mut conn, BACKEND);
+        // Closing a socket takes it out of epoll; should a child still hold it
+        // (between clone and exec), its events carry a stale generation.
+        conn.fds = [None, None];
         for half in &mut conn.half {
             // A pipe still holding bytes is dropped, never reused.
             if let Some(pipe) = half.pipe.take()
@@ -610,17 +633,6 @@ impl Engine {
         self.closed.push(slot);
         self.live -= 1;
     }
-}
-
-/// Deregister a side from epoll, then close it. Closing alone is not enough: while
-/// the main thread forks a child (until that child execs), the child shares every
-/// socket, so the registration would outlive the close and deliver the old
-/// socket's events to whatever connection takes the slot next.
-fn forget(ep: &OwnedFd, conn: &mut Conn, side: usize) {
-    if let (Some(fd), Some(_)) = (conn.raw(side), conn.mask[side].take()) {
-        let _ = sys::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, 0, 0);
-    }
-    conn.fds[side] = None;
 }
 
 /// An empty pipe, from the pool or new.
@@ -644,40 +656,48 @@ fn would_block(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EAGAIN)
 }
 
-/// Move what can be moved on half `h` of `conn` without blocking: flush its pipe
-/// to the destination, then (when `readable`, or the source hung up) read the
-/// source again, until the destination is full or the source is empty.
+/// Move what can be moved on half `h` of `conn` (reading side `h`, writing the
+/// other) without blocking: flush its pipe to the destination while it is
+/// writable, then read the source while it is readable, until one of them says
+/// EAGAIN (or a short read or write says it would). Returns whether the source
+/// may still hold data after MAX_ROUNDS reads in a row (serve it again soon).
 fn pump(
     conn: &mut Conn,
     h: usize,
-    readable: bool,
     pool: &mut Vec<Pipe>,
     scratch: &mut [u8],
-) -> Result<(), Abort> {
-    let (Some(src), Some(dst)) = (conn.raw(h), conn.raw(1 - h)) else {
-        return Ok(());
+) -> Result<bool, Abort> {
+    let d = 1 - h;
+    let (Some(src), Some(dst)) = (conn.raw(h), conn.raw(d)) else {
+        return Ok(false);
     };
-    let hup = conn.hup[h];
+    let other_finished = conn.half[d].finished();
     let half = &mut conn.half[h];
-    let mut can_read = readable || hup;
     let mut rounds = 0;
     loop {
         if half.broken {
-            return Ok(());
+            return Ok(false);
         }
         if half.pending > 0 {
             let Some(pipe) = half.pipe.as_ref() else {
                 half.pending = 0;
                 continue;
             };
+            if !conn.writable[d] {
+                return Ok(false);
+            }
             match sys::splice(pipe.r.as_raw_fd(), dst, half.pending) {
                 Ok(n) => {
                     half.pending -= n;
                     if half.pending > 0 {
-                        return Ok(());
+                        conn.writable[d] = false;
+                        return Ok(false);
                     }
                 }
-                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) if would_block(&e) => {
+                    conn.writable[d] = false;
+                    return Ok(false);
+                }
                 Err(_) => {
                     // The destination is gone: this direction is over, the other
                     // may still deliver.
@@ -693,13 +713,20 @@ fn pump(
         }
         if half.eof {
             if !half.shut {
-                sys::shutdown_write(dst);
+                // When the other direction is over too, the close that follows
+                // sends the FIN: no shutdown call needed.
+                if !other_finished {
+                    sys::shutdown_write(dst);
+                }
                 half.shut = true;
             }
-            return Ok(());
+            return Ok(false);
         }
-        if !can_read || (!hup && rounds == MAX_ROUNDS) {
-            return Ok(());
+        if !conn.readable[h] {
+            return Ok(false);
+        }
+        if rounds == MAX_ROUNDS {
+            return Ok(true);
         }
         rounds += 1;
         if !half.bulk {
@@ -712,19 +739,30 @@ fn pump(
                     continue;
                 }
                 Ok(n) => n,
-                Err(e) if would_block(&e) => return Ok(()),
-                // The source was reset: so is the other peer.
-                Err(_) => return Err(Abort(Some(1 - h))),
-            };
-            let sent = match sys::send(dst, &scratch[..n]) {
-                Ok(m) => m,
-                Err(e) if would_block(&e) => 0,
-                Err(_) => {
-                    half.broken = true;
-                    continue;
+                Err(e) if would_block(&e) => {
+                    conn.readable[h] = false;
+                    return Ok(false);
                 }
+                // The source was reset: so is the other peer.
+                Err(_) => return Err(Abort(Some(d))),
+            };
+            if n < scratch.len() && !conn.peer_done[h] {
+                conn.readable[h] = false;
+            }
+            let sent = if conn.writable[d] {
+                match sys::send(dst, &scratch[..n]) {
+                    Ok(m) => m,
+                    Err(e) if would_block(&e) => 0,
+                    Err(_) => {
+                        half.broken = true;
+                        continue;
+                    }
+                }
+            } else {
+                0
             };
             if sent < n {
+                conn.writable[d] = false;
                 let pipe = take_pipe(pool)?;
                 // An empty pipe holds 64 KiB: the rest of one read always fits.
                 match sys::write(pipe.w.as_raw_fd(), &scratch[sent..n]) {
@@ -733,10 +771,9 @@ fn pump(
                 }
                 half.pipe = Some(pipe);
                 half.pending = n - sent;
-                return Ok(());
+                return Ok(false);
             }
             half.bulk = n == scratch.len();
-            can_read = hup || half.bulk;
             continue;
         }
         let pipe = take_pipe(pool)?;
@@ -748,16 +785,19 @@ fn pump(
             Ok(n) => {
                 half.pipe = Some(pipe);
                 half.pending = n;
-                can_read = hup || n >= BIG_READ;
+                if n < BIG_READ && !conn.peer_done[h] {
+                    conn.readable[h] = false;
+                }
             }
             Err(e) if would_block(&e) => {
                 give_back(pool, pipe);
-                return Ok(());
+                conn.readable[h] = false;
+                return Ok(false);
             }
             Err(_) => {
                 give_back(pool, pipe);
                 // The source was reset: so is the other peer.
-                return Err(Abort(Some(1 - h)));
+                return Err(Abort(Some(d)));
             }
         }
     }
