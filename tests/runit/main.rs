@@ -10,10 +10,15 @@
 //! the service, status 0), and `sv exit`. It skips, loudly, only where runsv is
 //! not installed; with `CI=true` a skip is a failure.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{alive, ppid, wait_for};
 
 const PSFLIP: &str = env!("CARGO_BIN_EXE_psflip");
 const PIDWATCH: &str = env!("CARGO_BIN_EXE_pidwatch");
@@ -21,38 +26,6 @@ const T: Duration = Duration::from_secs(30);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn poll<R>(limit: Duration, mut f: impl FnMut() -> Option<R>) -> Option<R> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(r) = f() {
-            return Some(r);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-fn ppid(pid: i32) -> Option<i32> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -130,7 +103,7 @@ impl Service {
     /// The service serves: the pidfile names a psflip under pidwatch whose child
     /// answers SIGUSR1 sent to pidwatch. Returns (psflip, child).
     fn serving(&mut self, what: &str, pidwatch: i32) -> (i32, i32) {
-        let found = poll(T, || {
+        let found = wait_for(T, || {
             let p = read_pid(&self.dir.join("myapp.pid"))?;
             (alive(p) && ppid(p) == Some(pidwatch)).then_some(())?;
             let c = *children(p).first()?;
@@ -142,7 +115,7 @@ impl Service {
         // SAFETY: kill has no memory preconditions; pidwatch is this test's.
         unsafe { libc::kill(pidwatch, libc::SIGUSR1) };
         assert!(
-            poll(T, || (self.count("pong", c) > pongs).then_some(())).is_some(),
+            wait_for(T, || (self.count("pong", c) > pongs).then_some(())).is_some(),
             "{what}: the child {c} does not answer through pidwatch\n{}",
             self.diag()
         );
@@ -151,7 +124,7 @@ impl Service {
 
     fn stopped_gracefully(&self, what: &str, child: i32) {
         assert!(
-            poll(T, || (self.count("finished", child) == 1).then_some(())).is_some(),
+            wait_for(T, || (self.count("finished", child) == 1).then_some(())).is_some(),
             "{what}: the child {child} did not finish its handler\n{}",
             self.diag()
         );
@@ -161,7 +134,7 @@ impl Service {
     fn stop(&mut self) -> Vec<i32> {
         self.done = true;
         let _ = self.sv(&["exit"]);
-        if poll(T, || self.runsv.try_wait().ok().flatten()).is_none() {
+        if wait_for(T, || self.runsv.try_wait().ok().flatten()).is_none() {
             let _ = self.runsv.kill();
             let _ = self.runsv.wait();
         }
@@ -280,10 +253,10 @@ fn the_runit_example_under_a_real_runsv() {
     };
 
     // Start.
-    let pw = poll(T, || s.pidwatch().filter(|p| alive(*p)))
+    let pw = wait_for(T, || s.pidwatch().filter(|p| alive(*p)))
         .unwrap_or_else(|| panic!("runsv did not start ./run\n{}", s.diag()));
     s.seen.push(pw);
-    let svlogd = poll(T, || {
+    let svlogd = wait_for(T, || {
         read_pid(&svc.join("log/supervise/pid")).filter(|p| *p > 0)
     });
     s.seen.extend(svlogd);
@@ -294,7 +267,7 @@ fn the_runit_example_under_a_real_runsv() {
         let what = format!("sv hup {i}");
         let (ok, out) = s.sv(&["hup"]);
         assert!(ok, "{what}: {out}");
-        let found = poll(T, || {
+        let found = wait_for(T, || {
             read_pid(&dir.join("myapp.pid")).filter(|p| *p != current.0 && alive(*p))
         });
         assert!(found.is_some(), "{what}: no new generation\n{}", s.diag());
@@ -302,7 +275,7 @@ fn the_runit_example_under_a_real_runsv() {
         assert_ne!(next.1, current.1, "{what}: a new child");
         s.stopped_gracefully(&what, current.1);
         assert!(
-            poll(T, || (!alive(current.0)).then_some(())).is_some(),
+            wait_for(T, || (!alive(current.0)).then_some(())).is_some(),
             "{what}: the old psflip did not exit\n{}",
             s.diag()
         );
@@ -326,11 +299,11 @@ fn the_runit_example_under_a_real_runsv() {
     assert!(ok, "sv down: {out}");
     s.stopped_gracefully("sv down", current.1);
     assert!(
-        poll(T, || (!alive(pw) && !alive(current.0)).then_some(())).is_some(),
+        wait_for(T, || (!alive(pw) && !alive(current.0)).then_some(())).is_some(),
         "sv down: pidwatch and psflip end with the service\n{}",
         s.diag()
     );
-    let finish = poll(T, || {
+    let finish = wait_for(T, || {
         fs::read_to_string(dir.join("finish.rec"))
             .ok()
             .filter(|t| !t.is_empty())
@@ -342,7 +315,7 @@ fn the_runit_example_under_a_real_runsv() {
         s.diag()
     );
     assert!(
-        poll(T, || s
+        wait_for(T, || s
             .sv(&["status"])
             .1
             .starts_with("down: ")

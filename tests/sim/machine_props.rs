@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{RngSeed, TestCaseError};
+use proptest::test_runner::TestCaseError;
 
 use psflip::Signal;
 use psflip::machine::{
@@ -338,18 +338,9 @@ impl Harness {
     }
 }
 
-/// Deterministic like the rest of the suite: a fixed seed unless
-/// `PROPTEST_RNG_SEED` asks for another; no regression file written into the tree.
+/// The suite's one seed policy (`tests/common/props.rs`).
 fn config() -> ProptestConfig {
-    let mut config = ProptestConfig {
-        cases: 1024,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
-        config.rng_seed = RngSeed::Fixed(0x5eed_f11b);
-    }
-    config
+    crate::props::config(1024)
 }
 
 proptest! {

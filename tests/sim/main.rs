@@ -29,6 +29,8 @@
 mod faults;
 mod invariants;
 mod machine_props;
+#[path = "../common/props.rs"]
+mod props;
 mod rng;
 mod world;
 

@@ -22,11 +22,16 @@
 //! be booted at all (not root, no systemd, no cgroup hierarchy); with `CI=true` a
 //! skip is a failure.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::wait_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_psflip");
 /// Bound of every wait: generous, since the machine is shared and slow.
@@ -34,20 +39,6 @@ const T: Duration = Duration::from_secs(30);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Poll `f` until it returns `Some`, for at most `limit`.
-fn poll<R>(limit: Duration, mut f: impl FnMut() -> Option<R>) -> Option<R> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(r) = f() {
-            return Some(r);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Why a private systemd cannot be booted here at all, if it cannot.
@@ -181,14 +172,14 @@ impl Systemd {
             version: 0,
             down: false,
         };
-        sd.pid = poll(T, || {
+        sd.pid = wait_for(T, || {
             let children = fs::read_to_string(format!("/proc/{lpid}/task/{lpid}/children")).ok()?;
             let pid: i32 = children.split_whitespace().next()?.parse().ok()?;
             let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
             exe.ends_with("systemd").then_some(pid)
         })
         .unwrap_or_else(|| panic!("systemd did not start\n{}", sd.diag("")));
-        let state = poll(T, || {
+        let state = wait_for(T, || {
             let out = sd.ctl(&["is-system-running"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             matches!(state.as_str(), "running" | "degraded").then_some(state)
@@ -306,7 +297,7 @@ impl Systemd {
             // SAFETY: kill has no memory preconditions; the pid is systemd's.
             unsafe { libc::kill(self.pid, libc::SIGRTMIN() + 4) };
         }
-        let exited = poll(T, || self.launcher.try_wait().ok().flatten());
+        let exited = wait_for(T, || self.launcher.try_wait().ok().flatten());
         if exited.is_none() {
             left.push(format!("systemd (pid {}) did not power off", self.pid));
             // unshare --kill-child: PID 1 of the namespace dies, and all in it.
@@ -330,7 +321,7 @@ impl Systemd {
                 }
             }
             for d in dirs.iter().rev() {
-                let _ = poll(Duration::from_secs(5), || fs::remove_dir(d).ok());
+                let _ = wait_for(Duration::from_secs(5), || fs::remove_dir(d).ok());
             }
             if c.exists() {
                 left.push(format!("{} could not be removed", c.display()));
@@ -470,7 +461,7 @@ impl Unit<'_> {
             self.diag()
         );
         assert!(
-            poll(T, || (self.count("pong", child.ns) > pongs).then_some(())).is_some(),
+            wait_for(T, || (self.count("pong", child.ns) > pongs).then_some(())).is_some(),
             "{what}: the child {} does not answer\n{}",
             child.ns,
             self.diag()
