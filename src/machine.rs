@@ -165,11 +165,14 @@ pub enum Health {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inspection {
     /// The container exists: its `State.Status` (`created`, `running`, `exited`,
-    /// `dead`…) and `State.Health.Status` (`starting`, `healthy`, `unhealthy`;
-    /// `None` without a HEALTHCHECK).
+    /// `dead`…), `State.Health.Status` (`starting`, `healthy`, `unhealthy`;
+    /// `None` until a container with a health check has started), and whether
+    /// it has a health check at all (`Config.Healthcheck`, its own or its
+    /// image's, other than `NONE`).
     Found {
         status: String,
         health: Option<String>,
+        healthcheck: bool,
     },
     /// No such container (yet).
     Missing,
@@ -939,12 +942,24 @@ impl Machine {
             Inspection::Found { status, .. } if status == "exited" || status == "dead" => {
                 format!("container {container} has stopped ({status})")
             }
-            Inspection::Found { health: None, .. } => format!(
+            Inspection::Found {
+                healthcheck: false, ..
+            } => format!(
                 "container {container} has no HEALTHCHECK (docker run --health-cmd, or HEALTHCHECK in its image)"
             ),
             Inspection::Found {
+                health: None,
+                status,
+                ..
+            } => {
+                // Created, not started yet: no health state so far.
+                self.last_check = Some(format!("container {container} is {status}"));
+                return;
+            }
+            Inspection::Found {
                 health: Some(health),
                 status,
+                ..
             } => match health.as_str() {
                 "healthy" => {
                     log(out, format!("container {container} is healthy"));
@@ -2424,6 +2439,15 @@ mod readiness_tests {
         Inspection::Found {
             status: status.into(),
             health: health.map(str::to_owned),
+            healthcheck: true,
+        }
+    }
+
+    fn without_healthcheck(status: &str) -> Inspection {
+        Inspection::Found {
+            status: status.into(),
+            health: None,
+            healthcheck: false,
         }
     }
 
@@ -2501,6 +2525,11 @@ mod readiness_tests {
         m.step(t(2000), Event::Tick);
         m.step(t(2010), inspected(found("running", Some("starting"))));
         assert!(!m.healthy());
+        // Created, not started: no health state yet, and not a failure.
+        m.step(t(2500), Event::Tick);
+        m.step(t(2510), inspected(found("created", None)));
+        assert_eq!(m.phase(), &Phase::Starting);
+        assert!(!m.healthy());
         // No answer within the interval: abandoned, then the next one starts.
         m.step(t(3000), Event::Tick);
         assert_eq!(
@@ -2532,11 +2561,11 @@ mod readiness_tests {
                 "container app-green has stopped (exited)",
             ),
             (
-                found("dead", None),
+                without_healthcheck("dead"),
                 "container app-green has stopped (dead)",
             ),
             (
-                found("running", None),
+                without_healthcheck("running"),
                 "container app-green has no HEALTHCHECK",
             ),
         ] {

@@ -211,9 +211,17 @@ pub fn decode(answer: &[u8], container: &str) -> Inspection {
             let Some(status) = state["Status"].as_str() else {
                 return bad(&format!("no State.Status for container {container}"));
             };
+            // `{"Test": ["NONE"]}` turns an image's HEALTHCHECK off.
+            let test = &json["Config"]["Healthcheck"]["Test"];
+            let healthcheck = test
+                .as_array()
+                .and_then(|t| t.first())
+                .and_then(|first| first.as_str())
+                .is_some_and(|first| first != "NONE");
             Inspection::Found {
                 status: status.to_owned(),
                 health: state["Health"]["Status"].as_str().map(str::to_owned),
+                healthcheck,
             }
         }
         404 => Inspection::Missing,
@@ -251,22 +259,32 @@ mod tests {
 
     #[test]
     fn decodes_state_and_health() {
-        let body = r#"{"Id":"x","State":{"Status":"running","Running":true,"Health":{"Status":"healthy","FailingStreak":0}}}"#;
+        let body = r#"{"Id":"x","State":{"Status":"running","Running":true,"Health":{"Status":"healthy","FailingStreak":0}},"Config":{"Healthcheck":{"Test":["CMD-SHELL","test -f /tmp/ok"]}}}"#;
         assert_eq!(
             decode(&answer("200 OK", "", body), "c"),
             Inspection::Found {
                 status: "running".into(),
-                health: Some("healthy".into())
+                health: Some("healthy".into()),
+                healthcheck: true,
             }
         );
-        let body = r#"{"State":{"Status":"exited"}}"#;
+        let body = r#"{"State":{"Status":"exited"},"Config":{}}"#;
         assert_eq!(
             decode(&answer("200 OK", "", body), "c"),
             Inspection::Found {
                 status: "exited".into(),
-                health: None
+                health: None,
+                healthcheck: false,
             }
         );
+        let body = r#"{"State":{"Status":"created"},"Config":{"Healthcheck":{"Test":["NONE"]}}}"#;
+        assert!(matches!(
+            decode(&answer("200 OK", "", body), "c"),
+            Inspection::Found {
+                healthcheck: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -291,7 +309,8 @@ mod tests {
             ),
             Inspection::Found {
                 status: "created".into(),
-                health: None
+                health: None,
+                healthcheck: false,
             }
         );
         assert!(matches!(

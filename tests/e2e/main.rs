@@ -9,6 +9,7 @@ mod util;
 mod activation;
 mod cli;
 mod control;
+mod docker;
 mod examples;
 mod healthchecks;
 mod logs;
