@@ -12,6 +12,7 @@
 //! URLs, status patterns), [`log`] (the one logger: text, JSON or journald lines, never blocking its caller) and [`sys`] (raw socket, epoll and
 //! splice calls).
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod log;

@@ -64,6 +64,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Internal: write man pages and shell completions into DIR (packaging).
+    #[command(name = "__assets", hide = true)]
+    Assets {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Internal: one `[healthcheck.tcp]` or `[healthcheck.http]` check, run as the
     /// healthcheck's probe process. Exit 0 when healthy, 1 (and one line on
     /// stderr) otherwise.
@@ -172,6 +178,16 @@ fn psflip_main() -> ExitCode {
     // A probe reads no configuration: everything it needs is on its command line.
     let command = match cli.command {
         Some(Command::Probe { check }) => return run_probe(check),
+        Some(Command::Assets { dir }) => {
+            use clap::CommandFactory;
+            return match psflip::cli::assets::write(&dir, Cli::command()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("psflip: {}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            };
+        }
         command => command,
     };
     let ab_second = std::env::var("PSFLIP_AB_FLAG").is_ok_and(|v| v == "b");
@@ -189,8 +205,8 @@ fn psflip_main() -> ExitCode {
         }
     };
     match command {
-        Some(Command::Probe { .. }) => {
-            unreachable!("a probe returns before the configuration is read")
+        Some(Command::Probe { .. } | Command::Assets { .. }) => {
+            unreachable!("probes and assets return before the configuration is read")
         }
         Some(Command::Check) => {
             print!("{}", config.to_resolved_toml());
