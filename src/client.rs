@@ -2,11 +2,10 @@
 //! running generation through the configuration's pidfile and ask it over its
 //! control socket ([`crate::effects::control`]).
 
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::effects::{control, pidfile, procfs};
@@ -40,97 +39,208 @@ impl Answer {
     }
 }
 
-/// The pid of the running psflip, from the pidfile, if it is alive (a zombie is
-/// not: its pidfile is stale).
-fn running(config: &Config) -> Result<(u32, &Path), String> {
-    let Some(path) = config.pidfile.as_deref() else {
-        return Err(format!(
-            "{}: no `pidfile` configured: it is how the running psflip is found",
-            config.path.display()
-        ));
+/// Where the control socket of this configuration may be, each with the uids
+/// its server may run as (the owner of its directory, or root). Every
+/// directory is checked first: a real directory, writable only by its owner.
+fn candidates(config: &Config) -> (Vec<(PathBuf, Vec<u32>)>, Vec<String>) {
+    let euid = nix::unistd::geteuid().as_raw();
+    let mut found = Vec::new();
+    let mut refused = Vec::new();
+    let mut consider = |socket: PathBuf, owners: &[u32]| {
+        let dir = socket.parent().unwrap_or(Path::new("/")).to_owned();
+        match control::verify_dir(&dir, owners) {
+            Ok(owner) => found.push((socket, vec![owner, 0])),
+            Err(why) if dir.exists() => refused.push(why),
+            Err(_) => {}
+        }
     };
-    let Some(pid) = pidfile::read(path).filter(|p| *p > 0 && *p <= i32::MAX as u32) else {
-        return Err(format!("not running ({} holds no pid)", path.display()));
+    if let Some(explicit) = config.control_socket.as_deref() {
+        let socket = control::absolute(explicit);
+        // Root may reach a psflip of any user through the path it configured:
+        // the directory's owner is then who may serve it.
+        let owners = match control::dir_owner(socket.parent().unwrap_or(Path::new("/"))) {
+            Some(owner) if euid == 0 => vec![owner],
+            _ => vec![euid, 0],
+        };
+        consider(socket, &owners);
+        return (found, refused);
+    }
+    let name = control::socket_name(&config.path);
+    let mut users = vec![euid];
+    if euid == 0
+        && let Some(owner) = config.pidfile.as_deref().and_then(trusted_pidfile_owner)
+        && owner != 0
+    {
+        users.push(owner);
+    }
+    for uid in users {
+        let xdg = (uid == euid)
+            .then(|| std::env::var_os("XDG_RUNTIME_DIR"))
+            .flatten();
+        for dir in control::default_dirs(uid, xdg) {
+            consider(dir.join(&name), &[uid]);
+        }
+    }
+    (found, refused)
+}
+
+/// The owner of a pidfile that only its owner (or root) could have put there:
+/// its directory is writable by nobody else. Root uses it to find the control
+/// socket of a psflip running as another user; a pidfile in a directory anyone
+/// can write (`/tmp`) says nothing about who wrote it.
+fn trusted_pidfile_owner(path: &Path) -> Option<u32> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    if alive(pid) {
-        Ok((pid, path))
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let owner = meta.uid();
+    control::verify_dir(dir, &[owner, 0]).ok()?;
+    Some(owner)
+}
+
+/// Whether `pid` runs psflip with this configuration, by /proc: its command
+/// line's `-c`/`--config` (or the default `psflip.toml`), resolved against its
+/// working directory, is the same file as ours. `Ok` when /proc does not tell
+/// (not mounted, or hidden): the socket's directory and uid vouch for it then.
+fn runs_this_config(pid: u32, config: &Path) -> Result<(), String> {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Ok(());
+    };
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return Ok(());
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let mut file: &[u8] = b"psflip.toml";
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i];
+        if a == b"-c" || a == b"--config" {
+            if let Some(v) = args.get(i + 1) {
+                file = v;
+            }
+            i += 2;
+            continue;
+        }
+        if let Some(v) = a.strip_prefix(b"--config=") {
+            file = v;
+        } else if let Some(v) = a
+            .strip_prefix(b"-c")
+            .filter(|v| !v.is_empty() && !a.starts_with(b"--"))
+        {
+            file = v;
+        }
+        i += 1;
+    }
+    let theirs = cwd.join(Path::new(std::ffi::OsStr::from_bytes(file)));
+    let same = match (std::fs::metadata(&theirs), std::fs::metadata(config)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if same {
+        Ok(())
     } else {
         Err(format!(
-            "not running ({} names pid {pid}, which is gone)",
-            path.display()
+            "pid {pid} does not run {} (its configuration is {})",
+            config.display(),
+            theirs.display()
         ))
     }
 }
 
-/// Whether `pid` runs: from /proc, where a zombie is dead; `kill(pid, 0)` where
-/// /proc is not mounted.
-fn alive(pid: u32) -> bool {
-    if Path::new("/proc/self/stat").exists() {
-        return procfs::alive(pid);
+/// The verified psflip of this configuration: asks it `request` over the first
+/// control socket whose server passes every check, or says why there is none.
+fn ask_verified(
+    config: &Config,
+    request: Request,
+    wait: Duration,
+) -> Result<(String, control::Peer), Failure> {
+    let (candidates, mut refused) = candidates(config);
+    for (socket, uids) in &candidates {
+        let check = |peer: control::Peer| {
+            if !uids.contains(&peer.uid) {
+                return Err(format!(
+                    "{}: served by pid {} of uid {}, not by uid {}",
+                    socket.display(),
+                    peer.pid,
+                    peer.uid,
+                    uids[0]
+                ));
+            }
+            runs_this_config(peer.pid, &config.path)
+                .map_err(|why| format!("{}: {why}", socket.display()))
+        };
+        match control::ask(socket, check, request, wait) {
+            Ok(found) => return Ok(found),
+            Err(control::AskError::NotThere(_)) => {}
+            Err(control::AskError::Untrusted(why)) => refused.push(why),
+            Err(control::AskError::Io(e)) => return Err(Failure::Io(socket.clone(), e)),
+        }
     }
-    matches!(
-        kill(Pid::from_raw(pid as i32), None),
-        Ok(()) | Err(nix::errno::Errno::EPERM)
-    )
+    Err(Failure::NotRunning(not_running(
+        config,
+        &candidates,
+        &refused,
+    )))
 }
 
-/// Whether `pid` was started after the pidfile was last written: then it is not
-/// the psflip that wrote it, but a process that got its recycled pid (psflip was
-/// killed and could not remove its pidfile). Only asked of a process without a
-/// control socket, before trusting it or sending it a signal. /proc gives the
-/// start time in clock ticks since boot and the boot time in whole seconds: a
-/// margin of 2 s covers the rounding.
-fn started_after_pidfile(pid: u32, path: &Path) -> bool {
-    let Some(started) = start_time(pid) else {
-        return false;
-    };
-    let Ok(written) = std::fs::metadata(path).and_then(|m| m.modified()) else {
-        return false;
-    };
-    started > written + Duration::from_secs(2)
+/// Why asking gave no answer.
+enum Failure {
+    /// No verified psflip of this configuration runs.
+    NotRunning(String),
+    /// One was found, but asking it failed.
+    Io(PathBuf, std::io::Error),
 }
 
-/// When `pid` started, on the wall clock.
-fn start_time(pid: u32) -> Option<SystemTime> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold anything, parentheses too):
-    // state is field 3, starttime field 22.
-    let ticks: u64 = stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    let boot: u64 = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
-    let since_boot = Duration::from_secs(ticks / hz) + Duration::from_secs(ticks % hz) / hz as u32;
-    Some(UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
+/// The message for "no verified psflip runs", with what the pidfile says.
+fn not_running(config: &Config, candidates: &[(PathBuf, Vec<u32>)], refused: &[String]) -> String {
+    let looked: Vec<String> = candidates
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let mut why = format!(
+        "not running: no psflip of {} answers on its control socket",
+        config.path.display()
+    );
+    if !looked.is_empty() {
+        why += &format!(" (looked for {})", looked.join(", "));
+    }
+    for r in refused {
+        why += &format!("; refused {r}");
+    }
+    if let Some(path) = config.pidfile.as_deref() {
+        match pidfile::read(path) {
+            Some(pid) if procfs::alive(pid) => {
+                why += &format!(
+                    "; {} names pid {pid}, which is not a verified psflip of this configuration: the pidfile is stale (nothing was signalled)",
+                    path.display()
+                );
+            }
+            Some(pid) => why += &format!("; {} names pid {pid}, which is gone", path.display()),
+            None => why += &format!("; {} holds no pid", path.display()),
+        }
+    }
+    why
 }
 
-/// Why a live process that has no control socket is not taken for psflip, if it
-/// is not.
-fn stale(pid: u32, path: &Path) -> Option<String> {
-    started_after_pidfile(pid, path).then(|| {
-        format!(
-            "not running ({} names pid {pid}, a process started after the pidfile was written: not the psflip that wrote it)",
-            path.display()
-        )
-    })
-}
-
-/// Whether `ask` failed because nothing listens on the control socket.
-fn no_control_socket(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-    )
+/// A note when the pidfile names another process than the one that answered
+/// (a handover in progress, or a stale pidfile).
+fn pidfile_note(config: &Config, server: u32) -> String {
+    match config.pidfile.as_deref() {
+        Some(path) => match pidfile::read(path) {
+            Some(pid) if pid == server => String::new(),
+            Some(pid) => format!(
+                "psflip: note: {} names pid {pid}, but pid {server} serves the control socket\n",
+                path.display()
+            ),
+            // Not written yet: the first child is not healthy yet.
+            None => String::new(),
+        },
+        None => String::new(),
+    }
 }
 
 /// What a control reply that is no answer starts with (the server refused the
@@ -145,30 +255,13 @@ pub const STATUS_UNKNOWN: i32 = 4;
 
 /// `psflip status`: the running generation as `key: value` lines, or JSON.
 pub fn status(config: &Config, json: bool) -> Answer {
-    let (pid, path) = match running(config) {
-        Ok(found) => found,
-        Err(why) => return Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
-    };
     let wait = Duration::from_secs(5);
-    let reply = match control::ask(pid, Request::Status, wait) {
-        Ok(reply) if reply.is_empty() => {
-            return Answer::err(
-                STATUS_UNKNOWN,
-                format!("psflip: psflip (pid {pid}) closed the connection without an answer\n"),
-            );
+    let (reply, server) = match ask_verified(config, Request::Status, wait) {
+        Ok(found) => found,
+        Err(Failure::NotRunning(why)) => {
+            return Answer::err(NOT_RUNNING, format!("psflip: {why}\n"));
         }
-        Ok(reply) if is_refusal(&reply) => {
-            return Answer::err(STATUS_UNKNOWN, format!("psflip (pid {pid}): {reply}"));
-        }
-        Ok(reply) => reply,
-        Err(e) if no_control_socket(&e) => {
-            if let Some(why) = stale(pid, path) {
-                return Answer::err(NOT_RUNNING, format!("psflip: {why}\n"));
-            }
-            // An older psflip without a control socket: what the pidfile says.
-            format!("psflip_pid: {pid}\n")
-        }
-        Err(e) => {
+        Err(Failure::Io(socket, e)) => {
             let why = if e.kind() == std::io::ErrorKind::TimedOut {
                 format!("no answer within {wait:?}")
             } else {
@@ -176,15 +269,30 @@ pub fn status(config: &Config, json: bool) -> Answer {
             };
             return Answer::err(
                 STATUS_UNKNOWN,
-                format!("psflip: cannot ask psflip (pid {pid}): {why}\n"),
+                format!(
+                    "psflip: cannot ask psflip over {}: {why}\n",
+                    socket.display()
+                ),
             );
         }
     };
-    if json {
+    let pid = server.pid;
+    if reply.is_empty() {
+        return Answer::err(
+            STATUS_UNKNOWN,
+            format!("psflip: psflip (pid {pid}) closed the connection without an answer\n"),
+        );
+    }
+    if is_refusal(&reply) {
+        return Answer::err(STATUS_UNKNOWN, format!("psflip (pid {pid}): {reply}"));
+    }
+    let mut answer = if json {
         Answer::out(0, to_json(&reply))
     } else {
         Answer::out(0, reply)
-    }
+    };
+    answer.stderr = pidfile_note(config, pid);
+    answer
 }
 
 /// `key: value` lines as one JSON object: numbers and booleans as such.
@@ -211,25 +319,20 @@ fn to_json(lines: &str) -> String {
 }
 
 /// `psflip upgrade`: ask the running generation to upgrade and wait for the
-/// outcome. Exit 0 only when the new generation took over. With `wait_old`, a
-/// success is reported only once the old generation has exited too (see
-/// [`wait_gone`]).
+/// outcome. Exit 0 only when the new generation took over. Only a psflip
+/// verified over its control socket is asked; nothing is ever signalled. With
+/// `wait_old`, a success is reported only once the old generation has exited
+/// too (see [`wait_gone`]).
 pub fn upgrade(config: &Config, wait_old: bool) -> Answer {
-    let (pid, path) = match running(config) {
-        Ok(found) => found,
-        Err(why) => return Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
-    };
-    // The old generation answers once the successor is ready or gone; it kills a
-    // hung successor after upgrade.timeout + grace.
     // The old generation always answers, or closes the connection if it dies:
     // this bound only guards against a hung psflip. It is generous because the
     // old generation judges its successor by its own (possibly longer)
     // upgrade.timeout, not by the one in this (new) configuration.
     let wait = (config.upgrade.timeout + SUCCESSOR_GRACE + Duration::from_secs(5))
         .max(Duration::from_secs(600));
-    match control::ask(pid, Request::Upgrade, wait) {
-        Ok(reply) if reply.starts_with("ok") => {
-            if wait_old && let Some(note) = wait_gone(config, pid) {
+    match ask_verified(config, Request::Upgrade, wait) {
+        Ok((reply, server)) if reply.starts_with("ok") => {
+            if wait_old && let Some(note) = wait_gone(config, server.pid) {
                 return Answer {
                     code: 0,
                     stdout: reply,
@@ -238,30 +341,25 @@ pub fn upgrade(config: &Config, wait_old: bool) -> Answer {
             }
             Answer::out(0, reply)
         }
-        Ok(reply) if !reply.is_empty() => Answer::err(1, reply),
-        Ok(_) => Answer::err(
+        Ok((reply, _)) if !reply.is_empty() => Answer::err(1, reply),
+        Ok((_, server)) => Answer::err(
             1,
-            format!("failed: psflip (pid {pid}) closed the connection without an answer\n"),
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Answer::err(
-            1,
-            format!("failed: no outcome from psflip (pid {pid}) within {wait:?}\n"),
-        ),
-        Err(e) if no_control_socket(&e) => match stale(pid, path) {
-            // Never signal a process that only got a dead psflip's pid.
-            Some(why) => Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
-            // Without a control socket, only the pidfile tells: give up once the
-            // old generation would have (by this configuration's timeout).
-            None => upgrade_by_signal(
-                config,
-                pid,
-                path,
-                config.upgrade.timeout + SUCCESSOR_GRACE + Duration::from_secs(5),
+            format!(
+                "failed: psflip (pid {}) closed the connection without an answer\n",
+                server.pid
             ),
-        },
-        Err(e) => Answer::err(
+        ),
+        Err(Failure::NotRunning(why)) => Answer::err(NOT_RUNNING, format!("psflip: {why}\n")),
+        Err(Failure::Io(socket, e)) if e.kind() == std::io::ErrorKind::TimedOut => Answer::err(
             1,
-            format!("failed: cannot ask psflip (pid {pid}) over its control socket: {e}\n"),
+            format!(
+                "failed: no outcome from the psflip on {} within {wait:?}\n",
+                socket.display()
+            ),
+        ),
+        Err(Failure::Io(socket, e)) => Answer::err(
+            1,
+            format!("failed: cannot ask psflip over {}: {e}\n", socket.display()),
         ),
     }
 }
@@ -278,7 +376,7 @@ fn wait_gone(config: &Config, pid: u32) -> Option<String> {
     let bound = (config.shutdown.delay + config.shutdown.timeout + Duration::from_secs(10))
         .max(Duration::from_secs(30));
     let deadline = Instant::now() + bound;
-    while alive(pid) {
+    while procfs::alive(pid) {
         if Instant::now() >= deadline {
             return Some(format!(
                 "note: the old generation (pid {pid}) has not exited within {bound:?}\n"
@@ -287,29 +385,4 @@ fn wait_gone(config: &Config, pid: u32) -> Option<String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     None
-}
-
-/// For a running psflip without a control socket: send the upgrade signal and
-/// watch the pidfile name a new live process.
-fn upgrade_by_signal(config: &Config, pid: u32, path: &Path, wait: Duration) -> Answer {
-    let signal = config.upgrade.signal;
-    if let Err(e) = kill(Pid::from_raw(pid as i32), signal) {
-        return Answer::err(1, format!("failed: cannot signal pid {pid}: {e}\n"));
-    }
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if let Some(new) = pidfile::read(path).filter(|p| *p != pid && *p > 0)
-            && kill(Pid::from_raw(new as i32), None).is_ok()
-        {
-            return Answer::out(0, format!("ok: pid {new} took over\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Answer::err(
-        1,
-        format!(
-            "failed: sent {} to pid {pid}, but no new generation took over within {wait:?}; see its log\n",
-            signal.as_str()
-        ),
-    )
 }

@@ -154,6 +154,9 @@ pub struct RunSpec {
     /// as fds 3, 4… with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`; every
     /// successor inherits them.
     pub listen: Vec<(listen::Listener, String)>,
+    /// The control socket, bound; the first generation has already taken the
+    /// service's name, a successor takes it when it reports ready.
+    pub control: Option<control::Listener>,
 }
 
 /// The real OS.
@@ -168,6 +171,11 @@ pub struct LinuxOs {
     successor_said: Vec<u8>,
     /// The control socket (`psflip upgrade`, `psflip status`) and its clients.
     control: Option<control::Listener>,
+    /// Out of fds or memory: the listener is not polled until then.
+    control_paused_until: Option<Instant>,
+    /// Refused and failed accepts not reported yet, summarised in one line per
+    /// [`REFUSALS_REPORT_EVERY`].
+    refusals: Refusals,
     clients: BTreeMap<ClientId, control::Connection>,
     /// Clients whose request was read: they wait for the answer, unpolled.
     answering: std::collections::BTreeSet<ClientId>,
@@ -187,7 +195,8 @@ pub struct LinuxOs {
 }
 
 impl LinuxOs {
-    pub fn new(spec: RunSpec) -> LinuxOs {
+    pub fn new(mut spec: RunSpec) -> LinuxOs {
+        let control = spec.control.take();
         // The old generation spawned us itself: our parent, for as long as it runs.
         let predecessor_pid = spec
             .predecessor
@@ -200,7 +209,9 @@ impl LinuxOs {
             ids: BTreeMap::new(),
             successor_pipe: None,
             successor_said: Vec::new(),
-            control: None,
+            control,
+            control_paused_until: None,
+            refusals: Refusals::default(),
             clients: BTreeMap::new(),
             answering: std::collections::BTreeSet::new(),
             next_client: 0,
@@ -327,6 +338,109 @@ impl LinuxOs {
     }
 }
 
+/// How long the control socket is left unpolled once accepting failed for want
+/// of fds or memory: accepting again at once would only fail again (and spin).
+const CONTROL_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// At most one line per this long about refused or failed control connections.
+const REFUSALS_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Accepts per turn of the loop: a flood of clients cannot starve signals and
+/// child exits.
+const ACCEPT_BATCH: usize = 32;
+
+/// Control connections refused (another user) or failed (out of fds…) since the
+/// last report.
+#[derive(Default)]
+struct Refusals {
+    refused: u64,
+    uids: std::collections::BTreeSet<u32>,
+    failed: u64,
+    last_error: Option<String>,
+    last_report: Option<Instant>,
+}
+
+impl LinuxOs {
+    /// Accept what the control socket has pending: clients of root and our user
+    /// become connections; others are refused before anything is read; running
+    /// out of fds or memory pauses the listener instead of spinning on it.
+    fn accept_control(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(accepted) = self.control.as_ref().and_then(control::Listener::accept) else {
+                break;
+            };
+            match accepted {
+                control::Accepted::Client(conn) => {
+                    self.next_client += 1;
+                    self.clients.insert(ClientId(self.next_client), conn);
+                }
+                control::Accepted::Refused { uid } => {
+                    self.refusals.refused += 1;
+                    self.refusals.uids.extend(uid);
+                }
+                control::Accepted::Exhausted(e) => {
+                    self.refusals.failed += 1;
+                    self.refusals.last_error = Some(e.to_string());
+                    self.control_paused_until = Some(now + CONTROL_PAUSE);
+                    break;
+                }
+                control::Accepted::Failed(e) => {
+                    self.refusals.failed += 1;
+                    self.refusals.last_error = Some(e.to_string());
+                }
+            }
+        }
+        self.report_refusals(now);
+    }
+
+    /// One line for what was refused or failed, at most every
+    /// [`REFUSALS_REPORT_EVERY`] (the first at once).
+    fn report_refusals(&mut self, now: Instant) {
+        let r = &mut self.refusals;
+        if r.refused == 0 && r.failed == 0 {
+            return;
+        }
+        if r.last_report
+            .is_some_and(|t| now.saturating_since(t) < REFUSALS_REPORT_EVERY)
+        {
+            return;
+        }
+        let mut parts = Vec::new();
+        if r.refused > 0 {
+            let uids: Vec<String> = r.uids.iter().map(u32::to_string).collect();
+            parts.push(format!(
+                "refused {} connection(s) of uid {} (only root and uid {} may control this psflip)",
+                r.refused,
+                if uids.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    uids.join(", ")
+                },
+                nix::unistd::geteuid()
+            ));
+        }
+        if r.failed > 0 {
+            parts.push(format!(
+                "{} accept(s) failed ({}); pausing {}ms each time",
+                r.failed,
+                r.last_error.as_deref().unwrap_or("?"),
+                CONTROL_PAUSE.as_millis()
+            ));
+        }
+        let every = REFUSALS_REPORT_EVERY.as_secs();
+        self.warn(
+            "control_refused",
+            &format!(
+                "control socket: {} (at most one such line per {every}s)",
+                parts.join("; ")
+            ),
+        );
+        let r = &mut self.refusals;
+        *r = Refusals {
+            last_report: Some(now),
+            ..Refusals::default()
+        };
+    }
+}
+
 impl Os for LinuxOs {
     fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String> {
         let pid = self.spawn_role(id, role).map_err(|e| e.to_string())?;
@@ -410,6 +524,17 @@ impl Os for LinuxOs {
     }
 
     fn report_ready(&mut self) {
+        // We are the service now: the control socket's name is ours (a client
+        // then finds the previous generation's socket or ours, never none).
+        if let Some(listener) = self.control.as_mut()
+            && let Err(e) = listener.take_name()
+        {
+            let line = format!(
+                "cannot take over the control socket {}: {e}",
+                listener.path().display()
+            );
+            self.warn("control_failed", &line);
+        }
         if let Some(pipe) = self.spec.predecessor.as_ref()
             && let Err(e) = pipe.report_ready()
         {
@@ -736,7 +861,11 @@ impl Driver for Psflip {
     type Tag = PsflipFd;
 
     fn deadline(&self) -> Option<Instant> {
-        self.machine.deadline()
+        // The machine's deadline, or the end of a pause of the control socket.
+        match (self.machine.deadline(), self.os.control_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn fds(&self) -> Vec<(PsflipFd, BorrowedFd<'_>, PollFlags)> {
@@ -757,7 +886,9 @@ impl Driver for Psflip {
         if let Some((fd, flags)) = self.os.spec.docker.as_ref().and_then(Inspector::poll) {
             fds.push((PsflipFd::Docker, fd, flags));
         }
-        if let Some(listener) = self.os.control.as_ref() {
+        if let Some(listener) = self.os.control.as_ref()
+            && self.os.control_paused_until.is_none()
+        {
             fds.push((PsflipFd::Control, listener.as_fd(), PollFlags::POLLIN));
         }
         for (client, conn) in &self.os.clients {
@@ -782,19 +913,7 @@ impl Driver for Psflip {
                 drive(&mut self.machine, now, event, &mut self.os)
             }
             PsflipFd::Control => {
-                while let Some(accepted) =
-                    self.os.control.as_ref().and_then(control::Listener::accept)
-                {
-                    match accepted {
-                        Ok(conn) => {
-                            self.os.next_client += 1;
-                            self.os.clients.insert(ClientId(self.os.next_client), conn);
-                        }
-                        Err(e) => self
-                            .os
-                            .warn("control_failed", &format!("control socket: {e}")),
-                    }
-                }
+                self.os.accept_control(now);
                 None
             }
             PsflipFd::Client(client) => {
@@ -906,7 +1025,13 @@ impl Driver for Psflip {
     }
 
     fn on_tick(&mut self, now: Instant) -> Option<i32> {
-        drive(&mut self.machine, now, Event::Tick, &mut self.os)
+        if self.os.control_paused_until.is_some_and(|t| t <= now) {
+            self.os.control_paused_until = None;
+        }
+        if self.machine.deadline().is_some_and(|t| t <= now) {
+            return drive(&mut self.machine, now, Event::Tick, &mut self.os);
+        }
+        None
     }
 
     fn log(&mut self, line: &str) {
@@ -930,14 +1055,6 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
         },
         os: LinuxOs::new(spec),
     };
-    // Without a control socket psflip still runs: `psflip upgrade` then falls back
-    // to the upgrade signal.
-    match control::Listener::bind(psflip.os.my_pid) {
-        Ok(listener) => psflip.os.control = Some(listener),
-        Err(e) => psflip
-            .os
-            .warn("control_failed", &format!("no control socket: {e}")),
-    }
     if let Some(code) = drive(
         &mut psflip.machine,
         clock.now(),

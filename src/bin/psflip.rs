@@ -19,7 +19,7 @@ use psflip::config::{self, Config, HealthCheck};
 use psflip::effects::docker::Inspector;
 use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::{self, ToPredecessor};
-use psflip::effects::{fds, notify, pidfile, signals, spawn};
+use psflip::effects::{control, fds, notify, pidfile, signals, spawn};
 use psflip::log::{self, Level, Logger, Record};
 use psflip::machine::{Generation, Health, Settings};
 use psflip::probe::{self, Check, HttpUrl, StatusPattern};
@@ -344,6 +344,33 @@ fn answer(a: client::Answer) -> ExitCode {
 /// Open (or take over) the `[[proxy]]` listeners and start the proxy thread. An
 /// address that cannot be listened on is a configuration-level error: exit 2
 /// before any child starts (in a successor, the old generation keeps serving).
+/// Bind the control socket (SPEC §10, `effects::control`): its directory made or
+/// verified, a fresh socket beside the service's name. The first generation
+/// takes the name at once, unless a live psflip already serves it (one service
+/// per configuration); a successor takes it when it becomes the service.
+fn bind_control(config: &Config, first: bool) -> Result<Option<control::Listener>, String> {
+    let path = control::server_path(&config.path, config.control_socket.as_deref())?;
+    if first && let Some(peer) = control::live_server(&path) {
+        return Err(format!(
+            "psflip (pid {}) already runs this configuration (its control socket is {}); stop it first, or `psflip upgrade` it",
+            peer.pid,
+            path.display()
+        ));
+    }
+    let mut listener = control::Listener::bind(&path).map_err(|e| {
+        format!(
+            "cannot bind the control socket beside {}: {e}",
+            path.display()
+        )
+    })?;
+    if first {
+        listener
+            .take_name()
+            .map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
+    }
+    Ok(Some(listener))
+}
+
 fn start_proxy(config: &Config, inherited: Inherited) -> Result<Option<Proxy>, ExitCode> {
     if config.proxy.is_empty() && inherited.is_empty() {
         return Ok(None);
@@ -434,6 +461,16 @@ fn run(
                 p.report_failure("cannot open the [[listen]] sockets (see the log)");
             }
             return code;
+        }
+    };
+    let control = match bind_control(&config, predecessor.is_none()) {
+        Ok(control) => control,
+        Err(why) => {
+            eprintln!("psflip: {}: {why}", config.path.display());
+            if let Some(p) = &predecessor {
+                p.report_failure(&format!("no control socket: {why}"));
+            }
+            return ExitCode::from(2);
         }
     };
     let proxy = match start_proxy(&config, inherited) {
@@ -550,6 +587,7 @@ fn run(
         notify,
         docker,
         listen: activation,
+        control,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -273,15 +272,37 @@ fn status_when_nothing_runs_exits_3() {
 }
 
 #[test]
-fn status_without_a_pidfile_configured_says_why() {
-    let sb = Sandbox::new("status_without_a_pidfile_configured_says_why");
+fn status_and_upgrade_work_without_a_pidfile() {
+    // The control socket's name comes from the configuration's path: no
+    // pidfile is needed to find the running psflip (issues #7, #8).
+    let sb = Sandbox::new("status_and_upgrade_work_without_a_pidfile");
     sb.config(&Conf::sleep(&sb).no_pidfile());
     for args in [&["status"][..], &["upgrade"]] {
         let r = run(&sb, args);
-        assert_ne!(r.code, 0, "{r:?}");
-        assert!(r.stdout.is_empty(), "{r:?}");
-        assert!(r.stderr.contains("pidfile"), "{r:?}");
+        assert_eq!(r.code, 3, "nothing runs yet: {r:?}");
+        assert!(r.stderr.contains("not running"), "{r:?}");
     }
+    let mut p = sb.start();
+    let c1 = sb.child_of(p.pid);
+    sb.must(T, "status answers", || run(&sb, &["status"]).code == 0);
+    let st = status(&sb);
+    assert_eq!(st["psflip_pid"], p.pid.to_string());
+    assert_eq!(st["child_pid"], c1.to_string());
+    let s = sb.wait_for(T, "the child is healthy", || {
+        (status(&sb)["child_healthy"] == "true").then_some(())
+    });
+    let () = s;
+    let r = run(&sb, &["upgrade"]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", sb.diag());
+    let s = sb.successor_of(p.pid);
+    assert_eq!(
+        r.stdout,
+        format!("ok: generation 2 (psflip pid {s}) took over\n")
+    );
+    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    assert_eq!(status(&sb)["psflip_pid"], s.to_string());
+    signal(s, Signal::SIGTERM);
+    sb.must_die(s, "the successor");
     sb.assert_clean();
 }
 
@@ -700,29 +721,26 @@ fn upgrade_is_refused_by_a_successor_whose_predecessor_still_drains() {
 // --- 5: upgrade before the first child is healthy ----------------------------------------
 
 #[test]
-fn upgrade_before_the_first_child_is_healthy_says_not_running() {
-    let sb = Sandbox::new("upgrade_before_the_first_child_is_healthy_says_not_running");
+fn status_before_the_first_child_is_healthy_says_starting() {
+    // The control socket exists from the start (the pidfile only once the
+    // child is healthy): status answers, and says the child is not healthy yet.
+    let sb = Sandbox::new("status_before_the_first_child_is_healthy_says_starting");
     sb.config(&fixture_conf(&sb).alive("20s").upgrade_timeout("30s"));
     let mut p = sb.start();
     let c = sb.child_of(p.pid);
     sb.must_start(c);
+    sb.must(T, "status answers", || run(&sb, &["status"]).code == 0);
     assert!(
         !sb.pidfile().exists(),
         "the pidfile is written once healthy"
     );
-    for args in [&["upgrade"][..], &["status"]] {
-        let r = run(&sb, args);
-        assert_eq!(r.code, 3, "{args:?}: {r:?}");
-        assert!(r.stdout.is_empty(), "{r:?}");
-        assert!(r.stderr.contains("not running"), "{r:?}");
-    }
+    let st = status(&sb);
+    assert_eq!(st["psflip_pid"], p.pid.to_string());
+    assert_eq!(st["child_pid"], c.to_string());
+    assert_eq!(st["phase"], "starting");
+    assert_eq!(st["child_healthy"], "false");
     assert!(p.running());
     assert!(sb.started_by(p.pid, "successor").is_empty());
-    assert!(
-        !sb.log_of(p.pid).iter().any(|l| l.contains("upgrade")),
-        "{}",
-        sb.diag()
-    );
     assert!(sb.signals_of(c).is_empty());
     p.signal(Signal::SIGTERM);
     assert_eq!(
@@ -793,8 +811,11 @@ while :; do sleep 1 & wait $!; done
 "#;
 
 #[test]
-fn without_a_control_socket_upgrade_falls_back_to_the_signal() {
-    let sb = Sandbox::new("without_a_control_socket_upgrade_falls_back_to_the_signal");
+fn a_pidfile_naming_a_process_without_a_control_socket_is_stale_and_never_signalled() {
+    // Something that looks like psflip to the pidfile (it wrote its own pid
+    // there) but serves no control socket: the client cannot verify it, so it
+    // neither reports it nor signals it (issue #8, finding 3).
+    let sb = Sandbox::new("a_pidfile_naming_a_process_without_a_control_socket");
     sb.config(&Conf::sleep(&sb));
     let fake = sb.spawn({
         let mut c = sb.command("sh");
@@ -802,27 +823,27 @@ fn without_a_control_socket_upgrade_falls_back_to_the_signal() {
         c
     });
     sb.must_name(fake.pid);
-    let r = run(&sb, &["status"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(r.stdout, format!("psflip_pid: {}\n", fake.pid));
-    let json = status_json(&sb);
-    assert_eq!(json["psflip_pid"], fake.pid);
-
-    let r = run(&sb, &["upgrade"]);
-    assert_eq!(r.code, 0, "{r:?}\n{}", sb.diag());
-    let new = sb.read_pidfile().unwrap();
-    assert_ne!(new, fake.pid);
-    assert_eq!(r.stdout, format!("ok: pid {new} took over\n"));
-    assert_eq!(ppid(new), Some(fake.pid));
-    sb.must(T, "the new pid runs sleep", || comm(new) == "sleep");
-    // Clean up by pid: the stand-in, stopped so that it starts nothing more,
-    // then what it started.
-    fake.signal(Signal::SIGSTOP);
-    for kid in children_of(fake.pid) {
-        signal(kid, Signal::SIGKILL);
+    for args in [&["status"][..], &["status", "--json"], &["upgrade"]] {
+        let r = run(&sb, args);
+        assert_eq!(r.code, 3, "{args:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{r:?}");
+        assert!(r.stderr.contains("stale"), "{r:?}");
+        assert!(r.stderr.contains(&format!("pid {}", fake.pid)), "{r:?}");
     }
+    assert_eq!(
+        sb.read_pidfile(),
+        Some(fake.pid),
+        "no SIGHUP: no successor named"
+    );
+    // A SIGHUP would have made it start `sleep 1000` (its own loop sleeps 1 s).
+    let hup_child = |k: &i32| {
+        fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default() == b"sleep\x001000\x00"
+    };
+    assert!(
+        !children_of(fake.pid).iter().any(hup_child),
+        "the stand-in was signalled"
+    );
     drop(fake);
-    sb.must_die(new, "the stand-in's successor");
     sb.assert_clean();
 }
 
@@ -873,14 +894,26 @@ fn the_control_socket_serves_only_root_and_its_own_user() {
     let nobody = |c: &mut Command| {
         c.uid(65534).gid(65534);
     };
-    let r = cli_with(&sb, &["upgrade"], nobody).wait(&sb);
-    assert_eq!(r.code, 1, "{r:?}\n{}", sb.diag());
-    assert!(r.stderr.starts_with("refused: permission denied"), "{r:?}");
-    let r = cli_with(&sb, &["status"], nobody).wait(&sb);
-    assert_eq!(r.code, 4, "status unknown: {r:?}");
-    assert!(r.stdout.is_empty(), "{r:?}");
-    assert!(r.stderr.contains("refused: permission denied"), "{r:?}");
-    sb.must_log(p.pid, "control client of uid 65534 refused");
+    // Another user does not even find it: the socket is in root's private
+    // directory, and another user's psflip would live in its own.
+    for args in [&["upgrade"][..], &["status"]] {
+        let r = cli_with(&sb, args, nobody).wait(&sb);
+        assert_eq!(r.code, 3, "{r:?}\n{}", sb.diag());
+        assert!(r.stdout.is_empty(), "{r:?}");
+        assert!(r.stderr.contains("not running"), "{r:?}");
+    }
+    // Nor can it connect to it by its path.
+    let socket = control_socket_of(p.pid).expect("psflip serves its control socket");
+    let connect = Command::new("sh")
+        .args(["-c", "exec 3<>\"$0\" 2>/dev/null; echo $?"])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!connect.status.success() || String::from_utf8_lossy(&connect.stdout).trim() != "0");
+    let r = run(&sb, &["status"]);
+    assert_eq!(r.code, 0, "root still is served: {r:?}");
     assert!(sb.started_by(p.pid, "successor").is_empty());
     assert_untouched(&sb, &mut p, c1);
     p.signal(Signal::SIGTERM);
@@ -891,8 +924,8 @@ fn the_control_socket_serves_only_root_and_its_own_user() {
 /// Connect to the control socket of psflip `pid`, send `request`, shut down
 /// the writing side if `half_close`, and read the answer to its end.
 fn raw_ask(pid: i32, request: &str, half_close: bool) -> String {
-    let addr = SocketAddr::from_abstract_name(format!("psflip-control-{pid}").as_bytes()).unwrap();
-    let mut stream = UnixStream::connect_addr(&addr).unwrap();
+    let socket = control_socket_of(pid).expect("psflip serves its control socket");
+    let mut stream = UnixStream::connect(socket).unwrap();
     stream.set_read_timeout(Some(T)).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     if half_close {
@@ -907,7 +940,7 @@ fn raw_ask(pid: i32, request: &str, half_close: bool) -> String {
 fn the_control_protocol_answers_clients_that_close_their_side_early() {
     let sb = Sandbox::new("the_control_protocol_answers_clients_that_close_their_side_early");
     let (mut p, c1) = serve(&sb, &fixture_conf(&sb));
-    // `printf 'status\n' | socat - ABSTRACT-CONNECT:psflip-control-PID`
+    // `printf 'status\n' | socat - UNIX-CONNECT:/run/psflip/NAME.sock`
     let reply = raw_ask(p.pid, "status\n", true);
     assert!(
         reply.starts_with(&format!("psflip_pid: {}\n", p.pid)),

@@ -546,3 +546,55 @@ pub fn assert_untouched(sb: &Sandbox, p: &mut Psflip, c1: i32) {
     });
     sb.must_reap(old);
 }
+
+/// The credentials (pid, uid) of the process listening at the other end of
+/// `stream`, as the kernel reports them (SO_PEERCRED).
+pub fn peer_of(stream: &std::os::unix::net::UnixStream) -> Option<(i32, u32)> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid and sized for SO_PEERCRED.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((cred.pid, cred.uid))
+}
+
+/// The control socket psflip `pid` serves under its public name, found as a
+/// client would meet it: a socket file in root's (or this user's) psflip
+/// directory whose server is `pid` by the kernel's word.
+pub fn control_socket_of(pid: i32) -> Option<PathBuf> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let dirs = [
+        PathBuf::from("/run/psflip"),
+        PathBuf::from(format!("/tmp/psflip-{euid}")),
+    ];
+    for dir in dirs {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".sock") {
+                continue;
+            }
+            let Ok(stream) = std::os::unix::net::UnixStream::connect(e.path()) else {
+                continue;
+            };
+            if peer_of(&stream).is_some_and(|(p, _)| p == pid) {
+                return Some(e.path());
+            }
+        }
+    }
+    None
+}
