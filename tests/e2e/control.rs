@@ -288,10 +288,9 @@ fn status_and_upgrade_work_without_a_pidfile() {
     let st = status(&sb);
     assert_eq!(st["psflip_pid"], p.pid.to_string());
     assert_eq!(st["child_pid"], c1.to_string());
-    let s = sb.wait_for(T, "the child is healthy", || {
-        (status(&sb)["child_healthy"] == "true").then_some(())
+    sb.must(T, "the child is healthy", || {
+        status(&sb)["child_healthy"] == "true"
     });
-    let () = s;
     let r = run(&sb, &["upgrade"]);
     assert_eq!(r.code, 0, "{r:?}\n{}", sb.diag());
     let s = sb.successor_of(p.pid);
