@@ -285,6 +285,7 @@ fn every_example_is_tested() {
         // Tested elsewhere: against a real dockerd, with socket activation.
         "docker.toml",
         "socket_activation.toml",
+        // Below: pidwatch as PID 1 of a PID namespace.
         "container.toml",
     ];
     for entry in fs::read_dir(repo().join("examples")).unwrap() {
@@ -296,4 +297,107 @@ fn every_example_is_tested() {
             );
         }
     }
+}
+
+// --- containers: pidwatch as PID 1 -----------------------------------------------
+
+/// The pid of `outer` (a pid as this test sees it) inside its own PID namespace.
+fn inner_pid(outer: i32) -> Option<i32> {
+    status_field(outer, "NSpid")?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// `examples/container.toml` run as its header says: pidwatch as PID 1 of a new
+/// PID namespace (`unshare --pid --fork --mount-proc`), psflip under it. An
+/// orphan made inside the namespace is re-parented to pidwatch and reaped; an
+/// upgrade works (the successor ends up pidwatch's child too); SIGTERM to PID 1
+/// (what `docker stop` sends) reaches the app, which exits cleanly, and the
+/// namespace ends with status 0.
+#[test]
+fn example_container_pidwatch_as_pid_1() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "a new PID namespace needs root (CI runs as root)"
+    );
+    let sb = Sandbox::with_deadline("example_container", Duration::from_secs(60));
+    let run = header("container.toml", "Run");
+    let mut unshare = sb.spawn(shell(&sb, &format!("exec {run}")));
+    let pw = sb.wait_for(T, "unshare starts pidwatch", || {
+        children_of(unshare.pid)
+            .into_iter()
+            .find(|&p| comm(p) == "pidwatch")
+    });
+    assert_eq!(inner_pid(pw), Some(1), "pidwatch is PID 1 of its namespace");
+    let first = sb.wait_for(T, "pidwatch starts psflip", || {
+        children_of(pw).into_iter().find(|&p| comm(p) == "psflip")
+    });
+    let first_inner = inner_pid(first).unwrap();
+    assert_ne!(first_inner, 1);
+    sb.must(T, "the first child is healthy", || {
+        sb.logged(first_inner, "serving")
+    });
+    let out = || fs::read_to_string(sb.out_log()).unwrap_or_default();
+    assert!(out().contains("container-blue: started"), "{}", sb.diag());
+
+    // An orphan: a process whose parent exits at once, made inside the namespace.
+    let status = sb
+        .command("nsenter")
+        .args(["--target", &pw.to_string(), "--pid", "--mount", "--"])
+        .args(["sh", "-c", "(sleep 1.7 &)"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "nsenter: {status:?}");
+    let orphan = sb.wait_for(T, "the orphan runs", || {
+        sb.tagged()
+            .into_iter()
+            .find(|&p| cmdline(p).trim() == "sleep 1.7")
+    });
+    assert_eq!(ppid(orphan), Some(pw), "PID 1 adopted the orphan");
+    sb.must(T, "PID 1 reaps the orphan (no zombie left)", || {
+        !Path::new(&format!("/proc/{orphan}")).exists()
+    });
+
+    // An upgrade, as the header says: the signal goes to PID 1, which passes
+    // it on to the psflip the pidfile names.
+    let upgrade = header("container.toml", "Upgrade").replace("<pidwatch pid>", &pw.to_string());
+    assert!(
+        shell(&sb, &upgrade).status().unwrap().success(),
+        "{upgrade}"
+    );
+    sb.must(T, "the new child starts", || {
+        out().contains("container-green: started")
+    });
+    sb.must(T, "the first psflip hands over and exits", || !alive(first));
+    let successor = sb.wait_for(T, "the successor is PID 1's child", || {
+        children_of(pw).into_iter().find(|&p| comm(p) == "psflip")
+    });
+    assert_ne!(successor, first);
+    sb.must(T, "the old child was stopped", || {
+        out().contains("container-blue: SIGTERM, shutting down")
+    });
+    sb.must(T, "PID 1 reaped the first psflip", || {
+        zombie_children(pw).is_empty() && !Path::new(&format!("/proc/{first}")).exists()
+    });
+
+    // docker stop: SIGTERM to PID 1.
+    signal(pw, Signal::SIGTERM);
+    let code = sb.wait_for(T, "the namespace ends", || unshare.exit_code());
+    assert_eq!(code, 0, "a requested stop is a clean exit\n{}", sb.diag());
+    assert!(
+        out().contains("container-green: SIGTERM, shutting down"),
+        "the app got SIGTERM and finished\n{}",
+        sb.diag()
+    );
+    sb.assert_clean();
+    assert!(!Path::new("/tmp/psflip-container.pid").exists());
 }
