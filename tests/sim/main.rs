@@ -14,6 +14,7 @@
 //! Modules: `world` (clock, queue, kernel, generations), `faults` (the swarm fault
 //! regime and the operator), `invariants` (one function per property of SPEC §5,
 //! plus the `sometimes` outcomes), `machine_props` (proptest on the machine alone),
+//! `readiness_props` (proptest on notify/docker readiness and `[[listen]]` files),
 //! `rng` (splitmix64).
 //!
 //! Tests: `seeds_hold_every_invariant` and `seeds_cover_every_outcome` share one
@@ -31,6 +32,7 @@ mod invariants;
 mod machine_props;
 #[path = "../common/props.rs"]
 mod props;
+mod readiness_props;
 mod rng;
 mod world;
 
