@@ -17,6 +17,7 @@ mod notify;
 mod pidfile;
 mod pidwatch;
 mod readiness;
+mod security;
 mod selfupgrade;
 mod supervision;
 mod upgrade;
