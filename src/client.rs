@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::effects::{control, pidfile, procfs};
 use crate::machine::{Request, SUCCESSOR_GRACE};
+use crate::status::Report;
 
 /// Exit status when nothing runs (as LSB status commands do).
 pub const NOT_RUNNING: i32 = 3;
@@ -286,36 +287,31 @@ pub fn status(config: &Config, json: bool) -> Answer {
     if is_refusal(&reply) {
         return Answer::err(STATUS_UNKNOWN, format!("psflip (pid {pid}): {reply}"));
     }
+    // The server builds the report with serde; a reply that is not one is an
+    // answer we cannot vouch for.
+    let report: Report = match serde_json::from_str(reply.trim_end()) {
+        Ok(report) => report,
+        Err(e) => {
+            return Answer::err(
+                STATUS_UNKNOWN,
+                format!("psflip: psflip (pid {pid}) answered no status report ({e}): {reply}"),
+            );
+        }
+    };
     let mut answer = if json {
-        Answer::out(0, to_json(&reply))
+        Answer::out(0, report.to_json_line())
     } else {
-        Answer::out(0, reply)
+        Answer::out(0, report.to_lines())
     };
     answer.stderr = pidfile_note(config, pid);
     answer
 }
 
-/// `key: value` lines as one JSON object: numbers and booleans as such.
-fn to_json(lines: &str) -> String {
-    let mut map = serde_json::Map::new();
-    for line in lines.lines() {
-        let Some((key, value)) = line.split_once(": ") else {
-            continue;
-        };
-        let value = if let Ok(n) = value.parse::<u64>() {
-            serde_json::Value::from(n)
-        } else if let Ok(b) = value.parse::<bool>() {
-            serde_json::Value::from(b)
-        } else if value == "none" {
-            serde_json::Value::Null
-        } else {
-            serde_json::Value::from(value)
-        };
-        map.insert(key.to_string(), value);
-    }
-    let mut text = serde_json::Value::Object(map).to_string();
-    text.push('\n');
-    text
+/// The running generation's status report, if a verified psflip of this
+/// configuration answers (for `psflip check`).
+pub fn report(config: &Config) -> Option<Report> {
+    let (reply, _) = ask_verified(config, Request::Status, Duration::from_secs(5)).ok()?;
+    serde_json::from_str(reply.trim_end()).ok()
 }
 
 /// `psflip upgrade`: ask the running generation to upgrade and wait for the

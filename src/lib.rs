@@ -27,4 +27,5 @@ pub mod machine;
 pub mod probe;
 pub mod proxy;
 pub mod runtime;
+pub mod status;
 pub mod watch;

@@ -36,6 +36,7 @@ use crate::effects::{EffectError, pidfile, reap, spawn};
 use crate::log::{Level, Record};
 use crate::machine::{
     ClientId, Effect, Event, ExitStatus, Instant, Machine, Notify, ProcId, Reply, Role, Settings,
+    Status,
 };
 use crate::proxy::Proxy;
 
@@ -324,6 +325,25 @@ impl LinuxOs {
         }
     }
 
+    /// `psflip status`: the machine's view, with pids, numbers and clocks.
+    fn status_report(&self, status: &Status) -> crate::status::Report {
+        crate::status::Report {
+            psflip_pid: self.my_pid,
+            generation: self.spec.generation,
+            phase: status.phase.to_string(),
+            child_pid: status
+                .child
+                .and_then(|id| self.pids.get(&id))
+                .map(|pid| pid.as_raw() as u32),
+            child_healthy: status.child_healthy,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            upgrade_in_flight: status.upgrade_in_flight,
+            upgrade_timeout_ms: self.spec.settings.upgrade_timeout.as_millis() as u64,
+            last_upgrade: status.last_upgrade.clone(),
+            upgrades: Vec::new(),
+        }
+    }
+
     /// Forget a reaped process.
     fn forget(&mut self, pid: Pid) -> Option<ProcId> {
         let id = self.ids.remove(&pid)?;
@@ -585,24 +605,7 @@ impl Os for LinuxOs {
             },
             Reply::UpgradeFailed(why) => format!("failed: {why}\n"),
             Reply::UpgradeRefused(why) => format!("refused: {why}\n"),
-            Reply::Status(status) => {
-                let child = status
-                    .child
-                    .and_then(|id| self.pids.get(&id))
-                    .map_or("none".to_string(), |pid| pid.to_string());
-                format!(
-                    "psflip_pid: {}\ngeneration: {}\nphase: {}\nchild_pid: {child}\n\
-                     child_healthy: {}\nuptime_seconds: {}\nupgrade_in_flight: {}\n\
-                     last_upgrade: {}\n",
-                    self.my_pid,
-                    self.spec.generation,
-                    status.phase,
-                    status.child_healthy,
-                    self.started.elapsed().as_secs(),
-                    status.upgrade_in_flight,
-                    status.last_upgrade.as_deref().unwrap_or("none"),
-                )
-            }
+            Reply::Status(status) => self.status_report(&status).to_json_line(),
         };
         conn.reply(&text);
     }

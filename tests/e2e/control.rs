@@ -124,6 +124,18 @@ fn assert_status(got: &BTreeMap<String, String>, want: &[(&str, String)]) {
     let uptime = got.remove("uptime_seconds").expect("uptime_seconds");
     assert!(uptime.parse::<u64>().is_ok(), "uptime_seconds: {uptime:?}");
     want.remove("uptime_seconds");
+    let timeout = got
+        .remove("upgrade_timeout_ms")
+        .expect("upgrade_timeout_ms");
+    assert!(
+        timeout.parse::<u64>().is_ok(),
+        "upgrade_timeout_ms: {timeout:?}"
+    );
+    // The history (`upgrade_1`…) is checked by tests/e2e/status.rs.
+    got.retain(|k, _| {
+        !k.strip_prefix("upgrade_")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+    });
     assert_eq!(got, want);
 }
 
@@ -335,7 +347,9 @@ fn status_of_a_running_psflip_before_during_and_after_an_upgrade() {
     assert_eq!(json["upgrade_in_flight"], false);
     assert_eq!(json["last_upgrade"], serde_json::Value::Null);
     assert!(json["uptime_seconds"].is_u64(), "{json:?}");
-    assert_eq!(json.len(), st.len(), "the same keys: {json:?} {st:?}");
+    assert_eq!(json["upgrades"], serde_json::json!([]), "no upgrade yet");
+    // The same keys; the history is a list in JSON, `upgrade_N` lines in text.
+    assert_eq!(json.len(), st.len() + 1, "the same keys: {json:?} {st:?}");
 
     // Upgrading: the new child is healthy only once the test says so.
     let (probe, ready) = probe_until_ready(&sb);
@@ -942,13 +956,13 @@ fn the_control_protocol_answers_clients_that_close_their_side_early() {
     // `printf 'status\n' | socat - UNIX-CONNECT:/run/psflip/NAME.sock`
     let reply = raw_ask(p.pid, "status\n", true);
     assert!(
-        reply.starts_with(&format!("psflip_pid: {}\n", p.pid)),
+        reply.starts_with(&format!("{{\"psflip_pid\":{},", p.pid)),
         "{reply:?}"
     );
     let reply = raw_ask(p.pid, "frobnicate\n", true);
     assert_eq!(reply, "error: unknown request \"frobnicate\"\n");
     let reply = raw_ask(p.pid, "status\n", false);
-    assert!(reply.contains(&format!("child_pid: {c1}\n")), "{reply:?}");
+    assert!(reply.contains(&format!("\"child_pid\":{c1},")), "{reply:?}");
     assert_untouched(&sb, &mut p, c1);
     p.signal(Signal::SIGTERM);
     assert_eq!(sb.wait_exit(&mut p, T), 0, "a requested stop (issue #9)");

@@ -1,0 +1,177 @@
+//! What `psflip status` reports (SPEC §1, issue #7): built by the running
+//! generation (the runtime fills it from the machine's [`crate::machine::Status`]
+//! and its own pids and clocks), sent over the control socket as one JSON
+//! object, and printed by the client as `key: value` lines or as that JSON.
+//!
+//! The upgrade history travels with the service: each successor is handed its
+//! predecessor's (see [`HISTORY_ENV`]) and keeps the last [`HISTORY_LEN`].
+
+use serde::{Deserialize, Serialize};
+
+/// How many upgrades the history keeps.
+pub const HISTORY_LEN: usize = 10;
+
+/// The environment variable that hands a successor the upgrade history (JSON
+/// of `Vec<Upgrade>`, the upgrade that starts it last, with outcome
+/// `in flight`).
+pub const HISTORY_ENV: &str = "PSFLIP_UPGRADE_HISTORY";
+
+/// One upgrade, as the service remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrade {
+    /// When it started (UTC, `2026-11-30T15:04:05.123Z`).
+    pub time: String,
+    /// What asked for it: `signal SIGHUP from pid 812 (uid 0)`,
+    /// `psflip upgrade (pid 901, uid 1000)`, `service manager (pid 1)`…
+    pub trigger: String,
+    /// The generation that ran it, and the one it started.
+    pub from_generation: u64,
+    pub to_generation: u64,
+    /// `succeeded`, `failed` or `in flight`.
+    pub outcome: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// From its start to its outcome, in milliseconds (none while in flight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// The answer to `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub psflip_pid: u32,
+    pub generation: u64,
+    /// `starting`, `serving`, `upgrading`, `draining previous`, `stopping`.
+    pub phase: String,
+    pub child_pid: Option<u32>,
+    pub child_healthy: bool,
+    pub uptime_seconds: u64,
+    pub upgrade_in_flight: bool,
+    /// This generation's `upgrade.timeout`, in milliseconds: it also bounds how
+    /// long the next generation's child may take to become healthy.
+    pub upgrade_timeout_ms: u64,
+    /// The last upgrade's outcome: `succeeded`, `failed: <why>`, or none.
+    pub last_upgrade: Option<String>,
+    /// The last upgrades, oldest first.
+    pub upgrades: Vec<Upgrade>,
+}
+
+impl Upgrade {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} generation {} -> {}: {}",
+            self.time, self.from_generation, self.to_generation, self.outcome
+        );
+        if let Some(ms) = self.duration_ms {
+            s.push_str(&format!(" in {}.{:03}s", ms / 1000, ms % 1000));
+        }
+        s.push_str(&format!(", by {}", self.trigger));
+        if let Some(reason) = &self.reason {
+            s.push_str(&format!(": {reason}"));
+        }
+        s
+    }
+}
+
+impl Report {
+    /// `key: value` lines; the history as `upgrade_1` (the latest) … `upgrade_N`.
+    pub fn to_lines(&self) -> String {
+        let none = || "none".to_string();
+        let mut out = format!(
+            "psflip_pid: {}\ngeneration: {}\nphase: {}\nchild_pid: {}\nchild_healthy: {}\n\
+             uptime_seconds: {}\nupgrade_in_flight: {}\nupgrade_timeout_ms: {}\nlast_upgrade: {}\n",
+            self.psflip_pid,
+            self.generation,
+            self.phase,
+            self.child_pid.map_or_else(none, |p| p.to_string()),
+            self.child_healthy,
+            self.uptime_seconds,
+            self.upgrade_in_flight,
+            self.upgrade_timeout_ms,
+            self.last_upgrade.clone().unwrap_or_else(none),
+        );
+        for (i, u) in self.upgrades.iter().rev().enumerate() {
+            out.push_str(&format!("upgrade_{}: {}\n", i + 1, u.describe()));
+        }
+        out
+    }
+
+    /// One JSON object on one line.
+    pub fn to_json_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// Parse a history handed over in [`HISTORY_ENV`]; anything unreadable is no
+/// history (it is informational only).
+pub fn history_from_env(value: Option<&str>) -> Vec<Upgrade> {
+    value
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+/// Keep the last [`HISTORY_LEN`] entries.
+pub fn trim(history: &mut Vec<Upgrade>) {
+    if history.len() > HISTORY_LEN {
+        history.drain(..history.len() - HISTORY_LEN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(n: u64) -> Upgrade {
+        Upgrade {
+            time: "2026-11-30T15:04:05.123Z".into(),
+            trigger: "signal SIGHUP from pid 9 (uid 0)".into(),
+            from_generation: n,
+            to_generation: n + 1,
+            outcome: "succeeded".into(),
+            reason: None,
+            duration_ms: Some(1234),
+        }
+    }
+
+    #[test]
+    fn json_round_trips_and_lines_list_the_latest_first() {
+        let r = Report {
+            psflip_pid: 42,
+            generation: 3,
+            phase: "draining previous".into(),
+            child_pid: Some(43),
+            child_healthy: true,
+            uptime_seconds: 1,
+            upgrade_in_flight: false,
+            upgrade_timeout_ms: 60_000,
+            last_upgrade: Some("succeeded".into()),
+            upgrades: vec![upgrade(1), upgrade(2)],
+        };
+        let json = r.to_json_line();
+        assert_eq!(json.lines().count(), 1);
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);
+        let lines = r.to_lines();
+        assert!(lines.contains("phase: draining previous\n"), "{lines}");
+        assert!(
+            lines.contains(
+                "upgrade_1: 2026-11-30T15:04:05.123Z generation 2 -> 3: succeeded in 1.234s, by signal SIGHUP from pid 9 (uid 0)\n"
+            ),
+            "{lines}"
+        );
+        assert!(lines.contains("upgrade_2: 2026-11-30T15:04:05.123Z generation 1 -> 2"));
+    }
+
+    #[test]
+    fn history_is_bounded_and_garbage_is_none() {
+        let mut h: Vec<Upgrade> = (0..15).map(upgrade).collect();
+        trim(&mut h);
+        assert_eq!(h.len(), HISTORY_LEN);
+        assert_eq!(h[0].from_generation, 5);
+        assert!(history_from_env(Some("not json")).is_empty());
+        assert!(history_from_env(None).is_empty());
+    }
+}
