@@ -193,3 +193,64 @@ fn a_new_child_that_exits_before_ready_or_stays_silent_rolls_back() {
     assert_untouched(&sb, &mut p, c1);
     stop(&sb, &mut p);
 }
+
+/// `python3 -c SEND ADDRESS MESSAGE`: one datagram; exit 0 if it was sent.
+const SEND: &str = r#"
+import socket, sys
+addr = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(sys.argv[2].encode(), "\0" + addr[1:] if addr.startswith("@") else addr)
+"#;
+
+/// Send `message` to the notify socket `address`, as `uid` (root: 0).
+fn send_as(uid: u32, address: &str, message: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("python3")
+        .args(["-c", SEND, address, message])
+        .uid(uid)
+        .gid(uid)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn another_user_cannot_make_the_child_ready() {
+    let sb = Sandbox::new("another_user_cannot_make_the_child_ready");
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("[{}] skipped: needs root to send as another user", sb.name);
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    for kind in ["path", "abstract"] {
+        // The child only says where its socket is; the test speaks for it.
+        let said = sb.path(&format!("socket-{kind}"));
+        let script = format!(
+            "printf %s \"$NOTIFY_SOCKET\" > {}; exec sleep 1000",
+            said.display()
+        );
+        let mut conf = Conf::cmd(&sb, &["sh", "-c", &script]);
+        conf.health = notify_table(kind);
+        sb.config(&conf);
+        let mut p = sb.start();
+        let address = sb.wait_for(T, "the child's NOTIFY_SOCKET", || {
+            fs::read_to_string(&said).ok().filter(|s| !s.is_empty())
+        });
+        let rogue = send_as(NOBODY, &address, "READY=1\nSTATUS=rogue");
+        match kind {
+            // The directory keeps other users out altogether.
+            "path" => assert!(!rogue, "uid {NOBODY} reached {address}"),
+            // Anyone can send to an abstract socket: psflip drops it.
+            _ => assert!(rogue, "uid {NOBODY} could not send to {address}"),
+        }
+        assert!(send_as(0, &address, "READY=1\nSTATUS=legit"));
+        sb.must_name(p.pid);
+        // Datagrams are read in order: the rogue one came first and was dropped.
+        sb.must_log(p.pid, "child status: legit");
+        assert!(!sb.logged(p.pid, "child status: rogue"), "{}", sb.diag());
+        p.signal(Signal::SIGTERM);
+        sb.wait_exit(&mut p, T);
+        sb.assert_clean();
+    }
+}
