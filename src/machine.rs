@@ -476,6 +476,9 @@ pub struct Machine {
     /// passed on to its child: a child that dies of it stopped as it was asked to,
     /// and psflip exits 0 (see [`Machine::relayed`]).
     stop_signal: Option<Signal>,
+    /// After the handover, a termination signal reached us and was passed on to
+    /// the new generation: the service stops, nothing is taken back.
+    service_stopping: bool,
 }
 
 impl Machine {
@@ -507,6 +510,7 @@ impl Machine {
             proxy_drained: false,
             drain_until: None,
             stop_signal: None,
+            service_stopping: false,
         }
     }
 
@@ -1119,6 +1123,31 @@ impl Machine {
                     killed: false,
                 };
             }
+            // After the handover the service is the new generation's, but whoever
+            // sends this still takes us for the service: systemd does until we
+            // exit (its main process; then it reads the pidfile and follows the new
+            // generation, which it never signalled, and SIGKILLs it once
+            // TimeoutStopSec= has passed). So the new generation gets it too, and
+            // stops its child the same way. (To cut a drain short instead, signal
+            // the old child.)
+            if self.handed_over
+                && !from_predecessor
+                && let Some(successor) = self.handed_to
+            {
+                log(
+                    out,
+                    format!(
+                        "{} after the handover: the service stops; passing it on to the new generation too",
+                        sig.as_str()
+                    ),
+                );
+                out.push(Effect::Signal {
+                    id: successor,
+                    signal: sig,
+                    group: false,
+                });
+                self.service_stopping = true;
+            }
             if self.upgrade_pending {
                 self.upgrade_pending = false;
                 log(
@@ -1132,9 +1161,11 @@ impl Machine {
             }
             // The old generation aborts the upgrade (it passes on the signal it was
             // told to terminate with) — even if we took over an instant before it
-            // heard so — or the operator stops us before we took over: never take
-            // over (or serve on) after this. The child gets the signal, then SIGKILL
-            // to its group if it ignores it (GIVE_UP_GRACE).
+            // heard so — or the operator stops us before we took over, or it passes
+            // on a stop of the service it got after the handover: never take over
+            // (or serve on) after this. The child gets the signal, then SIGKILL to
+            // its group if it ignores it: after GIVE_UP_GRACE if it never was the
+            // service, after shutdown.timeout if it was (we reported ready).
             let aborted =
                 from_predecessor && self.predecessor_alive && self.phase == Phase::Serving;
             if self.settings.generation == Generation::Successor
@@ -1148,10 +1179,15 @@ impl Machine {
                 self.kill_probe(out);
                 self.gave_up = true;
                 self.failure = Some(format!("the new generation got {}", sig.as_str()));
+                let grace = if self.reported_ready {
+                    self.settings.shutdown_timeout
+                } else {
+                    self.settings.shutdown_timeout.min(GIVE_UP_GRACE)
+                };
                 self.phase = Phase::Stopping {
                     code: 1,
                     signal_at: None,
-                    kill_at: Some(now + self.settings.shutdown_timeout.min(GIVE_UP_GRACE)),
+                    kill_at: Some(now + grace),
                 };
             }
         }
@@ -1327,11 +1363,12 @@ impl Machine {
                 ..
             }
         ) && self.live_child().is_some();
-        if !untouched {
+        if !untouched || self.service_stopping {
             log(
                 out,
                 format!("the new generation exited ({status}) after taking over"),
             );
+            self.handed_to = None;
             return;
         }
         log(
@@ -1408,10 +1445,16 @@ impl Machine {
                 // A successor that gave up before taking over exits like one whose
                 // child exited before it was healthy: with the child's own non-zero
                 // code, or 1 if it had to be killed.
-                // (If it had become healthy, like any service: its status, even 0.)
+                // (If it had become healthy, like any service: its status, even 0 —
+                // and 0 when it reported ready and its child died of the signal it
+                // passed on, as for any stop that was asked for.)
                 let code =
                     if self.gave_up && !self.killed_child && (self.healthy || !status.success()) {
-                        status.code()
+                        if self.reported_ready {
+                            self.relayed(status)
+                        } else {
+                            status.code()
+                        }
                     } else {
                         code
                     };
@@ -2016,6 +2059,68 @@ mod tests {
             let note = out.iter().position(|e| matches!(e, Effect::Notify(_)));
             assert!(note < ready, "{out:?}");
         }
+    }
+
+    /// A stop (SIGTERM) that reaches the old generation after the handover, while
+    /// it still drains (systemd takes it for the main process until it exits):
+    /// the new generation gets it too, and is not taken back when it exits.
+    #[test]
+    fn termination_after_the_handover_reaches_the_new_generation() {
+        let mut m = Machine::new(Settings {
+            shutdown_delay: Duration::from_secs(3),
+            ..settings(Generation::First)
+        });
+        m.step(t(0), Event::Started);
+        m.step(t(1000), Event::Tick);
+        m.step(t(1000), Event::PidfileWritten);
+        m.step(t(2000), Event::SignalReceived(Signal::SIGHUP));
+        let successor = ProcId(2);
+        m.step(t(2500), Event::SuccessorReady { id: successor });
+        assert!(m.handed_over());
+        let out = no_logs(m.step(t(2600), Event::SignalReceived(Signal::SIGTERM)));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Signal {
+                    id: successor,
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+            ]
+        );
+        let exited = |id, status| Event::ProcessExited { id, status };
+        let out = no_logs(m.step(t(2700), exited(successor, ExitStatus::Code(0))));
+        assert!(out.is_empty(), "nothing taken back: {out:?}");
+        let out = m.step(t(2800), exited(CHILD, ExitStatus::Signaled(15)));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert!(!out.contains(&Effect::RemovePidfile), "{out:?}");
+    }
+
+    /// The new generation, told by its predecessor to stop after it reported
+    /// ready, gives its child shutdown.timeout (it was the service) and exits 0
+    /// when the child died of that signal.
+    #[test]
+    fn a_ready_successor_told_to_stop_gives_its_child_shutdown_timeout() {
+        let mut m = Machine::new(Settings {
+            shutdown_timeout: Duration::from_secs(5),
+            ..settings(Generation::Successor)
+        });
+        m.step(t(0), Event::Started);
+        m.step(t(1000), Event::Tick);
+        let out = m.step(t(1000), Event::PidfileWritten);
+        assert!(out.contains(&Effect::ReportReady), "{out:?}");
+        m.step(t(1100), Event::AbortRequested(Signal::SIGTERM));
+        // Not GIVE_UP_GRACE (2 s): shutdown.timeout (5 s).
+        assert!(no_logs(m.step(t(3200), Event::Tick)).is_empty());
+        assert_eq!(m.deadline(), Some(t(6100)));
+        let status = ExitStatus::Signaled(Signal::SIGTERM as i32);
+        let out = m.step(t(5000), Event::ProcessExited { id: CHILD, status });
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
     }
 
     /// `psflip upgrade` while an upgrade is in flight waits for its outcome.

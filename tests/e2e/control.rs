@@ -716,8 +716,9 @@ fn upgrade_is_refused_by_a_successor_whose_predecessor_still_drains() {
     );
     assert_eq!(status(&sb)["psflip_pid"], s.to_string());
 
-    // Cut the drain short: the termination signal goes to the old child.
-    p.signal(Signal::SIGTERM);
+    // Cut the drain short: stop the old child. (A termination signal to the old
+    // psflip would stop the whole service, the new generation too: issue #9.)
+    signal(c1, Signal::SIGTERM);
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
     assert_eq!(sb.signals_of(c1), ["TERM"]);
     sb.must_log(s, "the previous generation has exited");
@@ -725,7 +726,7 @@ fn upgrade_is_refused_by_a_successor_whose_predecessor_still_drains() {
     // Now the new generation upgrades.
     let c2 = sb.child_of(s);
     let s3 = upgrade_ok(&sb, 3);
-    signal(s, Signal::SIGTERM); // its own shutdown.delay, cut short too
+    signal(c2, Signal::SIGTERM); // its own shutdown.delay, cut short too
     sb.must_die(s, "the second generation");
     assert_eq!(sb.signals_of(c2), ["TERM"]);
     finish(&sb, s3);

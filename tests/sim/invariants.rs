@@ -97,6 +97,9 @@ pub enum Cover {
     /// The new generation died right after taking over, before the old child was
     /// signalled, and the old generation took the service back.
     ServiceTakenBack,
+    /// A termination signal reached a generation after its handover, while the
+    /// new generation it handed over to ran (systemd's stop racing a reload).
+    StopAfterHandover,
 }
 
 impl Cover {
@@ -122,6 +125,7 @@ impl Cover {
         Cover::ProxyHandover,
         Cover::ProxyDrained,
         Cover::ServiceTakenBack,
+        Cover::StopAfterHandover,
     ];
 }
 
@@ -474,8 +478,8 @@ fn i6_pidfile_names_ready_psflip(w: &World) -> Vec<String> {
 ///
 /// In 3 and 4, a child that died of the termination signal its generation had
 /// received (and passed on) stopped as asked: 0 (issue #9) — for a generation
-/// that is or was to be the service (the first, or a successor that took over
-/// and was not aborted), not for a successor that gave up.
+/// that is or was the service (the first, or a successor that reported ready),
+/// not for a successor that gave up before it was ready.
 pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
     let g = &w.gens[&gpid];
     if g.machine.handed_over() {
@@ -485,8 +489,7 @@ pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
     if g.ghost.stopped_child || g.ghost.child_spawn_failed {
         return 1;
     }
-    let may_relay =
-        g.ghost.generation == Generation::First || (g.ghost.ready_reported && !g.ghost.aborted);
+    let may_relay = g.ghost.generation == Generation::First || g.ghost.ready_reported;
     let status_of = |status: ExitStatus| match (status, g.ghost.stop_signal) {
         (ExitStatus::Signaled(n), Some(sig)) if may_relay && n == sig as i32 => 0,
         _ => status.code(),

@@ -196,6 +196,10 @@ fn heal(run: &mut Run) {
                 run.violate("heal: service ended cleanly", p);
             }
         }
+        [old] if run.w.stopped_after_handover.contains(&old) => run.violate(
+            "heal: a stop after the handover stops the new generation too",
+            format!("g{} serves on", run.w.gens[&old].ghost.number),
+        ),
         [old] => {
             let g = &run.w.gens[&old];
             let child_runs = g

@@ -290,6 +290,10 @@ pub struct World {
     /// Background jobs orphaned because their psflip was SIGKILLed before it could
     /// kill their group: pdeathsig does not reach them (a known limit, not a bug).
     pub orphaned_jobs: BTreeSet<Pid>,
+    /// New generations whose predecessor got a termination signal after handing
+    /// the service over to them: the service was asked to stop, so they must not
+    /// serve on (issue #9: whoever sent it took the old one for the service).
+    pub stopped_after_handover: BTreeSet<Pid>,
 }
 
 /// A zombie is reaped within this (plus latency).
@@ -331,6 +335,7 @@ impl World {
             effects: 0,
             service_enders: 0,
             orphaned_jobs: BTreeSet::new(),
+            stopped_after_handover: BTreeSet::new(),
         }
     }
 
@@ -1089,11 +1094,22 @@ impl World {
                 if this.machine.live_child().is_some() {
                     this.ghost.stop_signal = Some(*sig);
                 }
+                if before.handed_over
+                    && let Some(s) = this.ghost.successor_pid
+                    && self.running(s)
+                {
+                    self.stopped_after_handover.insert(s);
+                    self.cover(Cover::StopAfterHandover);
+                }
             }
-            Event::AbortRequested(_) => {
-                // The predecessor aborted the upgrade: whatever we reported, we
-                // never were the service, and may stop our child.
+            Event::AbortRequested(sig) => {
+                // The predecessor aborted the upgrade (or passed on a stop of the
+                // service it got after the handover): whatever we reported, we may
+                // stop our child now.
                 this.ghost.terminating = true;
+                if this.machine.live_child().is_some() {
+                    this.ghost.stop_signal = Some(*sig);
+                }
                 this.ghost.protects_child = false;
                 this.ghost.aborted = true;
             }

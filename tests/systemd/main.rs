@@ -15,7 +15,11 @@
 //!   the unit stays active with MainPID and the old child unchanged;
 //! - a good reload after it succeeds;
 //! - stop: the child gets `shutdown.signal` and finishes its handler, the unit
-//!   ends `inactive` with Result=success, nothing is left in its cgroup.
+//!   ends `inactive` with Result=success, nothing is left in its cgroup;
+//! - a stop during a reload, while the old generation drains (shutdown.delay):
+//!   both children get `shutdown.signal` and finish, Result=success;
+//! - never, in the unit's journal: "not our child", SIGKILL, a timeout, a
+//!   failed result.
 //!
 //! A unit with `Type=notify-reload` runs only on systemd 253 and later (the test
 //! says so when it skips one). The test skips, loudly, only where systemd cannot
@@ -379,6 +383,7 @@ struct Unit<'a> {
     name: String,
     record: PathBuf,
     pidfile: String,
+    conf: PathBuf,
 }
 
 impl Unit<'_> {
@@ -539,14 +544,99 @@ impl Unit<'_> {
         );
         assert_eq!(self.sd.show(name, "Result"), "success", "{}", self.diag());
         assert!(self.sd.procs(name).is_empty(), "{}", self.diag());
-        let journal = self.sd.journal(name);
-        for never in ["not our child", "SIGKILL", "Failed with result"] {
+        self.journal_clean();
+
+        self.stop_while_draining();
+        self.journal_clean();
+    }
+
+    fn journal_clean(&self) {
+        let journal = self.sd.journal(&self.name);
+        for never in [
+            "not our child",
+            "SIGKILL",
+            "Failed with result",
+            "timed out",
+        ] {
             assert!(
                 !journal.contains(never),
                 "systemd said {never:?}\n{}",
                 self.diag()
             );
         }
+    }
+
+    /// `systemctl stop` while the old generation still drains after a reload
+    /// (its shutdown.delay): systemd's main process is still the old psflip,
+    /// the pidfile names the new one. Both children get shutdown.signal and
+    /// finish, the unit ends inactive with Result=success.
+    fn stop_while_draining(&self) {
+        let what = "stop while the old generation drains";
+        let text = fs::read_to_string(&self.conf).unwrap();
+        fs::write(
+            &self.conf,
+            text.replace("[shutdown]\n", "[shutdown]\ndelay = \"4s\"\n"),
+        )
+        .unwrap();
+        let (code, err) = self.ctl("start");
+        assert_eq!(code, 0, "{what}: systemctl start: {err}\n{}", self.diag());
+        let (old, c1) = self.serving(&format!("{what}: after start"));
+        // The reload waits for the old generation (--wait-old): in the background.
+        let mut reload = Command::new("nsenter")
+            .args([
+                "-t",
+                &self.sd.pid.to_string(),
+                "-m",
+                "-u",
+                "-i",
+                "-n",
+                "-p",
+                "--",
+            ])
+            .args(["systemctl", "reload", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemctl reload");
+        let new = wait_for(T, || {
+            let named: i32 = self.sd.read_inside(&self.pidfile)?.trim().parse().ok()?;
+            (named != old).then_some(named)
+        });
+        let new = new.unwrap_or_else(|| panic!("{what}: no new generation\n{}", self.diag()));
+        let procs = self.sd.procs(&self.name);
+        let new_host = procs.iter().find(|p| p.ns == new).map(|p| p.host);
+        let c2 = procs
+            .iter()
+            .find(|p| Some(p.ppid) == new_host && p.comm == "bash")
+            .map(|p| p.ns)
+            .unwrap_or_else(|| panic!("{what}: no new child\n{}", self.diag()));
+        assert!(
+            procs.iter().any(|p| p.ns == old),
+            "{what}: the old generation drains (shutdown.delay 4s)\n{}",
+            self.diag()
+        );
+        assert_eq!(self.count("term", c1), 0, "{what}: still in shutdown.delay");
+        assert_eq!(self.sd.main_pid(&self.name), old, "{what}\n{}", self.diag());
+
+        let (code, err) = self.ctl("stop");
+        assert_eq!(code, 0, "{what}: systemctl stop: {err}\n{}", self.diag());
+        let _ = reload.wait();
+        self.stopped_gracefully(&format!("{what}: the old child"), c1);
+        self.stopped_gracefully(&format!("{what}: the new child"), c2);
+        assert_eq!(
+            self.sd.show(&self.name, "ActiveState"),
+            "inactive",
+            "{}",
+            self.diag()
+        );
+        assert_eq!(
+            self.sd.show(&self.name, "Result"),
+            "success",
+            "{}",
+            self.diag()
+        );
+        assert!(self.sd.procs(&self.name).is_empty(), "{}", self.diag());
     }
 }
 
@@ -626,13 +716,13 @@ fn every_shipped_unit_under_a_private_systemd() {
         fs::write(&conf, config(&udir, &record, &pidfile)).unwrap();
         fs::write(dir.join("units").join(&name), test_unit(&text, &conf)).unwrap();
         let needs_253 = text.lines().any(|l| l.trim() == "Type=notify-reload");
-        plan.push((name, record, pidfile, needs_253));
+        plan.push((name, record, pidfile, conf, needs_253));
     }
 
     let sd = Systemd::boot(&dir);
     eprintln!("booted systemd {} (host pid {})", sd.version, sd.pid);
     let mut ran = 0;
-    for (name, record, pidfile, needs_253) in plan {
+    for (name, record, pidfile, conf, needs_253) in plan {
         if needs_253 && sd.version < 253 {
             eprintln!(
                 "SKIPPED {name}: Type=notify-reload needs systemd 253 or later; this is systemd {}",
@@ -646,6 +736,7 @@ fn every_shipped_unit_under_a_private_systemd() {
             name,
             record,
             pidfile,
+            conf,
         }
         .run();
         ran += 1;
