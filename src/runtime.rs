@@ -168,6 +168,8 @@ pub struct LinuxOs {
     ids: BTreeMap<Pid, ProcId>,
     /// Read end of the readiness pipe of the successor in flight.
     successor_pipe: Option<(ProcId, OwnedFd)>,
+    /// A readiness pipe made at start-up, for the first upgrade.
+    spare_pipe: Option<(OwnedFd, OwnedFd)>,
     /// What the successor wrote that is not a whole message yet.
     successor_said: Vec<u8>,
     /// The control socket (`psflip upgrade`, `psflip status`) and its clients.
@@ -209,6 +211,7 @@ impl LinuxOs {
             pids: BTreeMap::new(),
             ids: BTreeMap::new(),
             successor_pipe: None,
+            spare_pipe: readiness::pipe().ok(),
             successor_said: Vec::new(),
             control,
             control_paused_until: None,
@@ -280,7 +283,13 @@ impl LinuxOs {
                 ..Default::default()
             }),
             Role::Successor => {
-                let (r, w) = readiness::pipe()?;
+                // The pipe made at start-up, when its fds were low numbers: the
+                // successor's spawn then copies only the fds below them (see
+                // effects::spawn), however many connections the proxy holds.
+                let (r, w) = match self.spare_pipe.take() {
+                    Some(pipe) => pipe,
+                    None => readiness::pipe()?,
+                };
                 let ab = if self.spec.ab_second { "a" } else { "b" };
                 let (mut listeners, named) = self
                     .spec

@@ -24,6 +24,10 @@
 //! touches no lock, since other threads (the proxy's) keep running in the same
 //! memory. It writes why it failed into the plan it was given, and psflip reads it
 //! once it resumes. `posix_spawn` itself cannot set PDEATHSIG nor check `getppid`.
+//! The child shares psflip's file table at first (`CLONE_FILES`) and takes a
+//! copy of only the fds it needs, those below the highest it keeps
+//! (`close_range(CLOSE_RANGE_UNSHARE)`), so that with thousands of proxied
+//! connections open a spawn copies three fds, not twenty thousand.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -90,25 +94,16 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
         }
         None => None,
     };
-    let null = if spec.quiet_stdio {
-        let null = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| EffectError::io("/dev/null", e))?;
-        Some(OwnedFd::from(null))
-    } else {
-        None
-    };
     let mut plan = Plan {
         paths: search_path(OsStr::new(prog), env.get(OsStr::new("PATH"))).map_err(invalid)?,
         argv: CStrings::new(spec.argv.iter().map(|a| a.as_bytes())).map_err(invalid)?,
         envp: env.into_cstrings(spec.pid_env).map_err(invalid)?,
         workdir,
-        null: null.as_ref().map(AsRawFd::as_raw_fd),
+        quiet_stdio: spec.quiet_stdio,
         pass_fds: spec.pass_fds.to_vec(),
         scratch: vec![-1; spec.pass_fds.len()],
         keep_fds: Vec::new(),
+        copy_below: copy_below(spec.pass_fds),
         app: true,
         parent: std::process::id() as libc::pid_t,
         failed_at: None,
@@ -148,10 +143,11 @@ pub fn successor(
         argv: CStrings::new(argv.into_iter()).map_err(invalid)?,
         envp: vars.into_cstrings(&[]).map_err(invalid)?,
         workdir: None,
-        null: None,
+        quiet_stdio: false,
         pass_fds: Vec::new(),
         scratch: Vec::new(),
         keep_fds: std::iter::once(fd).chain(inherit.iter().copied()).collect(),
+        copy_below: copy_below(&[&[fd], inherit].concat()),
         app: false,
         parent: std::process::id() as libc::pid_t,
         failed_at: None,
@@ -161,6 +157,11 @@ pub fn successor(
         Stage::Exec => EffectError::io(what(), e),
         stage => EffectError::io(format!("{}: {}", what(), stage.name()), e),
     })
+}
+
+/// The first fd a child does not need a copy of: above stdio and `needed`.
+fn copy_below(needed: &[RawFd]) -> RawFd {
+    needed.iter().copied().fold(2, RawFd::max) + 1
 }
 
 /// The environment a child gets, built in psflip.
@@ -311,6 +312,7 @@ fn search_path(prog: &OsStr, path: Option<&OsStr>) -> Result<CStrings, Nul> {
 /// The step of the child's set-up that failed.
 #[derive(Clone, Copy, Debug)]
 enum Stage {
+    Unshare,
     Group,
     Parent,
     Workdir,
@@ -327,6 +329,7 @@ impl Stage {
             Stage::Parent => "psflip exited while it started",
             Stage::Workdir => "chdir to workdir",
             Stage::Stdio => "stdin/stdout on /dev/null",
+            Stage::Unshare => "a file table of its own",
             Stage::PassFds => "passing fds",
             Stage::KeepFds => "clearing FD_CLOEXEC",
             Stage::Exec => "execve",
@@ -343,13 +346,16 @@ struct Plan {
     argv: CStrings,
     envp: CStrings,
     workdir: Option<CString>,
-    /// /dev/null, for stdin and stdout.
-    null: Option<RawFd>,
+    /// stdin and stdout on /dev/null (opened by the child).
+    quiet_stdio: bool,
     /// Fds to place at 3, 4, …, and room for their temporary copies.
     pass_fds: Vec<RawFd>,
     scratch: Vec<RawFd>,
     /// Fds to keep at their numbers across exec (FD_CLOEXEC cleared).
     keep_fds: Vec<RawFd>,
+    /// The child's file table is a copy of psflip's fds below this one only:
+    /// above every fd it needs, and at most 3 when it needs only stdio.
+    copy_below: RawFd,
     /// An app child or probe (own group, clean signal state, PDEATHSIG), not the
     /// successor.
     app: bool,
@@ -379,7 +385,7 @@ impl Plan {
             libc::clone(
                 child,
                 top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD,
                 plan.cast(),
             )
         };
@@ -432,6 +438,19 @@ extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
     let plan = unsafe { &mut *plan.cast::<Plan>() };
     // SAFETY: as the doc says; each call's arguments are valid for it.
     unsafe {
+        // Our own file table before anything touches it (CLONE_FILES shares
+        // psflip's), holding only the fds below `copy_below`: the kernel does
+        // not even copy the others (Linux 5.9+; else the whole table).
+        let unshared = libc::syscall(
+            libc::SYS_close_range,
+            plan.copy_below as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE as libc::c_uint,
+        ) == 0
+            || libc::unshare(libc::CLONE_FILES) == 0;
+        if !unshared {
+            fail(plan, Stage::Unshare);
+        }
         if plan.app {
             // Signals stay blocked until right before exec: none can act meanwhile.
             signals::default_dispositions_in_child();
@@ -457,10 +476,14 @@ extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
         {
             fail(plan, Stage::Workdir);
         }
-        if let Some(null) = plan.null
-            && (libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0)
-        {
-            fail(plan, Stage::Stdio);
+        if plan.quiet_stdio {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(null, 1) < 0 {
+                fail(plan, Stage::Stdio);
+            }
+            if null > 1 {
+                libc::close(null);
+            }
         }
         // Copy each passed fd above every source and target first, so that placing
         // one at 3 + i never overwrites another still to be placed.
@@ -646,6 +669,31 @@ mod tests {
         rb.read_to_string(&mut sb).unwrap();
         assert_eq!(sa, "A\nA2\n");
         assert_eq!(sb, "B\n");
+    }
+
+    #[test]
+    fn an_fd_without_cloexec_above_those_needed_does_not_reach_the_child() {
+        let (_r, w) = pipe();
+        // What psflip never has (fds::cloexec_from_3): an fd that exec keeps,
+        // placed high, above the one passed.
+        // SAFETY: F_DUPFD on a valid fd returns a new fd that we own.
+        let leaky = unsafe { OwnedFd::from_raw_fd(libc::fcntl(w.as_raw_fd(), libc::F_DUPFD, 900)) };
+        let fd = leaky.as_raw_fd();
+        let (mut r2, w2) = pipe();
+        assert!(fd >= 900 && w2.as_raw_fd() < fd);
+        let script = format!("[ -e /proc/$$/fd/{fd} ] && echo leaked >&3; echo checked >&3");
+        let argv = strings(&["/bin/sh", "-c", &script]);
+        let pid = app(&AppSpec {
+            argv: &argv,
+            pass_fds: &[w2.as_raw_fd()],
+            ..Default::default()
+        })
+        .unwrap();
+        drop(w2);
+        assert_eq!(wait(pid), 0);
+        let mut out = String::new();
+        r2.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "checked\n");
     }
 
     #[test]
