@@ -27,12 +27,14 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::machine::Request;
 
@@ -220,25 +222,10 @@ pub struct Peer {
 }
 
 fn peer(fd: BorrowedFd<'_>) -> Option<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for the call and sized for SO_PEERCRED.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then_some(Peer {
-        pid: cred.pid as u32,
-        uid: cred.uid,
+    let cred = getsockopt(&fd, sockopt::PeerCredentials).ok()?;
+    (cred.pid() > 0).then_some(Peer {
+        pid: cred.pid() as u32,
+        uid: cred.uid(),
     })
 }
 

@@ -440,13 +440,7 @@ fn upgrade_fails_when_the_new_child_exits_before_healthy() {
     let sb = Sandbox::new("upgrade_fails_when_the_new_child_exits_before_healthy");
     let conf = fixture_conf(&sb);
     let (mut p, c1) = serve(&sb, &conf);
-    sb.config(
-        &conf
-            .clone()
-            .alive("1s")
-            .env("CHILD_EXIT_AFTER_MS", "50")
-            .env("CHILD_EXIT_CODE", "4"),
-    );
+    sb.config(&conf.clone().alive("1s").exits("50", "4"));
     let why = upgrade_fails(&sb);
     assert_failed(
         &why,

@@ -43,8 +43,7 @@ fn exit_status_when_the_child_exits_before_healthy(#[case] child_code: i32, #[ca
     sb.config(
         &Conf::fixture(&sb, &[])
             .alive("2s")
-            .env("CHILD_EXIT_AFTER_MS", "0")
-            .env("CHILD_EXIT_CODE", &child_code.to_string()),
+            .exits("0", &child_code.to_string()),
     );
     let mut p = sb.start();
     assert_eq!(sb.wait_exit(&mut p, T), want, "{}", sb.diag());
@@ -484,8 +483,7 @@ fn a_shell_childs_background_job_dies_with_it() {
         &Conf::fixture(&sb, &[])
             .alive("150ms")
             .env("CHILD_BG", "1")
-            .env("CHILD_EXIT_AFTER_MS", "600")
-            .env("CHILD_EXIT_CODE", "7"),
+            .exits("600", "7"),
     );
     let mut p = sb.start();
     let c = sb.child_of(p.pid);

@@ -96,13 +96,7 @@ fn b_new_child_exits_before_healthy() {
     let sb = Sandbox::new("b_new_child_exits_before_healthy");
     let conf = Conf::fixture(&sb, &[]);
     let (mut p, c1) = serve(&sb, &conf);
-    sb.config(
-        &conf
-            .clone()
-            .alive("1s")
-            .env("CHILD_EXIT_AFTER_MS", "50")
-            .env("CHILD_EXIT_CODE", "4"),
-    );
+    sb.config(&conf.clone().alive("1s").exits("50", "4"));
     p.signal(Signal::SIGHUP);
     let s = sb.successor_of(p.pid);
     let c2 = sb.child_of(s);
@@ -349,13 +343,7 @@ fn i_old_child_exits_during_an_upgrade_that_then_fails() {
     let sb = Sandbox::new("i_old_child_exits_during_an_upgrade_that_then_fails");
     let conf = Conf::fixture(&sb, &[]);
     let (mut p, c1) = serve(&sb, &conf);
-    sb.config(
-        &conf
-            .clone()
-            .alive("2s")
-            .env("CHILD_EXIT_AFTER_MS", "800")
-            .env("CHILD_EXIT_CODE", "4"),
-    );
+    sb.config(&conf.clone().alive("2s").exits("800", "4"));
     p.signal(Signal::SIGHUP);
     let s = sb.successor_of(p.pid);
     let c2 = sb.child_of(s);

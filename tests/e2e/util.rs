@@ -251,6 +251,12 @@ impl Conf {
         self
     }
 
+    /// The fixture exits with `code` this many milliseconds after it started.
+    pub fn exits(self, after_ms: &str, code: &str) -> Conf {
+        self.env("CHILD_EXIT_AFTER_MS", after_ms)
+            .env("CHILD_EXIT_CODE", code)
+    }
+
     pub fn no_pidfile(mut self) -> Conf {
         self.pidfile = None;
         self
@@ -429,12 +435,7 @@ fn service_generations(tag: &str) -> Vec<i32> {
 /// Start psflip over a fixture child that exits with code 3 some 700 ms after
 /// it is healthy; returns once the pidfile names psflip.
 pub fn start_child_exiting_3(sb: &Sandbox) -> Psflip {
-    sb.config(
-        &Conf::fixture(sb, &[])
-            .alive("150ms")
-            .env("CHILD_EXIT_AFTER_MS", "700")
-            .env("CHILD_EXIT_CODE", "3"),
-    );
+    sb.config(&Conf::fixture(sb, &[]).alive("150ms").exits("700", "3"));
     let p = sb.start();
     sb.must_name(p.pid);
     p
@@ -550,24 +551,9 @@ pub fn assert_untouched(sb: &Sandbox, p: &mut Psflip, c1: i32) {
 /// The credentials (pid, uid) of the process listening at the other end of
 /// `stream`, as the kernel reports them (SO_PEERCRED).
 pub fn peer_of(stream: &std::os::unix::net::UnixStream) -> Option<(i32, u32)> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid and sized for SO_PEERCRED.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some((cred.pid, cred.uid))
+    use nix::sys::socket::{getsockopt, sockopt};
+    let cred = getsockopt(stream, sockopt::PeerCredentials).ok()?;
+    Some((cred.pid(), cred.uid()))
 }
 
 /// The control socket psflip `pid` serves under its public name, found as a
