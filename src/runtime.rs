@@ -348,6 +348,7 @@ impl LinuxOs {
             uptime_seconds: self.started.elapsed().as_secs(),
             upgrade_in_flight: status.upgrade_in_flight,
             upgrade_timeout_ms: self.spec.settings.upgrade_timeout.as_millis() as u64,
+            ab: if self.spec.ab_second { "b" } else { "a" }.to_string(),
             last_upgrade: status.last_upgrade.clone(),
             upgrades: Vec::new(),
         }

@@ -51,6 +51,9 @@ pub struct Report {
     /// This generation's `upgrade.timeout`, in milliseconds: it also bounds how
     /// long the next generation's child may take to become healthy.
     pub upgrade_timeout_ms: u64,
+    /// Whether `AB` yields its second value in this generation (`b`) or its
+    /// first (`a`): the next generation gets the other.
+    pub ab: String,
     /// The last upgrade's outcome: `succeeded`, `failed: <why>`, or none.
     pub last_upgrade: Option<String>,
     /// The last upgrades, oldest first.
@@ -81,7 +84,8 @@ impl Report {
         let none = || "none".to_string();
         let mut out = format!(
             "psflip_pid: {}\ngeneration: {}\nphase: {}\nchild_pid: {}\nchild_healthy: {}\n\
-             uptime_seconds: {}\nupgrade_in_flight: {}\nupgrade_timeout_ms: {}\nlast_upgrade: {}\n",
+             uptime_seconds: {}\nupgrade_in_flight: {}\nupgrade_timeout_ms: {}\nab: {}\n\
+             last_upgrade: {}\n",
             self.psflip_pid,
             self.generation,
             self.phase,
@@ -90,6 +94,7 @@ impl Report {
             self.uptime_seconds,
             self.upgrade_in_flight,
             self.upgrade_timeout_ms,
+            self.ab,
             self.last_upgrade.clone().unwrap_or_else(none),
         );
         for (i, u) in self.upgrades.iter().rev().enumerate() {
@@ -148,6 +153,7 @@ mod tests {
             uptime_seconds: 1,
             upgrade_in_flight: false,
             upgrade_timeout_ms: 60_000,
+            ab: "b".into(),
             last_upgrade: Some("succeeded".into()),
             upgrades: vec![upgrade(1), upgrade(2)],
         };

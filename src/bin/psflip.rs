@@ -46,8 +46,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration, expand its templates and print the result.
-    Check,
+    /// Validate the configuration, expand its templates and print the result:
+    /// by default the values the next generation would get (the running
+    /// generation's successor, or the first when nothing runs).
+    Check {
+        /// Which generation's values: `next` (the default) or `first` (a fresh
+        /// start, whatever runs).
+        #[arg(long, value_enum, default_value_t = Which::Next)]
+        generation: Which,
+    },
     /// Ask the running psflip (found through the pidfile) to upgrade; wait for the
     /// outcome and print it. Exit 0 only when the new generation took over.
     Upgrade {
@@ -78,6 +85,13 @@ enum Command {
         #[command(subcommand)]
         check: ProbeCommand,
     },
+}
+
+/// `psflip check --generation`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    First,
+    Next,
 }
 
 /// The checks of `psflip __probe`; built by [`probe_argv`], which must agree.
@@ -208,10 +222,7 @@ fn psflip_main() -> ExitCode {
         Some(Command::Probe { .. } | Command::Assets { .. }) => {
             unreachable!("probes and assets return before the configuration is read")
         }
-        Some(Command::Check) => {
-            print!("{}", config.to_resolved_toml());
-            ExitCode::SUCCESS
-        }
+        Some(Command::Check { generation }) => check(&cli.config, config, generation),
         Some(Command::Upgrade { wait_old }) => answer(client::upgrade(&config, wait_old)),
         Some(Command::Status { json }) => answer(client::status(&config, json)),
         None => {
@@ -234,6 +245,73 @@ fn psflip_main() -> ExitCode {
             code
         }
     }
+}
+
+/// `psflip check`: the configuration as the chosen generation would resolve it
+/// (`AB`, `BlueGreen`), with a header saying which generation that is and, for
+/// a successor, how the running generation's `upgrade.timeout` bounds its own.
+fn check(path: &std::path::Path, loaded: Config, which: Which) -> ExitCode {
+    let running = match which {
+        Which::Next => client::report(&loaded),
+        Which::First => None,
+    };
+    let mut header = String::new();
+    let ab_second = match (which, &running) {
+        (Which::First, _) => {
+            header += "# psflip check: the values of the first generation (a fresh start);\n\
+                       # `--generation next` shows those of the running service's successor\n";
+            false
+        }
+        (Which::Next, None) => {
+            header += "# psflip check: nothing of this configuration runs, so the next generation\n\
+                       # is the first: these are its values\n";
+            false
+        }
+        (Which::Next, Some(r)) => {
+            header += &format!(
+                "# psflip check: the values of generation {}, the next: generation {} runs\n\
+                 # (psflip pid {}); `--generation first` shows those of a fresh start\n",
+                r.generation + 1,
+                r.generation,
+                r.psflip_pid
+            );
+            r.ab == "a"
+        }
+    };
+    let config = if ab_second {
+        match config::load(path, &config::LoadOptions::from_process(true)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("psflip: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        loaded
+    };
+    if let Some(r) = &running {
+        let cap = Duration::from_millis(r.upgrade_timeout_ms);
+        let own = config.upgrade.timeout;
+        let fmt = config::format_duration;
+        header += &if own > cap {
+            format!(
+                "# upgrade.timeout: the new child must be healthy within {} (not this file's {}):\n\
+                 # the running generation's upgrade.timeout bounds its successor's, since it\n\
+                 # gives up on a successor after its own timeout (+ 5 s)\n",
+                fmt(cap),
+                fmt(own)
+            )
+        } else {
+            format!(
+                "# upgrade.timeout: the new child must be healthy within {} (the running\n\
+                 # generation's own, {}, bounds it too)\n",
+                fmt(own),
+                fmt(cap)
+            )
+        };
+    }
+    print!("{header}{}", config.to_resolved_toml());
+    ExitCode::SUCCESS
 }
 
 /// This generation's number: 1, or what the previous generation told us.

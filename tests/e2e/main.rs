@@ -7,6 +7,7 @@ mod common;
 mod util;
 
 mod activation;
+mod check;
 mod cli;
 mod control;
 mod docker;
