@@ -685,6 +685,37 @@ fn upgrade_asked_while_another_is_in_flight_reports_its_outcome() {
     generations.assert_i2();
 }
 
+/// `psflip upgrade --wait-old` (systemd's ExecReload=, issue #9) reports the
+/// success only once the old generation has exited; without it, as soon as the
+/// new one took over, while the old one still drains.
+#[test]
+fn upgrade_wait_old_answers_once_the_old_generation_is_gone() {
+    let sb = Sandbox::new("upgrade_wait_old_answers_once_the_old_generation_is_gone");
+    let conf = fixture_conf(&sb).shutdown_delay("3s");
+    let (mut p, c1) = serve(&sb, &conf);
+    let s = upgrade_ok(&sb, 2);
+    assert!(
+        alive(p.pid),
+        "without --wait-old: back while the old generation drains (shutdown.delay 3s)\n{}",
+        sb.diag()
+    );
+    assert!(sb.signals_of(c1).is_empty(), "still in shutdown.delay");
+    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    sb.must_log(s, "the previous generation has exited");
+
+    let c2 = sb.child_of(s);
+    let r = run(&sb, &["upgrade", "--wait-old"]);
+    let s3 = assert_ok(&sb, &r, 3);
+    assert!(
+        !alive(s),
+        "with --wait-old: back once the old generation has exited\n{}",
+        sb.diag()
+    );
+    assert!(!alive(c2), "{}", sb.diag());
+    assert_eq!(sb.signals_of(c2), ["TERM"]);
+    finish(&sb, s3);
+}
+
 #[test]
 fn upgrade_is_refused_by_a_successor_whose_predecessor_still_drains() {
     let sb = Sandbox::new("upgrade_is_refused_by_a_successor_whose_predecessor_still_drains");
