@@ -475,12 +475,7 @@ fn upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout() {
     let sb = Sandbox::new("upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout");
     let conf = fixture_conf(&sb);
     let (mut p, c1) = serve(&sb, &conf);
-    sb.config(
-        &conf
-            .clone()
-            .probe(&["false"], "100ms")
-            .upgrade_timeout("700ms"),
-    );
+    sb.config(&never_healthy(&conf));
     let why = upgrade_fails(&sb);
     assert_failed(
         &why,

@@ -111,12 +111,7 @@ fn c_new_child_not_healthy_within_upgrade_timeout() {
     let sb = Sandbox::new("c_new_child_not_healthy_within_upgrade_timeout");
     let conf = Conf::fixture(&sb, &[]);
     let (mut p, c1) = serve(&sb, &conf);
-    sb.config(
-        &conf
-            .clone()
-            .probe(&["false"], "100ms")
-            .upgrade_timeout("700ms"),
-    );
+    sb.config(&never_healthy(&conf));
     p.signal(Signal::SIGHUP);
     let s = sb.successor_of(p.pid);
     let c2 = sb.child_of(s);

@@ -457,6 +457,20 @@ pub fn stop(sb: &Sandbox, p: &mut Psflip) {
     sb.assert_clean();
 }
 
+/// Failure (b) of the upgrade table: `conf` with a new child that exits (code
+/// 4) 50 ms after its start, before the 1 s it needs to be healthy.
+pub fn exits_before_healthy(conf: &Conf) -> Conf {
+    conf.clone().alive("1s").exits("50", "4")
+}
+
+/// Failure (c) of the upgrade table: `conf` with a healthcheck that never
+/// passes within an upgrade.timeout of 700 ms.
+pub fn never_healthy(conf: &Conf) -> Conf {
+    conf.clone()
+        .probe(&["false"], "100ms")
+        .upgrade_timeout("700ms")
+}
+
 /// I3 after a failed upgrade: the old generation carries on untouched, and
 /// once `conf` is restored a later upgrade (`upgrade`, by signal or by `psflip
 /// upgrade`, returns the new psflip) takes over; then the service stops and

@@ -67,6 +67,18 @@ fn started(sb: &mut Sandbox) -> i32 {
     pid
 }
 
+/// `psflip.toml` proxying a free loopback port to an echo backend (APP as the
+/// child); returns the backend (it stops when dropped) and the port.
+fn echo_proxy(sb: &Sandbox) -> (Backend, u16) {
+    let backend = Backend::echo_tcp();
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
+    );
+    (backend, port)
+}
+
 #[test]
 fn forwards_between_tcp_and_unix_either_side() {
     let mut sb = Sandbox::new("kinds");
@@ -150,12 +162,7 @@ fn each_direction_is_half_closed_on_its_own() {
 #[test]
 fn listener_survives_upgrades_without_refusing_a_connection() {
     let mut sb = Sandbox::new("survive");
-    let backend = Backend::echo_tcp();
-    let port = free_port();
-    sb.write(
-        "psflip.toml",
-        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
-    );
+    let (_backend, port) = echo_proxy(&sb);
     let first = started(&mut sb);
     let inode = tcp_listener_inode(port).expect("the listener is in /proc/net/tcp");
     assert!(socket_inodes(first).contains(&inode));
@@ -278,12 +285,7 @@ fn listen_address_in_use_is_exit_2_with_a_message() {
 #[test]
 fn an_upgrade_to_a_bad_listen_address_leaves_the_old_generation_serving() {
     let mut sb = Sandbox::new("badlisten");
-    let backend = Backend::echo_tcp();
-    let port = free_port();
-    sb.write(
-        "psflip.toml",
-        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
-    );
+    let (backend, port) = echo_proxy(&sb);
     let first = started(&mut sb);
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().port();
@@ -375,12 +377,7 @@ fn a_backend_reset_reaches_the_client() {
 #[test]
 fn out_of_fds_pauses_accepting_instead_of_spinning_or_dropping() {
     let mut sb = Sandbox::new("emfile");
-    let backend = Backend::echo_tcp();
-    let port = free_port();
-    sb.write(
-        "psflip.toml",
-        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
-    );
+    let (_backend, port) = echo_proxy(&sb);
     // Room for about a dozen proxied connections (two fds each).
     let psflip = sb.start_with_nofile(Some(40));
     sb.wait_log("child is healthy; serving", 1, T);
