@@ -11,9 +11,11 @@
 //!    what has arrived and, at EOF, decodes the answer ([`decode`]).
 //! 3. Nothing here bounds the time: the machine abandons an inspection that
 //!    outlives `interval` ([`Inspector::abandon`], `AbandonInspection`).
-//! 4. What the answer means (healthy, stopped, unhealthy, no HEALTHCHECK) is the
-//!    machine's to decide: this only reads `State.Status` and
-//!    `State.Health.Status`, or says why it could not.
+//! 4. The answer's head is read by `httparse` (as the http probe reads its own),
+//!    its JSON body by `serde_json`. What it means (healthy, stopped, unhealthy,
+//!    no HEALTHCHECK) is the machine's to decide: this only reads `State.Status`,
+//!    `State.Health.Status` and whether `Config.Healthcheck` is set, or says why
+//!    it could not.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -173,27 +175,23 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
-/// The engine's whole answer (status line, headers, body), decoded.
+/// The engine's whole answer (status line, headers, body), decoded. The head is
+/// read by `httparse`, as the `[healthcheck.http]` probe reads its answers.
 pub fn decode(answer: &[u8], container: &str) -> Inspection {
     let bad =
         |why: &str| Inspection::Failed(format!("unexpected answer from the Docker engine: {why}"));
-    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return bad("no complete header");
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let (status, head_len) = match (response.parse(answer), response.code) {
+        (Ok(httparse::Status::Complete(len)), Some(code)) => (code, len),
+        (Ok(_), _) => return bad("no complete header"),
+        (Err(e), _) => return bad(&format!("a malformed head ({e})")),
     };
-    let head = String::from_utf8_lossy(&answer[..split]);
-    let mut body = answer[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = match status_line.split(' ').nth(1).and_then(|s| s.parse().ok()) {
-        Some(s) if status_line.starts_with("HTTP/") => s,
-        _ => return bad(&format!("status line {status_line:?}")),
-    };
-    let chunked = lines.any(|line| {
-        line.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.trim().eq_ignore_ascii_case("chunked")
-        })
+    let chunked = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && std::str::from_utf8(h.value).is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
     });
+    let mut body = answer[head_len..].to_vec();
     if chunked {
         match dechunk(&body) {
             Some(b) => body = b,
