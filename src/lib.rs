@@ -23,6 +23,7 @@ pub mod values;
 /// Signals are plain data everywhere, the machine included.
 pub use nix::sys::signal::Signal;
 pub mod effects;
+pub mod handoff;
 pub mod machine;
 pub mod probe;
 pub mod proxy;

@@ -62,12 +62,8 @@ impl fmt::Display for Check {
     }
 }
 
-/// The timeout a probe gets for an `interval`: shorter by a fifth, by 100 ms at
-/// most, so that its own deadline (and a reason such as "connection timed out")
-/// comes before the machine's SIGKILL at `interval`, process start-up included.
-pub fn timeout_for(interval: Duration) -> Duration {
-    interval - (interval / 5).min(Duration::from_millis(100))
-}
+/// The timeout a probe gets for an `interval` (decided by the machine).
+pub use crate::machine::probe_timeout as timeout_for;
 
 /// Runs `check`; `Ok` when healthy, otherwise one short line saying why. Never
 /// takes (much) longer than `timeout`: the check runs on a thread, so even a

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::kill;
@@ -33,11 +34,13 @@ use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, pidfile, reap, spawn};
+use crate::handoff::Handoff;
 use crate::log::{Level, Record};
 use crate::machine::{
-    ClientId, Effect, Event, ExitStatus, Instant, Machine, Notify, ProcId, Reply, Role, Settings,
-    Status,
+    ClientId, Effect, Event, ExitStatus, Instant, Machine, Notify, ProbeKind, ProcId, Reply, Role,
+    Sender, Settings, Status,
 };
+use crate::probe::{self, Check};
 use crate::proxy::Proxy;
 
 /// The OS as the effects see it. `LinuxOs` is the real one; the simulation has its
@@ -50,7 +53,8 @@ pub trait Os {
     /// Send a real-time signal to the process. Gone is not an error.
     fn signal_realtime(&mut self, _id: ProcId, _signo: i32) {}
     fn write_pidfile(&mut self) -> Result<(), String>;
-    fn remove_pidfile(&mut self);
+    /// Remove the pidfile if it names this psflip or `exited_successor`.
+    fn remove_pidfile(&mut self, exited_successor: Option<ProcId>);
     fn report_ready(&mut self);
     /// (Successor) tell the old generation why we give up.
     fn report_failure(&mut self, _reason: &str) {}
@@ -73,6 +77,8 @@ pub trait Os {
     }
     /// Forget the inspection in flight.
     fn abandon_inspection(&mut self) {}
+    /// Remove the socket files of inherited listeners the configuration dropped.
+    fn remove_dropped_sockets(&mut self) {}
 }
 
 /// Feed `event` to the machine and carry out its effects in order; the answers of
@@ -95,7 +101,7 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                     Ok(()) => Event::PidfileWritten,
                     Err(reason) => Event::PidfileFailed { reason },
                 }),
-                Effect::RemovePidfile => os.remove_pidfile(),
+                Effect::RemovePidfile { exited_successor } => os.remove_pidfile(exited_successor),
                 Effect::ReportReady => os.report_ready(),
                 Effect::ReportFailure(reason) => os.report_failure(&reason),
                 Effect::Reply { client, reply } => os.reply(client, reply),
@@ -109,6 +115,7 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                     }
                 }
                 Effect::AbandonInspection => os.abandon_inspection(),
+                Effect::RemoveDroppedSockets => os.remove_dropped_sockets(),
                 Effect::Log(line) => os.log(&line),
                 Effect::Exit(code) => exit = Some(code),
             }
@@ -116,10 +123,6 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
     }
     exit
 }
-
-/// The environment variable carrying a generation's `upgrade.timeout` (in ms) to
-/// its successor.
-pub const UPGRADE_TIMEOUT_ENV: &str = "PSFLIP_UPGRADE_TIMEOUT_MS";
 
 /// Everything the runtime needs to run one generation, resolved from the
 /// configuration and the environment by the CLI.
@@ -130,8 +133,13 @@ pub struct RunSpec {
     pub workdir: Option<PathBuf>,
     /// The `[healthcheck.command]` command, if that is the healthcheck.
     pub probe_cmd: Option<Vec<String>>,
+    /// The `[healthcheck.tcp]` or `[healthcheck.http]` check, if that is the
+    /// healthcheck: run as psflip's own `__probe` (see [`probe_argv`]).
+    pub probe_check: Option<Check>,
     pub pidfile: Option<PathBuf>,
     pub quiet: bool,
+    /// `log_format`, passed on to psflip's own probe.
+    pub log_format: crate::log::Format,
     /// psflip's own binary, as resolved at start-up.
     pub exe: PathBuf,
     pub arg0: OsString,
@@ -142,8 +150,8 @@ pub struct RunSpec {
     pub ab_second: bool,
     /// (Successor) the write end of the readiness pipe.
     pub predecessor: Option<ToPredecessor>,
-    /// (Successor) the previous generation's `upgrade.timeout`
-    /// ([`UPGRADE_TIMEOUT_ENV`]): our child must be healthy within it too.
+    /// (Successor) the previous generation's `upgrade.timeout` (from the
+    /// [`Handoff`]): our child must be healthy within it too.
     pub predecessor_upgrade_timeout: Option<std::time::Duration>,
     /// The `[[proxy]]` engine, already running (listeners open, not accepting).
     pub proxy: Option<Proxy>,
@@ -189,10 +197,9 @@ pub struct LinuxOs {
     notify_socket: Option<std::os::unix::net::SocketAddr>,
     /// (Successor) the pid of the generation that started us.
     predecessor_pid: Option<u32>,
-    /// The last successor started, kept after it is reaped, and whether it has
-    /// exited (see `remove_pidfile`).
-    last_successor: Option<Pid>,
-    successor_exited: bool,
+    /// Every successor started, kept after it is reaped: only ever compared with
+    /// the pidfile's contents (`Effect::RemovePidfile`), never signalled.
+    successors: BTreeMap<ProcId, Pid>,
     /// (`[healthcheck.notify]`) the app child's notify socket, until it is reaped.
     child_notify: Option<(ProcId, NotifySocket)>,
 }
@@ -222,8 +229,7 @@ impl LinuxOs {
             started: std::time::Instant::now(),
             notify_socket: sd_notify::socket_from_env(),
             predecessor_pid,
-            last_successor: None,
-            successor_exited: false,
+            successors: BTreeMap::new(),
             child_notify: None,
         }
     }
@@ -275,13 +281,21 @@ impl LinuxOs {
                 }
                 Ok(pid)
             }
-            Role::Probe => spawn::app(&spawn::AppSpec {
-                argv: self.spec.probe_cmd.as_deref().unwrap_or_default(),
-                env: &self.spec.env,
-                workdir: self.spec.workdir.as_deref(),
-                quiet_stdio: true,
-                ..Default::default()
-            }),
+            Role::Probe { kind, timeout } => {
+                let argv = match (kind, &self.spec.probe_check) {
+                    (ProbeKind::Tcp | ProbeKind::Http, Some(check)) => {
+                        probe_argv(&self.spec, check, timeout)
+                    }
+                    _ => self.spec.probe_cmd.clone().unwrap_or_default(),
+                };
+                spawn::app(&spawn::AppSpec {
+                    argv: &argv,
+                    env: &self.spec.env,
+                    workdir: self.spec.workdir.as_deref(),
+                    quiet_stdio: true,
+                    ..Default::default()
+                })
+            }
             Role::Successor => {
                 // The pipe made at start-up, when its fds were low numbers: the
                 // successor's spawn then copies only the fds below them (see
@@ -290,7 +304,6 @@ impl LinuxOs {
                     Some(pipe) => pipe,
                     None => readiness::pipe()?,
                 };
-                let ab = if self.spec.ab_second { "a" } else { "b" };
                 let (mut listeners, named) = self
                     .spec
                     .proxy
@@ -305,30 +318,27 @@ impl LinuxOs {
                     .map(|(l, _)| format!("{}={}", l.fd.as_raw_fd(), l.key))
                     .collect::<Vec<_>>()
                     .join("\n");
-                let env = [
-                    ("PSFLIP_AB_FLAG", ab.to_string()),
-                    ("PSFLIP_GENERATION", (self.spec.generation + 1).to_string()),
-                    (
-                        UPGRADE_TIMEOUT_ENV,
-                        self.spec.settings.upgrade_timeout.as_millis().to_string(),
-                    ),
-                    (listen::ENV, named),
-                    (listen::ACTIVATION_ENV, activation_named),
-                ];
+                let handoff = Handoff::to_successor(
+                    self.spec.generation,
+                    self.spec.ab_second,
+                    self.spec.settings.upgrade_timeout,
+                    w.as_raw_fd(),
+                    named,
+                    activation_named,
+                );
                 let pid = spawn::successor(
                     &self.spec.exe,
                     &self.spec.arg0,
                     &self.spec.args,
                     &w,
-                    &env,
+                    &handoff.env(),
                     &listeners,
                 )?;
                 // Our copy of the write end goes now, or we would never see EOF.
                 drop(w);
                 self.successor_pipe = Some((id, r));
                 self.successor_said.clear();
-                self.last_successor = Some(pid);
-                self.successor_exited = false;
+                self.successors.insert(id, pid);
                 Ok(pid)
             }
         }
@@ -479,7 +489,7 @@ impl Os for LinuxOs {
         let what = match role {
             Role::App => "child",
             Role::Successor => "successor",
-            Role::Probe => return Ok(()),
+            Role::Probe { .. } => return Ok(()),
         };
         let event = match role {
             Role::Successor => "successor_started",
@@ -534,15 +544,12 @@ impl Os for LinuxOs {
         pidfile::write(path, self.my_pid).map_err(|e| e.to_string())
     }
 
-    fn remove_pidfile(&mut self) {
+    fn remove_pidfile(&mut self, exited_successor: Option<ProcId>) {
         let Some(path) = self.spec.pidfile.as_deref() else {
             return;
         };
-        // Ours, or our last successor's once it is reaped: an upgrade aborted just
-        // as the successor wrote it leaves it naming a dead pid otherwise.
-        let stale_successor = self
-            .last_successor
-            .filter(|_| self.successor_exited)
+        let stale_successor = exited_successor
+            .and_then(|id| self.successors.get(&id))
             .map(|pid| pid.as_raw() as u32);
         let mut result = pidfile::remove_if_ours(path, self.my_pid);
         if let (Ok(()), Some(pid)) = (&result, stale_successor) {
@@ -666,6 +673,45 @@ impl Os for LinuxOs {
             docker.abandon();
         }
     }
+
+    fn remove_dropped_sockets(&mut self) {
+        if let Some(proxy) = self.spec.proxy.as_mut() {
+            proxy.remove_dropped_socket_files();
+        }
+    }
+}
+
+/// The probe process of a tcp or http healthcheck: psflip's own binary, running
+/// `psflip __probe`, which gives up after `timeout` and logs as this generation.
+pub fn probe_argv(spec: &RunSpec, check: &Check, timeout: Duration) -> Vec<String> {
+    // A path that is not UTF-8 cannot go through argv as a String; the kernel's
+    // name for our own binary always can.
+    let exe = spec.exe.to_str().unwrap_or("/proc/self/exe");
+    let kind = match check {
+        Check::Tcp(_) => "tcp",
+        Check::Http { .. } => "http",
+    };
+    let mut argv = vec![
+        exe.to_owned(),
+        probe::SUBCOMMAND.to_owned(),
+        kind.to_owned(),
+        "--timeout".to_owned(),
+        crate::values::format_duration(timeout),
+    ];
+    if spec.quiet {
+        argv.push("--quiet".to_owned());
+    }
+    argv.push(format!("--generation={}", spec.generation));
+    argv.push(format!("--log-format={}", spec.log_format.as_str()));
+    argv.push("--".to_owned());
+    match check {
+        Check::Tcp(address) => argv.push(address.to_string()),
+        Check::Http { url, status } => {
+            argv.push(url.to_string());
+            argv.push(status.to_string());
+        }
+    }
+    argv
 }
 
 /// The monotonic clock, read once per event and turned into the machine's
@@ -976,21 +1022,18 @@ impl Driver for Psflip {
     }
 
     fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
-        drive(
-            &mut self.machine,
-            now,
-            Event::SignalReceived(sig),
-            &mut self.os,
-        )
+        self.on_signal_from(now, sig, 0)
     }
 
-    fn on_signal_from(&mut self, now: Instant, sig: Signal, from: u32) -> Option<i32> {
-        let terminating = matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
-        if terminating && from != 0 && self.os.predecessor_pid == Some(from) {
-            let event = Event::AbortRequested(sig);
-            return drive(&mut self.machine, now, event, &mut self.os);
-        }
-        self.on_signal(now, sig)
+    fn on_signal_from(&mut self, now: Instant, signal: Signal, from: u32) -> Option<i32> {
+        // Who sent it is a fact; what it means is the machine's call.
+        let from = if from != 0 && self.os.predecessor_pid == Some(from) {
+            Sender::Predecessor
+        } else {
+            Sender::Other
+        };
+        let event = Event::SignalReceived { signal, from };
+        drive(&mut self.machine, now, event, &mut self.os)
     }
 
     fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {
@@ -1004,9 +1047,6 @@ impl Driver for Psflip {
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
         let id = *self.os.ids.get(&pid)?;
-        if self.os.last_successor == Some(pid) {
-            self.os.successor_exited = true;
-        }
         if self
             .os
             .successor_pipe

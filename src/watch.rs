@@ -1,4 +1,4 @@
-//! pidwatch's logic as a pure machine, shaped like psflip's (`src/machine.rs`):
+//! pidwatch's logic as a pure machine, shaped like psflip's (`src/machine/`):
 //! events in, effects out, time as data. The runtime side is
 //! `src/runtime/pidwatch.rs`.
 //!

@@ -18,10 +18,11 @@ use psflip::client;
 use psflip::config::{self, Config, HealthCheck};
 use psflip::effects::docker::Inspector;
 use psflip::effects::listen::{self, Inherited};
-use psflip::effects::readiness::{self, ToPredecessor};
+use psflip::effects::readiness::ToPredecessor;
 use psflip::effects::{control, fds, notify, pidfile, signals, spawn};
+use psflip::handoff::Handoff;
 use psflip::log::{self, Level, Logger, Record};
-use psflip::machine::{Generation, Health, Settings};
+use psflip::machine::{Generation, Health, ProbeKind, Settings};
 use psflip::probe::{self, Check, HttpUrl, StatusPattern};
 use psflip::proxy::{self, Proxy, Route};
 use psflip::runtime::{self, RunSpec};
@@ -171,13 +172,19 @@ fn psflip_main() -> ExitCode {
         return ExitCode::from(1);
     }
     fds::cloexec_from_3();
-    let predecessor = ToPredecessor::from_env(std::env::var(readiness::ENV_FD).ok().as_deref());
+    // What the previous generation handed us, if we are a successor. A handoff
+    // whose readiness fd is not open makes no successor.
+    let handoff = Handoff::from_env(|var| std::env::var(var).ok());
+    let predecessor = handoff
+        .as_ref()
+        .and_then(|h| ToPredecessor::from_fd(h.ready_fd));
+    let handoff = handoff.filter(|_| predecessor.is_some());
     // The proxy listeners and [[listen]] sockets handed over by the previous
     // generation, if any.
-    let (inherited, inherited_listen) = match predecessor {
-        Some(_) => (
-            Inherited::from_env(std::env::var(listen::ENV).ok().as_deref()),
-            Inherited::from_env(std::env::var(listen::ACTIVATION_ENV).ok().as_deref()),
+    let (inherited, inherited_listen) = match &handoff {
+        Some(h) => (
+            Inherited::from_env(Some(&h.listeners)),
+            Inherited::from_env(Some(&h.activation)),
         ),
         None => (Inherited::default(), Inherited::default()),
     };
@@ -204,7 +211,7 @@ fn psflip_main() -> ExitCode {
         }
         command => command,
     };
-    let ab_second = std::env::var("PSFLIP_AB_FLAG").is_ok_and(|v| v == "b");
+    let ab_second = handoff.as_ref().is_some_and(|h| h.ab_second);
     let options = config::LoadOptions::from_process(ab_second);
     let config = match config::load(&cli.config, &options) {
         Ok(c) => c,
@@ -226,7 +233,8 @@ fn psflip_main() -> ExitCode {
         Some(Command::Upgrade { wait_old }) => answer(client::upgrade(&config, wait_old)),
         Some(Command::Status { json }) => answer(client::status(&config, json)),
         None => {
-            let generation = generation(predecessor.is_some());
+            // This generation's number: 1, or what the previous generation told us.
+            let generation = handoff.as_ref().map_or(1, |h| h.generation);
             log::init(
                 Logger::plain("psflip")
                     .with_generation(Some(generation))
@@ -237,8 +245,8 @@ fn psflip_main() -> ExitCode {
             let code = run(
                 config,
                 predecessor,
+                handoff,
                 (inherited, inherited_listen),
-                ab_second,
                 generation,
             );
             log::flush();
@@ -314,15 +322,6 @@ fn check(path: &std::path::Path, loaded: Config, which: Which) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// This generation's number: 1, or what the previous generation told us.
-fn generation(successor: bool) -> u64 {
-    std::env::var("PSFLIP_GENERATION")
-        .ok()
-        .and_then(|g| g.parse().ok())
-        .filter(|_| successor)
-        .unwrap_or(1)
-}
-
 /// `psflip __probe …`: one check, bounded by its timeout.
 fn run_probe(command: ProbeCommand) -> ExitCode {
     let (check, opts) = match command {
@@ -372,45 +371,6 @@ fn run_probe(command: ProbeCommand) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// The probe process of a tcp or http healthcheck: psflip's own binary, running
-/// [`ProbeCommand`], with a timeout a little shorter than the interval.
-fn probe_argv(
-    exe: &std::path::Path,
-    check: &Check,
-    interval: Duration,
-    config: &Config,
-    generation: u64,
-) -> Vec<String> {
-    // A path that is not UTF-8 cannot go through `RunSpec::probe_cmd`; the
-    // kernel's name for our own binary always can.
-    let exe = exe.to_str().unwrap_or("/proc/self/exe");
-    let kind = match check {
-        Check::Tcp(_) => "tcp",
-        Check::Http { .. } => "http",
-    };
-    let mut argv = vec![
-        exe.to_owned(),
-        probe::SUBCOMMAND.to_owned(),
-        kind.to_owned(),
-        "--timeout".to_owned(),
-        config::format_duration(probe::timeout_for(interval)),
-    ];
-    if config.quiet {
-        argv.push("--quiet".to_owned());
-    }
-    argv.push(format!("--generation={generation}"));
-    argv.push(format!("--log-format={}", config.log_format.as_str()));
-    argv.push("--".to_owned());
-    match check {
-        Check::Tcp(address) => argv.push(address.to_string()),
-        Check::Http { url, status } => {
-            argv.push(url.to_string());
-            argv.push(status.to_string());
-        }
-    }
-    argv
 }
 
 fn answer(a: client::Answer) -> ExitCode {
@@ -513,8 +473,8 @@ fn open_listen(
 fn run(
     config: Config,
     predecessor: Option<ToPredecessor>,
+    handoff: Option<Handoff>,
     (inherited, inherited_listen): (Inherited, Inherited),
-    ab_second: bool,
     generation: u64,
 ) -> ExitCode {
     // The first generation refuses to start a service it could not report:
@@ -569,24 +529,20 @@ fn run(
         Ok(cwd) => address.absolute(&cwd),
         Err(_) => address.clone(),
     };
-    let probe_health = |check: Check, interval: Duration| {
-        (
-            Health::Command {
-                after: Duration::ZERO,
-                interval,
-            },
-            Some(probe_argv(&exe, &check, interval, &config, generation)),
-        )
+    let probe_health = |kind: ProbeKind, interval: Duration| Health::Command {
+        kind,
+        after: Duration::ZERO,
+        interval,
     };
     let mut notify = None;
     let mut docker = None;
-    let (health, probe_cmd) = match &config.healthcheck {
+    let (health, probe_cmd, probe_check) = match &config.healthcheck {
         HealthCheck::Notify { socket } => {
             notify = Some(match socket {
                 config::NotifySocketKind::Path => notify::Kind::Path,
                 config::NotifySocketKind::Abstract => notify::Kind::Abstract,
             });
-            (Health::Notify, None)
+            (Health::Notify, None, None)
         }
         HealthCheck::Docker {
             container,
@@ -599,33 +555,39 @@ fn run(
                     interval: *interval,
                 },
                 None,
+                None,
             )
         }
-        HealthCheck::Alive { timeout } => (Health::Alive { timeout: *timeout }, None),
+        HealthCheck::Alive { timeout } => (Health::Alive { timeout: *timeout }, None, None),
         HealthCheck::Command {
             cmd,
             after,
             interval,
         } => (
             Health::Command {
+                kind: ProbeKind::Command,
                 after: *after,
                 interval: *interval,
             },
             Some(cmd.clone()),
+            None,
         ),
-        HealthCheck::Tcp { address, interval } => {
-            probe_health(Check::Tcp(absolute(address)), *interval)
-        }
+        HealthCheck::Tcp { address, interval } => (
+            probe_health(ProbeKind::Tcp, *interval),
+            None,
+            Some(Check::Tcp(absolute(address))),
+        ),
         HealthCheck::Http {
             url,
             status,
             interval,
-        } => probe_health(
-            Check::Http {
+        } => (
+            probe_health(ProbeKind::Http, *interval),
+            None,
+            Some(Check::Http {
                 url: url.clone(),
                 status: status.clone(),
-            },
-            *interval,
+            }),
         ),
     };
     let settings = Settings {
@@ -651,15 +613,13 @@ fn run(
         env: config.env,
         workdir: config.workdir,
         probe_cmd,
+        probe_check,
         pidfile: config.pidfile,
         quiet: config.quiet,
         generation,
-        ab_second,
-        predecessor_upgrade_timeout: predecessor
-            .as_ref()
-            .and_then(|_| std::env::var(runtime::UPGRADE_TIMEOUT_ENV).ok())
-            .and_then(|ms| ms.parse().ok())
-            .map(std::time::Duration::from_millis),
+        log_format: config.log_format,
+        ab_second: handoff.as_ref().is_some_and(|h| h.ab_second),
+        predecessor_upgrade_timeout: handoff.as_ref().map(|h| h.upgrade_timeout),
         predecessor,
         proxy,
         notify,

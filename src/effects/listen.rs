@@ -1,11 +1,11 @@
 //! The proxy's listening sockets, and the `[[listen]]` sockets of socket
 //! activation: bound once by the first generation, handed to every successor
 //! across exec, matched to the successor's configuration by listen address. The
-//! two kinds travel in separate variables ([`ENV`], [`ACTIVATION_ENV`]) and never
-//! mix.
+//! two kinds travel in separate variables of the [`crate::handoff`]
+//! (`PSFLIP_PROXY_FDS`, `PSFLIP_LISTEN_FDS`) and never mix.
 //!
 //! 1. The old generation clears FD_CLOEXEC on each listener in the successor's
-//!    `pre_exec` only, and names them in [`ENV`]: one `FD=ADDRESS` line each, where
+//!    `pre_exec` only, and names them in the handoff: one `FD=ADDRESS` line each, where
 //!    ADDRESS is the canonical listen address ([`key`]). An app child never gets
 //!    one: they are close-on-exec everywhere else.
 //! 2. The successor takes them at start-up ([`Inherited::from_env`]; `main` has
@@ -31,11 +31,6 @@ use super::fds;
 use crate::config::ProxyConfig;
 use crate::sys;
 use crate::values::Endpoint;
-
-/// The environment variable naming the inherited proxy listeners.
-pub const ENV: &str = "PSFLIP_PROXY_FDS";
-/// The environment variable naming the inherited `[[listen]]` sockets.
-pub const ACTIVATION_ENV: &str = "PSFLIP_LISTEN_FDS";
 
 /// A listening socket of the proxy.
 #[derive(Debug)]
@@ -89,7 +84,7 @@ pub fn key(listen: &Endpoint, cwd: &Path) -> String {
 pub struct Inherited(Vec<(OwnedFd, String)>);
 
 impl Inherited {
-    /// Takes the fds named in [`ENV`]'s value. Anything that is not an open
+    /// Takes the fds named in [`handoff::PROXY_FDS`](crate::handoff::PROXY_FDS)'s value. Anything that is not an open
     /// listening socket is skipped.
     pub fn from_env(value: Option<&str>) -> Inherited {
         let mut out = Vec::new();
@@ -121,7 +116,7 @@ impl Inherited {
     }
 }
 
-/// The [`ENV`] value handing `listeners` to a successor.
+/// The [`handoff::PROXY_FDS`](crate::handoff::PROXY_FDS) value handing `listeners` to a successor.
 pub fn env_value(listeners: &[Listener]) -> String {
     listeners
         .iter()

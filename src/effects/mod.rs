@@ -2,7 +2,7 @@
 //!
 //! Everything here talks to the OS (through `nix`, and `libc` where nix has no safe
 //! wrapper usable between fork and exec). Nothing here decides anything: the
-//! machine (`src/machine.rs`) says what, these modules say how.
+//! machine (`src/machine/`) says what, these modules say how.
 
 pub mod control;
 pub mod docker;

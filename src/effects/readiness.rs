@@ -13,9 +13,6 @@ use nix::unistd::{pipe2, read, write};
 
 use super::{EffectError, fds};
 
-/// The environment variable carrying the write end's fd number to the successor.
-pub const ENV_FD: &str = "PSFLIP_READY_FD";
-
 /// The byte that means "ready".
 pub const READY: u8 = b'R';
 
@@ -83,11 +80,10 @@ pub struct ToPredecessor {
 }
 
 impl ToPredecessor {
-    /// Take the fd named by `PSFLIP_READY_FD`, if any, and make it close-on-exec so
-    /// that our own children never hold it (or the old generation would not see EOF
-    /// when we die).
-    pub fn from_env(value: Option<&str>) -> Option<ToPredecessor> {
-        let raw: RawFd = value?.trim().parse().ok()?;
+    /// Take the fd the handoff names (`PSFLIP_READY_FD`), if it is open, and make
+    /// it close-on-exec so that our own children never hold it (or the old
+    /// generation would not see EOF when we die).
+    pub fn from_fd(raw: RawFd) -> Option<ToPredecessor> {
         if raw < 3 || !fds::is_open(raw) {
             return None;
         }

@@ -36,15 +36,17 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
-use super::{EffectError, fds, listen, readiness, signals};
+use super::{EffectError, fds, signals};
+use crate::handoff;
 
-/// Environment variables psflip uses between generations; never passed to an app.
+/// Environment variables psflip uses between generations (see
+/// [`crate::handoff`]); never passed to an app.
 pub const INTERNAL_ENV: &[&str] = &[
-    readiness::ENV_FD,
-    "PSFLIP_GENERATION",
-    "PSFLIP_UPGRADE_TIMEOUT_MS",
-    listen::ENV,
-    listen::ACTIVATION_ENV,
+    handoff::READY_FD,
+    handoff::GENERATION,
+    handoff::UPGRADE_TIMEOUT_MS,
+    handoff::PROXY_FDS,
+    handoff::LISTEN_FDS,
 ];
 
 /// What an app child or probe is started with.
@@ -116,8 +118,8 @@ pub fn app(spec: &AppSpec<'_>) -> Result<Pid, EffectError> {
 }
 
 /// Start the successor: `exe` with `args`, the readiness pipe's write end, the
-/// extra environment `env`, and the fds `inherit` (the proxy listeners, at the same
-/// numbers).
+/// extra environment `env` (the [`handoff::Handoff`], which names that write end),
+/// and the fds `inherit` (the proxy listeners, at the same numbers).
 pub fn successor(
     exe: &Path,
     arg0: &OsString,
@@ -130,7 +132,6 @@ pub fn successor(
     let invalid = |e: Nul| EffectError::io(what(), e.into());
     let fd = ready.as_raw_fd();
     let mut vars = Env::inherited(|_| true);
-    vars.set(OsStr::new(readiness::ENV_FD), OsStr::new(&fd.to_string()));
     for (k, v) in env {
         vars.set(OsStr::new(k), OsStr::new(v));
     }
@@ -805,7 +806,11 @@ mod tests {
             &OsString::from("sh"),
             &args,
             &w,
-            &[("X", "y".into())],
+            // The handoff names the readiness fd (crate::handoff).
+            &[
+                (handoff::READY_FD, w.as_raw_fd().to_string()),
+                ("X", "y".into()),
+            ],
             &[keep],
         )
         .unwrap();

@@ -151,8 +151,6 @@ pub(super) struct Engine {
     listening: bool,
     paused_until: Option<Instant>,
     last_pause_log: Option<Instant>,
-    draining: bool,
-    told_drained: bool,
     retries: Vec<(Instant, usize)>,
     /// Connections that stopped reading after MAX_ROUNDS with data left: served
     /// again after this batch, before waiting.
@@ -201,8 +199,6 @@ impl Engine {
             listening: false,
             paused_until: None,
             last_pause_log: None,
-            draining: false,
-            told_drained: false,
             retries: Vec::new(),
             again: Vec::new(),
             next_generation: 0,
@@ -233,6 +229,10 @@ impl Engine {
                     continue;
                 }
             };
+            // The machine decides what an idle proxy means; the thread only says
+            // when it became idle after a stop: no connection left, not accepting.
+            let idle_before = self.idle();
+            let mut stopped = false;
             for (slot, generation) in std::mem::take(&mut self.again) {
                 if self.is_current(slot, generation) {
                     self.progress(slot);
@@ -241,8 +241,9 @@ impl Engine {
             for ev in &events[..n] {
                 let (token, revents) = (ev.u64, ev.events);
                 if token == TOKEN_COMMANDS {
-                    if !self.on_commands() {
-                        return;
+                    match self.on_commands() {
+                        None => return,
+                        Some(stop) => stopped |= stop,
                     }
                 } else if token & TOKEN_LISTENER != 0 {
                     self.on_listener((token & !TOKEN_LISTENER) as usize);
@@ -254,8 +255,7 @@ impl Engine {
             }
             self.on_timers(Instant::now());
             self.free.append(&mut self.closed);
-            if self.draining && self.live == 0 && !self.told_drained {
-                self.told_drained = true;
+            if self.idle() && (stopped || !idle_before) {
                 let _ = sys::write(self.events.as_raw_fd(), &[EVT_DRAINED]);
             }
         }
@@ -304,12 +304,18 @@ impl Engine {
         }
     }
 
-    /// Returns false once the main thread is gone.
-    fn on_commands(&mut self) -> bool {
+    /// Not accepting, and no connection open.
+    fn idle(&self) -> bool {
+        !self.accepting && self.live == 0
+    }
+
+    /// Returns whether a stop command came, or `None` once the main thread is gone.
+    fn on_commands(&mut self) -> Option<bool> {
         let mut buf = [0u8; 64];
+        let mut stopped = false;
         loop {
             match sys::read(self.commands.as_raw_fd(), &mut buf) {
-                Ok(0) => return false,
+                Ok(0) => return None,
                 Ok(n) => {
                     for &cmd in &buf[..n] {
                         match cmd {
@@ -317,8 +323,6 @@ impl Engine {
                                 // Also after a stop: a generation takes the
                                 // service back when its successor dies at once.
                                 self.accepting = true;
-                                self.draining = false;
-                                self.told_drained = false;
                                 if self.paused_until.is_none() {
                                     self.set_listening(true);
                                 }
@@ -326,13 +330,13 @@ impl Engine {
                             CMD_STOP => {
                                 self.accepting = false;
                                 self.set_listening(false);
-                                self.draining = true;
+                                stopped = true;
                             }
                             _ => {}
                         }
                     }
                 }
-                Err(_) => return true,
+                Err(_) => return Some(stopped),
             }
         }
     }

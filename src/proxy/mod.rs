@@ -118,10 +118,14 @@ impl Proxy {
         }
     }
 
-    /// Start accepting (this generation's child is healthy). Socket files of
-    /// listeners the configuration dropped go now: we are the service.
+    /// Start accepting (this generation's child is healthy).
     pub fn accept(&mut self) {
         self.send(CMD_ACCEPT);
+    }
+
+    /// Remove the socket files of inherited listeners the configuration dropped
+    /// (`Effect::RemoveDroppedSockets`: this generation is the service).
+    pub fn remove_dropped_socket_files(&mut self) {
         for file in std::mem::take(&mut self.dropped) {
             if let Err(e) = file.remove_if_ours() {
                 self.say(&format!(
@@ -160,7 +164,7 @@ impl Proxy {
         drained
     }
 
-    /// The fds a successor inherits and the [`listen::ENV`] value naming them.
+    /// The fds a successor inherits and the [`crate::handoff::PROXY_FDS`] value naming them.
     pub fn handoff(&self) -> (Vec<RawFd>, String) {
         (
             self.listeners.iter().map(|l| l.fd.as_raw_fd()).collect(),

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use psflip::Signal;
-use psflip::machine::{ExitStatus, Generation, Health, Role, Settings};
+use psflip::machine::{ExitStatus, Generation, Health, ProbeKind, Role, Settings};
 
 use crate::rng::Rng;
 
@@ -146,7 +146,7 @@ impl Faults {
     pub fn spawn_fails(&mut self, role: Role) -> bool {
         let p = match role {
             Role::App => self.swarm.spawn_fails_app,
-            Role::Probe => self.swarm.spawn_fails_probe,
+            Role::Probe { .. } => self.swarm.spawn_fails_probe,
             Role::Successor => self.swarm.spawn_fails_successor,
         };
         self.hit(p)
@@ -311,6 +311,7 @@ pub fn settings(rng: &mut Rng) -> Settings {
         }
     } else {
         Health::Command {
+            kind: ProbeKind::Command,
             after: rng.ms(0, (ut_ms / 2).min(2_000)),
             interval: rng.ms(50, 3_000),
         }

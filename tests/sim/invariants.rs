@@ -293,7 +293,7 @@ fn i3_rollback_restores(w: &World) -> Vec<String> {
         if !w.running(gpid) {
             continue;
         }
-        if *g.machine.phase() != Phase::Serving {
+        if g.machine.phase() != Phase::Serving {
             out.push(format!(
                 "{name} is {:?} after a failed upgrade, not Serving",
                 g.machine.phase()
@@ -443,7 +443,7 @@ fn i6_pidfile_names_ready_psflip(w: &World) -> Vec<String> {
     if w.running(p) {
         let ok = g.ghost.ready_reported
             || (g.ghost.generation == Generation::First && g.machine.healthy())
-            || (g.machine.healthy() && *g.machine.phase() == Phase::Starting);
+            || (g.machine.healthy() && g.machine.phase() == Phase::Starting);
         if ok {
             Vec::new()
         } else {
@@ -559,8 +559,7 @@ fn i8_proxy_keeps_connections(w: &World) -> Vec<String> {
         .copied()
         .filter(|p| {
             let g = &w.gens[p];
-            !g.ghost.terminating
-                && matches!(g.machine.phase(), Phase::Serving | Phase::Upgrading { .. })
+            !g.ghost.terminating && matches!(g.machine.phase(), Phase::Serving | Phase::Upgrading)
         })
         .collect();
     if !w.proxy_sockets && !serving.is_empty() {
@@ -653,7 +652,7 @@ pub fn converged(w: &World, old: Pid) -> Vec<String> {
             gen_name(w, new)
         ));
     }
-    if *g.machine.phase() != Phase::Serving {
+    if g.machine.phase() != Phase::Serving {
         out.push(format!(
             "{} is {:?}, not Serving",
             gen_name(w, new),

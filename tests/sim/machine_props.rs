@@ -23,7 +23,8 @@ use proptest::test_runner::TestCaseError;
 
 use psflip::Signal;
 use psflip::machine::{
-    Effect, Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProcId, Role, Settings,
+    Effect, Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProbeKind, ProcId,
+    Role, Settings,
 };
 
 const SIGNALS: &[Signal] = &[
@@ -48,7 +49,7 @@ enum Step {
     SuccessorExited(ExitStatus),
     /// Any id spawned so far (the `usize` picks which).
     SomeoneExited(usize, ExitStatus),
-    SpawnFailed(Role),
+    SpawnFailed(Kind),
     SuccessorReady {
         right_id: bool,
     },
@@ -70,8 +71,24 @@ fn status() -> impl Strategy<Value = ExitStatus> {
     ]
 }
 
-fn role() -> impl Strategy<Value = Role> {
-    prop_oneof![Just(Role::App), Just(Role::Probe), Just(Role::Successor)]
+/// A spawn's role without its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    App,
+    Probe,
+    Successor,
+}
+
+fn kind(role: Role) -> Kind {
+    match role {
+        Role::App => Kind::App,
+        Role::Probe { .. } => Kind::Probe,
+        Role::Successor => Kind::Successor,
+    }
+}
+
+fn role() -> impl Strategy<Value = Kind> {
+    prop_oneof![Just(Kind::App), Just(Kind::Probe), Just(Kind::Successor)]
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -127,6 +144,7 @@ fn settings() -> impl Strategy<Value = Settings> {
                     }
                 } else {
                     Health::Command {
+                        kind: ProbeKind::Command,
                         after: Duration::from_millis(a % ut),
                         interval: Duration::from_millis(interval),
                     }
@@ -164,28 +182,28 @@ struct Harness {
 }
 
 impl Harness {
-    fn latest(&self, role: Role) -> Option<ProcId> {
+    fn latest(&self, role: Kind) -> Option<ProcId> {
         self.spawned
             .iter()
             .rev()
-            .find(|(id, r)| **r == role && !self.gone.contains(id))
+            .find(|(id, r)| kind(**r) == role && !self.gone.contains(id))
             .map(|(id, _)| *id)
     }
 
     fn event(&mut self, step: &Step) -> Option<Event> {
         Some(match *step {
             Step::Started => Event::Started,
-            Step::Signal(i) => Event::SignalReceived(SIGNALS[i]),
+            Step::Signal(i) => Event::signal(SIGNALS[i]),
             Step::ChildExited(status) => Event::ProcessExited {
-                id: self.latest(Role::App)?,
+                id: self.latest(Kind::App)?,
                 status,
             },
             Step::ProbeExited(status) => Event::ProcessExited {
-                id: self.latest(Role::Probe)?,
+                id: self.latest(Kind::Probe)?,
                 status,
             },
             Step::SuccessorExited(status) => Event::ProcessExited {
-                id: self.latest(Role::Successor)?,
+                id: self.latest(Kind::Successor)?,
                 status,
             },
             Step::SomeoneExited(i, status) => {
@@ -201,7 +219,7 @@ impl Harness {
             },
             Step::SuccessorReady { right_id } => Event::SuccessorReady {
                 id: if right_id {
-                    self.latest(Role::Successor)?
+                    self.latest(Kind::Successor)?
                 } else {
                     ProcId(9_999)
                 },
@@ -276,7 +294,7 @@ impl Harness {
                     if signal == Signal::SIGKILL {
                         self.killed.insert(id);
                     }
-                    let forward = !group && event == Event::SignalReceived(signal);
+                    let forward = !group && event == Event::signal(signal);
                     let stop = signal == Signal::SIGKILL || signal == shutdown;
                     if Some(id) == child && stop && !forward && self.protects_child {
                         prop_assert!(
@@ -297,7 +315,7 @@ impl Harness {
                 _ => {}
             }
         }
-        if *self.m.phase() == Phase::Serving {
+        if self.m.phase() == Phase::Serving {
             self.protects_child = true;
         }
         if let Event::SuccessorReady { id } = event
@@ -397,8 +415,8 @@ fn ready_from_a_successor_it_killed_is_no_handover() {
     let mut m = Machine::new(settings);
     m.step(at(0), Event::Started);
     m.step(at(1), Event::Tick);
-    assert_eq!(*m.phase(), Phase::Serving);
-    m.step(at(10), Event::SignalReceived(Signal::SIGHUP));
+    assert_eq!(m.phase(), Phase::Serving);
+    m.step(at(10), Event::signal(Signal::SIGHUP));
     let successor = m.successor().expect("an upgrade in flight");
     let kill_at = m.deadline().expect("the successor's kill deadline");
     let killed = m.step(kill_at, Event::Tick);

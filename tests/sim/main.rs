@@ -207,7 +207,7 @@ fn heal(run: &mut Run) {
                 .live_child()
                 .and_then(|id| g.rt.pids.get(&id))
                 .is_some_and(|c| run.w.running(*c));
-            if *g.machine.phase() != Phase::Serving || !child_runs || g.rt.predecessor.is_some() {
+            if g.machine.phase() != Phase::Serving || !child_runs || g.rt.predecessor.is_some() {
                 let why = format!(
                     "after settling, the one psflip g{} is {:?} (child running: {child_runs}, predecessor known alive: {})",
                     g.ghost.number,

@@ -223,7 +223,7 @@ impl Harness<'_> {
                     status: *status,
                 }
             }
-            Step::Signal(sig) => Event::SignalReceived(*sig),
+            Step::Signal(sig) => Event::signal(*sig),
             Step::SuccessorReady => Event::SuccessorReady {
                 id: self.successor.filter(|_| !self.successor_gone)?,
             },

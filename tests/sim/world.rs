@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use psflip::Signal;
 use psflip::machine::{
-    Event, ExitStatus, Generation, Instant, Machine, Phase, ProcId, Role, Settings,
+    Event, ExitStatus, Generation, Instant, Machine, Phase, ProcId, Role, Sender, Settings,
 };
 use psflip::runtime::{self, Os};
 
@@ -95,9 +95,9 @@ pub struct GenRuntime {
     pub drained: bool,
     /// A termination signal from the predecessor (its abort), not yet read.
     pub abort: Option<Signal>,
-    /// The pid of the last successor started, kept after it exits: the pidfile may
-    /// still name it (as in the real runtime).
-    pub last_successor: Option<Pid>,
+    /// Every successor started, kept after it exits: the pidfile may still name
+    /// one (`Effect::RemovePidfile`, as in the real runtime).
+    pub successors: BTreeMap<ProcId, Pid>,
 }
 
 /// Why a generation ended, as far as the checker can tell.
@@ -131,7 +131,7 @@ pub struct Ghost {
     /// Its child is *the* service: the generation reached `Serving` or started an
     /// upgrade. From then on its child may only be stopped after a handover (I1).
     pub protects_child: bool,
-    /// Its predecessor aborted the upgrade (`AbortRequested`).
+    /// Its predecessor aborted the upgrade (a termination signal from it).
     pub aborted: bool,
     /// An upgrade signal reached it while its first child was starting.
     pub requested_early: bool,
@@ -845,7 +845,7 @@ impl World {
             && self
                 .gens
                 .get(&pid)
-                .is_some_and(|g| g.rt.booted && *g.machine.phase() != Phase::Done)
+                .is_some_and(|g| g.rt.booted && g.machine.phase() != Phase::Done)
     }
 
     fn boot(&mut self, pid: Pid) {
@@ -955,7 +955,13 @@ impl World {
             .rt
             .abort
             .take()
-            && let Some(code) = self.drive(pid, Event::AbortRequested(sig))
+            && let Some(code) = self.drive(
+                pid,
+                Event::SignalReceived {
+                    signal: sig,
+                    from: Sender::Predecessor,
+                },
+            )
         {
             return Some(code);
         }
@@ -975,7 +981,7 @@ impl World {
                     continue;
                 }
                 let sig = Signal::try_from(signo).expect("a signal");
-                if let Some(code) = self.drive(pid, Event::SignalReceived(sig)) {
+                if let Some(code) = self.drive(pid, Event::signal(sig)) {
                     return Some(code);
                 }
             }
@@ -1059,7 +1065,7 @@ impl World {
 
         let before = Snapshot::of(&this.machine);
         let forwarding = match event {
-            Event::SignalReceived(sig) | Event::AbortRequested(sig) => Some(sig),
+            Event::SignalReceived { signal, .. } => Some(signal),
             _ => None,
         };
         match &event {
@@ -1074,22 +1080,26 @@ impl World {
                     .is_some_and(|s| {
                         s.ghost.ready_valid && s.ghost.end != Some(End::KilledByParent)
                     });
-                this.ghost.ready_heard_valid |=
-                    valid && matches!(before.phase, Phase::Upgrading { .. });
+                this.ghost.ready_heard_valid |= valid && matches!(before.phase, Phase::Upgrading);
             }
             Event::ProcessExited { id, status } if this.machine.live_child() == Some(*id) => {
                 this.ghost.child_exit = Some((*status, this.machine.healthy()));
             }
-            Event::SignalReceived(sig) if *sig == this.settings().upgrade_signal => match before
-                .phase
-            {
-                Phase::Upgrading { .. } => self.cover(Cover::UpgradeIgnoredInFlight),
-                Phase::Booting | Phase::Starting if this.ghost.generation == Generation::First => {
-                    this.ghost.requested_early = true
+            Event::SignalReceived { signal: sig, .. } if *sig == this.settings().upgrade_signal => {
+                match before.phase {
+                    Phase::Upgrading => self.cover(Cover::UpgradeIgnoredInFlight),
+                    Phase::Booting | Phase::Starting
+                        if this.ghost.generation == Generation::First =>
+                    {
+                        this.ghost.requested_early = true
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
-            Event::SignalReceived(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)) => {
+            }
+            Event::SignalReceived {
+                signal: sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT),
+                from: Sender::Other,
+            } => {
                 this.ghost.terminating = true;
                 if this.machine.live_child().is_some() {
                     this.ghost.stop_signal = Some(*sig);
@@ -1102,7 +1112,10 @@ impl World {
                     self.cover(Cover::StopAfterHandover);
                 }
             }
-            Event::AbortRequested(sig) => {
+            Event::SignalReceived {
+                signal: sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT),
+                from: Sender::Predecessor,
+            } => {
                 // The predecessor aborted the upgrade (or passed on a stop of the
                 // service it got after the handover): whatever we reported, we may
                 // stop our child now.
@@ -1194,7 +1207,7 @@ impl World {
         }
         if before.upgrading && !after.upgrading && !after.handed_over {
             let successor = ghost.successor_pid.take();
-            if matches!(before.phase, Phase::Aborting { .. }) {
+            if matches!(before.phase, Phase::Aborting) {
                 self.cover(Cover::RollbackTermination);
             } else if after.phase == Phase::Serving
                 && let Some(s) = successor
@@ -1242,7 +1255,7 @@ struct Snapshot {
 impl Snapshot {
     fn of(m: &Machine) -> Snapshot {
         Snapshot {
-            phase: m.phase().clone(),
+            phase: m.phase(),
             upgrading: m.upgrading(),
             handed_over: m.handed_over(),
         }
@@ -1289,7 +1302,7 @@ impl Os for SimOs<'_> {
                         child_at_start: self.ghost.child.map(|(_, p)| p),
                     });
                 }
-                Role::Probe => {}
+                Role::Probe { .. } => {}
             }
             return Err(format!("cannot start {role:?}: injected failure"));
         }
@@ -1323,7 +1336,7 @@ impl Os for SimOs<'_> {
                 self.ghost.child = Some((id, pid));
                 pid
             }
-            Role::Probe => {
+            Role::Probe { .. } => {
                 let (outcome, faulty) = w.faults.probe(&self.settings);
                 if faulty {
                     w.service_enders += 1;
@@ -1359,7 +1372,7 @@ impl Os for SimOs<'_> {
                 let at = w.now + w.faults.boot_takes();
                 w.schedule(at, Ev::Boot(pid));
                 self.rt.successor_pipe = Some(id);
-                self.rt.last_successor = Some(pid);
+                self.rt.successors.insert(id, pid);
                 self.rt.ready_byte = false;
                 self.ghost.protects_child = true;
                 self.ghost.successor_pid = Some(pid);
@@ -1445,15 +1458,15 @@ impl Os for SimOs<'_> {
         Ok(())
     }
 
-    fn remove_pidfile(&mut self) {
+    fn remove_pidfile(&mut self, exited_successor: Option<ProcId>) {
         let me = self.me();
         let w = &mut *self.world;
         w.effects += 1;
-        // Ours, or our last successor's once it is reaped (an aborted upgrade whose
-        // successor had just written it).
-        let stale_successor = self.rt.last_successor.is_some_and(|s| {
-            w.pidfile == Some(s) && w.procs.get(&s).is_none_or(|p| p.status.is_some())
-        });
+        // Ours, or the exited successor's the machine names (an aborted upgrade
+        // whose successor had just written it).
+        let stale_successor = exited_successor
+            .and_then(|id| self.rt.successors.get(&id))
+            .is_some_and(|s| w.pidfile == Some(*s));
         if w.pidfile == Some(self.pid) || stale_successor {
             w.pidfile = None;
             w.log(format!("{}: pidfile removed", me));

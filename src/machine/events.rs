@@ -1,0 +1,126 @@
+//! What goes in ([`Event`], past tense) and what comes out ([`Effect`], imperative).
+
+use crate::Signal;
+
+use super::types::{ClientId, ExitStatus, Inspection, Notify, ProcId, Reply, Request, Role};
+
+/// Who sent a signal, as the runtime tells from the sender's pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// (Successor) the generation that started us.
+    Predecessor,
+    /// Anyone else: an operator, a service manager, the kernel.
+    Other,
+}
+
+impl Event {
+    /// A signal from anyone but the previous generation.
+    pub fn signal(signal: Signal) -> Event {
+        Event::SignalReceived {
+            signal,
+            from: Sender::Other,
+        }
+    }
+}
+
+/// Something that happened, reported by the runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The configuration is loaded and the event loop runs: start the child.
+    Started,
+    /// psflip received this signal from `from` (never SIGCHLD: reaping produces
+    /// `ProcessExited`). What it means — an upgrade, a stop, an aborted upgrade
+    /// when the previous generation sends a termination signal — is the machine's
+    /// call.
+    SignalReceived { signal: Signal, from: Sender },
+    /// psflip received this real-time signal (SIGRTMIN…SIGRTMAX), which
+    /// [`Signal`] cannot name: it is forwarded to the child like any other.
+    RealtimeSignalReceived(i32),
+    /// A process this machine started has exited (it is not reaped yet).
+    ProcessExited { id: ProcId, status: ExitStatus },
+    /// `Effect::Spawn` for this id failed; the process never ran.
+    SpawnFailed { id: ProcId, reason: String },
+    /// A control client asked something.
+    ControlRequest { client: ClientId, request: Request },
+    /// The successor said why it gives up (it exits next).
+    SuccessorFailed { id: ProcId, reason: String },
+    /// The successor reported, over the readiness pipe, that its child is healthy and
+    /// the pidfile names it.
+    SuccessorReady { id: ProcId },
+    /// (Successor only) the generation that started us has exited.
+    PredecessorExited,
+    /// `Effect::WritePidfile` succeeded.
+    PidfileWritten,
+    /// `Effect::WritePidfile` failed.
+    PidfileFailed { reason: String },
+    /// After `Effect::ProxyStopAccepting`: every connection this generation's proxy
+    /// accepted has closed.
+    ProxyDrained,
+    /// (`[healthcheck.notify]`) a datagram arrived on the notify socket of the child
+    /// `id`: whether it said `READY=1`, and its `STATUS=` text if any.
+    ChildNotified {
+        id: ProcId,
+        ready: bool,
+        status: Option<String>,
+    },
+    /// (`[healthcheck.docker]`) the answer to `Effect::InspectContainer`.
+    ContainerInspected {
+        container: String,
+        inspection: Inspection,
+    },
+    /// Time has passed; whatever is due at `now` happens.
+    Tick,
+}
+
+/// Something the runtime must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Start a process in this role; answer with `SpawnFailed` if it cannot start.
+    Spawn { id: ProcId, role: Role },
+    /// Send a signal to the process (or, with `group`, to the process group it leads).
+    /// A process already gone is not an error.
+    Signal {
+        id: ProcId,
+        signal: Signal,
+        group: bool,
+    },
+    /// Send the real-time signal `signo` to the process.
+    SignalRealtime { id: ProcId, signo: i32 },
+    /// Atomically write psflip's own pid to the pidfile; answer with `PidfileWritten`
+    /// or `PidfileFailed`.
+    WritePidfile,
+    /// Remove the pidfile if it still names this psflip, or `exited_successor` (a
+    /// successor of ours that has exited: an upgrade aborted just as the successor
+    /// wrote it). Never a live process's pidfile.
+    RemovePidfile { exited_successor: Option<ProcId> },
+    /// (Successor only) tell the old generation we are ready.
+    ReportReady,
+    /// (Successor only) tell the old generation why we give up, before exiting.
+    ReportFailure(String),
+    /// Answer a control client and close its connection.
+    Reply { client: ClientId, reply: Reply },
+    /// Tell the service manager, if one listens.
+    Notify(Notify),
+    /// Start accepting connections on the proxy listeners (this generation's child is
+    /// healthy; for a successor, right before it reports ready).
+    ProxyAccept,
+    /// Stop accepting on the proxy listeners (the successor accepts now) and let the
+    /// open connections finish; answer with `ProxyDrained` once they have all closed.
+    ProxyStopAccepting,
+    /// Remove the Unix socket files of the proxy listeners and of the `[[listen]]`
+    /// sockets: the service stops for good (this generation was the service and
+    /// exits without having handed over).
+    RemoveProxySockets,
+    /// Remove the Unix socket files of the listeners the previous generation handed
+    /// over and our configuration dropped: this generation is the service now.
+    RemoveDroppedSockets,
+    /// (`[healthcheck.docker]`) ask the Docker engine for the container's state;
+    /// answer with `ContainerInspected`. Never two in flight.
+    InspectContainer,
+    /// Give up the inspection in flight: no `ContainerInspected` follows for it.
+    AbandonInspection,
+    /// Write a line to psflip's log (stderr) unless `quiet`.
+    Log(String),
+    /// Exit psflip with this status.
+    Exit(i32),
+}

@@ -1,0 +1,1262 @@
+//! Scenario tests of single transitions; the property tests and the simulation
+//! (`tests/sim`) cover interleavings across generations.
+
+mod scenarios {
+    //! Scenario tests of single transitions; the simulation (`tests/sim`) covers
+    //! interleavings across generations.
+    use super::super::*;
+    use crate::Signal;
+    use std::time::Duration;
+
+    fn settings(generation: Generation) -> Settings {
+        Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: Duration::from_secs(2),
+            health: Health::Alive {
+                timeout: Duration::from_secs(1),
+            },
+            pidfile: true,
+        }
+    }
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
+        effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .collect()
+    }
+
+    const CHILD: ProcId = ProcId(1);
+
+    /// A first generation, serving, child #1 healthy.
+    fn serving() -> Machine {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(t(0), Event::Started);
+        assert_eq!(
+            no_logs(m.step(t(1000), Event::Tick)),
+            vec![Effect::WritePidfile]
+        );
+        m.step(t(1000), Event::PidfileWritten);
+        assert!(matches!(m.state(), State::Serving { .. }));
+        m
+    }
+
+    #[test]
+    fn successful_upgrade_signals_the_old_child_only_after_ready() {
+        let mut m = serving();
+        let out = no_logs(m.step(t(2000), Event::signal(Signal::SIGHUP)));
+        let successor = ProcId(2);
+        assert_eq!(
+            out,
+            vec![Effect::Spawn {
+                id: successor,
+                role: Role::Successor
+            }]
+        );
+        // Nothing happens to the old child while the successor starts.
+        assert!(no_logs(m.step(t(3000), Event::Tick)).is_empty());
+        let out = no_logs(m.step(t(3500), Event::SuccessorReady { id: successor }));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: CHILD,
+                signal: Signal::SIGTERM,
+                group: false
+            }]
+        );
+        // The old child ignores SIGTERM: SIGKILL to its group after the timeout.
+        let out = no_logs(m.step(t(5500), Event::Tick));
+        assert_eq!(out, vec![kill(CHILD, true)]);
+        let out = no_logs(m.step(
+            t(5501),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(9),
+            },
+        ));
+        // Exit 0, and the pidfile (the successor's now) is left alone.
+        assert_eq!(out, vec![kill(CHILD, true), Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn upgrade_signal_before_healthy_is_deferred() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(t(0), Event::Started);
+        assert!(no_logs(m.step(t(5), Event::signal(Signal::SIGHUP))).is_empty());
+        m.step(t(1000), Event::Tick);
+        let out = no_logs(m.step(t(1000), Event::PidfileWritten));
+        assert_eq!(
+            out,
+            vec![Effect::Spawn {
+                id: ProcId(2),
+                role: Role::Successor
+            }]
+        );
+    }
+
+    #[test]
+    fn failed_upgrade_leaves_the_old_generation_serving() {
+        let mut m = serving();
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        let out = no_logs(m.step(
+            t(2100),
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Code(1),
+            },
+        ));
+        // The pidfile is made to name us again (the successor may have written it).
+        assert_eq!(out, vec![Effect::WritePidfile]);
+        assert!(matches!(m.state(), State::Serving { .. }));
+        assert_eq!(m.live_child(), Some(CHILD));
+        // And a later upgrade can start.
+        let out = no_logs(m.step(t(2200), Event::signal(Signal::SIGHUP)));
+        assert!(matches!(
+            out[..],
+            [Effect::Spawn {
+                role: Role::Successor,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn hung_successor_is_killed_after_timeout_plus_grace() {
+        let mut m = serving();
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        assert_eq!(m.deadline(), Some(t(2000) + Duration::from_secs(15)));
+        let out = no_logs(m.step(t(17_000), Event::Tick));
+        assert_eq!(out, vec![kill(ProcId(2), false)]);
+        assert_eq!(m.deadline(), None);
+    }
+
+    #[test]
+    fn termination_signal_mid_upgrade_aborts_it() {
+        let mut m = serving();
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        let out = no_logs(m.step(t(2100), Event::signal(Signal::SIGTERM)));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Signal {
+                    id: ProcId(2),
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+            ]
+        );
+        // A late "ready" changes nothing.
+        assert!(no_logs(m.step(t(2150), Event::SuccessorReady { id: ProcId(2) })).is_empty());
+        let exited = |id, status| Event::ProcessExited { id, status };
+        m.step(t(2200), exited(CHILD, ExitStatus::Signaled(15)));
+        let out = no_logs(m.step(t(2300), exited(ProcId(2), ExitStatus::Code(143))));
+        // The pidfile goes: ours, or the successor's if it wrote it before it died.
+        assert_eq!(
+            out,
+            vec![
+                Effect::RemovePidfile {
+                    exited_successor: Some(ProcId(2))
+                },
+                Effect::Exit(0)
+            ]
+        );
+    }
+
+    #[test]
+    fn old_child_exiting_mid_upgrade_waits_for_the_outcome() {
+        let mut m = serving();
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        let out = no_logs(m.step(
+            t(2100),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Code(3),
+            },
+        ));
+        assert_eq!(out, vec![kill(CHILD, true)]);
+        let out = no_logs(m.step(t(2200), Event::SuccessorReady { id: ProcId(2) }));
+        assert_eq!(out, vec![Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn successor_stops_its_child_when_not_healthy_in_time() {
+        let mut s = settings(Generation::Successor);
+        s.health = Health::Command {
+            kind: ProbeKind::Command,
+            after: Duration::ZERO,
+            interval: Duration::from_secs(4),
+        };
+        let mut m = Machine::new(s);
+        m.step(t(0), Event::Started);
+        let out = no_logs(m.step(t(0), Event::Tick));
+        assert_eq!(
+            out,
+            vec![Effect::Spawn {
+                id: ProcId(2),
+                role: Role::Probe {
+                    kind: ProbeKind::Command,
+                    timeout: Duration::from_secs(4)
+                }
+            }]
+        );
+        // The probe hangs: killed after the interval; the next one starts at 8 s.
+        assert_eq!(
+            no_logs(m.step(t(4000), Event::Tick)),
+            vec![kill(ProcId(2), true)]
+        );
+        // Upgrade signals are ignored while not ready.
+        assert!(no_logs(m.step(t(4001), Event::signal(Signal::SIGHUP))).is_empty());
+        // Not healthy in time: the child is killed with its group at once (the
+        // killed probe, not reaped yet, is killed again).
+        let out = no_logs(m.step(t(10_000), Event::Tick));
+        assert_eq!(out, vec![kill(ProcId(2), true), kill(CHILD, true)]);
+        let out = no_logs(m.step(
+            t(10_010),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(9),
+            },
+        ));
+        assert_eq!(out.last(), Some(&Effect::Exit(1)));
+    }
+
+    #[test]
+    fn child_exit_codes_follow_the_spec() {
+        // Before healthy: the child's non-zero code, or 1.
+        for (status, code) in [
+            (ExitStatus::Code(5), 5),
+            (ExitStatus::Code(0), 1),
+            (ExitStatus::Signaled(9), 137),
+        ] {
+            let mut m = Machine::new(settings(Generation::First));
+            m.step(t(0), Event::Started);
+            let out = m.step(t(10), Event::ProcessExited { id: CHILD, status });
+            assert_eq!(out.last(), Some(&Effect::Exit(code)), "{status:?}");
+        }
+        // While serving: the child's status, and the pidfile goes.
+        let mut m = serving();
+        let out = no_logs(m.step(
+            t(5000),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Code(0),
+            },
+        ));
+        assert_eq!(
+            out,
+            vec![
+                kill(CHILD, true),
+                Effect::RemovePidfile {
+                    exited_successor: None
+                },
+                Effect::Exit(0)
+            ]
+        );
+    }
+
+    /// A stop (SIGTERM) that reaches the old generation after the handover, while
+    /// it still drains (systemd takes it for the main process until it exits):
+    /// the new generation gets it too, and is not taken back when it exits.
+    #[test]
+    fn termination_after_the_handover_reaches_the_new_generation() {
+        let mut m = Machine::new(Settings {
+            shutdown_delay: Duration::from_secs(3),
+            ..settings(Generation::First)
+        });
+        m.step(t(0), Event::Started);
+        m.step(t(1000), Event::Tick);
+        m.step(t(1000), Event::PidfileWritten);
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        let successor = ProcId(2);
+        m.step(t(2500), Event::SuccessorReady { id: successor });
+        assert!(m.handed_over());
+        let out = no_logs(m.step(t(2600), Event::signal(Signal::SIGTERM)));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Signal {
+                    id: successor,
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                },
+            ]
+        );
+        let exited = |id, status| Event::ProcessExited { id, status };
+        let out = no_logs(m.step(t(2700), exited(successor, ExitStatus::Code(0))));
+        assert!(out.is_empty(), "nothing taken back: {out:?}");
+        let out = m.step(t(2800), exited(CHILD, ExitStatus::Signaled(15)));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert!(
+            !out.iter()
+                .any(|e| matches!(e, Effect::RemovePidfile { .. })),
+            "{out:?}"
+        );
+    }
+
+    /// The new generation, told by its predecessor to stop after it reported
+    /// ready, gives its child shutdown.timeout (it was the service) and exits 0
+    /// when the child died of that signal.
+    #[test]
+    fn a_ready_successor_told_to_stop_gives_its_child_shutdown_timeout() {
+        let mut m = Machine::new(Settings {
+            shutdown_timeout: Duration::from_secs(5),
+            ..settings(Generation::Successor)
+        });
+        m.step(t(0), Event::Started);
+        m.step(t(1000), Event::Tick);
+        let out = m.step(t(1000), Event::PidfileWritten);
+        assert!(out.contains(&Effect::ReportReady), "{out:?}");
+        let (signal, from) = (Signal::SIGTERM, Sender::Predecessor);
+        m.step(t(1100), Event::SignalReceived { signal, from });
+        // Not GIVE_UP_GRACE (2 s): shutdown.timeout (5 s).
+        assert!(no_logs(m.step(t(3200), Event::Tick)).is_empty());
+        assert_eq!(m.deadline(), Some(t(6100)));
+        let status = ExitStatus::Signaled(Signal::SIGTERM as i32);
+        let out = m.step(t(5000), Event::ProcessExited { id: CHILD, status });
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+    }
+
+    /// Issue #9: a stop the service manager (or anyone) asked for with a
+    /// termination signal, which the child obeyed by dying of it, is a clean exit.
+    #[test]
+    fn child_dying_of_the_forwarded_termination_signal_is_exit_0() {
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+            let mut m = serving();
+            m.step(t(2000), Event::signal(sig));
+            let died = ExitStatus::Signaled(sig as i32);
+            let out = m.step(
+                t(2100),
+                Event::ProcessExited {
+                    id: CHILD,
+                    status: died,
+                },
+            );
+            assert_eq!(out.last(), Some(&Effect::Exit(0)), "{sig:?}");
+        }
+        // Any other end is reported as before: a different signal, or SIGKILL after
+        // a stop the child did not obey, or its own code.
+        for (status, code) in [
+            (ExitStatus::Signaled(9), 137),
+            (ExitStatus::Signaled(Signal::SIGINT as i32), 130),
+            (ExitStatus::Code(3), 3),
+        ] {
+            let mut m = serving();
+            m.step(t(2000), Event::signal(Signal::SIGTERM));
+            let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
+            assert_eq!(out.last(), Some(&Effect::Exit(code)), "{status:?}");
+        }
+        // Not asked: the child died of SIGTERM from someone else.
+        let mut m = serving();
+        let status = ExitStatus::Signaled(Signal::SIGTERM as i32);
+        let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
+        assert_eq!(out.last(), Some(&Effect::Exit(143)));
+        // A signal that is not a termination request is not one either.
+        let mut m = serving();
+        m.step(t(2000), Event::signal(Signal::SIGUSR1));
+        let status = ExitStatus::Signaled(Signal::SIGUSR1 as i32);
+        let out = m.step(t(2100), Event::ProcessExited { id: CHILD, status });
+        assert_eq!(
+            out.last(),
+            Some(&Effect::Exit(128 + Signal::SIGUSR1 as i32))
+        );
+    }
+
+    /// A successor that takes over, as systemd is told: with a pidfile, READY=1
+    /// only (systemd follows PIDFile= once the old generation is gone); without,
+    /// MAINPID= as well.
+    #[test]
+    fn successor_announces_mainpid_only_without_a_pidfile() {
+        for (pidfile, expected) in [
+            (
+                true,
+                Notify::Ready {
+                    status: "serving".into(),
+                },
+            ),
+            (false, Notify::MainPid),
+        ] {
+            let mut m = Machine::new(Settings {
+                pidfile,
+                ..settings(Generation::Successor)
+            });
+            m.step(t(0), Event::Started);
+            let mut out = m.step(t(1000), Event::Tick);
+            if pidfile {
+                out = m.step(t(1000), Event::PidfileWritten);
+            }
+            let notes: Vec<_> = out
+                .iter()
+                .filter(|e| matches!(e, Effect::Notify(_)))
+                .collect();
+            assert_eq!(notes, vec![&Effect::Notify(expected)], "pidfile {pidfile}");
+            let ready = out.iter().position(|e| *e == Effect::ReportReady);
+            let note = out.iter().position(|e| matches!(e, Effect::Notify(_)));
+            assert!(note < ready, "{out:?}");
+        }
+    }
+
+    /// `psflip upgrade` while an upgrade is in flight waits for its outcome.
+    #[test]
+    fn upgrade_request_in_flight_gets_that_upgrades_outcome() {
+        for succeeds in [true, false] {
+            let mut m = serving();
+            let (a, b) = (ClientId(1), ClientId(2));
+            let ask = |client| Event::ControlRequest {
+                client,
+                request: Request::Upgrade,
+            };
+            m.step(t(2000), ask(a));
+            assert!(m.upgrading());
+            let out = no_logs(m.step(t(2010), ask(b)));
+            assert!(out.is_empty(), "{out:?}");
+            let successor = ProcId(2);
+            let out = if succeeds {
+                m.step(t(3000), Event::SuccessorReady { id: successor })
+            } else {
+                m.step(
+                    t(3000),
+                    Event::ProcessExited {
+                        id: successor,
+                        status: ExitStatus::Code(1),
+                    },
+                )
+            };
+            let replies: Vec<_> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Reply { client, reply } => Some((*client, reply.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(replies.len(), 2, "{out:?}");
+            assert_eq!(replies[0].1, replies[1].1);
+            assert_eq!(
+                matches!(replies[0].1, Reply::Upgraded { .. }),
+                succeeds,
+                "{replies:?}"
+            );
+        }
+    }
+}
+
+mod proxy {
+    //! The proxy's part of the protocol (contract step 7). The rest of the machine is
+    //! covered by the property tests and the simulation in `tests/sim`.
+
+    use super::super::*;
+    use crate::Signal;
+    use std::time::Duration;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn settings(generation: Generation, pidfile: bool) -> Settings {
+        Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: 30 * SEC,
+            shutdown_delay: 10 * SEC,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: 5 * SEC,
+            health: Health::Alive { timeout: SEC },
+            pidfile,
+        }
+    }
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_origin(Duration::from_secs(secs))
+    }
+
+    /// The effects without the log lines and service-manager notes.
+    fn act(m: &mut Machine, secs: u64, event: Event) -> Vec<Effect> {
+        m.step(at(secs), event)
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .collect()
+    }
+
+    fn has(effects: &[Effect], wanted: &Effect) -> bool {
+        effects.contains(wanted)
+    }
+
+    /// A first generation with a proxy, serving since t=1; child #1.
+    fn serving() -> Machine {
+        let mut m = Machine::new(settings(Generation::First, false)).with_proxy(true);
+        assert!(!has(&act(&mut m, 0, Event::Started), &Effect::ProxyAccept));
+        assert_eq!(
+            act(&mut m, 1, Event::Tick),
+            vec![Effect::ProxyAccept, Effect::RemoveDroppedSockets]
+        );
+        assert!(matches!(m.state(), State::Serving { .. }));
+        m
+    }
+
+    /// `serving()`, upgraded at t=2: successor #2.
+    fn upgrading() -> Machine {
+        let mut m = serving();
+        let out = act(&mut m, 2, Event::signal(Signal::SIGHUP));
+        assert!(has(
+            &out,
+            &Effect::Spawn {
+                id: ProcId(2),
+                role: Role::Successor
+            }
+        ));
+        assert!(!has(&out, &Effect::ProxyStopAccepting));
+        m
+    }
+
+    fn term(id: u64) -> Effect {
+        Effect::Signal {
+            id: ProcId(id),
+            signal: Signal::SIGTERM,
+            group: false,
+        }
+    }
+
+    #[test]
+    fn first_generation_accepts_once_healthy_and_pidfile_written() {
+        let mut m = Machine::new(settings(Generation::First, true)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        assert_eq!(act(&mut m, 1, Event::Tick), vec![Effect::WritePidfile]);
+        assert_eq!(
+            act(&mut m, 1, Event::PidfileWritten),
+            vec![Effect::ProxyAccept, Effect::RemoveDroppedSockets]
+        );
+    }
+
+    #[test]
+    fn successor_accepts_right_before_it_reports_ready() {
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        assert_eq!(
+            act(&mut m, 1, Event::Tick),
+            vec![
+                Effect::ProxyAccept,
+                Effect::RemoveDroppedSockets,
+                Effect::ReportReady
+            ]
+        );
+    }
+
+    #[test]
+    fn old_generation_stops_accepting_and_signals_once_drained() {
+        let mut m = upgrading();
+        let out = act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(out, vec![Effect::ProxyStopAccepting]);
+        assert_eq!(m.deadline(), Some(at(13)), "shutdown.delay still bounds it");
+        assert_eq!(act(&mut m, 4, Event::ProxyDrained), vec![term(1)]);
+        assert_eq!(m.deadline(), Some(at(9)), "then shutdown.timeout");
+        assert_eq!(
+            act(
+                &mut m,
+                5,
+                Event::ProcessExited {
+                    id: ProcId(1),
+                    status: ExitStatus::Signaled(15)
+                }
+            ),
+            vec![
+                Effect::Signal {
+                    id: ProcId(1),
+                    signal: Signal::SIGKILL,
+                    group: true
+                },
+                Effect::Exit(0)
+            ],
+            "drained and the child gone: exit 0, socket files kept"
+        );
+    }
+
+    #[test]
+    fn shutdown_delay_still_bounds_the_wait_for_connections() {
+        let mut m = upgrading();
+        act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(act(&mut m, 13, Event::Tick), vec![term(1)]);
+        let out = act(
+            &mut m,
+            14,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))), "{out:?}");
+        assert_eq!(
+            m.deadline(),
+            Some(at(18)),
+            "handover + shutdown.delay + shutdown.timeout"
+        );
+        assert_eq!(act(&mut m, 15, Event::ProxyDrained), vec![Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn connections_left_open_are_cut_at_delay_plus_timeout() {
+        let mut m = upgrading();
+        act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
+        act(&mut m, 13, Event::Tick);
+        act(
+            &mut m,
+            14,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert_eq!(act(&mut m, 17, Event::Tick), vec![]);
+        assert_eq!(act(&mut m, 18, Event::Tick), vec![Effect::Exit(0)]);
+        assert!(matches!(m.state(), State::Done { .. }));
+    }
+
+    #[test]
+    fn drained_before_the_handover_is_ignored() {
+        let mut m = upgrading();
+        assert_eq!(act(&mut m, 3, Event::ProxyDrained), vec![]);
+        act(&mut m, 4, Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(m.deadline(), Some(at(14)));
+    }
+
+    #[test]
+    fn a_failed_upgrade_leaves_the_old_generation_accepting() {
+        let mut m = upgrading();
+        let out = act(
+            &mut m,
+            3,
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert_eq!(out, vec![], "no accept change, no socket removal");
+        assert!(matches!(m.state(), State::Serving { .. }));
+        act(&mut m, 4, Event::signal(Signal::SIGHUP));
+        assert_eq!(
+            act(&mut m, 5, Event::SuccessorReady { id: ProcId(3) }),
+            vec![Effect::ProxyStopAccepting]
+        );
+    }
+
+    #[test]
+    fn socket_files_go_when_the_service_stops_for_good() {
+        let mut m = serving();
+        let out = act(
+            &mut m,
+            3,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(3),
+            },
+        );
+        assert_eq!(
+            &out[1..],
+            &[Effect::RemoveProxySockets, Effect::Exit(3)],
+            "{out:?}"
+        );
+
+        // Never healthy: the service stops for good too.
+        let mut m = Machine::new(settings(Generation::First, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        let out = act(
+            &mut m,
+            0,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
+
+        // A successor that took over is the service, once its predecessor is gone.
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        act(&mut m, 1, Event::Tick);
+        act(&mut m, 1, Event::PredecessorExited);
+        let out = act(
+            &mut m,
+            2,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
+    }
+
+    #[test]
+    fn a_failed_successor_leaves_the_socket_files_alone() {
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        let out = act(
+            &mut m,
+            0,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert!(!has(&out, &Effect::RemoveProxySockets), "{out:?}");
+        assert!(has(&out, &Effect::Exit(1)));
+
+        let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
+        act(&mut m, 0, Event::Started);
+        let out = act(&mut m, 30, Event::Tick);
+        assert!(!has(&out, &Effect::ProxyAccept), "{out:?}");
+        let out = act(
+            &mut m,
+            31,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Signaled(15),
+            },
+        );
+        assert!(!has(&out, &Effect::RemoveProxySockets), "{out:?}");
+    }
+
+    #[test]
+    fn aborted_upgrade_is_a_final_stop() {
+        let mut m = upgrading();
+        act(&mut m, 3, Event::signal(Signal::SIGTERM));
+        act(
+            &mut m,
+            4,
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Signaled(15),
+            },
+        );
+        let out = act(
+            &mut m,
+            5,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Signaled(15),
+            },
+        );
+        assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+    }
+
+    #[test]
+    fn without_a_proxy_nothing_changes() {
+        let mut m = Machine::new(settings(Generation::First, false));
+        act(&mut m, 0, Event::Started);
+        assert_eq!(act(&mut m, 1, Event::Tick), vec![]);
+        act(&mut m, 2, Event::signal(Signal::SIGHUP));
+        assert_eq!(
+            act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) }),
+            vec![]
+        );
+        assert_eq!(act(&mut m, 4, Event::ProxyDrained), vec![]);
+        assert_eq!(act(&mut m, 13, Event::Tick), vec![term(1)]);
+        let out = act(
+            &mut m,
+            14,
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: ExitStatus::Code(0),
+            },
+        );
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert!(!has(&out, &Effect::RemoveProxySockets));
+    }
+}
+
+mod decisions {
+    //! The decisions that used to live in the runtime or the CLI (issue #10):
+    //! what a signal from the previous generation means, which probe runs for how
+    //! long, whose pidfile goes, which socket files go.
+
+    use super::super::*;
+    use crate::Signal;
+    use std::time::Duration;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn successor_settings() -> Settings {
+        Settings {
+            generation: Generation::Successor,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: 10 * SEC,
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: 5 * SEC,
+            health: Health::Alive { timeout: SEC },
+            pidfile: false,
+        }
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    /// A successor that has just reported ready; its predecessor still runs.
+    fn took_over() -> Machine {
+        let mut m = Machine::new(successor_settings());
+        m.step(at(0), Event::Started);
+        assert!(m.step(at(1000), Event::Tick).contains(&Effect::ReportReady));
+        m
+    }
+
+    #[test]
+    fn a_termination_signal_from_the_predecessor_aborts_a_fresh_takeover() {
+        let mut m = took_over();
+        let from = Sender::Predecessor;
+        let signal = Signal::SIGTERM;
+        let out = m.step(at(1001), Event::SignalReceived { signal, from });
+        assert_eq!(m.phase(), Phase::Stopping, "{out:?}");
+        // It was the service a moment: its child gets shutdown.timeout, not
+        // GIVE_UP_GRACE, before SIGKILL.
+        assert_eq!(m.deadline(), Some(at(1001) + 5 * SEC));
+    }
+
+    #[test]
+    fn the_same_signal_from_anyone_else_is_only_forwarded() {
+        let mut m = took_over();
+        let out = m.step(at(1001), Event::signal(Signal::SIGTERM));
+        assert_eq!(m.phase(), Phase::Serving);
+        assert!(out.contains(&Effect::Signal {
+            id: ProcId(1),
+            signal: Signal::SIGTERM,
+            group: false
+        }));
+        // And once the predecessor has exited, its signal is anyone's.
+        let mut m = took_over();
+        m.step(at(1001), Event::PredecessorExited);
+        let signal = Signal::SIGTERM;
+        let from = Sender::Predecessor;
+        m.step(at(1002), Event::SignalReceived { signal, from });
+        assert_eq!(m.phase(), Phase::Serving);
+    }
+
+    #[test]
+    fn the_probe_spawn_says_which_check_and_how_long() {
+        for (kind, timeout) in [
+            (ProbeKind::Command, Duration::from_millis(500)),
+            (ProbeKind::Tcp, Duration::from_millis(400)),
+            (ProbeKind::Http, Duration::from_millis(400)),
+        ] {
+            let mut s = successor_settings();
+            s.health = Health::Command {
+                kind,
+                after: Duration::ZERO,
+                interval: Duration::from_millis(500),
+            };
+            let mut m = Machine::new(s);
+            m.step(at(0), Event::Started);
+            let out = m.step(at(0), Event::Tick);
+            assert_eq!(
+                out,
+                vec![Effect::Spawn {
+                    id: ProcId(2),
+                    role: Role::Probe { kind, timeout }
+                }]
+            );
+        }
+        assert_eq!(probe_timeout(SEC), Duration::from_millis(900));
+        assert_eq!(
+            probe_timeout(Duration::from_millis(100)),
+            Duration::from_millis(80)
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_successor_may_have_left_its_pid_in_the_pidfile() {
+        let mut s = successor_settings();
+        s.generation = Generation::First;
+        s.pidfile = true;
+        let mut m = Machine::new(s);
+        m.step(at(0), Event::Started);
+        m.step(at(1000), Event::Tick);
+        m.step(at(1000), Event::PidfileWritten);
+        m.step(at(2000), Event::signal(Signal::SIGHUP));
+        let successor = m.successor().expect("an upgrade");
+        let status = ExitStatus::Code(1);
+        m.step(
+            at(2500),
+            Event::ProcessExited {
+                id: successor,
+                status,
+            },
+        );
+        m.step(at(2500), Event::PidfileWritten);
+        let status = ExitStatus::Code(0);
+        let out = m.step(
+            at(3000),
+            Event::ProcessExited {
+                id: ProcId(1),
+                status,
+            },
+        );
+        assert!(
+            out.contains(&Effect::RemovePidfile {
+                exited_successor: Some(successor)
+            }),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn the_timer_table_fires_what_is_due_in_order() {
+        let mut t = Timers::default();
+        assert_eq!(t.next(), None);
+        t.set(Timer::ChildKill, at(30));
+        t.set(Timer::HealthDeadline, at(20));
+        t.set(Timer::AliveFor, at(10));
+        assert_eq!(t.next(), Some(at(10)));
+        assert_eq!(t.due(at(25)), vec![Timer::HealthDeadline, Timer::AliveFor]);
+        assert!(t.take_due(Timer::AliveFor, at(25)));
+        assert!(!t.take_due(Timer::ChildKill, at(25)));
+        assert_eq!(t.cancel(Timer::HealthDeadline), Some(at(20)));
+        assert_eq!(t.next(), Some(at(30)));
+    }
+}
+
+mod readiness {
+    //! `[healthcheck.notify]` and `[healthcheck.docker]`: the events that make a
+    //! child healthy, and how a child that never was is stopped.
+
+    use super::super::*;
+    use crate::Signal;
+    use std::time::Duration;
+
+    const CHILD: ProcId = ProcId(1);
+
+    fn machine(generation: Generation, health: Health) -> Machine {
+        let mut m = Machine::new(Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: Duration::from_secs(5),
+            health,
+            pidfile: false,
+        });
+        m.step(Instant::ZERO, Event::Started);
+        m
+    }
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
+        effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .collect()
+    }
+
+    fn logs(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Log(line) => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn notified(id: ProcId, ready: bool, status: Option<&str>) -> Event {
+        Event::ChildNotified {
+            id,
+            ready,
+            status: status.map(str::to_owned),
+        }
+    }
+
+    fn inspected(inspection: Inspection) -> Event {
+        Event::ContainerInspected {
+            container: "app-green".into(),
+            inspection,
+        }
+    }
+
+    fn found(status: &str, health: Option<&str>) -> Inspection {
+        Inspection::Found {
+            status: status.into(),
+            health: health.map(str::to_owned),
+            healthcheck: true,
+        }
+    }
+
+    fn without_healthcheck(status: &str) -> Inspection {
+        Inspection::Found {
+            status: status.into(),
+            health: None,
+            healthcheck: false,
+        }
+    }
+
+    #[test]
+    fn notify_ready_makes_the_child_healthy_and_status_is_logged() {
+        let mut m = machine(Generation::Successor, Health::Notify);
+        // Only the upgrade timeout is due: no polling.
+        assert_eq!(m.deadline(), Some(t(10_000)));
+        let out = m.step(t(100), notified(CHILD, false, Some("loading")));
+        assert_eq!(logs(&out), ["child status: loading"]);
+        assert!(!m.healthy());
+        // Another process's id (a probe, a stale child) does not count.
+        assert!(no_logs(m.step(t(150), notified(ProcId(7), true, None))).is_empty());
+        let out = no_logs(m.step(t(200), notified(CHILD, true, Some("up"))));
+        assert_eq!(out, vec![Effect::ReportReady]);
+        assert!(m.healthy());
+        // A second READY=1 changes nothing.
+        assert!(no_logs(m.step(t(300), notified(CHILD, true, None))).is_empty());
+    }
+
+    #[test]
+    fn notify_silence_until_the_timeout_kills_the_child() {
+        let mut m = machine(Generation::Successor, Health::Notify);
+        assert!(no_logs(m.step(t(9_999), Event::Tick)).is_empty());
+        let out = no_logs(m.step(t(10_000), Event::Tick));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: CHILD,
+                signal: Signal::SIGKILL,
+                group: true
+            }]
+        );
+    }
+
+    #[test]
+    fn notify_ready_means_nothing_with_another_healthcheck() {
+        let mut m = machine(
+            Generation::First,
+            Health::Alive {
+                timeout: Duration::from_secs(3),
+            },
+        );
+        m.step(t(10), notified(CHILD, true, None));
+        assert!(!m.healthy());
+    }
+
+    #[test]
+    fn docker_polls_until_healthy_one_inspection_at_a_time() {
+        let mut m = machine(
+            Generation::First,
+            Health::Docker {
+                interval: Duration::from_secs(1),
+            },
+        );
+        assert_eq!(m.deadline(), Some(t(0)));
+        assert_eq!(
+            no_logs(m.step(t(0), Event::Tick)),
+            vec![Effect::InspectContainer]
+        );
+        // In flight: nothing new before it is abandoned.
+        assert_eq!(m.deadline(), Some(t(1000)));
+        let out = m.step(t(20), inspected(Inspection::Missing));
+        assert_eq!(
+            logs(&out),
+            ["docker healthcheck: container app-green does not exist (yet)"]
+        );
+        assert_eq!(m.deadline(), Some(t(1000)));
+        assert_eq!(
+            no_logs(m.step(t(1000), Event::Tick)),
+            vec![Effect::InspectContainer]
+        );
+        // The same answer is not logged twice.
+        assert!(m.step(t(1010), inspected(Inspection::Missing)).is_empty());
+        m.step(t(2000), Event::Tick);
+        m.step(t(2010), inspected(found("running", Some("starting"))));
+        assert!(!m.healthy());
+        // Created, not started: no health state yet, and not a failure.
+        m.step(t(2500), Event::Tick);
+        m.step(t(2510), inspected(found("created", None)));
+        assert_eq!(m.phase(), Phase::Starting);
+        assert!(!m.healthy());
+        // No answer within the interval: abandoned, then the next one starts.
+        m.step(t(3000), Event::Tick);
+        assert_eq!(
+            no_logs(m.step(t(4000), Event::Tick)),
+            vec![Effect::AbandonInspection]
+        );
+        // A late answer to an abandoned inspection is ignored.
+        m.step(t(4001), inspected(found("running", Some("healthy"))));
+        assert!(!m.healthy());
+        assert_eq!(
+            no_logs(m.step(t(4001), Event::Tick)),
+            vec![Effect::InspectContainer]
+        );
+        let out = m.step(t(4010), inspected(found("running", Some("healthy"))));
+        assert!(m.healthy());
+        assert!(logs(&out).contains(&"child is healthy; serving"));
+        assert_eq!(m.phase(), Phase::Serving);
+    }
+
+    #[test]
+    fn docker_failures_stop_the_child_gracefully_at_once() {
+        for (inspection, reason) in [
+            (
+                found("running", Some("unhealthy")),
+                "container app-green is unhealthy",
+            ),
+            (
+                found("exited", Some("unhealthy")),
+                "container app-green has stopped (exited)",
+            ),
+            (
+                without_healthcheck("dead"),
+                "container app-green has stopped (dead)",
+            ),
+            (
+                without_healthcheck("running"),
+                "container app-green has no HEALTHCHECK",
+            ),
+        ] {
+            let mut m = machine(
+                Generation::Successor,
+                Health::Docker {
+                    interval: Duration::from_secs(1),
+                },
+            );
+            m.step(t(0), Event::Tick);
+            let out = m.step(t(50), inspected(inspection.clone()));
+            assert!(
+                logs(&out).iter().any(|l| l.contains(reason)),
+                "{inspection:?}: {out:?}"
+            );
+            // shutdown.signal to the docker client (it stops its container), not
+            // SIGKILL; SIGKILL to its group after min(shutdown.timeout, grace).
+            assert_eq!(
+                no_logs(out),
+                vec![Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                }]
+            );
+            assert_eq!(m.deadline(), Some(t(50) + GIVE_UP_GRACE));
+            assert_eq!(
+                no_logs(m.step(t(50) + GIVE_UP_GRACE, Event::Tick)),
+                vec![Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGKILL,
+                    group: true
+                }]
+            );
+            let out = no_logs(m.step(
+                t(2100),
+                Event::ProcessExited {
+                    id: CHILD,
+                    status: ExitStatus::Signaled(9),
+                },
+            ));
+            // The old generation hears why.
+            assert!(
+                matches!(&out[..], [_, Effect::ReportFailure(why), Effect::Exit(1)] if why.contains(reason)),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn docker_timeout_says_what_the_last_check_found() {
+        let mut m = machine(
+            Generation::Successor,
+            Health::Docker {
+                interval: Duration::from_secs(4),
+            },
+        );
+        let unreachable = || {
+            inspected(Inspection::Failed(
+                "cannot reach the Docker engine at /nowhere/docker.sock: no such file or directory"
+                    .into(),
+            ))
+        };
+        for at in [0, 4000] {
+            m.step(t(at), Event::Tick);
+            m.step(t(at + 1), unreachable());
+        }
+        m.step(t(8000), Event::Tick);
+        // In flight at the timeout: abandoned, and the child stopped gracefully.
+        let out = m.step(t(10_000), Event::Tick);
+        assert!(
+            logs(&out).iter().any(|l| l.contains(
+                "within upgrade.timeout (10s); last check: cannot reach the Docker engine at /nowhere/docker.sock"
+            )),
+            "{out:?}"
+        );
+        assert_eq!(
+            no_logs(out),
+            vec![
+                Effect::AbandonInspection,
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGTERM,
+                    group: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn listen_socket_files_go_only_when_the_service_stops_for_good() {
+        let mut m = machine(
+            Generation::First,
+            Health::Alive {
+                timeout: Duration::ZERO,
+            },
+        )
+        .with_listen(true);
+        m.step(t(0), Event::Tick);
+        assert_eq!(m.phase(), Phase::Serving);
+        let out = no_logs(m.step(
+            t(10),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Code(0),
+            },
+        ));
+        assert!(out.contains(&Effect::RemoveProxySockets), "{out:?}");
+
+        // A handover leaves them to the successor.
+        let mut m = machine(
+            Generation::First,
+            Health::Alive {
+                timeout: Duration::ZERO,
+            },
+        )
+        .with_listen(true);
+        m.step(t(0), Event::Tick);
+        m.step(t(1), Event::signal(Signal::SIGHUP));
+        m.step(t(2), Event::SuccessorReady { id: ProcId(2) });
+        let out = no_logs(m.step(
+            t(10),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(15),
+            },
+        ));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Signal {
+                    id: CHILD,
+                    signal: Signal::SIGKILL,
+                    group: true
+                },
+                Effect::Exit(0)
+            ]
+        );
+    }
+}

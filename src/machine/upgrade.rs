@@ -1,0 +1,269 @@
+//! The old generation's side of an upgrade: start the successor, wait for its
+//! "ready" (or its end), hand over, and take the service back if the new one dies
+//! before the old child was touched.
+
+use crate::Signal;
+
+use super::state::{Drain, OldChild, State, StopCause, Upgrade};
+use super::{
+    Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, kill, log,
+};
+
+impl Machine {
+    /// Spawn the successor; kill it if it neither reports ready nor exits within
+    /// `upgrade.timeout` + [`SUCCESSOR_GRACE`].
+    pub(super) fn start_upgrade(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let child = self.live_child().expect("a serving child");
+        let successor = self.alloc();
+        log(out, "upgrade: starting the successor");
+        out.push(Effect::Notify(Notify::Reloading));
+        out.push(Effect::Spawn {
+            id: successor,
+            role: Role::Successor,
+        });
+        self.move_to_upgrading(Upgrade {
+            old: OldChild::Running(child),
+            successor,
+            killed: false,
+            said: None,
+        });
+        self.timers.set(
+            Timer::SuccessorKill,
+            now + self.settings.upgrade_timeout + SUCCESSOR_GRACE,
+        );
+    }
+
+    /// A termination signal after the handover. The service is the new
+    /// generation's, but whoever sends this still takes us for the service:
+    /// systemd does until we exit (its main process; then it reads the pidfile and
+    /// follows the new generation, which it never signalled, and SIGKILLs it once
+    /// TimeoutStopSec= has passed). So the new generation gets it too, and stops
+    /// its child the same way. (To cut a drain short instead, signal the old
+    /// child.)
+    pub(super) fn pass_on_stop(&mut self, sig: Signal, out: &mut Vec<Effect>) {
+        let State::Stopping(stop) = &mut self.state else {
+            return;
+        };
+        let StopCause::HandedOver {
+            to, service_stops, ..
+        } = &mut stop.cause
+        else {
+            return;
+        };
+        if self.exited_successor == Some(*to) {
+            return; // the new generation is gone already
+        }
+        *service_stops = true;
+        let successor = *to;
+        log(
+            out,
+            format!(
+                "{} after the handover: the service stops; passing it on to the new generation too",
+                sig.as_str()
+            ),
+        );
+        out.push(Effect::Signal {
+            id: successor,
+            signal: sig,
+            group: false,
+        });
+    }
+
+    /// A termination signal mid-upgrade: pass it to the successor (the child gets
+    /// it too, as every signal) and wait for the successor to be gone.
+    pub(super) fn abort_upgrade(&mut self, now: Instant, sig: Signal, out: &mut Vec<Effect>) {
+        let successor = self.successor().expect("an upgrade in flight");
+        log(
+            out,
+            format!(
+                "upgrade aborted by {}: stopping the successor",
+                sig.as_str()
+            ),
+        );
+        out.push(Effect::Signal {
+            id: successor,
+            signal: sig,
+            group: false,
+        });
+        self.move_to_aborting();
+        self.timers.set(
+            Timer::SuccessorKill,
+            now + self.settings.shutdown_timeout + SUCCESSOR_GRACE,
+        );
+    }
+
+    /// [`Timer::SuccessorKill`]: the successor is late.
+    pub(super) fn on_successor_late(&mut self, out: &mut Vec<Effect>) {
+        let aborting = matches!(self.state, State::Aborting(_));
+        let (State::Upgrading(u) | State::Aborting(u)) = &mut self.state else {
+            return;
+        };
+        u.killed = true;
+        let successor = u.successor;
+        if aborting {
+            log(out, "the successor did not stop in time; killing it");
+        } else {
+            log(
+                out,
+                format!(
+                    "upgrade failed: the successor did not report ready within upgrade.timeout + {}s; killing it",
+                    SUCCESSOR_GRACE.as_secs()
+                ),
+            );
+        }
+        out.push(kill(successor, false));
+    }
+
+    /// The successor said why it gives up (it exits next).
+    pub(super) fn on_successor_failed(&mut self, reason: String) {
+        if let State::Upgrading(u) | State::Aborting(u) = &mut self.state {
+            u.said = Some(reason);
+        }
+    }
+
+    /// The old child exited while the successor starts: its exit status counts
+    /// only if the upgrade fails.
+    pub(super) fn on_child_exit_mid_upgrade(&mut self, status: ExitStatus, out: &mut Vec<Effect>) {
+        let (State::Upgrading(u) | State::Aborting(u)) = &mut self.state else {
+            unreachable!("an upgrade in flight");
+        };
+        let OldChild::Running(child) = u.old else {
+            unreachable!("a running old child");
+        };
+        u.old = OldChild::Exited(status);
+        let upgrading = matches!(self.state, State::Upgrading(_));
+        out.push(kill(child, true));
+        if upgrading {
+            log(
+                out,
+                format!("the child exited ({status}) during the upgrade; waiting for its outcome"),
+            );
+        }
+    }
+
+    /// The successor reported ready: hand the service over and stop the old child.
+    pub(super) fn on_successor_ready(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let State::Upgrading(u) = &self.state else {
+            unreachable!("an upgrade in flight");
+        };
+        let to = u.successor;
+        if u.killed {
+            log(
+                out,
+                "the successor reported ready after it was killed for being late; ignoring it",
+            );
+            return;
+        }
+        log(
+            out,
+            "upgrade: the successor is ready; stopping the old child",
+        );
+        self.last_upgrade = Some("succeeded".into());
+        self.answer_waiters(Reply::Upgraded { successor: to }, out);
+        let drain = if self.proxy {
+            out.push(Effect::ProxyStopAccepting);
+            self.timers.set(
+                Timer::DrainCutoff,
+                now + self.settings.shutdown_delay + self.settings.shutdown_timeout,
+            );
+            Drain::Awaiting
+        } else {
+            Drain::NotProxied
+        };
+        let delay = self.settings.shutdown_delay;
+        self.stop_child(
+            now,
+            delay,
+            StopCause::HandedOver {
+                to,
+                drain,
+                service_stops: false,
+            },
+            out,
+        );
+    }
+
+    /// The successor is gone without (usefully) reporting ready: serve on, or exit
+    /// with the old child's status if it has exited meanwhile.
+    pub(super) fn on_successor_gone(&mut self, why: String, out: &mut Vec<Effect>) {
+        let aborting = matches!(self.state, State::Aborting(_));
+        let (State::Upgrading(u) | State::Aborting(u)) = &mut self.state else {
+            unreachable!("an upgrade in flight");
+        };
+        // What the successor said before it went says more than its exit status.
+        let why = match u.said.take() {
+            Some(reason) => format!("{why}: {reason}"),
+            None => why,
+        };
+        let old = u.old;
+        self.last_upgrade = Some(format!("failed: {why}"));
+        self.answer_waiters(Reply::UpgradeFailed(why.clone()), out);
+        if aborting {
+            log(out, format!("upgrade aborted: {why}"));
+        } else {
+            log(
+                out,
+                format!("upgrade failed: {why}; the old child carries on"),
+            );
+        }
+        match old {
+            OldChild::Exited(status) => {
+                log(out, format!("the old child had exited ({status})"));
+                self.exit(self.relayed(status), out);
+            }
+            OldChild::Running(child) => {
+                self.move_to_serving(child);
+                out.push(Effect::Notify(Notify::Ready {
+                    status: format!("upgrade failed: {why}"),
+                }));
+                // The successor may have written the pidfile before it died: make it
+                // name this generation again.
+                if self.settings.pidfile {
+                    out.push(Effect::WritePidfile);
+                }
+            }
+        }
+    }
+
+    /// The successor took over, then died. If the old child has not been signalled
+    /// yet (`shutdown.delay`, or waiting for the proxy to drain), nothing is lost:
+    /// this generation takes the service back. Otherwise the service ends with it,
+    /// as any crash of the service would.
+    pub(super) fn on_new_service_gone(&mut self, status: ExitStatus, out: &mut Vec<Effect>) {
+        let State::Stopping(stop) = &self.state else {
+            unreachable!("handed over");
+        };
+        let service_stops = matches!(
+            stop.cause,
+            StopCause::HandedOver {
+                service_stops: true,
+                ..
+            }
+        );
+        let (super::StopStep::Delay(child), false) = (stop.step, service_stops) else {
+            log(
+                out,
+                format!("the new generation exited ({status}) after taking over"),
+            );
+            return;
+        };
+        log(
+            out,
+            format!(
+                "the new generation exited ({status}) right after taking over; the old child was not stopped yet: serving again"
+            ),
+        );
+        self.last_upgrade = Some(format!(
+            "failed: the new generation exited ({status}) right after taking over"
+        ));
+        self.move_to_serving(child);
+        if self.proxy {
+            out.push(Effect::ProxyAccept);
+        }
+        if self.settings.pidfile {
+            out.push(Effect::WritePidfile);
+        }
+        // The successor told the service manager it was the main process.
+        out.push(Effect::Notify(Notify::MainPid));
+    }
+}
