@@ -67,16 +67,23 @@ fn started(sb: &mut Sandbox) -> i32 {
     pid
 }
 
-/// `psflip.toml` proxying a free loopback port to an echo backend (APP as the
-/// child); returns the backend (it stops when dropped) and the port.
+/// [`proxy_to`] an echo backend; returns the backend (it stops when dropped)
+/// and the port.
 fn echo_proxy(sb: &Sandbox) -> (Backend, u16) {
     let backend = Backend::echo_tcp();
+    let port = proxy_to(sb, &backend);
+    (backend, port)
+}
+
+/// `psflip.toml` proxying a free loopback port to `backend` (APP as the
+/// child); returns the port.
+fn proxy_to(sb: &Sandbox, backend: &Backend) -> u16 {
     let port = free_port();
     sb.write(
         "psflip.toml",
         &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
     );
-    (backend, port)
+    port
 }
 
 #[test]
@@ -121,11 +128,7 @@ fn each_direction_is_half_closed_on_its_own() {
         s.read_to_end(&mut got).unwrap();
         tx.lock().unwrap().send(got).unwrap();
     });
-    let port = free_port();
-    sb.write(
-        "psflip.toml",
-        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
-    );
+    let port = proxy_to(&sb, &backend);
     started(&mut sb);
 
     // Backend first: the client reads the greeting and EOF, then still sends.
@@ -353,11 +356,7 @@ fn a_backend_reset_reaches_the_client() {
         // Unread data pending at close makes the kernel send a reset.
         thread::sleep(Duration::from_millis(50));
     });
-    let port = free_port();
-    sb.write(
-        "psflip.toml",
-        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
-    );
+    let port = proxy_to(&sb, &backend);
     started(&mut sb);
     let mut s = Addr::Tcp(port).connect().unwrap();
     s.write_all(b"1234 and more that nobody reads").unwrap();
@@ -422,11 +421,7 @@ fn a_client_that_vanishes_mid_answer_frees_its_backend_connection() {
         let kind = outcome.map_or(std::io::ErrorKind::Other, |e| e.kind());
         tx.lock().unwrap().send(kind).unwrap();
     });
-    let port = free_port();
-    sb.write(
-        "psflip.toml",
-        &conf(APP, &[(Addr::Tcp(port).config(), backend.addr.config())]),
-    );
+    let port = proxy_to(&sb, &backend);
     let psflip = started(&mut sb);
     // Sockets, not fds: empty pipes are pooled for reuse.
     let sockets = || socket_inodes(psflip).len();
