@@ -162,7 +162,7 @@ type Check = fn(&World) -> Vec<String>;
 
 /// Every property, after one step.
 pub fn check_step(w: &World) -> Vec<Violation> {
-    let checks: [(&'static str, Check); 9] = [
+    let checks: [(&'static str, Check); 10] = [
         ("I1 old child spared", i1_old_child_spared),
         ("I2 at most two", i2_at_most_two),
         ("I3 rollback restores", i3_rollback_restores),
@@ -174,6 +174,7 @@ pub fn check_step(w: &World) -> Vec<Violation> {
         ),
         ("I7 exit status", i7_exit_status),
         ("I8 proxy keeps connections", i8_proxy_keeps_connections),
+        ("listen sockets kept", listen_sockets_kept),
         ("no busy loop", no_busy_loop),
     ];
     let mut out = Vec::new();
@@ -520,6 +521,31 @@ fn i7_exit_status(w: &World) -> Vec<String> {
         }
     }
     out
+}
+
+/// `[[listen]]` (issue #12): the socket files exist while any generation serves
+/// (its child healthy, Serving or Upgrading, not told to terminate): only the
+/// generation that ends the service for good removes them, never one whose
+/// successor took over, never a successor that gave up.
+fn listen_sockets_kept(w: &World) -> Vec<String> {
+    if !w.listen || w.listen_sockets {
+        return Vec::new();
+    }
+    w.live_gens()
+        .into_iter()
+        .filter(|p| {
+            let g = &w.gens[p];
+            !g.ghost.terminating
+                && g.machine.live_child().is_some()
+                && matches!(g.machine.phase(), Phase::Serving | Phase::Upgrading)
+        })
+        .map(|p| {
+            format!(
+                "the [[listen]] socket files are gone while {} serves",
+                gen_name(w, p)
+            )
+        })
+        .collect()
 }
 
 /// I8 — With a proxy, no client connection is refused or cut because of an upgrade.

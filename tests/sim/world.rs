@@ -178,10 +178,15 @@ pub struct Gen {
 }
 
 impl Gen {
-    fn new(settings: Settings, proxy: bool, number: u64, behaviour: SuccessorBehaviour) -> Gen {
+    fn new(
+        settings: Settings,
+        (proxy, listen): (bool, bool),
+        number: u64,
+        behaviour: SuccessorBehaviour,
+    ) -> Gen {
         let generation = settings.generation;
         Gen {
-            machine: Machine::new(settings).with_proxy(proxy),
+            machine: Machine::new(settings).with_proxy(proxy).with_listen(listen),
             rt: GenRuntime::default(),
             ghost: Ghost {
                 number,
@@ -265,6 +270,11 @@ pub struct World {
     pub proxy: bool,
     /// The proxy's Unix socket files exist (created once, by the first generation).
     pub proxy_sockets: bool,
+    /// `[[listen]]` sockets are configured (issue #12): every generation's machine
+    /// runs `with_listen`.
+    pub listen: bool,
+    /// Their Unix socket files exist (created once, by the first generation).
+    pub listen_sockets: bool,
     /// Every generation, dead ones included (their ghost state).
     pub gens: BTreeMap<Pid, Gen>,
     /// The shared pidfile: the pid it names.
@@ -307,6 +317,9 @@ impl World {
         let latency = master.fork();
         let mut work = master.fork();
         let chaos = work.ms(5_000, 90_000);
+        // Forked last, so that the streams above (and the seeds in
+        // regressions.txt) are what they were before [[listen]] existed.
+        let listen = master.fork().chance(0.3);
         let swarm = Swarm::pick(&mut fault_rng);
         let first_settings = faults::settings(&mut settings_rng);
         let proxy = settings_rng.chance(0.3);
@@ -320,6 +333,8 @@ impl World {
             reaped: BTreeMap::new(),
             proxy,
             proxy_sockets: proxy,
+            listen,
+            listen_sockets: listen,
             gens: BTreeMap::new(),
             pidfile: None,
             faults: Faults::new(swarm, fault_rng),
@@ -599,7 +614,10 @@ impl World {
         let settings = self.first_settings.clone();
         let chaos = self.chaos;
         self.log(format!("seed {}: {:?}", self.seed, self.faults.swarm));
-        self.log(format!("settings: {settings:?}, proxy: {}", self.proxy));
+        self.log(format!(
+            "settings: {settings:?}, proxy: {}, listen: {}",
+            self.proxy, self.listen
+        ));
         let plan = faults::operator_plan(&mut self.work, chaos, &settings);
         for (t, action) in plan.actions {
             self.schedule(Instant::from_origin(t), Ev::Operator(action));
@@ -608,7 +626,12 @@ impl World {
         let pid = self.fork(INIT, Kind::Psflip, None, false);
         self.gens.insert(
             pid,
-            Gen::new(settings, self.proxy, 1, SuccessorBehaviour::Normal),
+            Gen::new(
+                settings,
+                (self.proxy, self.listen),
+                1,
+                SuccessorBehaviour::Normal,
+            ),
         );
         self.schedule(Instant::ZERO, Ev::Boot(pid));
     }
@@ -1360,7 +1383,7 @@ impl Os for SimOs<'_> {
                 // psflip's own binary keeps our process group, and no pdeathsig.
                 let pgid = w.procs[&self.pid].pgid;
                 let pid = w.fork(self.pid, Kind::Psflip, Some(pgid), false);
-                let mut this = Gen::new(settings, w.proxy, self.number + 1, behaviour);
+                let mut this = Gen::new(settings, (w.proxy, w.listen), self.number + 1, behaviour);
                 // As the real runtime does (PSFLIP_UPGRADE_TIMEOUT_MS).
                 this.machine = this
                     .machine
@@ -1534,6 +1557,7 @@ impl Os for SimOs<'_> {
         let w = &mut *self.world;
         w.effects += 1;
         w.proxy_sockets = false;
+        w.listen_sockets = false;
         w.facts.push(Fact::ProxySocketsRemoved { gpid: self.pid });
         w.log(format!("{me}: proxy socket files removed"));
     }
