@@ -14,7 +14,6 @@ const MAX_DURATION_NANOS: u128 = i64::MAX as u128;
 /// `1m30s` or `1.5h`; `0` needs no unit. Negative durations, spaces, empty
 /// strings and anything above Go's limit (~292 years) are refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const UNITS: &str = "ns, us, µs, ms, s, m, h";
     if s.starts_with('-') {
         return Err("negative durations are not allowed".to_owned());
     }
@@ -25,67 +24,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if body.is_empty() {
         return Err("empty duration (expected a number and a unit, e.g. \"10s\")".to_owned());
     }
-    let too_large = || {
-        format!(
-            "too large (the maximum is {})",
-            format_duration(Duration::from_nanos(i64::MAX as u64))
-        )
-    };
     let mut total: u128 = 0;
     let mut rest = body;
     while !rest.is_empty() {
-        let int_len = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (int_digits, after_int) = rest.split_at(int_len);
-        let (frac_digits, after_number) = match after_int.strip_prefix('.') {
-            Some(f) => f.split_at(f.find(|c: char| !c.is_ascii_digit()).unwrap_or(f.len())),
-            None => ("", after_int),
-        };
-        if int_digits.is_empty() && frac_digits.is_empty() {
-            return Err(match rest.chars().next() {
-                Some(c) => format!("expected a number, found {c:?}"),
-                None => "expected a number".to_owned(),
-            });
-        }
-        let number = &rest[..rest.len() - after_number.len()];
-        let unit_len = after_number
-            .find(|c: char| c == '.' || c.is_ascii_digit())
-            .unwrap_or(after_number.len());
-        let (unit, next) = after_number.split_at(unit_len);
-        let unit_nanos: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => {
-                return Err(format!(
-                    "missing unit after {number:?} (expected one of {UNITS})"
-                ));
-            }
-            _ => return Err(format!("unknown unit {unit:?} (expected one of {UNITS})")),
-        };
-        let mut int: u128 = 0;
-        for d in int_digits.bytes() {
-            int = int * 10 + u128::from(d - b'0');
-            if int > MAX_DURATION_NANOS {
-                return Err(too_large());
-            }
-        }
-        let mut part = int * unit_nanos;
-        if !frac_digits.is_empty() {
-            // Digits past the 18th are below a nanosecond for every unit.
-            let kept = &frac_digits[..frac_digits.len().min(18)];
-            let mut frac: u128 = 0;
-            for d in kept.bytes() {
-                frac = frac * 10 + u128::from(d - b'0');
-            }
-            let scale = 10u128.pow(kept.len() as u32);
-            part += frac * unit_nanos / scale;
-        }
-        total += part;
+        let (nanos, next) = leading_part(rest)?;
+        total += nanos;
         if total > MAX_DURATION_NANOS {
             return Err(too_large());
         }
@@ -94,6 +37,75 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     u64::try_from(total)
         .map(Duration::from_nanos)
         .map_err(|_| too_large())
+}
+
+const UNITS: &str = "ns, us, µs, ms, s, m, h";
+
+fn too_large() -> String {
+    format!(
+        "too large (the maximum is {})",
+        format_duration(Duration::from_nanos(MAX_DURATION_NANOS as u64))
+    )
+}
+
+/// The first `NUMBER[.FRACTION]UNIT` of `text` in nanoseconds, and the rest.
+fn leading_part(text: &str) -> Result<(u128, &str), String> {
+    let (int_digits, after_int) = split_digits(text);
+    let (frac_digits, after_number) = match after_int.strip_prefix('.') {
+        Some(f) => split_digits(f),
+        None => ("", after_int),
+    };
+    if int_digits.is_empty() && frac_digits.is_empty() {
+        return Err(match text.chars().next() {
+            Some(c) => format!("expected a number, found {c:?}"),
+            None => "expected a number".to_owned(),
+        });
+    }
+    let number = &text[..text.len() - after_number.len()];
+    let unit_len = after_number
+        .find(|c: char| c == '.' || c.is_ascii_digit())
+        .unwrap_or(after_number.len());
+    let (unit, next) = after_number.split_at(unit_len);
+    let unit = unit_nanos(unit, number)?;
+    let int = decimal(int_digits).ok_or_else(too_large)?;
+    // Digits past the 18th are below a nanosecond for every unit.
+    let kept = &frac_digits[..frac_digits.len().min(18)];
+    let frac = decimal(kept).unwrap_or(0) * unit / 10u128.pow(kept.len() as u32);
+    Ok((int * unit + frac, next))
+}
+
+/// The leading ASCII digits of `text`, and the rest.
+fn split_digits(text: &str) -> (&str, &str) {
+    text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    )
+}
+
+/// The value of a string of ASCII digits; `None` above the largest duration.
+fn decimal(digits: &str) -> Option<u128> {
+    digits.bytes().try_fold(0u128, |n, d| {
+        let n = n * 10 + u128::from(d - b'0');
+        (n <= MAX_DURATION_NANOS).then_some(n)
+    })
+}
+
+/// Nanoseconds in one `unit`; `number` is what came before it, for the error.
+fn unit_nanos(unit: &str, number: &str) -> Result<u128, String> {
+    Ok(match unit {
+        "ns" => 1,
+        "us" | "µs" | "μs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" => {
+            return Err(format!(
+                "missing unit after {number:?} (expected one of {UNITS})"
+            ));
+        }
+        _ => return Err(format!("unknown unit {unit:?} (expected one of {UNITS})")),
+    })
 }
 
 /// Formats a duration exactly as Go's `time.Duration.String` does: `0s`,
