@@ -250,9 +250,7 @@ fn listen_load_test_across_upgrades_every_250ms() {
     });
     // The first generation handed over and exited 0, as every old one did.
     assert_eq!(sb.wait_exit(&mut p, T), 0);
-    signal(active, Signal::SIGTERM);
-    sb.must_die(active, "the active psflip");
-    sb.assert_clean();
+    finish(&sb, active);
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 use std::process::Stdio;
 
-use nix::sys::signal::Signal;
 
 use crate::util::*;
 
@@ -81,7 +80,5 @@ fn check_shows_the_next_generation_and_the_timeout_cap() {
     // What the child of generation 2 really got.
     let child = sb.child_of(s);
     assert_eq!(env_var(child, "COLOUR").as_deref(), Some("green"));
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "psflip");
-    sb.assert_clean();
+    finish(&sb, s);
 }

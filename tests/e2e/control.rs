@@ -312,9 +312,7 @@ fn status_and_upgrade_work_without_a_pidfile() {
     );
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
     assert_eq!(status(&sb)["psflip_pid"], s.to_string());
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the successor");
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]

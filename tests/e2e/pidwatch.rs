@@ -55,14 +55,7 @@ fn quick(sb: &Sandbox) -> Conf {
 /// pidfile names (`old`): waits until the successor names itself in the
 /// pidfile and `old` is dead; returns the successor.
 fn upgrade_via(sb: &Sandbox, pw: i32, old: i32) -> i32 {
-    let before = sb.started_by(old, "successor").len();
-    signal(pw, Signal::SIGHUP);
-    let s = sb.wait_for(T, &format!("psflip[{old}] starts a successor"), || {
-        sb.started_by(old, "successor").get(before).copied()
-    });
-    sb.must_name(s);
-    sb.must_die(old, "the old psflip");
-    s
+    sb.upgrade_by(pw, old)
 }
 
 /// Whether `pid` lingers as a zombie (exited, never reaped).

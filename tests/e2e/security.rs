@@ -399,9 +399,7 @@ fn a_squatter_cannot_answer_for_psflip() {
     );
     squatter.signal(Signal::SIGKILL);
     assert!(sb.wait_exit(&mut squatter, T) != 0);
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the successor");
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 #[test]
@@ -545,9 +543,7 @@ fn upgrades_succeed_with_the_old_temp_names_pre_created() {
     }
     assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
     sb.must_die(c1, "the old child");
-    signal(s, Signal::SIGTERM);
-    sb.must_die(s, "the successor");
-    sb.assert_clean();
+    finish(&sb, s);
 }
 
 // --- finding 5: a stderr nobody reads froze the loop -------------------------------------

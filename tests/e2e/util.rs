@@ -162,8 +162,14 @@ impl Sandbox {
     /// Send the upgrade signal to `old` and wait until its successor names
     /// itself in the pidfile and `old` is gone: returns the successor's pid.
     pub fn upgrade(&self, old: i32) -> i32 {
+        self.upgrade_by(old, old)
+    }
+
+    /// [`Sandbox::upgrade`], the signal sent to `to` (`old` itself, or the
+    /// pidwatch in front of it).
+    pub fn upgrade_by(&self, to: i32, old: i32) -> i32 {
         let before = self.started_by(old, "successor").len();
-        signal(old, Signal::SIGHUP);
+        signal(to, Signal::SIGHUP);
         let s = self.wait_for(T, &format!("psflip[{old}] starts a successor"), || {
             self.started_by(old, "successor").get(before).copied()
         });
