@@ -5,7 +5,6 @@
 
 use std::process::Stdio;
 
-
 use crate::util::*;
 
 /// `psflip check ARGS… -c psflip.toml`: exit status and stdout.
