@@ -328,6 +328,7 @@ fn status_of_a_running_psflip_before_during_and_after_an_upgrade() {
         &[
             ("psflip_pid", sb.read_pidfile().unwrap().to_string()),
             ("generation", "1".into()),
+            ("ab", "a".into()),
             ("phase", "serving".into()),
             ("child_pid", c1.to_string()),
             ("child_healthy", "true".into()),
@@ -362,6 +363,7 @@ fn status_of_a_running_psflip_before_during_and_after_an_upgrade() {
         &[
             ("psflip_pid", p.pid.to_string()),
             ("generation", "1".into()),
+            ("ab", "a".into()),
             ("phase", "upgrading".into()),
             ("child_pid", c1.to_string()),
             ("child_healthy", "true".into()),
@@ -384,6 +386,7 @@ fn status_of_a_running_psflip_before_during_and_after_an_upgrade() {
         &[
             ("psflip_pid", s.to_string()),
             ("generation", "2".into()),
+            ("ab", "b".into()),
             ("phase", "serving".into()),
             ("child_pid", c2.to_string()),
             ("child_healthy", "true".into()),
