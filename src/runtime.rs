@@ -33,7 +33,7 @@ use crate::effects::notify::{self, NotifySocket};
 use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
-use crate::effects::{EffectError, pidfile, reap, spawn};
+use crate::effects::{EffectError, pidfile, reap, spawn, subreaper};
 use crate::handoff::Handoff;
 use crate::log::{Level, Record};
 use crate::machine::{
@@ -63,6 +63,11 @@ pub trait Os {
     /// Tell the service manager (sd_notify), if one listens.
     fn notify(&mut self, _message: Notify) {}
     fn log(&mut self, line: &str);
+    /// Send `signal` to every process that re-parented to this psflip and still
+    /// runs (never one it started); how many it signalled.
+    fn signal_escaped(&mut self, _signal: Signal) -> usize {
+        0
+    }
     /// Start accepting on the proxy listeners. (No-op without a proxy.)
     fn proxy_accept(&mut self) {}
     /// Stop accepting; `Event::ProxyDrained` follows once the connections closed.
@@ -116,6 +121,9 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                 }
                 Effect::AbandonInspection => os.abandon_inspection(),
                 Effect::RemoveDroppedSockets => os.remove_dropped_sockets(),
+                Effect::SignalEscaped { signal } => queue.push_back(Event::EscapedSignalled {
+                    count: os.signal_escaped(signal),
+                }),
                 Effect::Log(line) => os.log(&line),
                 Effect::Exit(code) => exit = Some(code),
             }
@@ -631,6 +639,11 @@ impl Os for LinuxOs {
         self.say(line);
     }
 
+    fn signal_escaped(&mut self, signal: Signal) -> usize {
+        let ours = self.ids.keys().map(|p| p.as_raw()).collect();
+        subreaper::signal_all(&subreaper::adopted(&ours), signal)
+    }
+
     fn proxy_accept(&mut self) {
         if let Some(proxy) = self.spec.proxy.as_mut() {
             proxy.accept();
@@ -1046,7 +1059,17 @@ impl Driver for Psflip {
     }
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
-        let id = *self.os.ids.get(&pid)?;
+        let Some(&id) = self.os.ids.get(&pid) else {
+            // Not ours: a process that re-parented to us (we are a subreaper).
+            // While the exit waits for those, say how many still run.
+            if !self.machine.sweeping() {
+                return None;
+            }
+            let ours = self.os.ids.keys().map(|p| p.as_raw()).collect();
+            let remaining = subreaper::adopted(&ours).len();
+            let event = Event::EscapedExited { remaining };
+            return drive(&mut self.machine, now, event, &mut self.os);
+        };
         if self
             .os
             .successor_pipe
@@ -1096,11 +1119,24 @@ impl Driver for Psflip {
 pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
     let signals = Signals::new()?;
     let clock = Clock::start();
+    // Escaped descendants of our child re-parent to us, to be stopped with this
+    // generation (SPEC §10). Without it they go to init, as before.
+    let subreaper = match subreaper::become_subreaper() {
+        Ok(()) => true,
+        Err(e) => {
+            crate::log::logger().warn(
+                "subreaper_failed",
+                format!("{e}; escaped processes of the child will not be stopped"),
+            );
+            false
+        }
+    };
     let mut psflip = Psflip {
         machine: {
             let machine = Machine::new(spec.settings.clone())
                 .with_proxy(spec.proxy.is_some())
-                .with_listen(!spec.listen.is_empty());
+                .with_listen(!spec.listen.is_empty())
+                .with_subreaper(subreaper);
             match spec.predecessor_upgrade_timeout {
                 Some(t) => machine.with_predecessor_timeout(t),
                 None => machine,

@@ -16,6 +16,7 @@ pub mod reap;
 pub mod sd_notify;
 pub mod signals;
 pub mod spawn;
+pub mod subreaper;
 
 use thiserror::Error;
 

@@ -68,6 +68,11 @@ pub enum Event {
         container: String,
         inspection: Inspection,
     },
+    /// The answer to `Effect::SignalEscaped`: how many processes it signalled.
+    EscapedSignalled { count: usize },
+    /// A process that re-parented to us (not one we started) was reaped; this
+    /// many such processes still run.
+    EscapedExited { remaining: usize },
     /// Time has passed; whatever is due at `now` happens.
     Tick,
 }
@@ -119,6 +124,10 @@ pub enum Effect {
     InspectContainer,
     /// Give up the inspection in flight: no `ContainerInspected` follows for it.
     AbandonInspection,
+    /// Send `signal` to every process that re-parented to us (psflip is a child
+    /// subreaper) and still runs — never to one we started; with SIGKILL, to the
+    /// process group each leads too. Answer with `EscapedSignalled`.
+    SignalEscaped { signal: Signal },
     /// Write a line to psflip's log (stderr) unless `quiet`.
     Log(String),
     /// Exit psflip with this status.

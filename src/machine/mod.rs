@@ -48,6 +48,7 @@
 //! `psflip status`).
 
 mod control;
+mod escaped;
 mod events;
 mod readiness;
 mod state;
@@ -63,6 +64,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use escaped::{ESCAPED_GIVE_UP, Sweep};
 pub use events::{Effect, Event, Sender};
 pub use state::{
     Drain, Lineage, OldChild, Phase, Predecessor, Proving, Standing, State, Stop, StopCause,
@@ -101,6 +103,14 @@ pub struct Machine {
     /// The last successor this generation started, once it has exited: the
     /// pidfile may still name it (see [`Effect::RemovePidfile`]).
     exited_successor: Option<ProcId>,
+    /// psflip is a child subreaper: escaped descendants are stopped before it
+    /// exits (see `escaped.rs`).
+    subreaper: bool,
+    /// The exit waiting for them.
+    sweep: Option<Sweep>,
+    /// When the child being stopped gets SIGKILL (`shutdown.signal` sent +
+    /// `shutdown.timeout`): escaped processes get it no later.
+    kill_due: Option<Instant>,
 }
 
 impl Machine {
@@ -125,6 +135,9 @@ impl Machine {
             last_upgrade: None,
             stop_signal: None,
             exited_successor: None,
+            subreaper: false,
+            sweep: None,
+            kill_due: None,
         }
     }
 
@@ -234,6 +247,10 @@ impl Machine {
         use State as S;
         let mut out = Vec::new();
         let o = &mut out;
+        if self.sweep.is_some() && !matches!(self.state, State::Done { .. }) {
+            self.on_sweep_event(now, event, o);
+            return out;
+        }
         match (&self.state, event) {
             (S::Done { .. }, _) => {}
             (S::Booting, E::Started) => self.start_child(now, o),
@@ -353,7 +370,9 @@ impl Machine {
                 | E::SuccessorReady { .. }
                 | E::PidfileWritten
                 | E::ProxyDrained
-                | E::ContainerInspected { .. },
+                | E::ContainerInspected { .. }
+                | E::EscapedSignalled { .. }
+                | E::EscapedExited { .. },
             ) => {}
         }
         out
@@ -380,6 +399,8 @@ impl Machine {
                 Timer::ShutdownSignal => self.send_shutdown_signal(now, out),
                 Timer::ChildKill => self.on_shutdown_timeout(out),
                 Timer::DrainCutoff => self.on_drain_cutoff(out),
+                // Only while sweeping, which `step` routes elsewhere.
+                Timer::EscapedKill | Timer::EscapedGiveUp => {}
             }
         }
     }

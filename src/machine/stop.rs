@@ -23,6 +23,8 @@ impl Machine {
             State::Upgrading(u) => u.old,
             _ => unreachable!("a handover stops the child of an upgrade"),
         };
+        // Whatever happens next, nothing of this generation outlives this (I4).
+        self.kill_due = Some(now + delay + self.settings.shutdown_timeout);
         match child {
             OldChild::Running(child) => {
                 self.move_to_stopping(Stop {
@@ -57,6 +59,8 @@ impl Machine {
         self.timers.cancel(Timer::ShutdownSignal);
         self.timers
             .set(Timer::ChildKill, now + self.settings.shutdown_timeout);
+        let due = now + self.settings.shutdown_timeout;
+        self.kill_due = Some(self.kill_due.map_or(due, |d| d.min(due)));
         out.push(Effect::Signal {
             id: child,
             signal: self.settings.shutdown_signal,
@@ -188,6 +192,15 @@ impl Machine {
         {
             out.push(Effect::ReportFailure(reason));
         }
+        // Escaped descendants first (`escaped.rs`): the files go with the exit.
+        if !self.start_sweep(code, out) {
+            self.finish_exit(code, out);
+        }
+    }
+
+    /// The last effects: the pidfile and socket files this generation owns, then
+    /// exit with `code`.
+    pub(super) fn finish_exit(&mut self, code: i32, out: &mut Vec<Effect>) {
         let handed_over = self.handed_over();
         if self.settings.pidfile && !handed_over {
             out.push(Effect::RemovePidfile {
@@ -208,6 +221,7 @@ impl Machine {
         if (self.proxy || self.listen) && service && !handed_over {
             out.push(Effect::RemoveProxySockets);
         }
+        self.sweep = None;
         out.push(Effect::Exit(code));
         self.move_to_done();
     }

@@ -27,9 +27,14 @@ pub enum Timer {
     /// (Stopping after a handover with a proxy) stop waiting for the proxied
     /// connections: `shutdown.delay + shutdown.timeout` after the handover.
     DrainCutoff,
+    /// (Exiting, escaped processes signalled) `shutdown.timeout` has passed:
+    /// SIGKILL them.
+    EscapedKill,
+    /// (Exiting, escaped processes SIGKILLed) stop waiting for them.
+    EscapedGiveUp,
 }
 
-const ALL: [Timer; 8] = [
+const ALL: [Timer; 10] = [
     Timer::HealthDeadline,
     Timer::AliveFor,
     Timer::ProbeOverrun,
@@ -38,6 +43,8 @@ const ALL: [Timer; 8] = [
     Timer::ShutdownSignal,
     Timer::ChildKill,
     Timer::DrainCutoff,
+    Timer::EscapedKill,
+    Timer::EscapedGiveUp,
 ];
 
 /// The table: one optional instant per [`Timer`].

@@ -690,3 +690,113 @@ fn bounds_and_unfit_signals_are_refused_and_an_unwritable_pidfile_stops_the_star
     assert!(!sb.path("started.log").exists(), "a child was started");
     sb.assert_clean();
 }
+
+// --- finding 6: setsid daemons escaped the old child's stop --------------------------------
+
+#[test]
+fn escaped_daemons_are_stopped_with_their_generation_only() {
+    // The service runs as a second user; each child starts two `setsid`
+    // daemons (one ignores SIGTERM). An upgrade stops the old generation's
+    // daemons (SIGTERM, then SIGKILL after shutdown.timeout) and leaves the new
+    // generation's alone; stopping the service stops the rest.
+    let sb = Sandbox::new("escaped_daemons_are_stopped_with_their_generation_only");
+    let Some(service) = User::create(&sb, "d") else {
+        return;
+    };
+    open_sandbox(&sb);
+    let shared = shared_dir(&sb);
+    let record = |name: &str| format!("echo $$ >> {}/{name}-{{{{ BlueGreen }}}}", shared.display());
+    let script = format!(
+        "setsid sh -c '{}; exec sleep 1000' & setsid sh -c '{}; trap \"\" TERM; exec sleep 1000' & exec sleep 1000",
+        record("daemon"),
+        record("stubborn"),
+    );
+    let conf = Conf::cmd(&sb, &["sh", "-c", &script])
+        .no_pidfile()
+        .shutdown_timeout("1s");
+    sb.config(&conf);
+    let as_service = |args: &[&str]| {
+        let out = service
+            .command(&sb, bin())
+            .args(args)
+            .args(["-c", "psflip.toml"])
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            code_of(out.status),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let mut p = sb.spawn({
+        let mut c = service.command(&sb, bin());
+        c.args(["-c", "psflip.toml"]).env_remove("XDG_RUNTIME_DIR");
+        c
+    });
+    let daemons = |color: &str| -> Vec<i32> {
+        ["daemon", "stubborn"]
+            .iter()
+            .filter_map(|n| fs::read_to_string(shared.join(format!("{n}-{color}"))).ok())
+            .filter_map(|t| t.trim().parse().ok())
+            .collect()
+    };
+    let blue = sb.wait_for(T, "the first child's daemons run", || {
+        let d = daemons("blue");
+        (d.len() == 2).then_some(d)
+    });
+    for d in &blue {
+        assert_ne!(pgrp(*d), pgrp(p.pid), "daemon {d} left psflip's group");
+    }
+    sb.must(T, "psflip serves", || as_service(&["status"]).0 == 0);
+    let (code, out) = as_service(&["upgrade"]);
+    assert_eq!(code, 0, "{out}\n{}", sb.diag());
+    let green = sb.wait_for(T, "the new child's daemons run", || {
+        let d = daemons("green");
+        (d.len() == 2).then_some(d)
+    });
+    let s: i32 = out
+        .split("psflip pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no successor pid in {out:?}"));
+    // The old generation stops its escaped daemons, the stubborn one by SIGKILL
+    // after shutdown.timeout, and exits 0 once they are gone.
+    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    for d in &blue {
+        assert!(
+            !alive(*d),
+            "the old generation's daemon {d} survived it\n{}",
+            sb.diag()
+        );
+    }
+    assert!(
+        sb.psflip_log().contains("stopping 2 escaped process(es)"),
+        "{}",
+        sb.psflip_log()
+    );
+    assert!(
+        sb.psflip_log().contains("sending SIGKILL"),
+        "{}",
+        sb.psflip_log()
+    );
+    // The new generation's daemons are untouched.
+    for d in &green {
+        sb.assert_alive(*d, "the new generation's daemon");
+        assert_eq!(
+            status_field(*d, "SigPnd").as_deref(),
+            Some("0000000000000000")
+        );
+    }
+    let (code, out) = as_service(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("psflip_pid: {s}\n")), "{out}");
+    // Stopping the service stops the new generation's daemons too.
+    signal(s, Signal::SIGTERM);
+    sb.must_die(s, "the successor");
+    for d in &green {
+        sb.must_die(*d, "the new generation's daemon");
+    }
+    sb.assert_clean();
+}

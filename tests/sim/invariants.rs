@@ -52,6 +52,15 @@ pub enum Fact {
     },
     /// A generation's machine exited with this code.
     Exited { gpid: Pid, code: i32 },
+    /// When it exited, these processes that re-parented to it still ran.
+    EscapedAtExit { gpid: Pid, escaped: Vec<Pid> },
+    /// A generation signalled a process that re-parented to it; whether that
+    /// process came from another generation that still runs.
+    EscapedSignalled {
+        gpid: Pid,
+        target: Pid,
+        origin_running: bool,
+    },
     /// A due `Tick` did nothing and the deadline stayed due.
     BusyLoop { gpid: Pid },
     /// (Proxy) a generation stopped accepting connections.
@@ -100,6 +109,9 @@ pub enum Cover {
     /// A termination signal reached a generation after its handover, while the
     /// new generation it handed over to ran (systemd's stop racing a reload).
     StopAfterHandover,
+    /// A generation stopped escaped processes (a child's `setsid` daemon, or
+    /// jobs whose leader died) before it exited.
+    EscapedStopped,
 }
 
 impl Cover {
@@ -126,6 +138,7 @@ impl Cover {
         Cover::ProxyDrained,
         Cover::ServiceTakenBack,
         Cover::StopAfterHandover,
+        Cover::EscapedStopped,
     ];
 }
 
@@ -291,7 +304,9 @@ fn i3_rollback_restores(w: &World) -> Vec<String> {
         };
         let g = &w.gens[&gpid];
         let name = gen_name(w, gpid);
-        if !w.running(gpid) {
+        // Gone, or on its way out (stopping the escaped processes before it
+        // exits): its child ended after the rollback.
+        if !w.running(gpid) || g.machine.sweeping() {
             continue;
         }
         if g.machine.phase() != Phase::Serving {
@@ -338,6 +353,8 @@ fn i4_old_generation_gone(w: &World) -> Vec<String> {
                 Kind::Psflip => p.pid == gpid,
                 Kind::App { owner, .. } | Kind::Probe { owner } => owner == gpid,
                 Kind::Job { leader } => Some(leader) == child && !w.orphaned_jobs.contains(&p.pid),
+                // Stopped before the generation exits: I5.5 checks that.
+                Kind::Daemon { .. } => false,
             };
             if ours {
                 out.push(format!(
@@ -359,6 +376,7 @@ fn kind_name(kind: &Kind) -> &'static str {
         Kind::App { .. } => "app",
         Kind::Probe { .. } => "probe",
         Kind::Job { .. } => "job",
+        Kind::Daemon { .. } => "daemon",
     }
 }
 
@@ -419,7 +437,27 @@ fn i5_no_orphan_no_zombie(w: &World) -> Vec<String> {
                     ));
                 }
             }
-            (Life::Running, Kind::Psflip) => {}
+            (Life::Running, Kind::Psflip | Kind::Daemon { .. }) => {}
+        }
+    }
+    // 5. Escaped processes (a child's `setsid` daemons, jobs whose leader died),
+    //    re-parented to their generation, are gone when it exits (SPEC §10); and
+    //    a generation never signals a process of another generation that runs.
+    for fact in &w.facts {
+        match fact {
+            Fact::EscapedAtExit { gpid, escaped } if !escaped.is_empty() => out.push(format!(
+                "{} exited while escaped processes {escaped:?} still ran",
+                gen_name(w, *gpid)
+            )),
+            Fact::EscapedSignalled {
+                gpid,
+                target,
+                origin_running: true,
+            } => out.push(format!(
+                "{} signalled [{target}], a process of another running generation",
+                gen_name(w, *gpid)
+            )),
+            _ => {}
         }
     }
     out
@@ -696,7 +734,9 @@ pub fn converged(w: &World, old: Pid) -> Vec<String> {
         let expected = match p.kind {
             Kind::Psflip => p.pid == new,
             Kind::App { .. } => Some(p.pid) == child,
-            Kind::Job { leader } => Some(leader) == child || w.orphaned_jobs.contains(&p.pid),
+            Kind::Job { leader } | Kind::Daemon { leader, .. } => {
+                Some(leader) == child || w.orphaned_jobs.contains(&p.pid)
+            }
             Kind::Probe { .. } => false,
         };
         if p.life == Life::Zombie || !expected {

@@ -52,6 +52,15 @@ pub enum Kind {
     Probe { owner: Pid },
     /// A background job a shell-like app child `leader` left in its process group.
     Job { leader: Pid },
+    /// A daemon the app child `leader` of generation `owner` started in a session
+    /// of its own (`setsid`): the group kill misses it; psflip, a subreaper,
+    /// adopts it when `leader` dies and stops it before exiting (SPEC §10).
+    /// `stubborn`: it ignores everything but SIGKILL.
+    Daemon {
+        leader: Pid,
+        owner: Pid,
+        stubborn: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -186,7 +195,10 @@ impl Gen {
     ) -> Gen {
         let generation = settings.generation;
         Gen {
-            machine: Machine::new(settings).with_proxy(proxy).with_listen(listen),
+            machine: Machine::new(settings)
+                .with_proxy(proxy)
+                .with_listen(listen)
+                .with_subreaper(true),
             rt: GenRuntime::default(),
             ghost: Ghost {
                 number,
@@ -408,6 +420,7 @@ impl World {
             Some(Kind::App { owner, .. }) => format!("app[{pid}] of {}", gen_no(*owner)),
             Some(Kind::Probe { owner }) => format!("probe[{pid}] of {}", gen_no(*owner)),
             Some(Kind::Job { leader }) => format!("job[{pid}] of app[{leader}]"),
+            Some(Kind::Daemon { leader, .. }) => format!("daemon[{pid}] of app[{leader}]"),
             None => format!("[{pid}]"),
         }
     }
@@ -475,13 +488,48 @@ impl World {
                 self.log(format!("kernel: pdeathsig kills {}", self.name(c)));
                 self.exit_proc(c, ExitStatus::Signaled(Signal::SIGKILL as i32));
             }
+            // Every psflip is a child subreaper: orphans go to the nearest
+            // running one above, else to init.
+            let reaper = self.reaper_above(pid);
             let child = self.procs.get_mut(&c).expect("child exists");
-            child.ppid = INIT;
-            if child.life == Life::Zombie {
-                self.after_latency(Ev::InitReap);
+            child.ppid = reaper;
+            let zombie = child.life == Life::Zombie;
+            // No psflip above: its generation was SIGKILLed (a fault) before
+            // it could stop it. Orphaned for good, as jobs are then.
+            if reaper == INIT
+                && !zombie
+                && matches!(child.kind, Kind::Daemon { .. } | Kind::Job { .. })
+            {
+                self.orphaned_jobs.insert(c);
+            }
+            if reaper != INIT {
+                let line = format!(
+                    "kernel: {} re-parented to {}",
+                    self.name(c),
+                    self.name(reaper)
+                );
+                self.log(line);
+            }
+            if zombie {
+                self.notify_parent(reaper);
             }
         }
         self.notify_parent(ppid);
+    }
+
+    /// The nearest running psflip among the ancestors of `pid` (excluded), or init.
+    fn reaper_above(&self, pid: Pid) -> Pid {
+        let mut cur = self.procs.get(&pid).map_or(INIT, |p| p.ppid);
+        while cur != INIT {
+            let Some(p) = self.procs.get(&cur) else {
+                return INIT;
+            };
+            if p.life == Life::Running && matches!(p.kind, Kind::Psflip) {
+                return cur;
+            }
+            cur = p.ppid;
+        }
+        INIT
     }
 
     fn notify_parent(&mut self, ppid: Pid) {
@@ -601,6 +649,12 @@ impl World {
                 );
             }
             Kind::Probe { .. } | Kind::Job { .. } => {
+                self.exit_proc(pid, ExitStatus::Signaled(signal as i32));
+            }
+            Kind::Daemon { stubborn: true, .. } => {
+                self.log(format!("{} ignores {}", self.name(pid), signal.as_str()));
+            }
+            Kind::Daemon { .. } => {
                 self.exit_proc(pid, ExitStatus::Signaled(signal as i32));
             }
         }
@@ -908,6 +962,15 @@ impl World {
     /// The machine asked to exit: the process exits with that code.
     fn machine_exit(&mut self, pid: Pid, code: i32) {
         self.facts.push(Fact::Exited { gpid: pid, code });
+        // What re-parented to it and still runs (not its successor).
+        let escaped: Vec<Pid> = self
+            .procs
+            .values()
+            .filter(|p| p.ppid == pid && p.life == Life::Running)
+            .filter(|p| matches!(p.kind, Kind::Daemon { .. } | Kind::Job { .. }))
+            .map(|p| p.pid)
+            .collect();
+        self.facts.push(Fact::EscapedAtExit { gpid: pid, escaped });
         self.exit_proc(pid, ExitStatus::Code(code));
     }
 
@@ -1064,6 +1127,11 @@ impl World {
                     }
                     exit = self.drive(pid, Event::ProcessExited { id, status });
                 }
+            } else if id.is_none() && exit.is_none() && self.gens[&pid].machine.sweeping() {
+                // As the real runtime does: an adopted process exited; how many
+                // adopted ones still run.
+                let remaining = self.adopted(pid).len();
+                exit = self.drive(pid, Event::EscapedExited { remaining });
             }
             self.reap(z);
             let g = self.gens.get_mut(&pid).expect("a generation");
@@ -1076,6 +1144,17 @@ impl World {
             }
         }
         exit
+    }
+
+    /// The running processes that re-parented to generation `gpid` (its
+    /// children it did not start).
+    pub fn adopted(&self, gpid: Pid) -> Vec<Pid> {
+        let ids = &self.gens[&gpid].rt.ids;
+        self.procs
+            .values()
+            .filter(|p| p.ppid == gpid && p.life == Life::Running && !ids.contains_key(&p.pid))
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// Feed one event to a generation's machine through `runtime::drive`, with the
@@ -1333,6 +1412,7 @@ impl Os for SimOs<'_> {
             Role::App => {
                 let behaviour = w.faults.app(&self.settings);
                 let jobs = behaviour.jobs;
+                let behaviour_ignores_term = behaviour.ignores_term;
                 let exits = behaviour.exits_after;
                 let pid = w.fork(
                     self.pid,
@@ -1343,8 +1423,19 @@ impl Os for SimOs<'_> {
                     None,
                     true,
                 );
-                for _ in 0..jobs {
-                    w.fork(pid, Kind::Job { leader: pid }, Some(pid), false);
+                // A shell with two background jobs `setsid`s the second: a
+                // daemon (no draw of its own, so every seed keeps its schedule).
+                for j in 0..jobs {
+                    if j == 1 {
+                        let kind = Kind::Daemon {
+                            leader: pid,
+                            owner: self.pid,
+                            stubborn: behaviour_ignores_term,
+                        };
+                        w.fork(pid, kind, None, false);
+                    } else {
+                        w.fork(pid, Kind::Job { leader: pid }, Some(pid), false);
+                    }
                 }
                 if let Some((after, status)) = exits {
                     w.schedule(
@@ -1458,6 +1549,55 @@ impl Os for SimOs<'_> {
             signal,
             from: Some(self.pid),
         });
+    }
+
+    fn signal_escaped(&mut self, signal: Signal) -> usize {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        let adopted: Vec<Pid> = w
+            .procs
+            .values()
+            .filter(|p| p.ppid == self.pid && p.life == Life::Running)
+            .filter(|p| !self.rt.ids.contains_key(&p.pid))
+            .map(|p| p.pid)
+            .collect();
+        for &target in &adopted {
+            // Which generation's child started it, and whether that generation
+            // still runs: the checker's, never the machine's, knowledge.
+            let origin = match w.procs[&target].kind {
+                Kind::Daemon { owner, .. } => Some(owner),
+                Kind::Job { leader } => w.proc(leader).and_then(|l| match l.kind {
+                    Kind::App { owner, .. } => Some(owner),
+                    _ => None,
+                }),
+                Kind::App { owner, .. } | Kind::Probe { owner } => Some(owner),
+                Kind::Psflip => Some(target),
+            };
+            w.facts.push(Fact::EscapedSignalled {
+                gpid: self.pid,
+                target,
+                origin_running: origin.is_some_and(|o| o != self.pid && w.running(o)),
+            });
+            let group = signal == Signal::SIGKILL && w.procs[&target].pgid == target;
+            let line = format!(
+                "{}: kill(escaped {}, {})",
+                me,
+                w.name(target),
+                signal.as_str()
+            );
+            w.log(line);
+            w.after_latency(Ev::Deliver {
+                target,
+                group,
+                signal,
+                from: Some(self.pid),
+            });
+        }
+        if !adopted.is_empty() {
+            w.cover(Cover::EscapedStopped);
+        }
+        adopted.len()
     }
 
     fn write_pidfile(&mut self) -> Result<(), String> {
