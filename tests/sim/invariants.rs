@@ -19,7 +19,7 @@ use std::fmt;
 use std::time::Duration;
 
 use psflip::Signal;
-use psflip::machine::{ExitStatus, Generation, Health, Instant, Phase};
+use psflip::machine::{ExitStatus, Generation, Health, Instant};
 
 use crate::world::{End, Kind, Life, Pid, REAP_BOUND, World};
 
@@ -309,16 +309,13 @@ fn i3_rollback_restores(w: &World) -> Vec<String> {
         if !w.running(gpid) || g.machine.sweeping() {
             continue;
         }
-        if g.machine.phase() != Phase::Serving {
+        if g.ghost.handed_over || g.ghost.in_flight.is_some() {
             out.push(format!(
-                "{name} is {:?} after a failed upgrade, not Serving",
-                g.machine.phase()
+                "{name} is not the service again after a failed upgrade (handed over {}, in flight {:?})",
+                g.ghost.handed_over, g.ghost.in_flight
             ));
         }
-        let child_now = g
-            .machine
-            .live_child()
-            .and_then(|id| g.rt.pids.get(&id).copied());
+        let child_now = g.ghost.running_child();
         if child_now != child_at_start || !child_now.is_some_and(|c| w.running(c)) {
             out.push(format!(
                 "{name} has child {child_now:?} after a failed upgrade, had {child_at_start:?}"
@@ -480,9 +477,8 @@ fn i6_pidfile_names_ready_psflip(w: &World) -> Vec<String> {
     };
     let name = gen_name(w, p);
     if w.running(p) {
-        let ok = g.ghost.ready_reported
-            || (g.ghost.generation == Generation::First && g.machine.healthy())
-            || (g.machine.healthy() && g.machine.phase() == Phase::Starting);
+        // Reported ready, or healthy and about to (writing the pidfile first).
+        let ok = g.ghost.ready_reported || g.ghost.healthy;
         if ok {
             Vec::new()
         } else {
@@ -521,7 +517,7 @@ fn i6_pidfile_names_ready_psflip(w: &World) -> Vec<String> {
 /// not for a successor that gave up before it was ready.
 pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
     let g = &w.gens[&gpid];
-    if g.machine.handed_over() {
+    if g.ghost.handed_over {
         // (Whether the handover was valid is I1's business.)
         return 0;
     }
@@ -552,7 +548,7 @@ fn i7_exit_status(w: &World) -> Vec<String> {
                     "{} exited {code}, expected {expected} (child exit {:?}, handed over {}, stopped its child {})",
                     gen_name(w, gpid),
                     g.ghost.child_exit,
-                    g.machine.handed_over(),
+                    g.ghost.handed_over,
                     g.ghost.stopped_child
                 ));
             }
@@ -574,8 +570,9 @@ fn listen_sockets_kept(w: &World) -> Vec<String> {
         .filter(|p| {
             let g = &w.gens[p];
             !g.ghost.terminating
-                && g.machine.live_child().is_some()
-                && matches!(g.machine.phase(), Phase::Serving | Phase::Upgrading)
+                && g.ghost.child_runs()
+                && g.ghost.protects_child
+                && !g.ghost.handed_over
         })
         .map(|p| {
             format!(
@@ -611,7 +608,7 @@ fn i8_proxy_keeps_connections(w: &World) -> Vec<String> {
         .filter(|p| w.gens[p].rt.accepting)
         .collect();
     for p in &accepting {
-        if !w.gens[p].machine.healthy() {
+        if !w.gens[p].ghost.healthy {
             out.push(format!(
                 "{} accepts before its child is healthy",
                 gen_name(w, *p)
@@ -623,7 +620,7 @@ fn i8_proxy_keeps_connections(w: &World) -> Vec<String> {
         .copied()
         .filter(|p| {
             let g = &w.gens[p];
-            !g.ghost.terminating && matches!(g.machine.phase(), Phase::Serving | Phase::Upgrading)
+            !g.ghost.terminating && g.ghost.protects_child && !g.ghost.handed_over
         })
         .collect();
     if !w.proxy_sockets && !serving.is_empty() {
@@ -716,17 +713,16 @@ pub fn converged(w: &World, old: Pid) -> Vec<String> {
             gen_name(w, new)
         ));
     }
-    if g.machine.phase() != Phase::Serving {
+    if !g.ghost.ready_reported || g.ghost.handed_over || g.ghost.terminating {
         out.push(format!(
-            "{} is {:?}, not Serving",
+            "{} is not the service (reported ready {}, handed over {}, terminating {})",
             gen_name(w, new),
-            g.machine.phase()
+            g.ghost.ready_reported,
+            g.ghost.handed_over,
+            g.ghost.terminating
         ));
     }
-    let child = g
-        .machine
-        .live_child()
-        .and_then(|id| g.rt.pids.get(&id).copied());
+    let child = g.ghost.running_child();
     if !child.is_some_and(|c| w.running(c)) {
         out.push(format!("{} has no running child", gen_name(w, new)));
     }

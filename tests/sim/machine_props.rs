@@ -23,8 +23,8 @@ use proptest::test_runner::TestCaseError;
 
 use psflip::Signal;
 use psflip::machine::{
-    Effect, Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProbeKind, ProcId,
-    Role, Settings,
+    Effect, Event, ExitStatus, Generation, Health, Instant, Machine, Notify, Phase, ProbeKind,
+    ProcId, Role, Settings,
 };
 
 const SIGNALS: &[Signal] = &[
@@ -179,9 +179,23 @@ struct Harness {
     protects_child: bool,
     /// Ids it sent SIGKILL to.
     killed: BTreeSet<ProcId>,
+    /// The harness's own record of a handover (never the machine's opinion): it
+    /// fed a "ready" from the successor in flight, which the machine had not
+    /// SIGKILLed, with no termination signal fed since that successor started.
+    ready_heard: bool,
+    /// A termination signal was fed while a successor was in flight.
+    aborted: bool,
 }
 
 impl Harness {
+    /// The successor spawned and not gone, if any.
+    fn in_flight(&self) -> Option<ProcId> {
+        self.spawned
+            .iter()
+            .find(|(s, r)| **r == Role::Successor && !self.gone.contains(s))
+            .map(|(s, _)| *s)
+    }
+
     fn latest(&self, role: Kind) -> Option<ProcId> {
         self.spawned
             .iter()
@@ -246,7 +260,19 @@ impl Harness {
     /// Step the machine and check every property on what came out.
     fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
         let due_before = self.m.deadline().is_some_and(|d| d <= self.now);
-        let handed_over_before = self.m.handed_over();
+        let in_flight = self.in_flight();
+        match &event {
+            Event::SuccessorReady { id }
+                if Some(*id) == in_flight && !self.killed.contains(id) && !self.aborted =>
+            {
+                self.ready_heard = true;
+            }
+            Event::SignalReceived {
+                signal: Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT,
+                ..
+            } if in_flight.is_some() => self.aborted = true,
+            _ => {}
+        }
         let effects = self.m.step(self.now, event.clone());
         if self.exited {
             prop_assert!(
@@ -283,6 +309,7 @@ impl Harness {
                             "successor {id} spawned while {in_flight:?} in flight"
                         );
                         self.protects_child = true;
+                        self.aborted = false;
                     }
                     self.spawned.insert(id, role);
                 }
@@ -298,7 +325,7 @@ impl Harness {
                     let stop = signal == Signal::SIGKILL || signal == shutdown;
                     if Some(id) == child && stop && !forward && self.protects_child {
                         prop_assert!(
-                            self.gone.contains(&id) || self.m.handed_over(),
+                            self.gone.contains(&id) || self.ready_heard,
                             "I1: {signal} to the serving child before a handover (on {event:?})"
                         );
                     }
@@ -315,15 +342,21 @@ impl Harness {
                 _ => {}
             }
         }
-        if self.m.phase() == Phase::Serving {
+        // Serving, as its effects say: ready reported, or READY=1 told.
+        if effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::ReportReady | Effect::Notify(Notify::Ready { .. })
+            )
+        }) {
             self.protects_child = true;
         }
         if let Event::SuccessorReady { id } = event
             && self.killed.contains(&id)
         {
             prop_assert!(
-                handed_over_before || !self.m.handed_over(),
-                "handed over to successor {id}, which it had SIGKILLed"
+                !effects.contains(&Effect::ProxyStopAccepting),
+                "handed over to successor {id}, which it had SIGKILLed: {effects:?}"
             );
         }
         if event == Event::Tick && due_before && !self.exited {
@@ -379,6 +412,8 @@ proptest! {
             exited: false,
             protects_child: false,
             killed: BTreeSet::new(),
+            ready_heard: false,
+            aborted: false,
         };
         // Most runs start properly; some get events before `Started`.
         if start_first {
@@ -430,7 +465,7 @@ fn ready_from_a_successor_it_killed_is_no_handover() {
     );
     let effects = m.step(kill_at, Event::SuccessorReady { id: successor });
     assert!(
-        !m.handed_over(),
+        !effects.contains(&Effect::ProxyStopAccepting),
         "handed over to the successor it had just SIGKILLed; effects: {effects:?}"
     );
     assert!(

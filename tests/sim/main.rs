@@ -44,7 +44,7 @@ use std::time::Duration;
 use psflip::machine::{Instant, Phase, SUCCESSOR_GRACE};
 
 use invariants::{Cover, Violation};
-use world::World;
+use world::{Mutation, World};
 
 const DEFAULT_SEEDS: u64 = 10_000;
 const DEFAULT_START: u64 = 0;
@@ -147,8 +147,15 @@ fn settle_bound(w: &World) -> Duration {
 }
 
 fn simulate(seed: u64) -> Outcome {
+    simulate_broken(seed, None)
+}
+
+/// One seed, with the system under test deliberately broken by `mutation`.
+fn simulate_broken(seed: u64, mutation: Option<Mutation>) -> Outcome {
+    let mut w = World::new(seed);
+    w.mutation = mutation;
     let mut run = Run {
-        w: World::new(seed),
+        w,
         violations: Vec::new(),
         steps: 0,
         crashed: false,
@@ -455,4 +462,36 @@ fn regressions() {
         }
     }
     assert!(failed.is_empty(), "regression seeds fail again: {failed:?}");
+}
+
+/// Each invariant can fail: with the system under test deliberately broken
+/// (test-only [`Mutation`]s of its effects or inputs), some seed among the first
+/// few hundred reports the invariant that break violates. A checker that cannot
+/// fail would pass this machine too.
+#[test]
+fn each_invariant_fires_on_a_broken_machine() {
+    let cases = [
+        (Mutation::StopChildAtUpgrade, "I1 old child spared"),
+        (Mutation::DoubleProbe, "I2 at most two"),
+        (Mutation::SkipPidfileWrites, "I3 rollback restores"),
+        (Mutation::NoGroupKill, "I4 old generation gone"),
+        (Mutation::NoGroupKill, "I5 no orphan, no zombie"),
+        (Mutation::KeepPidfile, "I6 pidfile names a ready psflip"),
+        (Mutation::WrongExitCode, "I7 exit status"),
+        (Mutation::NeverAccept, "I8 proxy keeps connections"),
+        (Mutation::DropTicks, "no busy loop"),
+    ];
+    let mut silent = Vec::new();
+    for (mutation, invariant) in cases {
+        let fired = (0..400u64).find(|&seed| {
+            simulate_broken(seed, Some(mutation))
+                .failure
+                .is_some_and(|f| f.violations.iter().any(|v| v.invariant == invariant))
+        });
+        match fired {
+            Some(seed) => eprintln!("{mutation:?}: {invariant} fired at SEED={seed}"),
+            None => silent.push(format!("{mutation:?} never made {invariant:?} fire")),
+        }
+    }
+    assert!(silent.is_empty(), "{silent:#?}");
 }

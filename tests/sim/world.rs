@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use psflip::Signal;
 use psflip::machine::{
-    Event, ExitStatus, Generation, Instant, Machine, Phase, ProcId, Role, Sender, Settings,
+    Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProcId, Role, Sender, Settings,
 };
 use psflip::runtime::{self, Os};
 
@@ -156,8 +156,35 @@ pub struct Ghost {
     /// The machine sent its running child the shutdown signal or SIGKILL (not a
     /// forward).
     pub stopped_child: bool,
-    /// The child's exit as reported, and whether the machine had seen it healthy.
+    /// The child's exit as reported, and whether it had proven healthy by then
+    /// ([`Ghost::healthy`]).
     pub child_exit: Option<(ExitStatus, bool)>,
+    /// When the app child was spawned (world time).
+    pub child_spawned_at: Option<Instant>,
+    /// World fact: the child proved healthy, as its generation could see it —
+    /// with `alive`, a tick reached the generation once the child had run
+    /// `timeout` (and before `upgrade.timeout`); with a probe, a probe's exit 0
+    /// reached it while that child ran. Never the machine's opinion.
+    pub healthy: bool,
+    /// World fact: the child can no longer prove healthy — a tick reached the
+    /// generation after `upgrade.timeout`, or (successor) a termination signal
+    /// reached it before it reported ready.
+    pub health_over: bool,
+    /// The successor this generation started whose end it has not heard of, and
+    /// that it has not handed over to.
+    pub in_flight: Option<Pid>,
+    /// It sent SIGKILL to the successor in flight.
+    pub killed_in_flight: bool,
+    /// A termination signal reached it while a successor was in flight.
+    pub upgrade_aborted: bool,
+    /// World fact: it read "ready" from the successor in flight, which it had not
+    /// killed, with no termination signal since the upgrade began — and has not
+    /// taken the service back since (the new generation died before the old
+    /// child was touched).
+    pub handed_over: bool,
+    /// A termination signal from anyone but its predecessor reached it after the
+    /// handover.
+    pub stopped_after_handover: bool,
     /// A pidfile write failed while its child was healthy and it was not serving yet.
     pub pidfile_failed_starting: bool,
     /// The last pidfile write failed.
@@ -177,6 +204,29 @@ pub struct Ghost {
     /// (Proxy) its last proxied connection closed after it stopped accepting.
     pub connections_closed: bool,
     pub end: Option<End>,
+}
+
+impl Ghost {
+    /// Whether `id` names its app child.
+    pub fn is_child(&self, id: ProcId) -> bool {
+        self.child.is_some_and(|(c, _)| c == id)
+    }
+
+    /// Its child runs, as far as the generation was told: spawned, and its exit
+    /// not reported yet.
+    pub fn child_runs(&self) -> bool {
+        self.child.is_some() && self.child_exit.is_none()
+    }
+
+    /// The child's pid while [`Ghost::child_runs`].
+    pub fn running_child(&self) -> Option<Pid> {
+        self.child.filter(|_| self.child_runs()).map(|(_, p)| p)
+    }
+
+    /// Whether a "ready" from `id` comes from the successor in flight.
+    pub fn in_flight_ready(&self, rt: &GenRuntime, id: ProcId) -> bool {
+        self.in_flight.is_some() && rt.pids.get(&id) == self.in_flight.as_ref()
+    }
 }
 
 /// One psflip generation.
@@ -216,6 +266,14 @@ impl Gen {
                 handover_at: None,
                 stopped_child: false,
                 child_exit: None,
+                child_spawned_at: None,
+                healthy: false,
+                health_over: false,
+                in_flight: None,
+                killed_in_flight: false,
+                upgrade_aborted: false,
+                handed_over: false,
+                stopped_after_handover: false,
                 pidfile_failed_starting: false,
                 last_pidfile_write_failed: false,
                 successor_pid: None,
@@ -268,7 +326,35 @@ enum Ev {
 }
 
 /// The simulated world. See the module documentation.
+/// A deliberate break of the system under test, for the test that shows each
+/// invariant can fail (`each_invariant_fires_on_a_broken_machine`): the
+/// machine's effects, or its inputs, corrupted on their way through the
+/// simulated runtime. Never set in a normal run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// The old child gets the shutdown signal as soon as a successor starts (I1).
+    StopChildAtUpgrade,
+    /// Every probe run starts a second probe beside it (I2).
+    DoubleProbe,
+    /// Pidfile writes are reported done but skipped (I3: not named again after
+    /// a rollback).
+    SkipPidfileWrites,
+    /// SIGKILL to a process group is lost (I4: a stubborn old child outlives its
+    /// generation's bound; I5: a dead child's jobs are orphaned).
+    NoGroupKill,
+    /// The pidfile is never removed (I6: it names a dead psflip).
+    KeepPidfile,
+    /// psflip exits with its code plus one (I7).
+    WrongExitCode,
+    /// The proxy never starts accepting (I8).
+    NeverAccept,
+    /// Ticks never reach the machine (a due deadline stays due: busy loop).
+    DropTicks,
+}
+
 pub struct World {
+    /// The deliberate break in force, if any (see [`Mutation`]).
+    pub mutation: Option<Mutation>,
     pub seed: u64,
     pub now: Instant,
     queue: BTreeMap<(Instant, u64), Ev>,
@@ -336,6 +422,7 @@ impl World {
         let first_settings = faults::settings(&mut settings_rng);
         let proxy = settings_rng.chance(0.3);
         World {
+            mutation: None,
             seed,
             now: Instant::ZERO,
             queue: BTreeMap::new(),
@@ -728,7 +815,7 @@ impl World {
             .collect();
         live.iter()
             .copied()
-            .find(|p| !self.gens[p].machine.handed_over())
+            .find(|p| !self.gens[p].ghost.handed_over)
             .or(live.last().copied())
     }
 
@@ -891,7 +978,7 @@ impl World {
             && let Some(old) = live
                 .iter()
                 .copied()
-                .find(|p| self.gens[p].machine.upgrading())
+                .find(|p| self.gens[p].ghost.in_flight.is_some())
         {
             self.terminate_during_upgrade = None;
             self.service_enders += 1;
@@ -1182,10 +1269,10 @@ impl World {
                     .is_some_and(|s| {
                         s.ghost.ready_valid && s.ghost.end != Some(End::KilledByParent)
                     });
-                this.ghost.ready_heard_valid |= valid && matches!(before.phase, Phase::Upgrading);
+                this.ghost.ready_heard_valid |= valid && this.ghost.in_flight_ready(&this.rt, *id);
             }
-            Event::ProcessExited { id, status } if this.machine.live_child() == Some(*id) => {
-                this.ghost.child_exit = Some((*status, this.machine.healthy()));
+            Event::ProcessExited { id, status } if this.ghost.is_child(*id) => {
+                this.ghost.child_exit = Some((*status, this.ghost.healthy));
             }
             Event::SignalReceived { signal: sig, .. } if *sig == this.settings().upgrade_signal => {
                 match before.phase {
@@ -1203,10 +1290,10 @@ impl World {
                 from: Sender::Other,
             } => {
                 this.ghost.terminating = true;
-                if this.machine.live_child().is_some() {
+                if this.ghost.child_runs() {
                     this.ghost.stop_signal = Some(*sig);
                 }
-                if before.handed_over
+                if this.ghost.handed_over
                     && let Some(s) = this.ghost.successor_pid
                     && self.running(s)
                 {
@@ -1222,7 +1309,7 @@ impl World {
                 // service it got after the handover): whatever we reported, we may
                 // stop our child now.
                 this.ghost.terminating = true;
-                if this.machine.live_child().is_some() {
+                if this.ghost.child_runs() {
                     this.ghost.stop_signal = Some(*sig);
                 }
                 this.ghost.protects_child = false;
@@ -1230,6 +1317,14 @@ impl World {
             }
             _ => {}
         }
+
+        if self.mutation == Some(Mutation::DropTicks) && event == Event::Tick {
+            self.gens.insert(pid, this);
+            return None;
+        }
+        let handed_over_before = this.ghost.handed_over;
+        let in_flight_before = this.ghost.in_flight;
+        self.observe(&mut this, &event);
 
         let mut reported = false;
         let code = {
@@ -1244,11 +1339,16 @@ impl World {
                 forwarding,
                 reported: &mut reported,
             };
-            runtime::drive(machine, now, event, &mut os)
+            let code = runtime::drive(machine, now, event, &mut os);
+            match self.mutation {
+                Some(Mutation::WrongExitCode) => code.map(|c| c + 1),
+                _ => code,
+            }
         };
 
         let after = Snapshot::of(&this.machine);
         self.after_drive(pid, &mut this, &before, &after, reported);
+        self.after_facts(pid, &mut this, handed_over_before, in_flight_before, code);
         self.gens.insert(pid, this);
         if code.is_none() && reported && self.gens[&pid].ghost.dies_after_ready {
             self.log(format!(
@@ -1269,17 +1369,23 @@ impl World {
         after: &Snapshot,
         reported: bool,
     ) {
+        let pidfile = this.settings().pidfile;
         let ghost = &mut this.ghost;
-        if after.phase == Phase::Serving && !ghost.aborted {
+        // The service: a first generation whose child proved healthy, or a
+        // successor that reported ready (and was not aborted).
+        let service = match ghost.generation {
+            Generation::First => ghost.healthy,
+            Generation::Successor => ghost.ready_reported,
+        };
+        if service && !ghost.aborted {
             ghost.protects_child = true;
         }
         if reported {
-            let pidfile_ok = !this.machine.settings().pidfile || self.pidfile == Some(pid);
-            ghost.ready_valid =
-                this.machine.healthy() && this.machine.live_child().is_some() && pidfile_ok;
+            let pidfile_ok = !pidfile || self.pidfile == Some(pid);
+            ghost.ready_valid = ghost.healthy && ghost.child_runs() && pidfile_ok;
             self.facts.push(Fact::ReadyReported {
                 gpid: pid,
-                healthy: this.machine.healthy(),
+                healthy: ghost.healthy,
                 pidfile_ok,
             });
             if let Some(pred) = ghost.parent
@@ -1291,33 +1397,123 @@ impl World {
                 self.cover(Cover::OldKilledSuccessorTookOver);
             }
         }
-        if !before.upgrading && after.upgrading && before.phase == Phase::Starting {
+        if before.phase == Phase::Starting && after.phase == Phase::Upgrading {
             self.cover(Cover::EarlyUpgradePerformed);
         }
-        if before.handed_over && !after.handed_over {
-            // The successor died before the old child was signalled: the service
-            // is ours again (Machine::on_new_service_gone).
+    }
+
+    /// What the world saw reach a generation, before its machine runs: the facts
+    /// the oracles use instead of the machine's opinion (Firezone's
+    /// `reference.rs`).
+    fn observe(&mut self, this: &mut Gen, event: &Event) {
+        let now = self.now;
+        let health_within = self.health_within(this);
+        let health = this.settings().health;
+        let g = &mut this.ghost;
+        let proving = g.child_runs() && !g.healthy && !g.health_over;
+        match event {
+            Event::Tick if proving => {
+                let t0 = g.child_spawned_at.expect("a spawned child");
+                if now >= t0 + health_within {
+                    g.health_over = true;
+                } else if let Health::Alive { timeout } = health
+                    && now >= t0 + timeout
+                {
+                    g.healthy = true;
+                }
+            }
+            Event::ProcessExited { id, status } if proving && status.success() => {
+                let probe = this.rt.pids.get(id).and_then(|p| self.procs.get(p));
+                if probe.is_some_and(|p| matches!(p.kind, Kind::Probe { .. })) {
+                    g.healthy = true;
+                }
+            }
+            Event::SignalReceived {
+                signal: Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT,
+                from,
+            } => {
+                if g.generation == Generation::Successor && !g.ready_reported {
+                    g.health_over = true;
+                }
+                if g.in_flight.is_some() {
+                    g.upgrade_aborted = true;
+                }
+                if g.handed_over && *from == Sender::Other {
+                    g.stopped_after_handover = true;
+                }
+            }
+            Event::SuccessorReady { id }
+                if g.in_flight_ready(&this.rt, *id)
+                    && !g.killed_in_flight
+                    && !g.upgrade_aborted =>
+            {
+                g.in_flight = None;
+                g.handed_over = true;
+            }
+            Event::ProcessExited { id, .. } | Event::SpawnFailed { id, .. }
+                if g.in_flight.is_some() && this.rt.pids.get(id) == g.in_flight.as_ref() =>
+            {
+                g.in_flight = None;
+            }
+            // The new generation died. Before the old child was touched (and with
+            // no stop of the service since), the service is ours again.
+            Event::ProcessExited { id, .. }
+                if g.handed_over
+                    && this.rt.pids.get(id) == g.successor_pid.as_ref()
+                    && !g.stopped_child
+                    && !g.stopped_after_handover
+                    && g.child_runs() =>
+            {
+                g.handed_over = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// How long a generation's child has to prove healthy: its `upgrade.timeout`,
+    /// bounded by its predecessor's (the old generation kills it after that).
+    fn health_within(&self, this: &Gen) -> Duration {
+        let own = this.settings().upgrade_timeout;
+        match this.ghost.parent.and_then(|p| self.gens.get(&p)) {
+            Some(parent) => own.min(parent.settings().upgrade_timeout),
+            None => own,
+        }
+    }
+
+    /// The facts of a handover or a rollback, and their coverage.
+    fn after_facts(
+        &mut self,
+        pid: Pid,
+        this: &mut Gen,
+        handed_over_before: bool,
+        in_flight_before: Option<Pid>,
+        code: Option<i32>,
+    ) {
+        let ghost = &mut this.ghost;
+        if handed_over_before && !ghost.handed_over {
             ghost.handover_at = None;
             self.cover(Cover::ServiceTakenBack);
         }
-        if !before.handed_over && after.handed_over {
+        if !handed_over_before && ghost.handed_over {
             ghost.handover_at = Some(self.now);
             self.cover(Cover::UpgradeDone);
             if ghost.child_exit.is_some() {
                 self.cover(Cover::OldChildExitedSuccessorTookOver);
             }
         }
-        if before.upgrading && !after.upgrading && !after.handed_over {
+        let rolled_back =
+            in_flight_before.is_some() && ghost.in_flight.is_none() && !ghost.handed_over;
+        if rolled_back {
             let successor = ghost.successor_pid.take();
-            if matches!(before.phase, Phase::Aborting) {
+            if ghost.upgrade_aborted {
                 self.cover(Cover::RollbackTermination);
-            } else if after.phase == Phase::Serving
+            } else if code.is_none()
                 && let Some(s) = successor
             {
                 let cause = self.rollback_cause(s);
                 self.cover(cause);
             }
-            if after.phase != Phase::Done {
+            if code.is_none() {
                 self.facts.push(Fact::RolledBack {
                     gpid: pid,
                     child_at_start: ghost.upgrade_child,
@@ -1346,21 +1542,16 @@ impl World {
     }
 }
 
-/// What the checker compares before and after one `drive`.
+/// The machine's phase before and after one `drive`: for coverage counts only,
+/// never for an invariant.
 #[derive(Clone, Debug)]
 struct Snapshot {
     phase: Phase,
-    upgrading: bool,
-    handed_over: bool,
 }
 
 impl Snapshot {
     fn of(m: &Machine) -> Snapshot {
-        Snapshot {
-            phase: m.phase(),
-            upgrading: m.upgrading(),
-            handed_over: m.handed_over(),
-        }
+        Snapshot { phase: m.phase() }
     }
 }
 
@@ -1448,6 +1639,7 @@ impl Os for SimOs<'_> {
                     );
                 }
                 self.ghost.child = Some((id, pid));
+                self.ghost.child_spawned_at = Some(w.now);
                 pid
             }
             Role::Probe { .. } => {
@@ -1456,6 +1648,9 @@ impl Os for SimOs<'_> {
                     w.service_enders += 1;
                 }
                 let pid = w.fork(self.pid, Kind::Probe { owner: self.pid }, None, true);
+                if w.mutation == Some(Mutation::DoubleProbe) {
+                    w.fork(self.pid, Kind::Probe { owner: self.pid }, None, true);
+                }
                 if let ProbeOutcome::Exits { after, code } = outcome {
                     w.schedule(
                         w.now + after,
@@ -1490,6 +1685,9 @@ impl Os for SimOs<'_> {
                 self.rt.ready_byte = false;
                 self.ghost.protects_child = true;
                 self.ghost.successor_pid = Some(pid);
+                self.ghost.in_flight = Some(pid);
+                self.ghost.killed_in_flight = false;
+                self.ghost.upgrade_aborted = false;
                 self.ghost.upgrade_child = self.ghost.child.map(|(_, p)| p);
                 pid
             }
@@ -1498,6 +1696,13 @@ impl Os for SimOs<'_> {
         self.rt.ids.insert(pid, id);
         let line = format!("{}: spawned {role:?} {id} as {}", me, w.name(pid));
         w.log(line);
+        if w.mutation == Some(Mutation::StopChildAtUpgrade)
+            && role == Role::Successor
+            && let Some((child, _)) = self.ghost.child
+        {
+            let signal = self.settings.shutdown_signal;
+            self.signal(child, signal, false);
+        }
         Ok(())
     }
 
@@ -1508,8 +1713,14 @@ impl Os for SimOs<'_> {
         let me = self.me();
         let w = &mut *self.world;
         w.effects += 1;
+        if group && signal == Signal::SIGKILL && w.mutation == Some(Mutation::NoGroupKill) {
+            return;
+        }
         let forwarded = !group && self.forwarding == Some(signal);
         let is_child = self.ghost.child.is_some_and(|(c, _)| c == id);
+        if signal == Signal::SIGKILL && self.ghost.in_flight == Some(target) {
+            self.ghost.killed_in_flight = true;
+        }
         let target_runs = w.running(target);
         if is_child
             && !forwarded
@@ -1604,7 +1815,7 @@ impl Os for SimOs<'_> {
         let me = self.me();
         let w = &mut *self.world;
         w.effects += 1;
-        if !self.settings.pidfile {
+        if !self.settings.pidfile || w.mutation == Some(Mutation::SkipPidfileWrites) {
             return Ok(());
         }
         if w.faults.pidfile_write_fails() {
@@ -1625,6 +1836,9 @@ impl Os for SimOs<'_> {
         let me = self.me();
         let w = &mut *self.world;
         w.effects += 1;
+        if w.mutation == Some(Mutation::KeepPidfile) {
+            return;
+        }
         // Ours, or the exited successor's the machine names (an aborted upgrade
         // whose successor had just written it).
         let stale_successor = exited_successor
@@ -1664,6 +1878,9 @@ impl Os for SimOs<'_> {
         let me = self.me();
         let w = &mut *self.world;
         w.effects += 1;
+        if w.mutation == Some(Mutation::NeverAccept) {
+            return;
+        }
         self.rt.accepting = true;
         // Accepting again (the service was taken back): no drain is awaited.
         self.ghost.stopped_accepting_at = None;
