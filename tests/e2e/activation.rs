@@ -179,9 +179,7 @@ fn listen_load_test_across_upgrades_every_250ms() {
     let v4 = format!("127.0.0.1:{}", free_port());
     let mut conf = server_conf(&sb, &[(&v4, "web")]);
     conf.shutdown_timeout = "5s".into();
-    sb.config(&conf);
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&conf);
     let c1 = sb.child_of(p.pid);
     assert!(get_tcp(&v4).unwrap().starts_with(&c1.to_string()));
 

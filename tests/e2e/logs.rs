@@ -119,9 +119,7 @@ fn json_lines(sb: &Sandbox) -> Vec<serde_json::Value> {
 #[test]
 fn json_format_is_one_object_per_line_with_the_documented_keys() {
     let sb = Sandbox::new("logs_json");
-    sb.config(&Conf::sleep(&sb).top("log_format = \"json\""));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb).top("log_format = \"json\""));
     let started =
         |v: &serde_json::Value, event: &str, pid: i32| v["event"] == event && v["pid"] == pid;
     let child = sb.wait_for(T, "a child_started event", || {

@@ -46,9 +46,7 @@ fn pidfile_is_replaced_atomically_across_10_upgrades() {
         "pidfile_is_replaced_atomically_across_10_upgrades",
         Duration::from_secs(40),
     );
-    sb.config(&Conf::sleep(&sb).alive("150ms"));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb).alive("150ms"));
 
     // A reader hammering the file for the whole test: it must only ever see a
     // complete "<pid>\n".
@@ -123,9 +121,7 @@ fn a_planted_symlink_is_replaced_not_followed(#[case] target_exists: bool) {
         fs::write(&victim, "precious\n").unwrap();
     }
     std::os::unix::fs::symlink(&victim, sb.pidfile()).unwrap();
-    sb.config(&Conf::sleep(&sb));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb));
     let meta = fs::symlink_metadata(sb.pidfile()).unwrap();
     assert!(meta.file_type().is_file(), "the pidfile is still a symlink");
     if target_exists {
@@ -154,9 +150,7 @@ fn pidfile_is_removed_when_psflip_exits_because_its_child_exited() {
 #[test]
 fn a_pidfile_naming_someone_else_is_left_alone() {
     let sb = Sandbox::new("a_pidfile_naming_someone_else_is_left_alone");
-    sb.config(&Conf::sleep(&sb));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb));
     fs::write(sb.pidfile(), "1\n").unwrap();
     p.signal(Signal::SIGTERM);
     // The child died of the SIGTERM psflip passed on: a requested stop (issue #9).
@@ -168,9 +162,7 @@ fn a_pidfile_naming_someone_else_is_left_alone() {
 #[test]
 fn the_old_generation_leaves_the_pidfile_to_its_successor() {
     let sb = Sandbox::new("the_old_generation_leaves_the_pidfile_to_its_successor");
-    sb.config(&Conf::fixture(&sb, &[]));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::fixture(&sb, &[]));
     let s = sb.upgrade(p.pid);
     assert_eq!(sb.wait_exit(&mut p, T), 0);
     // The old psflip has exited: the pidfile still names the successor.

@@ -100,9 +100,7 @@ fn f_binary_missing_or_not_executable_the_old_generation_carries_on() {
 #[test]
 fn the_configuration_is_reloaded_on_upgrade() {
     let sb = Sandbox::new("the_configuration_is_reloaded_on_upgrade");
-    sb.config(&Conf::fixture(&sb, &["gen-one"]).env("E2E_VAR", "old"));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::fixture(&sb, &["gen-one"]).env("E2E_VAR", "old"));
     let c1 = sb.child_of(p.pid);
     assert_eq!(sb.must_start(c1), "gen-one");
     assert_eq!(env_var(c1, "E2E_VAR").as_deref(), Some("old"));
@@ -130,7 +128,7 @@ fn the_configuration_is_reloaded_on_upgrade() {
 #[test]
 fn ab_and_bluegreen_alternate_across_generations() {
     let sb = Sandbox::new("ab_and_bluegreen_alternate_across_generations");
-    sb.config(
+    let mut p = sb.start_with(
         &Conf::fixture(
             &sb,
             &[
@@ -141,8 +139,6 @@ fn ab_and_bluegreen_alternate_across_generations() {
         )
         .top("[locals]\nport = \"{{ AB \\\"8081\\\" \\\"8082\\\" }}\""),
     );
-    let mut p = sb.start();
-    sb.must_name(p.pid);
     let mut seen = vec![sb.must_start(sb.child_of(p.pid))];
     let mut active = p.pid;
     for round in 1..=3 {

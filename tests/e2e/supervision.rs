@@ -26,9 +26,7 @@ fn exit_status_is_the_childs_code_while_serving() {
 #[test]
 fn exit_status_137_when_the_child_is_sigkilled() {
     let sb = Sandbox::new("exit_status_137_when_the_child_is_sigkilled");
-    sb.config(&Conf::sleep(&sb).alive("150ms"));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb).alive("150ms"));
     let c = sb.child_of(p.pid);
     signal(c, Signal::SIGKILL);
     assert_eq!(sb.wait_exit(&mut p, T), 137, "{}", sb.diag());
@@ -159,9 +157,7 @@ fn workdir_is_the_childs_cwd(#[case] absolute: bool) {
     } else {
         "work/dir".into()
     });
-    sb.config(&conf);
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&conf);
     let want = fs::canonicalize(&dir).unwrap();
     let cwd = |pid: i32| fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
     assert_eq!(cwd(sb.child_of(p.pid)), want);
@@ -303,9 +299,7 @@ fn the_upgrade_signal_is_not_forwarded_but_sighup_is_when_it_is_not_the_upgrade_
     let sb = Sandbox::new("upgrade_signal_not_forwarded");
     let mut conf = Conf::fixture(&sb, &[]);
     conf.upgrade_signal = Some("usr1".into());
-    sb.config(&conf);
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&conf);
     let c1 = sb.child_of(p.pid);
     p.signal(Signal::SIGUSR1);
     let s = sb.successor_of(p.pid);
@@ -338,9 +332,7 @@ fn the_upgrade_signal_is_not_forwarded_but_sighup_is_when_it_is_not_the_upgrade_
 #[case::alrm(Signal::SIGALRM, 142)]
 fn a_plain_child_dies_of_a_forwarded_signal(#[case] sig: Signal, #[case] want: i32) {
     let sb = Sandbox::new("a_plain_child_dies_of_a_forwarded_signal");
-    sb.config(&Conf::sleep(&sb));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb));
     let c = sb.child_of(p.pid);
     p.signal(sig);
     assert_eq!(sb.wait_exit(&mut p, T), want, "{}", sb.diag());
@@ -389,9 +381,7 @@ fn child_gets_only_stdin_stdout_stderr() {
 #[test]
 fn child_leads_its_own_process_group() {
     let sb = Sandbox::new("child_leads_its_own_process_group");
-    sb.config(&Conf::sleep(&sb));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb));
     let c = sb.child_of(p.pid);
     assert_eq!(pgrp(c), Some(c));
     assert_ne!(pgrp(p.pid), Some(c));
@@ -405,9 +395,7 @@ fn child_leads_its_own_process_group() {
 #[test]
 fn child_dies_with_psflip_even_by_sigkill() {
     let sb = Sandbox::new("child_dies_with_psflip_even_by_sigkill");
-    sb.config(&Conf::sleep(&sb));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb));
     let c = sb.child_of(p.pid);
     p.signal(Signal::SIGKILL);
     assert_eq!(sb.wait_exit(&mut p, T), 137);
@@ -498,9 +486,7 @@ fn a_shell_childs_background_job_dies_with_it() {
 fn the_old_childs_background_job_dies_on_upgrade() {
     // The Go original left them behind as orphans.
     let sb = Sandbox::new("the_old_childs_background_job_dies_on_upgrade");
-    sb.config(&Conf::fixture(&sb, &[]).env("CHILD_BG", "1"));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::fixture(&sb, &[]).env("CHILD_BG", "1"));
     let c1 = sb.child_of(p.pid);
     let bg1 = bg_of(&sb, c1);
     let s = sb.upgrade(p.pid);
@@ -572,13 +558,11 @@ fn ctrl_c_in_a_terminal_stops_the_child_once() {
 #[test]
 fn quiet_silences_psflip_but_not_the_child() {
     let sb = Sandbox::new("quiet_silences_psflip_but_not_the_child");
-    sb.config(
+    let mut p = sb.start_with(
         &Conf::fixture(&sb, &[])
             .env("CHILD_ECHO", "1")
             .top("quiet = true"),
     );
-    let mut p = sb.start();
-    sb.must_name(p.pid);
     let c = sb.wait_for(T, "psflip's child", || {
         children_of(p.pid).into_iter().find(|&c| comm(c) == "sh")
     });
@@ -603,9 +587,7 @@ fn quiet_silences_psflip_but_not_the_child() {
 #[test]
 fn realtime_signals_are_forwarded_to_the_child() {
     let sb = Sandbox::new("realtime_signals_are_forwarded_to_the_child");
-    sb.config(&Conf::sleep(&sb));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb));
     let c = sb.child_of(p.pid);
     let rtmin = libc::SIGRTMIN();
     // SAFETY: kill(2) with integer arguments.

@@ -548,9 +548,7 @@ fn i9_no_fd_or_thread_growth_across_20_upgrades() {
         Duration::from_secs(50),
     );
     let generations = GenerationCounter::start(&sb.tag);
-    sb.config(&Conf::sleep(&sb).alive("150ms"));
-    let mut p = sb.start();
-    sb.must_name(p.pid);
+    let mut p = sb.start_with(&Conf::sleep(&sb).alive("150ms"));
     let mut active = p.pid;
     let mut baseline: Option<(usize, Vec<i32>)> = None;
     for round in 1..=20 {

@@ -65,6 +65,14 @@ impl Sandbox {
         self.spawn(self.psflip_cmd(&["-c", "psflip.toml"]))
     }
 
+    /// Write `conf`, start psflip, and wait until its pidfile names it.
+    pub fn start_with(&self, conf: &Conf) -> Psflip {
+        self.config(conf);
+        let p = self.start();
+        self.must_name(p.pid);
+        p
+    }
+
     /// The log lines of the pidwatch with this pid, without their prefix.
     pub fn pidwatch_log_of(&self, pid: i32) -> Vec<String> {
         self.lines_of("pidwatch", pid)
