@@ -800,3 +800,87 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
     }
     sb.assert_clean();
 }
+
+// --- finding 2, continued: who the client believes ------------------------------------------
+
+#[test]
+fn a_second_psflip_for_the_same_configuration_does_not_take_the_socket() {
+    // The socket's name belongs to the running service: a second first
+    // generation exits 2 naming it, before starting a child; the first serves on.
+    let sb = Sandbox::new("a_second_psflip_for_the_same_configuration");
+    let (mut p, c1) = serve_at(&sb, &Conf::sleep(&sb), &sb.pidfile());
+    let mut second = sb.start();
+    assert_eq!(sb.wait_exit(&mut second, T), 2, "{}", sb.diag());
+    assert!(
+        sb.psflip_log().contains(&format!(
+            "psflip (pid {}) already runs this configuration",
+            p.pid
+        )),
+        "{}",
+        sb.psflip_log()
+    );
+    assert!(sb.started_by(second.pid, "child").is_empty());
+    let (code, out, _) = psflip(&sb, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("psflip_pid: {}\n", p.pid)),
+        "{out}"
+    );
+    sb.assert_alive(c1, "the first psflip's child");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    sb.assert_clean();
+}
+
+#[test]
+fn root_reaches_another_users_psflip_only_through_a_pidfile_it_can_trust() {
+    // A service running as user V keeps its socket in V's directory. Root finds
+    // it through a pidfile in a directory only V can write; the same pidfile in
+    // a directory anyone can write (where another user could have put it) is no
+    // reason to trust V's socket, nor anything the pidfile names.
+    let sb = Sandbox::new("root_reaches_another_users_psflip");
+    let Some(service) = User::create(&sb, "r") else {
+        return;
+    };
+    open_sandbox(&sb);
+    let run = sb.path("run");
+    fs::create_dir_all(&run).unwrap();
+    nix::unistd::chown(
+        &run,
+        Some(nix::unistd::Uid::from_raw(service.uid)),
+        Some(nix::unistd::Gid::from_raw(service.gid)),
+    )
+    .unwrap();
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o755)).unwrap();
+    let pidfile = run.join("app.pid");
+    let mut conf = Conf::sleep(&sb);
+    conf.pidfile = Some(pidfile.clone());
+    sb.config(&conf);
+    let mut p = sb.spawn({
+        let mut c = service.command(&sb, bin());
+        c.args(["-c", "psflip.toml"]).env_remove("XDG_RUNTIME_DIR");
+        c
+    });
+    must_name_at(&sb, &pidfile, p.pid);
+    let (code, out, err) = psflip(&sb, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("psflip_pid: {}\n", p.pid)),
+        "{out}"
+    );
+    // The same directory, now writable by anyone: root no longer follows it.
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, out, err) = psflip(&sb, &["status"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("stale"), "{err}");
+    let (code, _, err) = psflip(&sb, &["upgrade"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        sb.started_by(p.pid, "successor").is_empty(),
+        "{}",
+        sb.diag()
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    sb.assert_clean();
+}
