@@ -33,8 +33,8 @@ touch "$dir/console.log" "$dev/console"
 mount --bind "$dir/console.log" "$dev/console"
 mount --move "$dev" /dev
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
-mkdir -p /var/log/journal
-mount -t tmpfs tmpfs /var/log/journal
+# The journal stays in memory: /run, or a tmpfs over the host's persistent one.
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
 mount --bind "$dir/units" /etc/systemd/system
 mount --bind "$dir/system.conf" /etc/systemd/system.conf
 mkdir -p "$dir/empty"
