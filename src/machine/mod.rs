@@ -401,6 +401,7 @@ impl Machine {
                 Timer::DrainCutoff => self.on_drain_cutoff(out),
                 // Only while sweeping, which `step` routes elsewhere.
                 Timer::EscapedKill | Timer::EscapedGiveUp => {}
+                Timer::NewGenerationKill => self.on_new_generation_late(out),
             }
         }
     }

@@ -242,7 +242,12 @@ const STARTING_TIMERS: &[Timer] = &[
     Timer::ProbeStart,
 ];
 const UPGRADE_TIMERS: &[Timer] = &[Timer::SuccessorKill];
-const STOP_TIMERS: &[Timer] = &[Timer::ShutdownSignal, Timer::ChildKill, Timer::DrainCutoff];
+const STOP_TIMERS: &[Timer] = &[
+    Timer::ShutdownSignal,
+    Timer::ChildKill,
+    Timer::DrainCutoff,
+    Timer::NewGenerationKill,
+];
 
 impl Machine {
     pub(super) fn move_to_starting(&mut self, child: ProcId) {

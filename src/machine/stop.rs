@@ -108,8 +108,52 @@ impl Machine {
     fn finish(&mut self, code: i32, out: &mut Vec<Effect>) {
         if self.awaits_drain() {
             log(out, "waiting for the proxied connections to close");
+        } else if self.awaits_new_generation() {
+            log(out, "waiting for the new generation to stop");
         } else {
             self.exit(code, out);
+        }
+    }
+
+    /// After a handover: a stop was passed on to the new generation (see
+    /// `pass_on_stop`), which has not exited yet.
+    fn awaits_new_generation(&self) -> bool {
+        match self.state {
+            State::Stopping(Stop {
+                cause:
+                    StopCause::HandedOver {
+                        to,
+                        service_stops: true,
+                        ..
+                    },
+                ..
+            }) => self.exited_successor != Some(to),
+            _ => false,
+        }
+    }
+
+    /// After a handover, a stop was passed on to the new generation (see
+    /// `pass_on_stop`): the service stops for good.
+    fn ends_service_after_handover(&self) -> bool {
+        matches!(
+            self.state,
+            State::Stopping(Stop {
+                cause: StopCause::HandedOver {
+                    service_stops: true,
+                    ..
+                },
+                ..
+            })
+        )
+    }
+
+    /// The new generation, told to stop, has exited: exit too if nothing else is
+    /// awaited (the child gone, the connections closed). A handover exits 0.
+    pub(super) fn finish_if_stopped(&mut self, out: &mut Vec<Effect>) {
+        if let State::Stopping(stop) = &self.state
+            && stop.step == StopStep::Gone
+        {
+            self.finish(0, out);
         }
     }
 
@@ -147,7 +191,7 @@ impl Machine {
         match stop.step {
             StopStep::Gone => {
                 log(out, "the proxied connections have all closed");
-                self.exit(0, out);
+                self.finish(0, out);
             }
             StopStep::Delay(_) => {
                 log(
@@ -171,7 +215,7 @@ impl Machine {
                 out,
                 "proxied connections still open after shutdown.delay + shutdown.timeout; closing them",
             );
-            self.exit(0, out);
+            self.finish(0, out);
         }
     }
 
@@ -201,7 +245,10 @@ impl Machine {
     /// The last effects: the pidfile and socket files this generation owns, then
     /// exit with `code`.
     pub(super) fn finish_exit(&mut self, code: i32, out: &mut Vec<Effect>) {
-        let handed_over = self.handed_over();
+        // A generation that passed a stop on after the handover ends the service
+        // for good: the new generation is gone (it waited for it), and the files
+        // it leaves are this generation's to remove.
+        let handed_over = self.handed_over() && !self.ends_service_after_handover();
         if self.settings.pidfile && !handed_over {
             out.push(Effect::RemovePidfile {
                 exited_successor: self.exited_successor,

@@ -290,7 +290,7 @@ impl Machine {
                 _ => {}
             }
             if self.handed_over() && from == Sender::Other {
-                self.pass_on_stop(sig, out);
+                self.pass_on_stop(now, sig, out);
             }
             if self.gives_up_on(from) {
                 self.give_up(now, sig, out);

@@ -267,6 +267,41 @@ mod scenarios {
         );
     }
 
+    /// After passing a stop on, the old generation exits only once the new one
+    /// has exited too (what a service manager finds left when its main process
+    /// exits, it SIGKILLs); one that does not stop is SIGKILLed after
+    /// shutdown.timeout + grace.
+    #[test]
+    fn after_passing_a_stop_on_the_old_generation_waits_for_the_new_one() {
+        for new_one_stops in [true, false] {
+            let mut m = serving();
+            m.step(t(2000), Event::signal(Signal::SIGHUP));
+            let successor = ProcId(2);
+            m.step(t(2500), Event::SuccessorReady { id: successor });
+            // (shutdown.delay 0: the old child has its SIGTERM already.)
+            m.step(t(2600), Event::signal(Signal::SIGTERM));
+            let exited = |id, status| Event::ProcessExited { id, status };
+            let out = no_logs(m.step(t(2700), exited(CHILD, ExitStatus::Signaled(15))));
+            assert!(
+                !out.iter().any(|e| matches!(e, Effect::Exit(_))),
+                "not before the new generation: {out:?}"
+            );
+            if new_one_stops {
+                let out = m.step(t(3000), exited(successor, ExitStatus::Code(0)));
+                assert_eq!(out.last(), Some(&Effect::Exit(0)));
+            } else {
+                // shutdown.timeout (2 s) + SUCCESSOR_GRACE after the stop.
+                let due = t(2600) + Duration::from_secs(2) + SUCCESSOR_GRACE;
+                let before = no_logs(m.step(t(4700), Event::Tick));
+                assert!(before.is_empty(), "{before:?}");
+                let out = no_logs(m.step(due, Event::Tick));
+                assert_eq!(out, vec![kill(successor, false)]);
+                let out = m.step(due, exited(successor, ExitStatus::Signaled(9)));
+                assert_eq!(out.last(), Some(&Effect::Exit(0)));
+            }
+        }
+    }
+
     /// A stop (SIGTERM) that reaches the old generation after the handover, while
     /// it still drains (systemd takes it for the main process until it exits):
     /// the new generation gets it too, and is not taken back when it exits.
@@ -301,14 +336,15 @@ mod scenarios {
         );
         let exited = |id, status| Event::ProcessExited { id, status };
         let out = no_logs(m.step(t(2700), exited(successor, ExitStatus::Code(0))));
-        assert!(out.is_empty(), "nothing taken back: {out:?}");
+        // Nothing taken back; a pidfile still naming the new generation goes.
+        let gone = Effect::RemovePidfile {
+            exited_successor: Some(successor),
+        };
+        assert_eq!(out, vec![gone.clone()]);
         let out = m.step(t(2800), exited(CHILD, ExitStatus::Signaled(15)));
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
-        assert!(
-            !out.iter()
-                .any(|e| matches!(e, Effect::RemovePidfile { .. })),
-            "{out:?}"
-        );
+        // The service ends here: the pidfile goes (if it names either).
+        assert!(out.contains(&gone), "{out:?}");
     }
 
     /// The new generation, told by its predecessor to stop after it reported

@@ -32,9 +32,12 @@ pub enum Timer {
     EscapedKill,
     /// (Exiting, escaped processes SIGKILLed) stop waiting for them.
     EscapedGiveUp,
+    /// (Stopping after a handover, a stop passed on to the new generation) it has
+    /// not exited within `shutdown.timeout` + grace: SIGKILL it.
+    NewGenerationKill,
 }
 
-const ALL: [Timer; 10] = [
+const ALL: [Timer; 11] = [
     Timer::HealthDeadline,
     Timer::AliveFor,
     Timer::ProbeOverrun,
@@ -45,6 +48,7 @@ const ALL: [Timer; 10] = [
     Timer::DrainCutoff,
     Timer::EscapedKill,
     Timer::EscapedGiveUp,
+    Timer::NewGenerationKill,
 ];
 
 /// The table: one optional instant per [`Timer`].

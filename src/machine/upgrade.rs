@@ -4,7 +4,7 @@
 
 use crate::Signal;
 
-use super::state::{Drain, OldChild, State, StopCause, Upgrade};
+use super::state::{Drain, OldChild, State, Stop, StopCause, Upgrade};
 use super::{
     Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, kill, log,
 };
@@ -39,8 +39,10 @@ impl Machine {
     /// follows the new generation, which it never signalled, and SIGKILLs it once
     /// TimeoutStopSec= has passed). So the new generation gets it too, and stops
     /// its child the same way. (To cut a drain short instead, signal the old
-    /// child.)
-    pub(super) fn pass_on_stop(&mut self, sig: Signal, out: &mut Vec<Effect>) {
+    /// child.) We exit only once it is gone too: until then we are the process
+    /// the service manager waits for, and what it finds left when we exit it
+    /// SIGKILLs (systemd's KillMode=mixed) — the new child, mid-shutdown.
+    pub(super) fn pass_on_stop(&mut self, now: Instant, sig: Signal, out: &mut Vec<Effect>) {
         let State::Stopping(stop) = &mut self.state else {
             return;
         };
@@ -67,6 +69,28 @@ impl Machine {
             signal: sig,
             group: false,
         });
+        // Its child gets shutdown.timeout (it was the service), then it exits.
+        self.timers.set(
+            Timer::NewGenerationKill,
+            now + self.settings.shutdown_timeout + SUCCESSOR_GRACE,
+        );
+    }
+
+    /// [`Timer::NewGenerationKill`]: the new generation, told to stop, is still
+    /// there; SIGKILL it (its child dies with it: pdeathsig).
+    pub(super) fn on_new_generation_late(&mut self, out: &mut Vec<Effect>) {
+        let State::Stopping(Stop {
+            cause: StopCause::HandedOver { to, .. },
+            ..
+        }) = self.state
+        else {
+            return;
+        };
+        if self.exited_successor == Some(to) {
+            return;
+        }
+        log(out, "the new generation did not stop in time; killing it");
+        out.push(kill(to, false));
     }
 
     /// A termination signal mid-upgrade: pass it to the successor (the child gets
@@ -245,6 +269,17 @@ impl Machine {
                 out,
                 format!("the new generation exited ({status}) after taking over"),
             );
+            if service_stops {
+                self.timers.cancel(Timer::NewGenerationKill);
+                // A pidfile naming it (it was killed) names a dead process: gone.
+                if self.settings.pidfile {
+                    out.push(Effect::RemovePidfile {
+                        exited_successor: self.exited_successor,
+                    });
+                }
+                // Told to stop with us, it was what we waited for (`pass_on_stop`).
+                self.finish_if_stopped(out);
+            }
             return;
         };
         log(

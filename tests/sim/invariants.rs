@@ -63,6 +63,9 @@ pub enum Fact {
     },
     /// A due `Tick` did nothing and the deadline stayed due.
     BusyLoop { gpid: Pid },
+    /// A generation that passed a stop on to the new generation after the
+    /// handover exited while that one still ran.
+    ExitedBeforeNewGeneration { gpid: Pid, successor: Pid },
     /// (Proxy) a generation stopped accepting connections.
     ProxyStoppedAccepting { gpid: Pid },
     /// (Proxy) a generation removed the proxy's Unix socket files.
@@ -175,7 +178,7 @@ type Check = fn(&World) -> Vec<String>;
 
 /// Every property, after one step.
 pub fn check_step(w: &World) -> Vec<Violation> {
-    let checks: [(&'static str, Check); 10] = [
+    let checks: [(&'static str, Check); 11] = [
         ("I1 old child spared", i1_old_child_spared),
         ("I2 at most two", i2_at_most_two),
         ("I3 rollback restores", i3_rollback_restores),
@@ -189,6 +192,10 @@ pub fn check_step(w: &World) -> Vec<Violation> {
         ("I8 proxy keeps connections", i8_proxy_keeps_connections),
         ("listen sockets kept", listen_sockets_kept),
         ("no busy loop", no_busy_loop),
+        (
+            "a stop passed on is waited for",
+            stop_passed_on_is_waited_for,
+        ),
     ];
     let mut out = Vec::new();
     for (invariant, check) in checks {
@@ -334,6 +341,22 @@ fn i3_rollback_restores(w: &World) -> Vec<String> {
 /// I4 — After a successful upgrade, no process of the old generation remains once
 /// `shutdown.delay + shutdown.timeout` (plus [`slack`]) has passed since the
 /// handover: not the old psflip, its child, its probes, nor its child's jobs.
+/// A generation told to stop after its handover passes the stop on to the new
+/// generation and exits only once that one is gone: a service manager SIGKILLs
+/// whatever is left when its main process exits (issue #9).
+fn stop_passed_on_is_waited_for(w: &World) -> Vec<String> {
+    w.facts
+        .iter()
+        .filter_map(|f| match *f {
+            Fact::ExitedBeforeNewGeneration { gpid, successor } => Some(format!(
+                "{} exited while the new generation [{successor}] it passed a stop on to still ran",
+                gen_name(w, gpid)
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 fn i4_old_generation_gone(w: &World) -> Vec<String> {
     let mut out = Vec::new();
     for (&gpid, g) in &w.gens {
@@ -344,10 +367,16 @@ fn i4_old_generation_gone(w: &World) -> Vec<String> {
         if w.now <= at + s.shutdown_delay + s.shutdown_timeout + slack(w) {
             continue;
         }
+        // Told to stop after the handover, the old psflip waits for the new
+        // generation it passed the stop on to: its child gets shutdown.timeout,
+        // then SIGKILL comes after SUCCESSOR_GRACE (issue #9).
+        let psflip_waits = g.ghost.stop_passed_at.is_some_and(|t| {
+            w.now <= t + s.shutdown_timeout + psflip::machine::SUCCESSOR_GRACE + slack(w)
+        });
         let child = g.ghost.child.map(|(_, p)| p);
         for p in w.procs.values().filter(|p| p.life == Life::Running) {
             let ours = match p.kind {
-                Kind::Psflip => p.pid == gpid,
+                Kind::Psflip => p.pid == gpid && !psflip_waits,
                 Kind::App { owner, .. } | Kind::Probe { owner } => owner == gpid,
                 Kind::Job { leader } => Some(leader) == child && !w.orphaned_jobs.contains(&p.pid),
                 // Stopped before the generation exits: I5.5 checks that.

@@ -199,6 +199,9 @@ pub struct Ghost {
     /// The last termination signal it received while its child ran (and so
     /// passed on to it): the child dying of it is the stop that was asked for.
     pub stop_signal: Option<Signal>,
+    /// When a termination signal reached it after its handover while the new
+    /// generation ran (it then waits for that one to stop too).
+    pub stop_passed_at: Option<Instant>,
     /// (Proxy) when it stopped accepting.
     pub stopped_accepting_at: Option<Instant>,
     /// (Proxy) its last proxied connection closed after it stopped accepting.
@@ -281,6 +284,7 @@ impl Gen {
                 dies_after_ready: false,
                 terminating: false,
                 stop_signal: None,
+                stop_passed_at: None,
                 stopped_accepting_at: None,
                 connections_closed: false,
                 end: None,
@@ -1058,6 +1062,16 @@ impl World {
             .map(|p| p.pid)
             .collect();
         self.facts.push(Fact::EscapedAtExit { gpid: pid, escaped });
+        let ghost = &self.gens[&pid].ghost;
+        if ghost.stop_passed_at.is_some()
+            && let Some(successor) = ghost.successor_pid
+            && self.running(successor)
+        {
+            self.facts.push(Fact::ExitedBeforeNewGeneration {
+                gpid: pid,
+                successor,
+            });
+        }
         self.exit_proc(pid, ExitStatus::Code(code));
     }
 
@@ -1298,6 +1312,7 @@ impl World {
                     && self.running(s)
                 {
                     self.stopped_after_handover.insert(s);
+                    this.ghost.stop_passed_at.get_or_insert(self.now);
                     self.cover(Cover::StopAfterHandover);
                 }
             }

@@ -365,15 +365,18 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
 /// `start`, `pong` (SIGUSR1: it serves), `term` when SIGTERM (shutdown.signal)
 /// arrives, `finished` after its handler's 300 ms of work, then it dies of the
 /// SIGTERM as a well-behaved daemon does. With `fail` in its directory it exits 3
-/// at once (a broken new version).
+/// at once (a broken new version); with `slow` there when it starts, its handler
+/// takes 1.5 s.
 const CHILD: &str = r#"#!/bin/bash
 rec=$1
 dir=${rec%/*}
 exec 9<> "$dir/fifo"
 echo "start $$" >> "$rec"
 if [ -e "$dir/fail" ]; then echo "fail $$" >> "$rec"; exit 3; fi
+pause=0.3
+if [ -e "$dir/slow" ]; then pause=1.5; fi
 trap 'echo "pong $$" >> "$rec"' USR1
-trap 'echo "term $$" >> "$rec"; read -t 0.3 -u 9; echo "finished $$" >> "$rec"; trap - TERM; kill -TERM $$' TERM
+trap 'echo "term $$" >> "$rec"; read -t $pause -u 9; echo "finished $$" >> "$rec"; trap - TERM; kill -TERM $$' TERM
 while :; do read -t 3600 -u 9; done
 "#;
 
@@ -581,6 +584,10 @@ impl Unit<'_> {
         let (code, err) = self.ctl("start");
         assert_eq!(code, 0, "{what}: systemctl start: {err}\n{}", self.diag());
         let (old, c1) = self.serving(&format!("{what}: after start"));
+        // The new child takes longer to stop than the old one: what is left when
+        // systemd's main process (the old psflip) exits gets SIGKILL.
+        let slow = self.record.with_file_name("slow");
+        fs::write(&slow, "").unwrap();
         // The reload waits for the old generation (--wait-old): in the background.
         let mut reload = Command::new("nsenter")
             .args([
@@ -620,6 +627,7 @@ impl Unit<'_> {
         assert_eq!(self.sd.main_pid(&self.name), old, "{what}\n{}", self.diag());
 
         let (code, err) = self.ctl("stop");
+        fs::remove_file(&slow).unwrap();
         assert_eq!(code, 0, "{what}: systemctl stop: {err}\n{}", self.diag());
         let _ = reload.wait();
         self.stopped_gracefully(&format!("{what}: the old child"), c1);
