@@ -29,6 +29,7 @@
 //! (`close_range(CLOSE_RANGE_UNSHARE)`), so that with thousands of proxied
 //! connections open a spawn copies three fds, not twenty thousand.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -165,36 +166,50 @@ fn copy_below(needed: &[RawFd]) -> RawFd {
     needed.iter().copied().fold(2, RawFd::max) + 1
 }
 
-/// The environment a child gets, built in psflip.
-struct Env(Vec<(OsString, OsString)>);
+/// The environment a child gets, built in psflip: variables in order, and where
+/// each name is (a configuration may set a hundred thousand of them).
+struct Env {
+    vars: Vec<(OsString, OsString)>,
+    index: BTreeMap<OsString, usize>,
+}
 
 impl Env {
     /// psflip's environment, the variables `keep` accepts.
     fn inherited(keep: impl Fn(&OsStr) -> bool) -> Env {
-        Env(std::env::vars_os().filter(|(k, _)| keep(k)).collect())
+        let mut env = Env {
+            vars: Vec::new(),
+            index: BTreeMap::new(),
+        };
+        for (k, v) in std::env::vars_os() {
+            if keep(&k) {
+                env.set(&k, &v);
+            }
+        }
+        env
     }
 
+    /// Set `key` (in its place, if it is there already).
     fn set(&mut self, key: &OsStr, value: &OsStr) {
-        self.0.retain(|(k, _)| k != key);
-        self.0.push((key.to_owned(), value.to_owned()));
+        match self.index.get(key) {
+            Some(&i) => self.vars[i].1 = value.to_owned(),
+            None => {
+                self.index.insert(key.to_owned(), self.vars.len());
+                self.vars.push((key.to_owned(), value.to_owned()));
+            }
+        }
     }
 
     fn get(&self, key: &OsStr) -> Option<&OsStr> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_os_str())
+        self.index.get(key).map(|&i| self.vars[i].1.as_os_str())
     }
 
     /// `KEY=VALUE` strings; each of `pid_env` gets room for the child's pid
     /// (written by the child), replacing any value it had.
-    fn into_cstrings(mut self, pid_env: &[&str]) -> Result<CStrings, Nul> {
-        for key in pid_env {
-            self.0.retain(|(k, _)| k != OsStr::new(key));
-        }
-        let bytes = self.0.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
-        let mut strings = CStrings::with_capacity(self.0.len() + pid_env.len(), bytes);
-        for (k, v) in &self.0 {
+    fn into_cstrings(self, pid_env: &[&str]) -> Result<CStrings, Nul> {
+        let kept = |k: &OsStr| !pid_env.iter().any(|p| OsStr::new(p) == k);
+        let bytes = self.vars.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let mut strings = CStrings::with_capacity(self.vars.len() + pid_env.len(), bytes);
+        for (k, v) in self.vars.iter().filter(|(k, _)| kept(k)) {
             strings.push(&[k.as_bytes(), b"=", v.as_bytes()])?;
         }
         for key in pid_env {
