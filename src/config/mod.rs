@@ -337,9 +337,10 @@ pub fn parse(text: &str, path: &Path, opts: &LoadOptions) -> Result<Config, Conf
             },
         )
     })?;
-    let root = document.get_ref();
-    shape::check_shape(&src, root)?;
-    let raw = raw::RawConfig::deserialize(toml::de::Deserializer::from(document.clone()))
-        .map_err(|e| src.serde_error(&e, root))?;
-    resolve::resolve(&src, root, raw, opts)
+    shape::check_shape(&src, document.get_ref())?;
+    // The tree goes into the deserializer; errors find positions in a new parse.
+    let root = resolve::LazyRoot::new(text);
+    let raw = raw::RawConfig::deserialize(toml::de::Deserializer::from(document))
+        .map_err(|e| src.serde_error(&e, root.get()))?;
+    resolve::resolve(&src, &root, raw, opts)
 }

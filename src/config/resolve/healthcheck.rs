@@ -13,7 +13,7 @@ use crate::config::raw::{
 };
 use crate::config::*;
 
-impl Resolver<'_> {
+impl Resolver<'_, '_> {
     /// `[healthcheck.*]`: the shape pass has made sure at most one is given.
     pub(super) fn healthcheck(
         &self,

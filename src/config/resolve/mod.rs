@@ -27,7 +27,7 @@ pub use value::{duration_bounds, unfit_shutdown_signal, unfit_upgrade_signal};
 /// Pass 3: the whole configuration, in the order its keys are checked.
 pub(super) fn resolve(
     src: &Source,
-    root: &DeTable,
+    root: &LazyRoot,
     raw: RawConfig,
     opts: &LoadOptions,
 ) -> Result<Config, ConfigError> {
@@ -67,10 +67,37 @@ pub(super) fn resolve(
     })
 }
 
+/// The parsed document, for the positions of errors only: parsed again from the
+/// text on first use, so that a valid configuration never holds a second copy of
+/// its tree while it is resolved (a 10 MB `[env]` is over a million nodes).
+pub(in crate::config) struct LazyRoot<'a> {
+    text: &'a str,
+    tree: std::cell::OnceCell<Option<toml::Spanned<DeTable<'a>>>>,
+}
+
+impl<'a> LazyRoot<'a> {
+    pub(in crate::config) fn new(text: &'a str) -> LazyRoot<'a> {
+        LazyRoot {
+            text,
+            tree: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The document's root table (empty if it does not parse, which cannot be:
+    /// it parsed once already).
+    pub(in crate::config) fn get(&self) -> &DeTable<'a> {
+        static EMPTY: std::sync::OnceLock<DeTable<'static>> = std::sync::OnceLock::new();
+        match self.tree.get_or_init(|| DeTable::parse(self.text).ok()) {
+            Some(tree) => tree.get_ref(),
+            None => EMPTY.get_or_init(DeTable::default),
+        }
+    }
+}
+
 /// Expands and validates values, keeping the source for positioned errors.
-struct Resolver<'a> {
+struct Resolver<'a, 't> {
     src: &'a Source<'a>,
-    root: &'a DeTable<'a>,
+    root: &'a LazyRoot<'t>,
     opts: &'a LoadOptions,
     locals: BTreeMap<String, String>,
 }
@@ -85,7 +112,7 @@ struct Limit {
 // ---------------------------------------------------------------------------
 // One function per table.
 
-impl Resolver<'_> {
+impl Resolver<'_, '_> {
     /// `cmd`: required.
     fn main_command(
         &self,
@@ -160,7 +187,7 @@ impl Resolver<'_> {
 
     /// `[[proxy]]`: both addresses required and valid, no `listen` twice.
     fn proxies(&self, raw: &[RawProxy]) -> Result<Vec<ProxyConfig>, ConfigError> {
-        let table_span = |i: usize| match self.root.get("proxy").map(|v| v.get_ref()) {
+        let table_span = |i: usize| match self.root.get().get("proxy").map(|v| v.get_ref()) {
             Some(DeValue::Array(items)) => items.get(i).map(|t| t.span()),
             _ => None,
         };
@@ -202,7 +229,7 @@ impl Resolver<'_> {
         raw: &[RawListen],
         proxies: &[ProxyConfig],
     ) -> Result<Vec<ListenConfig>, ConfigError> {
-        let table_span = |i: usize| match self.root.get("listen").map(|v| v.get_ref()) {
+        let table_span = |i: usize| match self.root.get().get("listen").map(|v| v.get_ref()) {
             Some(DeValue::Array(items)) => items.get(i).map(|t| t.span()),
             _ => None,
         };

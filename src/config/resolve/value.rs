@@ -14,7 +14,7 @@ use crate::config::raw::RawEnv;
 use crate::config::*;
 use crate::template::{self, Context, TemplateError};
 
-impl Resolver<'_> {
+impl Resolver<'_, '_> {
     pub(super) fn context<'c>(&'c self, locals: &'c BTreeMap<String, String>) -> Context<'c> {
         Context {
             env: &*self.opts.env,
@@ -34,7 +34,10 @@ impl Resolver<'_> {
         key: &str,
         message: &str,
     ) -> Result<&'v T, ConfigError> {
-        value.ok_or_else(|| self.src.invalid(key_span(self.root, table), key, message))
+        value.ok_or_else(|| {
+            self.src
+                .invalid(key_span(self.root.get(), table), key, message)
+        })
     }
 
     /// A string value expanded, then parsed by `parse` (whose error is the message).
