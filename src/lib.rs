@@ -18,6 +18,7 @@ pub mod config;
 pub mod log;
 pub mod sys;
 pub mod template;
+pub mod trace;
 pub mod values;
 
 /// Signals are plain data everywhere, the machine included.

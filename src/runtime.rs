@@ -42,6 +42,7 @@ use crate::machine::{
 };
 use crate::probe::{self, Check};
 use crate::proxy::Proxy;
+use crate::trace::{Header, Recorder};
 
 /// The OS as the effects see it. `LinuxOs` is the real one; the simulation has its
 /// own.
@@ -84,6 +85,12 @@ pub trait Os {
     fn abandon_inspection(&mut self) {}
     /// Remove the socket files of inherited listeners the configuration dropped.
     fn remove_dropped_sockets(&mut self) {}
+    /// Whether steps are recorded ([`crate::trace`]).
+    fn tracing(&self) -> bool {
+        false
+    }
+    /// Record one step of the machine.
+    fn trace(&mut self, _now: Instant, _event: &Event, _effects: &[Effect]) {}
 }
 
 /// Feed `event` to the machine and carry out its effects in order; the answers of
@@ -93,7 +100,12 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
     let mut queue = VecDeque::from([event]);
     let mut exit = None;
     while let Some(event) = queue.pop_front() {
-        for effect in machine.step(now, event) {
+        let traced = os.tracing().then(|| event.clone());
+        let effects = machine.step(now, event);
+        if let Some(event) = traced {
+            os.trace(now, &event, &effects);
+        }
+        for effect in effects {
             match effect {
                 Effect::Spawn { id, role } => {
                     if let Err(reason) = os.spawn(id, role) {
@@ -208,6 +220,8 @@ pub struct LinuxOs {
     /// Every successor started, kept after it is reaped: only ever compared with
     /// the pidfile's contents (`Effect::RemovePidfile`), never signalled.
     successors: BTreeMap<ProcId, Pid>,
+    /// `PSFLIP_TRACE`: where this generation's steps are recorded.
+    trace: Option<Recorder>,
     /// (`[healthcheck.notify]`) the app child's notify socket, until it is reaped.
     child_notify: Option<(ProcId, NotifySocket)>,
 }
@@ -238,6 +252,7 @@ impl LinuxOs {
             notify_socket: sd_notify::socket_from_env(),
             predecessor_pid,
             successors: BTreeMap::new(),
+            trace: None,
             child_notify: None,
         }
     }
@@ -490,6 +505,16 @@ impl LinuxOs {
 }
 
 impl Os for LinuxOs {
+    fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    fn trace(&mut self, now: Instant, event: &Event, effects: &[Effect]) {
+        if let Some(r) = self.trace.as_mut() {
+            r.record(now, event, effects);
+        }
+    }
+
     fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String> {
         let pid = self.spawn_role(id, role).map_err(|e| e.to_string())?;
         self.pids.insert(id, pid);
@@ -1131,19 +1156,25 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
             false
         }
     };
+    let header = Header {
+        settings: spec.settings.clone(),
+        proxy: spec.proxy.is_some(),
+        listen: !spec.listen.is_empty(),
+        subreaper,
+        predecessor_upgrade_timeout: spec.predecessor_upgrade_timeout,
+    };
     let mut psflip = Psflip {
-        machine: {
-            let machine = Machine::new(spec.settings.clone())
-                .with_proxy(spec.proxy.is_some())
-                .with_listen(!spec.listen.is_empty())
-                .with_subreaper(subreaper);
-            match spec.predecessor_upgrade_timeout {
-                Some(t) => machine.with_predecessor_timeout(t),
-                None => machine,
-            }
-        },
+        machine: header.machine(),
         os: LinuxOs::new(spec),
     };
+    match Recorder::from_env(&header) {
+        Some(Ok(r)) => {
+            crate::log::logger().info("trace", format!("recording to {}", r.path().display()));
+            psflip.os.trace = Some(r);
+        }
+        Some(Err(e)) => crate::log::logger().warn("trace", format!("cannot record: {e}")),
+        None => {}
+    }
     if let Some(code) = drive(
         &mut psflip.machine,
         clock.now(),

@@ -78,6 +78,14 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Internal: replay a trace recorded with PSFLIP_TRACE through a fresh machine;
+    /// exit 0 when every step gives the recorded effects and the machine's
+    /// promises hold, 1 (saying where) otherwise.
+    #[command(name = "__replay", hide = true)]
+    Replay {
+        #[arg(value_name = "TRACE")]
+        traces: Vec<PathBuf>,
+    },
     /// Internal: one `[healthcheck.tcp]` or `[healthcheck.http]` check, run as the
     /// healthcheck's probe process. Exit 0 when healthy, 1 (and one line on
     /// stderr) otherwise.
@@ -199,6 +207,7 @@ fn psflip_main() -> ExitCode {
     // A probe reads no configuration: everything it needs is on its command line.
     let command = match cli.command {
         Some(Command::Probe { check }) => return run_probe(check),
+        Some(Command::Replay { traces }) => return replay(&traces),
         Some(Command::Assets { dir }) => {
             use clap::CommandFactory;
             return match psflip::cli::assets::write(&dir, Cli::command()) {
@@ -226,7 +235,7 @@ fn psflip_main() -> ExitCode {
         }
     };
     match command {
-        Some(Command::Probe { .. } | Command::Assets { .. }) => {
+        Some(Command::Probe { .. } | Command::Assets { .. } | Command::Replay { .. }) => {
             unreachable!("probes and assets return before the configuration is read")
         }
         Some(Command::Check { generation }) => check(&cli.config, config, generation),
@@ -370,6 +379,32 @@ fn run_probe(command: ProbeCommand) -> ExitCode {
             }
             ExitCode::from(1)
         }
+    }
+}
+
+/// `psflip __replay TRACE…` (see `psflip::trace`).
+fn replay(traces: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for path in traces {
+        let result = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| psflip::trace::replay(&text));
+        match result {
+            Ok(r) => println!(
+                "{}: {} steps replayed, same effects",
+                path.display(),
+                r.steps.len()
+            ),
+            Err(why) => {
+                ok = false;
+                eprintln!("psflip: {}: {why}", path.display());
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -48,6 +48,7 @@ pub const INTERNAL_ENV: &[&str] = &[
     handoff::UPGRADE_TIMEOUT_MS,
     handoff::PROXY_FDS,
     handoff::LISTEN_FDS,
+    crate::trace::ENV,
 ];
 
 /// What an app child or probe is started with.

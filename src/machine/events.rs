@@ -1,11 +1,13 @@
 //! What goes in ([`Event`], past tense) and what comes out ([`Effect`], imperative).
 
+use serde::{Deserialize, Serialize};
+
 use crate::Signal;
 
 use super::types::{ClientId, ExitStatus, Inspection, Notify, ProcId, Reply, Request, Role};
 
 /// Who sent a signal, as the runtime tells from the sender's pid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sender {
     /// (Successor) the generation that started us.
     Predecessor,
@@ -24,7 +26,7 @@ impl Event {
 }
 
 /// Something that happened, reported by the runtime.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The configuration is loaded and the event loop runs: start the child.
     Started,
@@ -32,7 +34,11 @@ pub enum Event {
     /// `ProcessExited`). What it means — an upgrade, a stop, an aborted upgrade
     /// when the previous generation sends a termination signal — is the machine's
     /// call.
-    SignalReceived { signal: Signal, from: Sender },
+    SignalReceived {
+        #[serde(with = "super::signal_name")]
+        signal: Signal,
+        from: Sender,
+    },
     /// psflip received this real-time signal (SIGRTMIN…SIGRTMAX), which
     /// [`Signal`] cannot name: it is forwarded to the child like any other.
     RealtimeSignalReceived(i32),
@@ -78,7 +84,7 @@ pub enum Event {
 }
 
 /// Something the runtime must do, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Start a process in this role; answer with `SpawnFailed` if it cannot start.
     Spawn { id: ProcId, role: Role },
@@ -86,6 +92,7 @@ pub enum Effect {
     /// A process already gone is not an error.
     Signal {
         id: ProcId,
+        #[serde(with = "super::signal_name")]
         signal: Signal,
         group: bool,
     },
@@ -127,7 +134,10 @@ pub enum Effect {
     /// Send `signal` to every process that re-parented to us (psflip is a child
     /// subreaper) and still runs — never to one we started; with SIGKILL, to the
     /// process group each leads too. Answer with `EscapedSignalled`.
-    SignalEscaped { signal: Signal },
+    SignalEscaped {
+        #[serde(with = "super::signal_name")]
+        signal: Signal,
+    },
     /// Write a line to psflip's log (stderr) unless `quiet`.
     Log(String),
     /// Exit psflip with this status.

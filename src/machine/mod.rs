@@ -62,6 +62,24 @@ mod upgrade;
 #[cfg(test)]
 mod tests;
 
+/// Signals travel by name in traces (`"SIGTERM"`): nix's `Signal` has no serde.
+mod signal_name {
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Signal;
+
+    pub fn serialize<S: Serializer>(signal: &Signal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(signal.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
+        let name = String::deserialize(d)?;
+        Signal::from_str(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 use std::time::Duration;
 
 pub use escaped::{ESCAPED_GIVE_UP, Sweep};

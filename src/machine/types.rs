@@ -4,10 +4,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::Signal;
 
 /// A point in time, measured from an origin the runtime chose (its start-up).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct Instant(Duration);
 
 impl Instant {
@@ -38,7 +42,7 @@ impl std::ops::Add<Duration> for Instant {
 }
 
 /// A process this machine started, named independently of its (recyclable) pid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcId(pub u64);
 
 impl fmt::Display for ProcId {
@@ -48,7 +52,7 @@ impl fmt::Display for ProcId {
 }
 
 /// What a spawned process is for; the runtime knows how to build each from the config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// The supervised application (`cmd`): own process group, empty signal mask,
     /// default dispositions, `PR_SET_PDEATHSIG(SIGKILL)`.
@@ -62,7 +66,7 @@ pub enum Role {
 }
 
 /// What a healthcheck probe run does; the runtime knows the details from the config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProbeKind {
     /// Runs `[healthcheck.command]`'s command.
     Command,
@@ -93,7 +97,7 @@ pub fn probe_timeout(interval: Duration) -> Duration {
 }
 
 /// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExitStatus {
     /// It exited with this code.
     Code(i32),
@@ -129,7 +133,7 @@ impl fmt::Display for ExitStatus {
 }
 
 /// Which generation this machine is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generation {
     /// Started by the operator (or a service manager): becomes the service once its
     /// child is healthy.
@@ -139,7 +143,7 @@ pub enum Generation {
 }
 
 /// How the child proves it is healthy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     /// Healthy once the child has been running for `timeout`.
     Alive { timeout: Duration },
@@ -165,7 +169,7 @@ pub enum Health {
 
 /// What the Docker engine said about the container (`[healthcheck.docker]`), as
 /// read by the runtime; what it means is decided here.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Inspection {
     /// The container exists: its `State.Status` (`created`, `running`, `exited`,
     /// `dead`…), `State.Health.Status` (`starting`, `healthy`, `unhealthy`;
@@ -184,13 +188,15 @@ pub enum Inspection {
 }
 
 /// Everything the machine needs from the configuration: pure data.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub generation: Generation,
+    #[serde(with = "super::signal_name")]
     pub upgrade_signal: Signal,
     /// The child must be healthy within this, counted from its spawn.
     pub upgrade_timeout: Duration,
     pub shutdown_delay: Duration,
+    #[serde(with = "super::signal_name")]
     pub shutdown_signal: Signal,
     pub shutdown_timeout: Duration,
     pub health: Health,
@@ -205,11 +211,11 @@ pub const SUCCESSOR_GRACE: Duration = Duration::from_secs(5);
 
 /// A client of the control socket (`psflip upgrade`, `psflip status`), named by
 /// the runtime.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientId(pub u64);
 
 /// What a control client asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Upgrade, and answer with the outcome once it is known.
     Upgrade,
@@ -218,7 +224,7 @@ pub enum Request {
 }
 
 /// The answer to a control client.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// The upgrade this client asked for is done: the successor took over.
     Upgraded {
@@ -233,7 +239,7 @@ pub enum Reply {
 
 /// What the machine knows of its generation, for `psflip status`; the runtime
 /// adds pids, the generation number and the uptime.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     /// `starting`, `serving`, `upgrading`, `aborting`, `stopping`.
     pub phase: &'static str,
@@ -246,7 +252,7 @@ pub struct Status {
 
 /// A message to the service manager (sd_notify), when psflip runs under one that
 /// listens (`$NOTIFY_SOCKET`): systemd's `Type=notify` / `Type=notify-reload`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub enum Notify {
     /// `READY=1`, with a `STATUS=` line: the service is up (again).
     Ready { status: String },

@@ -21,4 +21,5 @@ mod readiness;
 mod security;
 mod selfupgrade;
 mod supervision;
+mod traces;
 mod upgrade;
