@@ -1296,3 +1296,340 @@ mod readiness {
         );
     }
 }
+
+mod strangers {
+    //! Events that name a process this machine never started, or a happening that
+    //! does not concern the state it is in, change nothing: the runtime reports
+    //! every exit it reaps (psflip is a subreaper), and answers can arrive late.
+
+    use super::super::*;
+    use crate::Signal;
+    use std::time::Duration;
+
+    const SEC: Duration = Duration::from_secs(1);
+    /// Never allocated by the machine in these scenarios.
+    const STRANGER: ProcId = ProcId(99);
+
+    fn settings(health: Health) -> Settings {
+        Settings {
+            generation: Generation::First,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: 30 * SEC,
+            shutdown_delay: 10 * SEC,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: 5 * SEC,
+            health,
+            pidfile: false,
+        }
+    }
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_origin(Duration::from_secs(secs))
+    }
+
+    fn alive() -> Health {
+        Health::Alive { timeout: SEC }
+    }
+
+    /// One machine in each state a stranger's event can meet, with what it is.
+    fn machines() -> Vec<(&'static str, Machine)> {
+        let mut all = Vec::new();
+        let mut m = Machine::new(settings(alive()));
+        m.step(at(0), Event::Started);
+        all.push(("starting", m.clone()));
+        m.step(at(1), Event::Tick);
+        assert_eq!(m.phase(), Phase::Serving);
+        all.push(("serving", m.clone()));
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        assert_eq!(m.phase(), Phase::Upgrading);
+        all.push(("upgrading", m.clone()));
+        let mut aborting = m.clone();
+        aborting.step(at(3), Event::signal(Signal::SIGTERM));
+        assert_eq!(aborting.phase(), Phase::Aborting);
+        all.push(("aborting", aborting));
+        m.step(at(3), Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(m.phase(), Phase::Stopping);
+        all.push(("handed over, in shutdown.delay", m));
+
+        let mut probing = Machine::new(settings(Health::Command {
+            kind: ProbeKind::Command,
+            after: Duration::ZERO,
+            interval: 2 * SEC,
+        }));
+        probing.step(at(0), Event::Started);
+        probing.step(at(0), Event::Tick);
+        assert!(probing.live_child().is_some());
+        all.push(("probing", probing));
+        all
+    }
+
+    fn events() -> Vec<Event> {
+        vec![
+            Event::ProcessExited {
+                id: STRANGER,
+                status: ExitStatus::Code(0),
+            },
+            Event::ProcessExited {
+                id: STRANGER,
+                status: ExitStatus::Code(1),
+            },
+            Event::SpawnFailed {
+                id: STRANGER,
+                reason: "no such file".into(),
+            },
+            Event::SuccessorFailed {
+                id: STRANGER,
+                reason: "gave up".into(),
+            },
+            Event::SuccessorReady { id: STRANGER },
+        ]
+    }
+
+    #[test]
+    fn events_about_a_process_never_started_change_nothing() {
+        for (what, machine) in machines() {
+            for event in events() {
+                let mut m = machine.clone();
+                let out = m.step(at(4), event.clone());
+                let acted: Vec<_> = out
+                    .iter()
+                    .filter(|e| !matches!(e, Effect::Log(_)))
+                    .collect();
+                assert!(acted.is_empty(), "{what}, {event:?}: {out:?}");
+                assert_eq!(m.state(), machine.state(), "{what}, {event:?}");
+                assert_eq!(m.timers(), machine.timers(), "{what}, {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_machine_says_whether_it_proxies_as_configured() {
+        for proxy in [false, true] {
+            let m = Machine::new(settings(alive())).with_proxy(proxy);
+            assert_eq!(m.proxy(), proxy);
+        }
+    }
+
+    /// Without a `[[proxy]]` there are no proxied connections: a drained report
+    /// (which the runtime never sends then) cannot cut `shutdown.delay` short.
+    #[test]
+    fn a_drain_report_without_a_proxy_changes_nothing() {
+        for (what, machine) in machines() {
+            let mut m = machine.clone();
+            let out = m.step(at(4), Event::ProxyDrained);
+            assert!(
+                out.iter().all(|e| matches!(e, Effect::Log(_))),
+                "{what}: {out:?}"
+            );
+            assert_eq!(m.state(), machine.state(), "{what}");
+        }
+    }
+}
+
+mod control {
+    //! `psflip upgrade` and `psflip status` (the control socket): which requests are
+    //! refused, with what answer, and what the status says of each state.
+
+    use super::super::*;
+    use crate::Signal;
+    use std::time::Duration;
+
+    const SEC: Duration = Duration::from_secs(1);
+    const CLIENT: ClientId = ClientId(7);
+
+    fn settings(generation: Generation) -> Settings {
+        Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: 30 * SEC,
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: 5 * SEC,
+            health: Health::Alive { timeout: SEC },
+            pidfile: false,
+        }
+    }
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_origin(Duration::from_secs(secs))
+    }
+
+    fn ask(request: Request) -> Event {
+        Event::ControlRequest {
+            client: CLIENT,
+            request,
+        }
+    }
+
+    fn replies(out: &[Effect]) -> Vec<Reply> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Reply { client, reply } => {
+                    assert_eq!(*client, CLIENT);
+                    Some(reply.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn spawns_successor(out: &[Effect]) -> bool {
+        out.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Spawn {
+                    role: Role::Successor,
+                    ..
+                }
+            )
+        })
+    }
+
+    fn status(m: &mut Machine, now: Instant) -> Status {
+        match &replies(&m.step(now, ask(Request::Status)))[..] {
+            [Reply::Status(status)] => status.clone(),
+            other => panic!("status answered with {other:?}"),
+        }
+    }
+
+    /// An upgrade that cannot start is refused at once, nothing is spawned, and
+    /// the client is not left waiting.
+    #[test]
+    fn upgrade_requests_that_cannot_start_are_refused_at_once() {
+        let mut cases: Vec<(&str, Machine)> = Vec::new();
+        let mut m = Machine::new(settings(Generation::Successor));
+        m.step(at(0), Event::Started);
+        cases.push(("a starting successor", m.clone()));
+        m.step(at(1), Event::Tick);
+        assert_eq!(m.phase(), Phase::Serving);
+        cases.push(("a successor whose predecessor still runs", m));
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        m.step(at(3), Event::signal(Signal::SIGTERM));
+        assert_eq!(m.phase(), Phase::Aborting);
+        cases.push(("aborting", m.clone()));
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        m.step(at(3), Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(m.phase(), Phase::Stopping);
+        cases.push(("stopping", m));
+        for (what, mut m) in cases {
+            let before = m.state().clone();
+            let out = m.step(at(4), ask(Request::Upgrade));
+            assert!(
+                matches!(&replies(&out)[..], [Reply::UpgradeRefused(_)]),
+                "{what}: {out:?}"
+            );
+            assert!(!spawns_successor(&out), "{what}: {out:?}");
+            assert_eq!(m.state(), &before, "{what}");
+            // Nobody waits: the outcome of a later event goes to no one.
+            let out = m.step(at(100), Event::Tick);
+            assert!(replies(&out).is_empty(), "{what}: {out:?}");
+        }
+    }
+
+    /// A first generation asked to upgrade while its child starts promises the
+    /// upgrade and starts it once serving; the client gets that upgrade's outcome.
+    #[test]
+    fn an_upgrade_asked_for_while_starting_starts_once_serving() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        let out = m.step(at(0), ask(Request::Upgrade));
+        assert!(replies(&out).is_empty(), "{out:?}");
+        assert!(!spawns_successor(&out));
+        assert!(status(&mut m, at(0)).upgrade_in_flight);
+        let out = m.step(at(1), Event::Tick);
+        assert!(spawns_successor(&out), "{out:?}");
+        let out = m.step(at(2), Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(
+            replies(&out),
+            vec![Reply::Upgraded {
+                successor: ProcId(2)
+            }]
+        );
+    }
+
+    /// A termination signal cancels an upgrade asked for while starting: the
+    /// waiting client hears so at once, and a child that stays up anyway is not
+    /// upgraded.
+    #[test]
+    fn a_termination_signal_cancels_the_promised_upgrade() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        m.step(at(0), ask(Request::Upgrade));
+        let out = m.step(at(0), Event::signal(Signal::SIGTERM));
+        assert_eq!(
+            replies(&out),
+            vec![Reply::UpgradeFailed("cancelled by SIGTERM".into())]
+        );
+        assert!(!status(&mut m, at(0)).upgrade_in_flight);
+        let out = m.step(at(1), Event::Tick);
+        assert_eq!(m.phase(), Phase::Serving);
+        assert!(!spawns_successor(&out), "{out:?}");
+    }
+
+    /// What `psflip status` says follows what happened: which child runs, whether
+    /// it passed its check, whether an upgrade is in flight and how the last
+    /// one ended.
+    #[test]
+    fn status_follows_the_generation() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        let s = status(&mut m, at(0));
+        assert_eq!(
+            (s.phase, s.child, s.child_healthy, s.upgrade_in_flight),
+            ("starting", Some(ProcId(1)), false, false)
+        );
+        assert_eq!(s.last_upgrade, None);
+        m.step(at(1), Event::Tick);
+        let s = status(&mut m, at(1));
+        assert_eq!(
+            (s.phase, s.child, s.child_healthy, s.upgrade_in_flight),
+            ("serving", Some(ProcId(1)), true, false)
+        );
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        let s = status(&mut m, at(2));
+        assert_eq!(
+            (s.phase, s.child, s.upgrade_in_flight),
+            ("upgrading", Some(ProcId(1)), true)
+        );
+        // The old child exits mid-upgrade: no child, so none healthy.
+        let status_code = ExitStatus::Code(3);
+        m.step(
+            at(3),
+            Event::ProcessExited {
+                id: ProcId(1),
+                status: status_code,
+            },
+        );
+        let s = status(&mut m, at(3));
+        assert_eq!((s.child, s.child_healthy), (None, false));
+
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        m.step(
+            at(3),
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Code(1),
+            },
+        );
+        let s = status(&mut m, at(3));
+        assert_eq!((s.phase, s.upgrade_in_flight), ("serving", false));
+        assert!(
+            s.last_upgrade
+                .as_deref()
+                .is_some_and(|l| l.starts_with("failed: ") && l.contains("exit code 1")),
+            "{s:?}"
+        );
+        m.step(at(4), Event::signal(Signal::SIGHUP));
+        m.step(at(5), Event::signal(Signal::SIGTERM));
+        assert_eq!(status(&mut m, at(5)).phase, "aborting");
+    }
+}

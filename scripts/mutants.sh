@@ -1,0 +1,29 @@
+#!/bin/sh
+# Mutation score of the protocol machine (src/machine/, without its tests) and
+# of the restart watcher (src/watch.rs), against the unit tests and the
+# simulation (tests/sim). Results in mutants.out/ (gitignored); the score is
+# recorded in TESTING.md.
+#
+#   scripts/mutants.sh                 # the whole run (about an hour on 2 busy cores)
+#   scripts/mutants.sh --iterate       # only the mutants not caught last time
+#   scripts/mutants.sh -F 'stop.rs'    # any extra cargo-mutants arguments
+#
+# The simulation runs fewer seeds per mutant than its default (10000), to keep
+# each mutant fast; PSFLIP_SIM_SEEDS overrides it.
+set -eu
+cd "$(dirname "$0")/.."
+
+export PSFLIP_SIM_SEEDS="${PSFLIP_SIM_SEEDS:-1000}"
+# No debug info: each mutant is a rebuild, and nothing here needs a debugger.
+export CARGO_PROFILE_DEV_DEBUG=0
+export CARGO_PROFILE_TEST_DEBUG=0
+
+exec nice cargo mutants \
+    --jobs 1 \
+    --file 'src/machine/**/*.rs' \
+    --exclude src/machine/tests.rs \
+    --file src/watch.rs \
+    --minimum-test-timeout 60 \
+    --cargo-arg=--lib --cargo-arg=--test=sim \
+    --output "${MUTANTS_OUT:-.}" \
+    "$@"
