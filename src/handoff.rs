@@ -19,6 +19,10 @@ pub const PROXY_FDS: &str = "PSFLIP_PROXY_FDS";
 /// The `[[listen]]` sockets handed over: one `FD=ADDRESS` line each.
 pub const LISTEN_FDS: &str = "PSFLIP_LISTEN_FDS";
 
+/// The service's upgrade history, JSON (see `crate::status::History`); the
+/// upgrade that starts the successor is its last entry, in flight.
+pub const HISTORY: &str = "PSFLIP_UPGRADE_HISTORY";
+
 /// Every variable above: internal to psflip, never passed to an app.
 pub const VARS: &[&str] = &[
     READY_FD,
@@ -27,6 +31,7 @@ pub const VARS: &[&str] = &[
     UPGRADE_TIMEOUT_MS,
     PROXY_FDS,
     LISTEN_FDS,
+    HISTORY,
 ];
 
 /// What a successor is told by the generation that starts it.
@@ -47,6 +52,8 @@ pub struct Handoff {
     pub listeners: String,
     /// The inherited `[[listen]]` sockets, in the same form; empty without any.
     pub activation: String,
+    /// The upgrade history, JSON; empty: none.
+    pub history: String,
 }
 
 impl Handoff {
@@ -67,7 +74,14 @@ impl Handoff {
             upgrade_timeout,
             listeners,
             activation,
+            history: String::new(),
         }
+    }
+
+    /// The same, with the upgrade history to hand over.
+    pub fn with_history(mut self, history: String) -> Handoff {
+        self.history = history;
+        self
     }
 
     /// The successor's environment variables.
@@ -82,6 +96,7 @@ impl Handoff {
             ),
             (PROXY_FDS, self.listeners.clone()),
             (LISTEN_FDS, self.activation.clone()),
+            (HISTORY, self.history.clone()),
         ]
     }
 
@@ -99,6 +114,7 @@ impl Handoff {
                 .map_or(Duration::MAX, Duration::from_millis),
             listeners: var(PROXY_FDS).unwrap_or_default(),
             activation: var(LISTEN_FDS).unwrap_or_default(),
+            history: var(HISTORY).unwrap_or_default(),
         })
     }
 }
@@ -116,7 +132,8 @@ mod tests {
             7,
             "9=:80".into(),
             "10=/run/app.sock".into(),
-        );
+        )
+        .with_history("[]".into());
         assert_eq!(h.generation, 4);
         assert!(h.ab_second);
         let env = h.env();

@@ -37,8 +37,8 @@ use crate::effects::{EffectError, pidfile, reap, spawn, subreaper};
 use crate::handoff::Handoff;
 use crate::log::{Level, Record};
 use crate::machine::{
-    ClientId, Effect, Event, ExitStatus, Instant, Machine, Notify, ProbeKind, ProcId, Reply, Role,
-    Sender, Settings, Status,
+    ClientId, Effect, Event, ExitStatus, Instant, Log, Machine, Notify, Origin, ProbeKind, ProcId,
+    Reply, Role, Sender, Settings, Status, Trigger,
 };
 use crate::probe::{self, Check};
 use crate::proxy::Proxy;
@@ -69,6 +69,14 @@ pub trait Os {
     fn signal_escaped(&mut self, _signal: Signal) -> usize {
         0
     }
+    /// A log line with its level and event name; by default, just its text.
+    fn record(&mut self, log: &Log) {
+        self.log(log.as_str());
+    }
+    /// An upgrade starts (for the upgrade history).
+    fn upgrade_began(&mut self, _trigger: Trigger) {}
+    /// The upgrade in flight ended.
+    fn upgrade_ended(&mut self, _outcome: Result<(), String>) {}
     /// Start accepting on the proxy listeners. (No-op without a proxy.)
     fn proxy_accept(&mut self) {}
     /// Stop accepting; `Event::ProxyDrained` follows once the connections closed.
@@ -136,7 +144,9 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                 Effect::SignalEscaped { signal } => queue.push_back(Event::EscapedSignalled {
                     count: os.signal_escaped(signal),
                 }),
-                Effect::Log(line) => os.log(&line),
+                Effect::Log(line) => os.record(&line),
+                Effect::UpgradeBegan(trigger) => os.upgrade_began(trigger),
+                Effect::UpgradeEnded(outcome) => os.upgrade_ended(outcome),
                 Effect::Exit(code) => exit = Some(code),
             }
         }
@@ -173,6 +183,9 @@ pub struct RunSpec {
     /// (Successor) the previous generation's `upgrade.timeout` (from the
     /// [`Handoff`]): our child must be healthy within it too.
     pub predecessor_upgrade_timeout: Option<std::time::Duration>,
+    /// The upgrade history handed over by the previous generation (JSON; empty
+    /// for a first generation).
+    pub history: String,
     /// The `[[proxy]]` engine, already running (listeners open, not accepting).
     pub proxy: Option<Proxy>,
     /// (`[healthcheck.notify]`) the kind of notify socket each app child gets.
@@ -191,6 +204,8 @@ pub struct RunSpec {
 /// The real OS.
 pub struct LinuxOs {
     spec: RunSpec,
+    /// The service's last upgrades (`psflip status`), handed to each successor.
+    history: crate::status::History,
     my_pid: u32,
     pids: BTreeMap<ProcId, Pid>,
     ids: BTreeMap<Pid, ProcId>,
@@ -228,6 +243,7 @@ pub struct LinuxOs {
 
 impl LinuxOs {
     pub fn new(mut spec: RunSpec) -> LinuxOs {
+        let history = crate::status::History::inherited(Some(spec.history.as_str()));
         let control = spec.control.take();
         // The old generation spawned us itself: our parent, for as long as it runs.
         let predecessor_pid = spec
@@ -249,6 +265,7 @@ impl LinuxOs {
             answering: std::collections::BTreeSet::new(),
             next_client: 0,
             started: std::time::Instant::now(),
+            history,
             notify_socket: sd_notify::socket_from_env(),
             predecessor_pid,
             successors: BTreeMap::new(),
@@ -348,7 +365,8 @@ impl LinuxOs {
                     w.as_raw_fd(),
                     named,
                     activation_named,
-                );
+                )
+                .with_history(self.history.to_env());
                 let pid = spawn::successor(
                     &self.spec.exe,
                     &self.spec.arg0,
@@ -383,7 +401,7 @@ impl LinuxOs {
             upgrade_timeout_ms: self.spec.settings.upgrade_timeout.as_millis() as u64,
             ab: if self.spec.ab_second { "b" } else { "a" }.to_string(),
             last_upgrade: status.last_upgrade.clone(),
-            upgrades: Vec::new(),
+            upgrades: self.history.entries().to_vec(),
         }
     }
 
@@ -669,6 +687,20 @@ impl Os for LinuxOs {
         subreaper::signal_all(&subreaper::adopted(&ours), signal)
     }
 
+    fn record(&mut self, log: &Log) {
+        crate::log::logger().log(Record::new(log.level, log.event, log.text.clone()));
+    }
+
+    fn upgrade_began(&mut self, trigger: Trigger) {
+        let now = std::time::SystemTime::now();
+        self.history
+            .begin(now, trigger.to_string(), self.spec.generation);
+    }
+
+    fn upgrade_ended(&mut self, outcome: Result<(), String>) {
+        self.history.end(std::time::SystemTime::now(), outcome);
+    }
+
     fn proxy_accept(&mut self) {
         if let Some(proxy) = self.spec.proxy.as_mut() {
             proxy.accept();
@@ -752,6 +784,20 @@ pub fn probe_argv(spec: &RunSpec, check: &Check, timeout: Duration) -> Vec<Strin
     argv
 }
 
+/// A process that asked for something (a signal's sender, a control client),
+/// with whether it is the service manager: pid 1 or `$MANAGERPID` (systemd's
+/// user manager), or — for a control client, `via_parent` — started by one
+/// (`ExecReload=psflip upgrade`).
+fn origin(pid: u32, uid: u32, via_parent: bool) -> Origin {
+    let manager_pid: Option<u32> = std::env::var("MANAGERPID")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let is_manager = |p: u32| p == 1 || Some(p) == manager_pid;
+    let manager = is_manager(pid)
+        || (via_parent && crate::effects::procfs::parent(pid).is_some_and(is_manager));
+    Origin { pid, uid, manager }
+}
+
 /// The monotonic clock, read once per event and turned into the machine's
 /// [`Instant`]: the only place time enters.
 pub struct Clock(std::time::Instant);
@@ -781,10 +827,10 @@ pub trait Driver {
     fn on_fd(&mut self, now: Instant, tag: Self::Tag) -> Option<i32>;
     /// A signal other than SIGCHLD arrived.
     fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32>;
-    /// A signal other than SIGCHLD arrived from the process `from` (0: the
-    /// kernel). By default the same as `on_signal`.
-    fn on_signal_from(&mut self, now: Instant, sig: Signal, from: u32) -> Option<i32> {
-        let _ = from;
+    /// A signal other than SIGCHLD arrived from the process `from`, of user
+    /// `uid` (0: the kernel). By default the same as `on_signal`.
+    fn on_signal_from(&mut self, now: Instant, sig: Signal, from: u32, uid: u32) -> Option<i32> {
+        let _ = (from, uid);
         self.on_signal(now, sig)
     }
     /// A real-time signal arrived.
@@ -845,7 +891,7 @@ pub fn event_loop<D: Driver>(
             }
         }
         if sig_ready {
-            while let Some((signo, sender)) = signals.read() {
+            while let Some((signo, sender, sender_uid)) = signals.read() {
                 if signo == libc::SIGCHLD {
                     if let Some(code) = reap_all(driver, now) {
                         return Ok(code);
@@ -858,7 +904,7 @@ pub fn event_loop<D: Driver>(
                     }
                     continue;
                 };
-                if let Some(code) = driver.on_signal_from(now, sig, sender) {
+                if let Some(code) = driver.on_signal_from(now, sig, sender, sender_uid) {
                     return Ok(code);
                 }
             }
@@ -1017,13 +1063,18 @@ impl Driver for Psflip {
                 let conn = self.os.clients.get_mut(&client)?;
                 match conn.receive() {
                     Received::Request(request) => {
+                        let from = conn.peer().map(|p| origin(p.pid, p.uid, true));
                         // Not polled any more: the client may close its side now and
                         // still get the answer (poll would report that close forever).
                         self.os.answering.insert(client);
                         drive(
                             &mut self.machine,
                             now,
-                            Event::ControlRequest { client, request },
+                            Event::ControlRequest {
+                                client,
+                                request,
+                                from,
+                            },
                             &mut self.os,
                         )
                     }
@@ -1060,13 +1111,15 @@ impl Driver for Psflip {
     }
 
     fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
-        self.on_signal_from(now, sig, 0)
+        self.on_signal_from(now, sig, 0, 0)
     }
 
-    fn on_signal_from(&mut self, now: Instant, signal: Signal, from: u32) -> Option<i32> {
+    fn on_signal_from(&mut self, now: Instant, signal: Signal, from: u32, uid: u32) -> Option<i32> {
         // Who sent it is a fact; what it means is the machine's call.
         let from = if from != 0 && self.os.predecessor_pid == Some(from) {
             Sender::Predecessor
+        } else if from != 0 {
+            Sender::Process(origin(from, uid, false))
         } else {
             Sender::Other
         };

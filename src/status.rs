@@ -4,17 +4,13 @@
 //! object, and printed by the client as `key: value` lines or as that JSON.
 //!
 //! The upgrade history travels with the service: each successor is handed its
-//! predecessor's (see [`HISTORY_ENV`]) and keeps the last [`HISTORY_LEN`].
+//! predecessor's (in the handoff, `crate::handoff::HISTORY`) and keeps the last
+//! [`HISTORY_LEN`].
 
 use serde::{Deserialize, Serialize};
 
 /// How many upgrades the history keeps.
 pub const HISTORY_LEN: usize = 10;
-
-/// The environment variable that hands a successor the upgrade history (JSON
-/// of `Vec<Upgrade>`, the upgrade that starts it last, with outcome
-/// `in flight`).
-pub const HISTORY_ENV: &str = "PSFLIP_UPGRADE_HISTORY";
 
 /// One upgrade, as the service remembers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +31,76 @@ pub struct Upgrade {
     /// From its start to its outcome, in milliseconds (none while in flight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// `time` in milliseconds since the epoch, to measure the duration by.
+    pub started_unix_ms: u64,
+}
+
+/// The upgrade history one generation keeps: handed over from its predecessor,
+/// added to by the upgrades it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct History {
+    entries: Vec<Upgrade>,
+}
+
+impl History {
+    /// What the previous generation handed over (JSON).
+    pub fn inherited(value: Option<&str>) -> History {
+        History {
+            entries: history_from_env(value),
+        }
+    }
+
+    pub fn entries(&self) -> &[Upgrade] {
+        &self.entries
+    }
+
+    /// An upgrade from generation `from` starts now.
+    pub fn begin(&mut self, now: std::time::SystemTime, trigger: String, from: u64) {
+        let ms = unix_ms(now);
+        self.entries.push(Upgrade {
+            time: crate::log::utc_timestamp(now),
+            trigger,
+            from_generation: from,
+            to_generation: from + 1,
+            outcome: "in flight".into(),
+            reason: None,
+            duration_ms: None,
+            started_unix_ms: ms,
+        });
+        trim(&mut self.entries);
+    }
+
+    /// The upgrade in flight (the last entry) ended now. In a successor, the
+    /// one that started it (handed over in flight).
+    pub fn end(&mut self, now: std::time::SystemTime, outcome: Result<(), String>) {
+        // In flight; or handed over, then the new generation died at once and
+        // this one took the service back: a failure after all.
+        let Some(last) = self
+            .entries
+            .last_mut()
+            .filter(|u| u.outcome == "in flight" || (u.outcome == "succeeded" && outcome.is_err()))
+        else {
+            return;
+        };
+        last.duration_ms = Some(unix_ms(now).saturating_sub(last.started_unix_ms));
+        match outcome {
+            Ok(()) => last.outcome = "succeeded".into(),
+            Err(reason) => {
+                last.outcome = "failed".into();
+                last.reason = Some(reason);
+            }
+        }
+    }
+
+    /// For the successor's environment.
+    pub fn to_env(&self) -> String {
+        serde_json::to_string(&self.entries).unwrap_or_else(|_| "[]".into())
+    }
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The answer to `status`.
@@ -111,8 +177,8 @@ impl Report {
     }
 }
 
-/// Parse a history handed over in [`HISTORY_ENV`]; anything unreadable is no
-/// history (it is informational only).
+/// Parse a handed-over history; anything unreadable is no history (it is
+/// informational only).
 pub fn history_from_env(value: Option<&str>) -> Vec<Upgrade> {
     value
         .and_then(|v| serde_json::from_str(v).ok())
@@ -139,7 +205,39 @@ mod tests {
             outcome: "succeeded".into(),
             reason: None,
             duration_ms: Some(1234),
+            started_unix_ms: 0,
         }
+    }
+
+    #[test]
+    fn history_begins_ends_and_travels() {
+        let t = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let mut h = History::default();
+        h.begin(t(1_000), "signal SIGHUP".into(), 1);
+        h.end(t(1_250), Err("the successor exited (exit code 2)".into()));
+        h.begin(t(2_000), "psflip upgrade (pid 5, uid 0)".into(), 1);
+        // Handed to the successor in flight; it ends it when it takes over.
+        let mut next = History::inherited(Some(&h.to_env()));
+        next.end(t(2_400), Ok(()));
+        let e = next.entries();
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[0].outcome.as_str(), e[0].duration_ms),
+            ("failed", Some(250))
+        );
+        assert_eq!(
+            e[0].reason.as_deref(),
+            Some("the successor exited (exit code 2)")
+        );
+        assert_eq!(
+            (e[1].outcome.as_str(), e[1].duration_ms),
+            ("succeeded", Some(400))
+        );
+        assert_eq!((e[1].from_generation, e[1].to_generation), (1, 2));
+        assert_eq!(e[1].time, "1970-01-01T00:00:02.000Z");
+        // Nothing in flight: a success is not ended twice.
+        next.end(t(3_000), Ok(()));
+        assert_eq!(next.entries()[1].duration_ms, Some(400));
     }
 
     #[test]

@@ -655,6 +655,10 @@ fn run(
         log_format: config.log_format,
         ab_second: handoff.as_ref().is_some_and(|h| h.ab_second),
         predecessor_upgrade_timeout: handoff.as_ref().map(|h| h.upgrade_timeout),
+        history: handoff
+            .as_ref()
+            .map(|h| h.history.clone())
+            .unwrap_or_default(),
         predecessor,
         proxy,
         notify,

@@ -452,6 +452,11 @@ impl Connection {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
+
+    /// The client's pid and uid (for the log and the upgrade history).
+    pub fn peer(&self) -> Option<Peer> {
+        peer(self.stream.as_fd())
+    }
 }
 
 /// Why asking failed.

@@ -26,6 +26,11 @@ pub fn zombie_child_of(pid: u32, parent: u32) -> bool {
     matches!(stat(pid), Some(('Z', ppid)) if ppid == parent)
 }
 
+/// The parent of `pid`.
+pub fn parent(pid: u32) -> Option<u32> {
+    stat(pid).map(|(_, ppid)| ppid)
+}
+
 /// Whether `pid` descends from `ancestor` (and is not `ancestor` itself).
 pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut cur = pid;

@@ -43,11 +43,11 @@ impl Signals {
         Ok(Signals { fd })
     }
 
-    /// The next pending signal number and the pid that sent it (0 when the
-    /// kernel did), if any.
-    pub fn read(&self) -> Option<(i32, u32)> {
+    /// The next pending signal number and the pid and uid that sent it (0 when
+    /// the kernel did), if any.
+    pub fn read(&self) -> Option<(i32, u32, u32)> {
         match self.fd.read_signal() {
-            Ok(Some(info)) => Some((info.ssi_signo as i32, info.ssi_pid)),
+            Ok(Some(info)) => Some((info.ssi_signo as i32, info.ssi_pid, info.ssi_uid)),
             _ => None,
         }
     }

@@ -49,6 +49,7 @@ pub const INTERNAL_ENV: &[&str] = &[
     handoff::PROXY_FDS,
     handoff::LISTEN_FDS,
     crate::trace::ENV,
+    handoff::HISTORY,
 ];
 
 /// What an app child or probe is started with.

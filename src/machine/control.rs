@@ -4,17 +4,24 @@
 use crate::Signal;
 
 use super::state::{Lineage, Predecessor, Proving, State};
-use super::{ClientId, Effect, Instant, Machine, Reply, Request, Status, log};
+use super::{
+    ClientId, Effect, Instant, Machine, Origin, Reply, Request, Sender, Status, Trigger, log, warn,
+};
 
 /// Why an upgrade signal is ignored while an upgrade is in flight (a control
 /// client asking then waits for the outcome of that upgrade instead).
 const UPGRADE_IN_FLIGHT: &str = "an upgrade is already in flight";
 
 impl Machine {
-    pub(super) fn on_upgrade_signal(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        if let Err(why) = self.request_upgrade(now, out) {
-            log(
+    pub(super) fn on_upgrade_signal(&mut self, now: Instant, from: Sender, out: &mut Vec<Effect>) {
+        let trigger = Trigger::Signal {
+            signal: self.settings.upgrade_signal,
+            from,
+        };
+        if let Err(why) = self.request_upgrade(now, trigger, out) {
+            warn(
                 out,
+                "upgrade_refused",
                 format!(
                     "upgrade signal {} ignored: {why}",
                     self.settings.upgrade_signal.as_str()
@@ -28,6 +35,7 @@ impl Machine {
         now: Instant,
         client: ClientId,
         request: Request,
+        from: Option<Origin>,
         out: &mut Vec<Effect>,
     ) {
         match request {
@@ -35,11 +43,8 @@ impl Machine {
                 client,
                 reply: Reply::Status(self.status()),
             }),
-            Request::Upgrade => match self.request_upgrade(now, out) {
-                Ok(()) => {
-                    log(out, "upgrade requested over the control socket");
-                    self.waiters.push(client);
-                }
+            Request::Upgrade => match self.request_upgrade(now, Trigger::Control(from), out) {
+                Ok(()) => self.waiters.push(client),
                 // One upgrade at a time, but its outcome is every asker's: a
                 // service manager may both send the upgrade signal and run
                 // `psflip upgrade` (systemd's Type=notify-reload with ExecReload=).
@@ -51,7 +56,11 @@ impl Machine {
                     self.waiters.push(client);
                 }
                 Err(why) => {
-                    log(out, format!("upgrade request refused: {why}"));
+                    warn(
+                        out,
+                        "upgrade_refused",
+                        format!("upgrade request refused: {why}"),
+                    );
                     out.push(Effect::Reply {
                         client,
                         reply: Reply::UpgradeRefused(why.to_string()),
@@ -68,9 +77,18 @@ impl Machine {
             State::Starting {
                 upgrade_requested, ..
             } => ("starting", *upgrade_requested),
-            State::Serving { .. } => ("serving", false),
+            // A successor serves while its predecessor still stops its child
+            // (and refuses upgrades until it is gone).
+            State::Serving { .. } => match self.lineage {
+                Lineage::Successor {
+                    predecessor: Predecessor::Running,
+                    ..
+                } => ("draining previous", false),
+                _ => ("serving", false),
+            },
             State::Upgrading(_) => ("upgrading", true),
-            State::Aborting(_) => ("aborting", true),
+            // A termination signal aborts the upgrade: this generation stops.
+            State::Aborting(_) => ("stopping", true),
             State::Stopping(_) | State::Done { .. } => ("stopping", false),
         };
         Status {
@@ -84,7 +102,12 @@ impl Machine {
 
     /// Start an upgrade (or, before the first child is healthy, promise one), or
     /// say why not.
-    fn request_upgrade(&mut self, now: Instant, out: &mut Vec<Effect>) -> Result<(), &'static str> {
+    fn request_upgrade(
+        &mut self,
+        now: Instant,
+        trigger: Trigger,
+        out: &mut Vec<Effect>,
+    ) -> Result<(), &'static str> {
         let first = self.lineage == Lineage::First;
         match &mut self.state {
             State::Serving { .. } => {
@@ -95,7 +118,7 @@ impl Machine {
                 {
                     return Err("the previous generation is still stopping");
                 }
-                self.start_upgrade(now, out);
+                self.start_upgrade(now, trigger, out);
                 Ok(())
             }
             State::Starting {
@@ -115,6 +138,7 @@ impl Machine {
                     );
                 }
                 *upgrade_requested = true;
+                self.requested_by.get_or_insert(trigger);
                 Ok(())
             }
             State::Booting | State::Starting { .. } => Err("this generation is not ready yet"),

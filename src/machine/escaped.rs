@@ -134,7 +134,11 @@ impl Machine {
                     },
                 });
             }
-            Event::ControlRequest { client, request } => self.on_control(now, client, request, out),
+            Event::ControlRequest {
+                client,
+                request,
+                from,
+            } => self.on_control(now, client, request, from, out),
             // The child is gone; nothing else is ours to act on any more.
             _ => {}
         }

@@ -13,6 +13,83 @@ pub enum Sender {
     Predecessor,
     /// Anyone else: an operator, a service manager, the kernel.
     Other,
+    /// Anyone else, with the pid and uid the kernel gave for the sender (for
+    /// the log and the upgrade history; it means what `Other` means).
+    Process(Origin),
+}
+
+/// A process that asked for something: the sender of a signal, a control
+/// client (from its socket's peer credentials).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub pid: u32,
+    pub uid: u32,
+    /// It is (or, for a control client, was started by) the service manager:
+    /// pid 1 or `$MANAGERPID`.
+    pub manager: bool,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {}, uid {}", self.pid, self.uid)
+    }
+}
+
+/// What started an upgrade, for the log and the upgrade history.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The upgrade signal, from this sender.
+    Signal {
+        #[serde(with = "super::signal_name")]
+        signal: Signal,
+        from: Sender,
+    },
+    /// `psflip upgrade` over the control socket, from this client (its peer
+    /// credentials, when the kernel gave them).
+    Control(Option<Origin>),
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Signal {
+                signal,
+                from: Sender::Process(o),
+            } if o.manager => write!(f, "{} from the service manager ({o})", signal.as_str()),
+            Trigger::Signal {
+                signal,
+                from: Sender::Process(o),
+            } => write!(f, "{} from {o}", signal.as_str()),
+            Trigger::Signal { signal, .. } => f.write_str(signal.as_str()),
+            Trigger::Control(Some(o)) if o.manager => {
+                write!(f, "psflip upgrade ({o}) run by the service manager")
+            }
+            Trigger::Control(Some(o)) => write!(f, "psflip upgrade ({o})"),
+            Trigger::Control(None) => f.write_str("psflip upgrade"),
+        }
+    }
+}
+
+/// One line of psflip's log: its level, a short stable name for the event
+/// (`upgrade_failed`…), and the text for people.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    pub level: crate::log::Level,
+    pub event: &'static str,
+    pub text: String,
+}
+
+impl Log {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::ops::Deref for Log {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
 }
 
 impl Event {
@@ -46,8 +123,12 @@ pub enum Event {
     ProcessExited { id: ProcId, status: ExitStatus },
     /// `Effect::Spawn` for this id failed; the process never ran.
     SpawnFailed { id: ProcId, reason: String },
-    /// A control client asked something.
-    ControlRequest { client: ClientId, request: Request },
+    /// A control client asked something; `from`: its peer credentials.
+    ControlRequest {
+        client: ClientId,
+        request: Request,
+        from: Option<Origin>,
+    },
     /// The successor said why it gives up (it exits next).
     SuccessorFailed { id: ProcId, reason: String },
     /// The successor reported, over the readiness pipe, that its child is healthy and
@@ -138,8 +219,14 @@ pub enum Effect {
         #[serde(with = "super::signal_name")]
         signal: Signal,
     },
+    /// An upgrade starts (before the successor is spawned), for the history the
+    /// service keeps and hands to its successor.
+    UpgradeBegan(Trigger),
+    /// The upgrade in flight ended (in a successor: the one that started it,
+    /// when we take over).
+    UpgradeEnded(Result<(), String>),
     /// Write a line to psflip's log (stderr) unless `quiet`.
-    Log(String),
+    Log(Log),
     /// Exit psflip with this status.
     Exit(i32),
 }

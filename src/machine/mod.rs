@@ -83,7 +83,7 @@ mod signal_name {
 use std::time::Duration;
 
 pub use escaped::{ESCAPED_GIVE_UP, Sweep};
-pub use events::{Effect, Event, Sender};
+pub use events::{Effect, Event, Log, Origin, Sender, Trigger};
 pub use state::{
     Drain, Lineage, OldChild, Phase, Predecessor, Proving, Standing, State, Stop, StopCause,
     StopStep, Upgrade,
@@ -114,6 +114,9 @@ pub struct Machine {
     /// The outcome of the last upgrade this generation tried (or, in a successor,
     /// of the one that made it).
     last_upgrade: Option<String>,
+    /// What asked for the upgrade that starts once the child is healthy (a
+    /// first generation asked while starting).
+    requested_by: Option<Trigger>,
     /// The termination signal (SIGTERM, SIGINT, SIGQUIT) psflip last received and
     /// passed on to its child: a child that dies of it stopped as it was asked to,
     /// and psflip exits 0 (see [`Machine::relayed`]).
@@ -151,6 +154,7 @@ impl Machine {
             listen: false,
             waiters: Vec::new(),
             last_upgrade: None,
+            requested_by: None,
             stop_signal: None,
             exited_successor: None,
             subreaper: false,
@@ -277,7 +281,14 @@ impl Machine {
             (_, E::Tick) => self.on_tick(now, o),
             (_, E::SignalReceived { signal, from }) => self.on_signal(now, signal, from, o),
             (_, E::RealtimeSignalReceived(signo)) => self.forward_realtime(signo, o),
-            (_, E::ControlRequest { client, request }) => self.on_control(now, client, request, o),
+            (
+                _,
+                E::ControlRequest {
+                    client,
+                    request,
+                    from,
+                },
+            ) => self.on_control(now, client, request, from, o),
             (_, E::PredecessorExited) => self.on_predecessor_exited(o),
             (_, E::ChildNotified { id, ready, status }) => {
                 self.on_child_notified(now, id, ready, status, o)
@@ -414,7 +425,16 @@ impl Machine {
                 Timer::ProbeOverrun => self.on_probe_overrun(now, out),
                 Timer::ProbeStart => self.start_probe(now, out),
                 Timer::SuccessorKill => self.on_successor_late(out),
-                Timer::ShutdownSignal => self.send_shutdown_signal(now, out),
+                Timer::ShutdownSignal => {
+                    log(
+                        out,
+                        format!(
+                            "shutdown.delay ({:?}) has passed; stopping the old child",
+                            self.settings.shutdown_delay
+                        ),
+                    );
+                    self.send_shutdown_signal(now, out)
+                }
                 Timer::ChildKill => self.on_shutdown_timeout(out),
                 Timer::DrainCutoff => self.on_drain_cutoff(out),
                 // Only while sweeping, which `step` routes elsewhere.
@@ -433,6 +453,26 @@ fn kill(id: ProcId, group: bool) -> Effect {
     }
 }
 
+/// An informational line.
 fn log(out: &mut Vec<Effect>, msg: impl Into<String>) {
-    out.push(Effect::Log(msg.into()));
+    note(out, crate::log::Level::Info, "note", msg);
+}
+
+/// Something went wrong that psflip recovers from (a failed upgrade, a child
+/// that died).
+fn warn(out: &mut Vec<Effect>, event: &'static str, msg: impl Into<String>) {
+    note(out, crate::log::Level::Warning, event, msg);
+}
+
+fn note(
+    out: &mut Vec<Effect>,
+    level: crate::log::Level,
+    event: &'static str,
+    msg: impl Into<String>,
+) {
+    out.push(Effect::Log(Log {
+        level,
+        event,
+        text: msg.into(),
+    }));
 }

@@ -7,13 +7,19 @@ use std::time::Duration;
 use crate::Signal;
 
 use super::state::{Lineage, Predecessor, Proving, Standing, State, Stop, StopCause, StopStep};
-use super::{Effect, GIVE_UP_GRACE, Instant, Machine, Notify, Sender, Timer, log};
+use super::{Effect, GIVE_UP_GRACE, Instant, Machine, Notify, Sender, Timer, log, note};
 
 impl Machine {
     /// (Successor) healthy, the pidfile names us, accepting if proxied: we are the
     /// service now.
     pub(super) fn take_over(&mut self, out: &mut Vec<Effect>) {
-        log(out, "new child is healthy; taking over");
+        note(
+            out,
+            crate::log::Level::Notice,
+            "took_over",
+            "new child is healthy; taking over",
+        );
+        out.push(Effect::UpgradeEnded(Ok(())));
         if let Lineage::Successor { standing, .. } = &mut self.lineage {
             *standing = Standing::TookOver;
         }

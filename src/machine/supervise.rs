@@ -7,8 +7,8 @@ use crate::Signal;
 
 use super::state::{Lineage, Predecessor, Proving, State, Stop, StopCause, StopStep};
 use super::{
-    Effect, ExitStatus, GIVE_UP_GRACE, Health, Instant, Machine, Notify, Role, Sender, Timer, kill,
-    log,
+    Effect, ExitStatus, GIVE_UP_GRACE, Health, Instant, Machine, Notify, ProbeKind, Role, Sender,
+    Timer, kill, log, note, warn,
 };
 
 impl Machine {
@@ -73,9 +73,10 @@ impl Machine {
             Health::Command { interval, .. } | Health::Docker { interval } => interval,
             Health::Alive { .. } | Health::Notify => Duration::ZERO,
         };
-        log(
+        warn(
             out,
-            format!("healthcheck command still running after interval ({interval:?}); killing it"),
+            "healthcheck_failed",
+            format!("healthcheck still running after interval ({interval:?}); killing it"),
         );
         out.push(kill(probe, true));
         self.set_proving(Proving::Probing {
@@ -95,11 +96,31 @@ impl Machine {
         let next = self.timers.cancel(Timer::ProbeOverrun).unwrap_or(now);
         self.timers.set(Timer::ProbeStart, next);
         self.set_proving(Proving::Waiting);
+        // psflip's own tcp/http probe logs its failure itself, once, with the
+        // check and the reason; a status of 1 adds nothing to that.
+        let own_probe = matches!(
+            self.settings.health,
+            Health::Command {
+                kind: ProbeKind::Tcp | ProbeKind::Http,
+                ..
+            }
+        );
         match result {
             Ok(status) if status.success() => self.on_healthy(now, out),
-            Ok(status) => log(out, format!("healthcheck command failed ({status})")),
-            Err(reason) => log(
+            Ok(ExitStatus::Code(1)) if own_probe => {}
+            Ok(status) if own_probe => warn(
                 out,
+                "healthcheck_failed",
+                format!("healthcheck probe failed ({status})"),
+            ),
+            Ok(status) => warn(
+                out,
+                "healthcheck_failed",
+                format!("healthcheck command failed ({status})"),
+            ),
+            Err(reason) => warn(
+                out,
+                "healthcheck_failed",
                 format!("cannot start the healthcheck command: {reason}"),
             ),
         }
@@ -115,16 +136,25 @@ impl Machine {
         let last = last
             .map(|why| format!("; last check: {why}"))
             .unwrap_or_default();
-        log(
-            out,
+        // A successor's deadline is the smaller of its own upgrade.timeout and
+        // its predecessor's (see `with_predecessor_timeout`): say which.
+        let within = if self.health_within < self.settings.upgrade_timeout {
             format!(
-                "the child did not become healthy within upgrade.timeout ({:?}){last}; stopping it",
-                self.health_within
+                "{:?}, the previous generation's, which bounds this configuration's {:?}",
+                self.health_within, self.settings.upgrade_timeout
+            )
+        } else {
+            format!("{:?}", self.health_within)
+        };
+        warn(
+            out,
+            "child_unhealthy",
+            format!(
+                "the child did not become healthy within upgrade.timeout ({within}){last}; stopping it"
             ),
         );
         self.fail(format!(
-            "the new child did not become healthy within upgrade.timeout ({:?}){last}",
-            self.health_within
+            "the new child did not become healthy within upgrade.timeout ({within}){last}"
         ));
         self.kill_probe(out);
         self.kill_unready_child(now, out);
@@ -174,7 +204,11 @@ impl Machine {
                         out,
                         "starting the upgrade requested while the child was starting",
                     );
-                    self.start_upgrade(now, out);
+                    let trigger = self
+                        .requested_by
+                        .take()
+                        .unwrap_or(super::Trigger::Control(None));
+                    self.start_upgrade(now, trigger, out);
                 }
             }
             Lineage::Successor { .. } => self.take_over(out),
@@ -217,8 +251,9 @@ impl Machine {
         // yet, so the group id cannot have been recycled.
         out.push(kill(child, true));
         self.kill_probe(out);
-        log(
+        warn(
             out,
+            "child_exited",
             format!("the child exited ({status}) before it became healthy"),
         );
         self.fail(format!(
@@ -234,7 +269,12 @@ impl Machine {
     }
 
     pub(super) fn on_child_spawn_failed(&mut self, reason: String, out: &mut Vec<Effect>) {
-        log(out, format!("cannot start the child: {reason}"));
+        note(
+            out,
+            crate::log::Level::Error,
+            "spawn_failed",
+            format!("cannot start the child: {reason}"),
+        );
         self.fail(format!("cannot start the new child: {reason}"));
         self.kill_probe(out);
         self.exit(1, out);
@@ -244,7 +284,17 @@ impl Machine {
     pub(super) fn on_serving_child_exit(&mut self, status: ExitStatus, out: &mut Vec<Effect>) {
         let child = self.live_child().expect("a serving child");
         out.push(kill(child, true));
-        log(out, format!("the child exited ({status})"));
+        let level = if self.relayed(status) == 0 {
+            crate::log::Level::Info
+        } else {
+            crate::log::Level::Warning
+        };
+        note(
+            out,
+            level,
+            "child_exited",
+            format!("the child exited ({status})"),
+        );
         self.exit(self.relayed(status), out);
     }
 
@@ -274,7 +324,7 @@ impl Machine {
             return;
         }
         if sig == self.settings.upgrade_signal {
-            self.on_upgrade_signal(now, out);
+            self.on_upgrade_signal(now, from, out);
             return;
         }
         let terminating = matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
@@ -289,7 +339,7 @@ impl Machine {
                 }
                 _ => {}
             }
-            if self.handed_over() && from == Sender::Other {
+            if self.handed_over() && from != Sender::Predecessor {
                 self.pass_on_stop(now, sig, out);
             }
             if self.gives_up_on(from) {

@@ -30,7 +30,15 @@ mod scenarios {
     fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
         effects
             .into_iter()
-            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .filter(|e| {
+                !matches!(
+                    e,
+                    Effect::Log(_)
+                        | Effect::Notify(_)
+                        | Effect::UpgradeBegan(_)
+                        | Effect::UpgradeEnded(_)
+                )
+            })
             .collect()
     }
 
@@ -458,6 +466,7 @@ mod scenarios {
             let ask = |client| Event::ControlRequest {
                 client,
                 request: Request::Upgrade,
+                from: None,
             };
             m.step(t(2000), ask(a));
             assert!(m.upgrading());
@@ -524,7 +533,15 @@ mod proxy {
     fn act(m: &mut Machine, secs: u64, event: Event) -> Vec<Effect> {
         m.step(at(secs), event)
             .into_iter()
-            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .filter(|e| {
+                !matches!(
+                    e,
+                    Effect::Log(_)
+                        | Effect::Notify(_)
+                        | Effect::UpgradeBegan(_)
+                        | Effect::UpgradeEnded(_)
+                )
+            })
             .collect()
     }
 
@@ -996,7 +1013,15 @@ mod readiness {
     fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
         effects
             .into_iter()
-            .filter(|e| !matches!(e, Effect::Log(_) | Effect::Notify(_)))
+            .filter(|e| {
+                !matches!(
+                    e,
+                    Effect::Log(_)
+                        | Effect::Notify(_)
+                        | Effect::UpgradeBegan(_)
+                        | Effect::UpgradeEnded(_)
+                )
+            })
             .collect()
     }
 

@@ -6,16 +6,23 @@ use crate::Signal;
 
 use super::state::{Drain, OldChild, State, Stop, StopCause, Upgrade};
 use super::{
-    Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, kill, log,
+    Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, Trigger,
+    kill, log, note, warn,
 };
 
 impl Machine {
     /// Spawn the successor; kill it if it neither reports ready nor exits within
     /// `upgrade.timeout` + [`SUCCESSOR_GRACE`].
-    pub(super) fn start_upgrade(&mut self, now: Instant, out: &mut Vec<Effect>) {
+    pub(super) fn start_upgrade(&mut self, now: Instant, trigger: Trigger, out: &mut Vec<Effect>) {
         let child = self.live_child().expect("a serving child");
         let successor = self.alloc();
-        log(out, "upgrade: starting the successor");
+        note(
+            out,
+            crate::log::Level::Notice,
+            "upgrade_started",
+            format!("upgrade: starting the successor (asked by {trigger})"),
+        );
+        out.push(Effect::UpgradeBegan(trigger));
         out.push(Effect::Notify(Notify::Reloading));
         out.push(Effect::Spawn {
             id: successor,
@@ -125,10 +132,15 @@ impl Machine {
         u.killed = true;
         let successor = u.successor;
         if aborting {
-            log(out, "the successor did not stop in time; killing it");
-        } else {
-            log(
+            warn(
                 out,
+                "successor_killed",
+                "the successor did not stop in time; killing it",
+            );
+        } else {
+            warn(
+                out,
+                "upgrade_failed",
                 format!(
                     "upgrade failed: the successor did not report ready within upgrade.timeout + {}s; killing it",
                     SUCCESSOR_GRACE.as_secs()
@@ -178,11 +190,24 @@ impl Machine {
             );
             return;
         }
-        log(
+        // Say when the old child is stopped: now, once its proxied connections
+        // have closed, or after shutdown.delay.
+        let delay = self.settings.shutdown_delay;
+        let when = match (self.proxy, delay.is_zero()) {
+            (_, true) => "stopping the old child".to_string(),
+            (true, false) => format!(
+                "the old child is stopped once its proxied connections have closed, after shutdown.delay ({delay:?}) at the latest"
+            ),
+            (false, false) => format!("stopping the old child after shutdown.delay ({delay:?})"),
+        };
+        note(
             out,
-            "upgrade: the successor is ready; stopping the old child",
+            crate::log::Level::Notice,
+            "upgrade_succeeded",
+            format!("upgrade: the successor is ready; {when}"),
         );
         self.last_upgrade = Some("succeeded".into());
+        out.push(Effect::UpgradeEnded(Ok(())));
         self.answer_waiters(Reply::Upgraded { successor: to }, out);
         let drain = if self.proxy {
             out.push(Effect::ProxyStopAccepting);
@@ -221,12 +246,14 @@ impl Machine {
         };
         let old = u.old;
         self.last_upgrade = Some(format!("failed: {why}"));
+        out.push(Effect::UpgradeEnded(Err(why.clone())));
         self.answer_waiters(Reply::UpgradeFailed(why.clone()), out);
         if aborting {
-            log(out, format!("upgrade aborted: {why}"));
+            warn(out, "upgrade_aborted", format!("upgrade aborted: {why}"));
         } else {
-            log(
+            warn(
                 out,
+                "upgrade_failed",
                 format!("upgrade failed: {why}; the old child carries on"),
             );
         }
@@ -282,15 +309,17 @@ impl Machine {
             }
             return;
         };
-        log(
+        warn(
             out,
+            "upgrade_failed",
             format!(
                 "the new generation exited ({status}) right after taking over; the old child was not stopped yet: serving again"
             ),
         );
-        self.last_upgrade = Some(format!(
-            "failed: the new generation exited ({status}) right after taking over"
-        ));
+        let why = format!("the new generation exited ({status}) right after taking over");
+        self.last_upgrade = Some(format!("failed: {why}"));
+        // Recorded as a second outcome of the same upgrade: it did hand over.
+        out.push(Effect::UpgradeEnded(Err(why)));
         self.move_to_serving(child);
         if self.proxy {
             out.push(Effect::ProxyAccept);
