@@ -1483,6 +1483,7 @@ mod control {
         Event::ControlRequest {
             client: CLIENT,
             request,
+            from: None,
         }
     }
 
