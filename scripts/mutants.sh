@@ -4,7 +4,8 @@
 # simulation (tests/sim). Results in mutants.out/ (gitignored); the score is
 # recorded in TESTING.md.
 #
-#   scripts/mutants.sh                 # the whole run (about an hour on 2 busy cores)
+#   scripts/mutants.sh                 # the whole run (hours on 2 busy cores; in a
+#                                      # random order, so a cut-short run is a fair sample)
 #   scripts/mutants.sh --iterate       # only the mutants not caught last time
 #   scripts/mutants.sh -F 'stop.rs'    # any extra cargo-mutants arguments
 #
@@ -17,9 +18,13 @@ export PSFLIP_SIM_SEEDS="${PSFLIP_SIM_SEEDS:-1000}"
 # No debug info: each mutant is a rebuild, and nothing here needs a debugger.
 export CARGO_PROFILE_DEV_DEBUG=0
 export CARGO_PROFILE_TEST_DEBUG=0
+# One build directory across runs: the dependencies are built once, and a rerun
+# (`--iterate`, `-F`) only rebuilds psflip.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/mutants-build}"
 
 exec nice cargo mutants \
     --jobs 1 \
+    --shuffle \
     --file 'src/machine/**/*.rs' \
     --exclude src/machine/tests.rs \
     --file src/watch.rs \

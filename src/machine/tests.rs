@@ -1183,6 +1183,16 @@ mod readiness {
                 without_healthcheck("running"),
                 "container app-green has no HEALTHCHECK",
             ),
+            // Stopped before its first health check ran, or before it had a
+            // health state at all: stopped is stopped.
+            (
+                found("exited", Some("starting")),
+                "container app-green has stopped (exited)",
+            ),
+            (
+                found("dead", None),
+                "container app-green has stopped (dead)",
+            ),
         ] {
             let mut m = machine(
                 Generation::Successor,
@@ -1596,6 +1606,38 @@ mod control {
         let out = m.step(at(1), Event::Tick);
         assert_eq!(m.phase(), Phase::Serving);
         assert!(!spawns_successor(&out), "{out:?}");
+    }
+
+    /// A successor that says why it gives up before it exits: that reason
+    /// reaches the client and the status, not only the exit status.
+    #[test]
+    fn the_reason_a_successor_gives_is_the_upgrades_outcome() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        m.step(at(2), ask(Request::Upgrade));
+        let said = "the new child exited (exit code 3) before it became healthy";
+        let out = m.step(
+            at(3),
+            Event::SuccessorFailed {
+                id: ProcId(2),
+                reason: said.into(),
+            },
+        );
+        assert!(replies(&out).is_empty(), "{out:?}");
+        let out = m.step(
+            at(3),
+            Event::ProcessExited {
+                id: ProcId(2),
+                status: ExitStatus::Code(1),
+            },
+        );
+        match &replies(&out)[..] {
+            [Reply::UpgradeFailed(why)] => assert!(why.contains(said), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let last = status(&mut m, at(4)).last_upgrade.expect("an outcome");
+        assert!(last.contains(said), "{last}");
     }
 
     /// What `psflip status` says follows what happened: which child runs, whether
