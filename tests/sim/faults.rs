@@ -359,6 +359,32 @@ pub enum OperatorAction {
     Terminate(Signal),
     /// A signal psflip merely forwards.
     Other(Signal),
+    /// A control client asks the service for an upgrade (`upgrade`) or its
+    /// status; `vanishes`: it goes away before the answer.
+    Control { upgrade: bool, vanishes: bool },
+    /// A real-time signal (SIGRTMIN+n) to the service.
+    Realtime(i32),
+}
+
+/// The control clients' and real-time signals' share of the operator's plan,
+/// drawn from their own stream (existing seeds keep their other draws).
+pub fn control_plan(rng: &mut Rng, chaos: Duration) -> Vec<(Duration, OperatorAction)> {
+    let mut actions = Vec::new();
+    if rng.chance(0.5) {
+        for _ in 0..rng.range(1, 5) {
+            let upgrade = rng.chance(0.6);
+            let vanishes = rng.chance(0.2);
+            actions.push((
+                rng.upto(chaos),
+                OperatorAction::Control { upgrade, vanishes },
+            ));
+        }
+    }
+    if rng.chance(0.2) {
+        let signo = 34 + rng.below(31) as i32;
+        actions.push((rng.upto(chaos), OperatorAction::Realtime(signo)));
+    }
+    actions
 }
 
 /// The operator's schedule for one seed: `(when, what)`, plus whether a termination

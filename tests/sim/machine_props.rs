@@ -23,8 +23,8 @@ use proptest::test_runner::TestCaseError;
 
 use psflip::Signal;
 use psflip::machine::{
-    Effect, Event, ExitStatus, Generation, Health, Instant, Machine, Notify, Phase, ProbeKind,
-    ProcId, Role, Settings,
+    ClientId, Effect, Event, ExitStatus, Generation, Health, Instant, Machine, Notify, Phase,
+    ProbeKind, ProcId, Reply, Request, Role, Sender, Settings,
 };
 
 const SIGNALS: &[Signal] = &[
@@ -57,6 +57,13 @@ enum Step {
     PidfileWritten,
     PidfileFailed,
     ProxyDrained,
+    /// A control client asks for an upgrade (`true`) or the status.
+    Control(bool),
+    /// A real-time signal (SIGRTMIN+n).
+    Realtime(i32),
+    /// The previous generation sends a termination signal (it aborts the
+    /// upgrade, or passes a stop of the service on).
+    Abort(usize),
     /// Time passes by this many milliseconds, then a tick (maybe early: spurious).
     Tick(u64),
     /// Time jumps to the deadline, and ticks there.
@@ -105,6 +112,9 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Step::PidfileWritten),
         1 => Just(Step::PidfileFailed),
         1 => Just(Step::ProxyDrained),
+        2 => any::<bool>().prop_map(Step::Control),
+        1 => (34..=64i32).prop_map(Step::Realtime),
+        1 => (2..5usize).prop_map(Step::Abort),
         4 => (0..3_000u64).prop_map(Step::Tick),
         5 => Just(Step::TickAtDeadline),
     ]
@@ -185,6 +195,14 @@ struct Harness {
     ready_heard: bool,
     /// A termination signal was fed while a successor was in flight.
     aborted: bool,
+    /// Control clients so far, and the ones answered.
+    next_client: u64,
+    started: bool,
+    /// (Successor) its predecessor sent a termination signal: its child is no
+    /// longer the service.
+    released: bool,
+    asked: BTreeMap<ClientId, Request>,
+    answered: BTreeSet<ClientId>,
 }
 
 impl Harness {
@@ -244,6 +262,23 @@ impl Harness {
                 reason: "injected".into(),
             },
             Step::ProxyDrained => Event::ProxyDrained,
+            Step::Control(upgrade) => {
+                self.next_client += 1;
+                Event::ControlRequest {
+                    from: None,
+                    client: ClientId(self.next_client),
+                    request: if upgrade {
+                        Request::Upgrade
+                    } else {
+                        Request::Status
+                    },
+                }
+            }
+            Step::Realtime(signo) => Event::RealtimeSignalReceived(signo),
+            Step::Abort(i) => Event::SignalReceived {
+                signal: SIGNALS[i],
+                from: Sender::Predecessor,
+            },
             Step::Tick(ms) => {
                 self.now = self.now + Duration::from_millis(ms);
                 Event::Tick
@@ -271,7 +306,29 @@ impl Harness {
                 signal: Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT,
                 ..
             } if in_flight.is_some() => self.aborted = true,
+            // The previous generation aborted the upgrade that made us (or passes
+            // a stop on): we were never (or are no longer) the service, and may
+            // stop our child (SPEC §5).
+            Event::SignalReceived {
+                signal: Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT,
+                from: Sender::Predecessor,
+            } if self.m.settings().generation == Generation::Successor => {
+                self.protects_child = false;
+                self.released = true;
+            }
             _ => {}
+        }
+        // (Before `Started` the runtime reads no request: it feeds `Started`
+        // before its loop polls the control socket.)
+        if event == Event::Started {
+            self.started = true;
+        }
+        if let Event::ControlRequest {
+            client, request, ..
+        } = &event
+            && self.started
+        {
+            self.asked.insert(*client, *request);
         }
         let effects = self.m.step(self.now, event.clone());
         if self.exited {
@@ -321,7 +378,8 @@ impl Harness {
                     if signal == Signal::SIGKILL {
                         self.killed.insert(id);
                     }
-                    let forward = !group && event == Event::signal(signal);
+                    let forward = !group
+                        && matches!(event, Event::SignalReceived { signal: s, .. } if s == signal);
                     let stop = signal == Signal::SIGKILL || signal == shutdown;
                     if Some(id) == child && stop && !forward && self.protects_child {
                         prop_assert!(
@@ -330,7 +388,39 @@ impl Harness {
                         );
                     }
                 }
+                Effect::Reply { client, ref reply } => {
+                    prop_assert!(
+                        self.asked.contains_key(&client),
+                        "a reply to {client:?}, who asked nothing"
+                    );
+                    prop_assert!(
+                        self.answered.insert(client),
+                        "{client:?} answered twice (now {reply:?})"
+                    );
+                    let is_status = matches!(reply, Reply::Status(_));
+                    prop_assert_eq!(
+                        is_status,
+                        self.asked[&client] == Request::Status,
+                        "{:?} asked {:?}, got {:?}",
+                        client,
+                        self.asked[&client],
+                        reply
+                    );
+                }
+                Effect::SignalRealtime { id, .. } => {
+                    prop_assert_eq!(Some(id), child, "a real-time signal to {}", id);
+                }
                 Effect::Exit(_) => {
+                    // Every client gets its answer, at the latest as psflip exits.
+                    let unanswered: Vec<_> = self
+                        .asked
+                        .keys()
+                        .filter(|c| !self.answered.contains(c))
+                        .collect();
+                    prop_assert!(
+                        unanswered.is_empty(),
+                        "exit with {unanswered:?} unanswered: {effects:?}"
+                    );
                     prop_assert_eq!(
                         i,
                         effects.len() - 1,
@@ -343,13 +433,28 @@ impl Harness {
             }
         }
         // Serving, as its effects say: ready reported, or READY=1 told.
-        if effects.iter().any(|e| {
-            matches!(
-                e,
-                Effect::ReportReady | Effect::Notify(Notify::Ready { .. })
-            )
-        }) {
+        if !self.released
+            && effects.iter().any(|e| {
+                matches!(
+                    e,
+                    Effect::ReportReady | Effect::Notify(Notify::Ready { .. })
+                )
+            })
+        {
             self.protects_child = true;
+        }
+        // A status request is answered at once.
+        if let Event::ControlRequest {
+            client,
+            request: Request::Status,
+            ..
+        } = event
+            && self.started
+        {
+            prop_assert!(
+                self.exited || self.answered.contains(&client),
+                "status to {client:?} not answered at once: {effects:?}"
+            );
         }
         if let Event::SuccessorReady { id } = event
             && self.killed.contains(&id)
@@ -414,6 +519,11 @@ proptest! {
             killed: BTreeSet::new(),
             ready_heard: false,
             aborted: false,
+            next_client: 0,
+            started: false,
+            released: false,
+            asked: BTreeMap::new(),
+            answered: BTreeSet::new(),
         };
         // Most runs start properly; some get events before `Started`.
         if start_first {

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use psflip::Signal;
 use psflip::machine::{
-    Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProcId, Role, Sender, Settings,
+    ClientId, Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProcId, Reply,
+    Request, Role, Sender, Settings,
 };
 use psflip::runtime::{self, Os};
 
@@ -107,6 +108,20 @@ pub struct GenRuntime {
     /// Every successor started, kept after it exits: the pidfile may still name
     /// one (`Effect::RemovePidfile`, as in the real runtime).
     pub successors: BTreeMap<ProcId, Pid>,
+    /// Control requests read from clients, not yet fed to the machine.
+    pub requests: std::collections::VecDeque<(ClientId, Request)>,
+}
+
+/// A control client (`psflip upgrade`, `psflip status`) and what it got.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub gpid: Pid,
+    pub request: Request,
+    /// It went away before the answer (the answer is dropped).
+    pub vanished: bool,
+    /// Its request reached the machine.
+    pub delivered: bool,
+    pub answers: Vec<Reply>,
 }
 
 /// Why a generation ended, as far as the checker can tell.
@@ -207,6 +222,8 @@ pub struct Ghost {
     /// (Proxy) its last proxied connection closed after it stopped accepting.
     pub connections_closed: bool,
     pub end: Option<End>,
+    /// The exit code its machine asked for, once it did.
+    pub exit_code: Option<i32>,
 }
 
 impl Ghost {
@@ -288,6 +305,7 @@ impl Gen {
                 stopped_accepting_at: None,
                 connections_closed: false,
                 end: None,
+                exit_code: None,
             },
         }
     }
@@ -354,6 +372,8 @@ pub enum Mutation {
     NeverAccept,
     /// Ticks never reach the machine (a due deadline stays due: busy loop).
     DropTicks,
+    /// Answers to control clients are lost (C).
+    NoReplies,
 }
 
 pub struct World {
@@ -377,6 +397,9 @@ pub struct World {
     pub listen: bool,
     /// Their Unix socket files exist (created once, by the first generation).
     pub listen_sockets: bool,
+    /// Control clients so far, by id.
+    pub clients: BTreeMap<ClientId, Client>,
+    control_rng: Rng,
     /// Every generation, dead ones included (their ghost state).
     pub gens: BTreeMap<Pid, Gen>,
     /// The shared pidfile: the pid it names.
@@ -422,6 +445,8 @@ impl World {
         // Forked last, so that the streams above (and the seeds in
         // regressions.txt) are what they were before [[listen]] existed.
         let listen = master.fork().chance(0.3);
+        // Forked last too: control clients and real-time signals.
+        let control_rng = master.fork();
         let swarm = Swarm::pick(&mut fault_rng);
         let first_settings = faults::settings(&mut settings_rng);
         let proxy = settings_rng.chance(0.3);
@@ -438,6 +463,8 @@ impl World {
             proxy_sockets: proxy,
             listen,
             listen_sockets: listen,
+            clients: BTreeMap::new(),
+            control_rng,
             gens: BTreeMap::new(),
             pidfile: None,
             faults: Faults::new(swarm, fault_rng),
@@ -767,6 +794,9 @@ impl World {
         for (t, action) in plan.actions {
             self.schedule(Instant::from_origin(t), Ev::Operator(action));
         }
+        for (t, action) in faults::control_plan(&mut self.control_rng, chaos) {
+            self.schedule(Instant::from_origin(t), Ev::Operator(action));
+        }
         self.terminate_during_upgrade = plan.terminate_during_upgrade;
         let pid = self.fork(INIT, Kind::Psflip, None, false);
         self.gens.insert(
@@ -959,6 +989,42 @@ impl World {
                 self.service_enders += 1;
                 self.send_signal(service, sig);
             }
+            OperatorAction::Control { upgrade, vanishes } => {
+                let client = ClientId(self.clients.len() as u64 + 1);
+                let request = if upgrade {
+                    Request::Upgrade
+                } else {
+                    Request::Status
+                };
+                self.log(format!(
+                    "operator: control client {} asks {} for {request:?}{}",
+                    client.0,
+                    self.name(service),
+                    if vanishes { " and goes away" } else { "" }
+                ));
+                self.clients.insert(
+                    client,
+                    Client {
+                        gpid: service,
+                        request,
+                        vanished: vanishes,
+                        delivered: false,
+                        answers: Vec::new(),
+                    },
+                );
+                let g = self.gens.get_mut(&service).expect("a generation");
+                g.rt.requests.push_back((client, request));
+                self.after_latency(Ev::Wake(service));
+            }
+            OperatorAction::Realtime(signo) => {
+                self.log(format!(
+                    "operator: signal {signo} -> {}",
+                    self.name(service)
+                ));
+                let g = self.gens.get_mut(&service).expect("a generation");
+                g.rt.pending.insert(signo);
+                self.after_latency(Ev::Wake(service));
+            }
         }
     }
 
@@ -1053,6 +1119,9 @@ impl World {
     /// The machine asked to exit: the process exits with that code.
     fn machine_exit(&mut self, pid: Pid, code: i32) {
         self.facts.push(Fact::Exited { gpid: pid, code });
+        if let Some(g) = self.gens.get_mut(&pid) {
+            g.ghost.exit_code = Some(code);
+        }
         // What re-parented to it and still runs (not its successor).
         let escaped: Vec<Pid> = self
             .procs
@@ -1128,6 +1197,28 @@ impl World {
                 return Some(code);
             }
         }
+        while let Some((client, request)) = self
+            .gens
+            .get_mut(&pid)
+            .expect("a generation")
+            .rt
+            .requests
+            .pop_front()
+        {
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.delivered = true;
+            }
+            if let Some(code) = self.drive(
+                pid,
+                Event::ControlRequest {
+                    client,
+                    request,
+                    from: None,
+                },
+            ) {
+                return Some(code);
+            }
+        }
         if drained {
             self.gens.get_mut(&pid).expect("a generation").rt.drained = false;
             self.cover(Cover::ProxyDrained);
@@ -1167,7 +1258,12 @@ impl World {
                     }
                     continue;
                 }
-                let sig = Signal::try_from(signo).expect("a signal");
+                let Ok(sig) = Signal::try_from(signo) else {
+                    if let Some(code) = self.drive(pid, Event::RealtimeSignalReceived(signo)) {
+                        return Some(code);
+                    }
+                    continue;
+                };
                 if let Some(code) = self.drive(pid, Event::signal(sig)) {
                     return Some(code);
                 }
@@ -1863,6 +1959,49 @@ impl Os for SimOs<'_> {
             w.pidfile = None;
             w.log(format!("{}: pidfile removed", me));
         }
+    }
+
+    fn reply(&mut self, client: ClientId, reply: Reply) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        if w.mutation == Some(Mutation::NoReplies) {
+            return;
+        }
+        // An `Upgraded` answer must come with a handover the world saw.
+        let upgraded = matches!(reply, Reply::Upgraded { .. });
+        w.facts.push(Fact::Replied {
+            gpid: self.pid,
+            client,
+            upgraded,
+            handed_over: self.ghost.handed_over,
+        });
+        let Some(c) = w.clients.get_mut(&client) else {
+            return;
+        };
+        c.answers.push(reply.clone());
+        let dropped = if c.vanished { " (gone: dropped)" } else { "" };
+        w.cover(match reply {
+            Reply::Upgraded { .. } => Cover::ControlUpgraded,
+            Reply::Status(_) => Cover::ControlStatus,
+            Reply::UpgradeFailed(_) | Reply::UpgradeRefused(_) => Cover::ControlUpgradeFailed,
+        });
+        w.log(format!(
+            "{me}: answers client {}: {reply:?}{dropped}",
+            client.0
+        ));
+    }
+
+    fn signal_realtime(&mut self, id: ProcId, signo: i32) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        w.facts.push(Fact::RealtimeForwarded {
+            gpid: self.pid,
+            to_child: self.ghost.is_child(id) && self.ghost.child_runs(),
+        });
+        w.log(format!("{me}: signal {signo} -> {id}"));
+        w.cover(Cover::RealtimeForwarded);
     }
 
     fn report_ready(&mut self) {
