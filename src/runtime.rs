@@ -688,7 +688,31 @@ impl Os for LinuxOs {
     }
 
     fn record(&mut self, log: &Log) {
-        crate::log::logger().log(Record::new(log.level, log.event, log.text.clone()));
+        // The processes the line is about, by pid: in the text, and as
+        // `<role>_pid` fields.
+        let mut text = log.text.clone();
+        let mut fields = Vec::new();
+        let mut named = Vec::new();
+        for (role, id) in &log.procs {
+            if let Some(pid) = self.pids.get(id) {
+                named.push(format!("{} pid {pid}", role.replace('_', " ")));
+                fields.push((*role, pid.as_raw()));
+            }
+        }
+        if !named.is_empty() {
+            text = format!("{text}; {}", named.join(", "));
+        }
+        let mut record = Record::new(log.level, log.event, text);
+        for (role, pid) in fields {
+            let key = match role {
+                "child" => "child_pid",
+                "successor" => "successor_pid",
+                "old_child" => "old_child_pid",
+                _ => "pid",
+            };
+            record = record.field(key, pid);
+        }
+        crate::log::logger().log(record);
     }
 
     fn upgrade_began(&mut self, trigger: Trigger) {

@@ -77,6 +77,9 @@ pub struct Log {
     pub level: crate::log::Level,
     pub event: &'static str,
     pub text: String,
+    /// The processes the line is about, by role (`child`, `successor`): the
+    /// runtime adds their pids.
+    pub procs: Vec<(&'static str, ProcId)>,
 }
 
 impl Log {

@@ -470,9 +470,21 @@ fn note(
     event: &'static str,
     msg: impl Into<String>,
 ) {
+    about(out, level, event, msg, &[]);
+}
+
+/// A line about these processes (`("child", id)`…): the runtime adds their pids.
+fn about(
+    out: &mut Vec<Effect>,
+    level: crate::log::Level,
+    event: &'static str,
+    msg: impl Into<String>,
+    procs: &[(&'static str, ProcId)],
+) {
     out.push(Effect::Log(Log {
         level,
         event,
         text: msg.into(),
+        procs: procs.to_vec(),
     }));
 }

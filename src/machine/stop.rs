@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::state::{
     Drain, Lineage, OldChild, Predecessor, Standing, State, Stop, StopCause, StopStep,
 };
-use super::{Effect, ExitStatus, Instant, Machine, Reply, Timer, kill, log};
+use super::{Effect, ExitStatus, Instant, Machine, Reply, Timer, about, kill, log};
 
 impl Machine {
     /// Stop the child after `delay` — `shutdown.signal`, then SIGKILL to its group
@@ -97,7 +97,13 @@ impl Machine {
         stop.step = StopStep::Gone;
         // Its group must not outlive it (see `on_unready_child_exit`).
         out.push(kill(child, true));
-        log(out, format!("the child exited ({status})"));
+        about(
+            out,
+            crate::log::Level::Info,
+            "child_exited",
+            format!("the child exited ({status})"),
+            &[("child", child)],
+        );
         let code = stop.cause.exit_code(step, status, self.relayed(status));
         self.finish(code, out);
     }

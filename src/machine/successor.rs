@@ -7,17 +7,23 @@ use std::time::Duration;
 use crate::Signal;
 
 use super::state::{Lineage, Predecessor, Proving, Standing, State, Stop, StopCause, StopStep};
-use super::{Effect, GIVE_UP_GRACE, Instant, Machine, Notify, Sender, Timer, log, note};
+use super::{Effect, GIVE_UP_GRACE, Instant, Machine, Notify, Sender, Timer, about, log};
 
 impl Machine {
     /// (Successor) healthy, the pidfile names us, accepting if proxied: we are the
     /// service now.
     pub(super) fn take_over(&mut self, out: &mut Vec<Effect>) {
-        note(
+        let child: Vec<_> = self
+            .live_child()
+            .map(|c| ("child", c))
+            .into_iter()
+            .collect();
+        about(
             out,
             crate::log::Level::Notice,
             "took_over",
             "new child is healthy; taking over",
+            &child,
         );
         out.push(Effect::UpgradeEnded(Ok(())));
         if let Lineage::Successor { standing, .. } = &mut self.lineage {

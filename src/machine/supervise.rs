@@ -8,7 +8,7 @@ use crate::Signal;
 use super::state::{Lineage, Predecessor, Proving, State, Stop, StopCause, StopStep};
 use super::{
     Effect, ExitStatus, GIVE_UP_GRACE, Health, Instant, Machine, Notify, ProbeKind, Role, Sender,
-    Timer, kill, log, note, warn,
+    Timer, about, kill, log, note, warn,
 };
 
 impl Machine {
@@ -251,10 +251,12 @@ impl Machine {
         // yet, so the group id cannot have been recycled.
         out.push(kill(child, true));
         self.kill_probe(out);
-        warn(
+        about(
             out,
+            crate::log::Level::Warning,
             "child_exited",
             format!("the child exited ({status}) before it became healthy"),
+            &[("child", child)],
         );
         self.fail(format!(
             "the new child exited ({status}) before it became healthy"
@@ -289,11 +291,12 @@ impl Machine {
         } else {
             crate::log::Level::Warning
         };
-        note(
+        about(
             out,
             level,
             "child_exited",
             format!("the child exited ({status})"),
+            &[("child", child)],
         );
         self.exit(self.relayed(status), out);
     }

@@ -7,7 +7,7 @@ use crate::Signal;
 use super::state::{Drain, OldChild, State, Stop, StopCause, Upgrade};
 use super::{
     Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, Trigger,
-    kill, log, note, warn,
+    about, kill, log, note, warn,
 };
 
 impl Machine {
@@ -200,11 +200,16 @@ impl Machine {
             ),
             (false, false) => format!("stopping the old child after shutdown.delay ({delay:?})"),
         };
-        note(
+        let old_child = match u.old {
+            OldChild::Running(c) => vec![("successor", to), ("old_child", c)],
+            OldChild::Exited(_) => vec![("successor", to)],
+        };
+        about(
             out,
             crate::log::Level::Notice,
             "upgrade_succeeded",
             format!("upgrade: the successor is ready; {when}"),
+            &old_child,
         );
         self.last_upgrade = Some("succeeded".into());
         out.push(Effect::UpgradeEnded(Ok(())));
@@ -245,16 +250,25 @@ impl Machine {
             None => why,
         };
         let old = u.old;
+        let successor = [("successor", u.successor)];
         self.last_upgrade = Some(format!("failed: {why}"));
         out.push(Effect::UpgradeEnded(Err(why.clone())));
         self.answer_waiters(Reply::UpgradeFailed(why.clone()), out);
         if aborting {
-            warn(out, "upgrade_aborted", format!("upgrade aborted: {why}"));
-        } else {
-            warn(
+            about(
                 out,
+                crate::log::Level::Warning,
+                "upgrade_aborted",
+                format!("upgrade aborted: {why}"),
+                &successor,
+            );
+        } else {
+            about(
+                out,
+                crate::log::Level::Warning,
                 "upgrade_failed",
                 format!("upgrade failed: {why}; the old child carries on"),
+                &successor,
             );
         }
         match old {
