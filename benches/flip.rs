@@ -160,12 +160,13 @@ impl Ev {
         self.text.strip_prefix("term ")?.parse().ok()
     }
 
-    /// A log line `psflip[PID]: …` of instance `inst` from `pid`, starting with `what`.
+    /// A log line `… psflip[PID]: …` of instance `inst` from `pid`, starting with `what`.
     fn log_from(&self, inst: u64, pid: Option<u32>, what: &str) -> bool {
         if self.src != Src::Stderr(inst) {
             return false;
         }
-        let Some(rest) = self.text.strip_prefix("psflip[") else {
+        // After the logger's `TIME LEVEL gen=N ` prefix, if any (src/log.rs).
+        let Some((_, rest)) = self.text.split_once("psflip[") else {
             return false;
         };
         let Some((p, msg)) = rest.split_once("]: ") else {
@@ -903,7 +904,7 @@ impl Report<'_> {
             (
                 "handoff",
                 "3. upgrade signal → old child signalled (command check `true`, after 0s)",
-                10.0,
+                3.0,
             ),
             (
                 "failed",

@@ -9,8 +9,10 @@ generation, 100 ms after the previous one took over) while `perf record -a`
 records scheduler and syscall tracepoints, then splits each upgrade signal →
 new child running into phases and prints a Markdown table of their medians.
 
-The phases of the successor (exec → main → config → signalfd → fork of the
+The phases of the successor (exec → main → config → signalfd → clone of the
 child) are also what a first launch costs, so the table explains figure 1 too.
+Children are started with clone(CLONE_VM|CLONE_VFORK), which the kernel reports
+as sched_process_fork like a fork.
 Tracing adds a few microseconds per event: compare phases with one another,
 and the totals with benches/flip.rs, not with the targets. Used by
 scripts/bench.sh; measures only.
@@ -39,13 +41,13 @@ EVENTS = [
     "syscalls:sys_enter_clock_nanosleep",
 ]
 PHASES = [
-    ("a", "old psflip: kill(SIGHUP) → fork of the successor (wake-up, event loop, readiness pipe, Command set-up)"),
-    ("b", "fork → successor's execve done (fork of the old psflip, pre_exec, execve of psflip)"),
-    ("c1", "successor: execve → main() (loading: ld.so mapping and relocating libc.so + libgcc_s.so, or a static-pie relocating itself; Rust runtime init)"),
-    ("c2", "successor: main() → config load (signal mask, fd sweep, clap)"),
-    ("c3", "successor: config load → signalfd (read + parse TOML, templates, own_binary)"),
-    ("d", "successor: signalfd → fork of the child (event loop start, machine step, Command set-up)"),
-    ("e", "fork → child's execve done (fork of the successor, 31 sigactions + prctl in pre_exec, execve)"),
+    ("a", "old psflip: kill(SIGHUP) → clone of the successor (wake-up, event loop, machine step, log line, spawn plan: argv, envp)"),
+    ("b", "clone → successor's execve done (clone(CLONE_VM|CLONE_VFORK|CLONE_FILES), fds kept, execve of psflip)"),
+    ("c1", "successor: execve → main() (loading: ld.so mapping and relocating libc.so, or a static binary relocating itself; no Rust runtime init: C main)"),
+    ("c2", "successor: main() → config load (signal mask, dispositions, fd sweep, clap)"),
+    ("c3", "successor: config load → signalfd (read + parse TOML, templates, own_binary, log writer thread)"),
+    ("d", "successor: signalfd → clone of the child (control socket, event loop start, machine step, spawn plan)"),
+    ("e", "clone → child's execve done (64 rt_sigaction, setpgid, prctl, getppid, execve)"),
     ("f", "child: execve done → running (`sleep`'s own start-up: not psflip's)"),
     ("total", "kill(SIGHUP) → new child running"),
 ]

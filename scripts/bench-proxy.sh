@@ -1,36 +1,40 @@
 #!/usr/bin/env bash
-# Proxy benchmarks (issue #4; results in BENCHMARKS.md, "Proxy").
+# Proxy benchmarks (issues #4 and #11; results in BENCHMARKS.md, "Proxy").
 #
 # In one run, alternating round by round: direct to nginx; through psflip's
 # [[proxy]]; through HAProxy in TCP mode with one thread (nbthread 1). All three go
 # to the same nginx (one worker, `return 200`, and a 1 GiB sparse file). Measures:
-#   - requests/s, p50 and p99 latency: wrk -t2 -c20 -d$DURATION (medians of rounds);
+#   - requests/s, p50 and p99 latency: wrk -t2 -c20 -d$DURATION (medians of rounds),
+#     with keep-alive, and with one connection per request (Connection: close);
 #   - CPU time the proxy spends per request (utime+stime over the wrk run);
 #   - bulk: 1 GiB through one connection, counted by a recv_into client;
+#   - system calls per proxied request of psflip and HAProxy (strace -c -f over a
+#     3 s wrk run in each mode, after the rounds: strace slows them, so these runs
+#     count calls and time nothing);
 #   - RSS of psflip (and HAProxy) holding $IDLE idle proxied connections.
 # Prints the "## Proxy" section of BENCHMARKS.md; with --write, also replaces that
 # section in BENCHMARKS.md (appends it if absent), leaving the rest alone.
 #
-#   sudo scripts/bench-proxy.sh [--write]        # ROUNDS=3 DURATION=10s IDLE=10000
+#   sudo scripts/bench-proxy.sh [--write]        # ROUNDS=7 DURATION=5s IDLE=10000
 #
 # Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-7}
 WRITE=0
 [ "${1:-}" = --write ] && WRITE=1
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
 IDLE=${IDLE:-10000}
 
 have() { command -v "$1" >/dev/null 2>&1; }
-if ! have nginx || ! have haproxy || ! have wrk; then
+if ! have nginx || ! have haproxy || ! have wrk || ! have strace; then
   if [ "$(id -u)" != 0 ]; then
     echo "bench-proxy: nginx, haproxy or wrk missing; run as root to install them" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk strace >/dev/null
 fi
 have python3 || { echo "bench-proxy: python3 is needed (bulk and idle clients)" >&2; exit 1; }
 cargo build --release --quiet
@@ -138,13 +142,32 @@ VARIANTS=(direct psflip haproxy)
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 
-# wrk → "requests/s p50_us p99_us requests"
+# wrk PORT MODE → "requests/s p50_us p99_us requests"; MODE ka (keep-alive) or
+# close (one connection per request).
 wrk_run() {
-  wrk -t2 -c20 -d"$DURATION" --latency "http://127.0.0.1:$1/" | awk '
+  local hdr=()
+  [ "$2" = close ] && hdr=(-H "Connection: close")
+  wrk -t2 -c20 -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$1/" | awk '
     function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
     /^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) }
     /requests in/ { n = $1 } /^Requests\/sec/ { rps = $2 }
     END { printf "%.0f %.0f %.0f %d\n", rps, p50, p99, n }'
+}
+
+# syscalls PID PORT MODE → "N (name n, …)": system calls of PID per request during
+# a 3 s wrk run on PORT in MODE (the calls made ≥ 0.05 times per request).
+syscalls() {
+  local hdr=() n sp
+  [ "$3" = close ] && hdr=(-H "Connection: close")
+  strace -c -f -p "$1" -o "$W/strace.out" 2>/dev/null &
+  sp=$!
+  sleep 0.5
+  n=$(wrk -t2 -c20 -d3s "${hdr[@]}" "http://127.0.0.1:$2/" | awk '/requests in/ { print $1 }')
+  kill -INT "$sp"
+  wait "$sp" || true
+  awk -v n="$n" '$NF == "total" { total = $4 }
+    NF >= 5 && $1 ~ /^[0-9.]+$/ && $NF != "total" && $4 / n >= 0.05 { list = list sep $NF " " sprintf("%.2f", $4 / n); sep = ", " }
+    END { printf "%.1f (%s)\n", total / n, list }' "$W/strace.out"
 }
 
 cat >"$W/bulk.py" <<'EOF'
@@ -189,25 +212,33 @@ echo "bench-proxy: $ROUNDS rounds, wrk -d$DURATION; load average $LOAD_START" >&
 for r in $(seq "$ROUNDS"); do
   for i in 0 1 2; do
     v=${VARIANTS[$(((i + r) % 3))]}
-    t0=$(cpu_ticks "${PID[$v]}")
-    read -r rps p50 p99 n < <(wrk_run "${PORT[$v]}")
-    t1=$(cpu_ticks "${PID[$v]}")
-    echo "$rps" >>"$W/rps.$v"
-    echo "$p50" >>"$W/p50.$v"
-    echo "$p99" >>"$W/p99.$v"
-    # clock ticks (1/100 s) → µs per request
-    awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN { printf "%.2f\n", d * 10000 / n }' >>"$W/cpu.$v"
+    line="round $r $v:"
+    for mode in ka close; do
+      t0=$(cpu_ticks "${PID[$v]}")
+      read -r rps p50 p99 n < <(wrk_run "${PORT[$v]}" "$mode")
+      t1=$(cpu_ticks "${PID[$v]}")
+      echo "$rps" >>"$W/rps_$mode.$v"
+      echo "$p50" >>"$W/p50_$mode.$v"
+      echo "$p99" >>"$W/p99_$mode.$v"
+      # clock ticks (1/100 s) → µs per request
+      awk -v d=$((t1 - t0)) -v n="$n" 'BEGIN { printf "%.2f\n", d * 10000 / n }' >>"$W/cpu_$mode.$v"
+      line="$line $mode $rps req/s, p50 ${p50} µs, p99 ${p99} µs;"
+    done
     python3 "$W/bulk.py" "${PORT[$v]}" >>"$W/bulk.$v"
-    echo "round $r $v: $rps req/s, p50 ${p50} µs, p99 ${p99} µs, bulk $(tail -1 "$W/bulk.$v") MB/s; load $(loadavg)" | tee -a "$W/rounds.txt" >&2
+    echo "$line bulk $(tail -1 "$W/bulk.$v") MB/s; load $(loadavg)" | tee -a "$W/rounds.txt" >&2
   done
 done
 LOAD_END=$(loadavg)
 
+SYS_psflip_ka=$(syscalls "$PSFLIP_PID" "$PSFLIP_PORT" ka)
+SYS_psflip_close=$(syscalls "$PSFLIP_PID" "$PSFLIP_PORT" close)
+SYS_haproxy_ka=$(syscalls "$HAPROXY_PID" "$HAPROXY_PORT" ka)
+SYS_haproxy_close=$(syscalls "$HAPROXY_PID" "$HAPROXY_PORT" close)
 read -r PS_BEFORE PS_AFTER PS_FDS < <(python3 "$W/idle.py" "$PSFLIP_PORT" "$IDLE" "$PSFLIP_PID")
 read -r HA_BEFORE HA_AFTER _ < <(python3 "$W/idle.py" "$HAPROXY_PORT" "$IDLE" "$HAPROXY_PID")
 
 for v in "${VARIANTS[@]}"; do
-  for m in rps p50 p99 cpu bulk; do
+  for m in rps_ka p50_ka p99_ka cpu_ka rps_close p50_close p99_close cpu_close bulk; do
     eval "${m}_$v=$(median <"$W/$m.$v")"
   done
 done
@@ -218,10 +249,17 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 met() { awk -v a="$1" -v b="$2" -v op="$3" 'BEGIN { ok = (op == "ge") ? a >= b : a <= b; print ok ? "yes" : "**no**" }'; }
 
 SECTION=$W/section.md
+row() { # VARIANT LABEL
+  local v=$1 rk rc p5k p5c pk pc ck cc b
+  eval "rk=\$rps_ka_$v rc=\$rps_close_$v p5k=\$p50_ka_$v p5c=\$p50_close_$v"
+  eval "pk=\$p99_ka_$v pc=\$p99_close_$v ck=\$cpu_ka_$v cc=\$cpu_close_$v b=\$bulk_$v"
+  echo "| $2 | $rk | $(ratio "$rk" "$rps_ka_haproxy") | $(ms "$p5k") | $(ms "$pk") | $rc | $(ratio "$rc" "$rps_close_haproxy") | $(ms "$p5c") | $(ms "$pc") | $ck / $cc µs | $b MB/s | $(ratio "$b" "$bulk_haproxy") |"
+}
+times() { awk -v a="$1" -v k="$2" 'BEGIN { print a * k }'; }
 cat >"$SECTION" <<EOF
 ## Proxy
 
-\`scripts/bench-proxy.sh\` (issue #4): the same nginx (one worker, \`return 200\`, a
+\`scripts/bench-proxy.sh\` (issues #4 and #11): the same nginx (one worker, \`return 200\`, a
 1 GiB file) reached directly, through psflip's \`[[proxy]]\`, and through HAProxy in
 TCP mode with one thread, alternating in one run. On these 2-core machines every
 proxy shares the CPU with the load generator and the backend, so the ratio to
@@ -230,25 +268,34 @@ direct cannot reach 1; the reference is HAProxy in the same run.
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r);
 nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}') (\`mode tcp\`, \`nbthread 1\`, default buffers), wrk -t2 -c20 -d$DURATION;
 psflip $(git describe --always --dirty 2>/dev/null || echo '?') (release). $ROUNDS rounds, the three variants in a rotating order in
-each; medians. Load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end
+each (keep-alive, then one connection per request, then bulk); medians. Load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end
 (other work shared the machine: compare within a run, not across runs).
 
-| | requests/s | × direct | p50 | × direct | p99 | × direct | proxy CPU / request | bulk: 1 GiB, one connection | × direct |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| direct to nginx | $rps_direct | 1.00× | $(ms "$p50_direct") | 1.00× | $(ms "$p99_direct") | 1.00× | — | $bulk_direct MB/s | 1.00× |
-| psflip \`[[proxy]]\` | $rps_psflip | $(ratio "$rps_psflip" "$rps_direct") | $(ms "$p50_psflip") | $(ratio "$p50_psflip" "$p50_direct") | $(ms "$p99_psflip") | $(ratio "$p99_psflip" "$p99_direct") | $cpu_psflip µs | $bulk_psflip MB/s | $(ratio "$bulk_psflip" "$bulk_direct") |
-| HAProxy | $rps_haproxy | $(ratio "$rps_haproxy" "$rps_direct") | $(ms "$p50_haproxy") | $(ratio "$p50_haproxy" "$p50_direct") | $(ms "$p99_haproxy") | $(ratio "$p99_haproxy" "$p99_direct") | $cpu_haproxy µs | $bulk_haproxy MB/s | $(ratio "$bulk_haproxy" "$bulk_direct") |
+| | keep-alive: requests/s | × HAProxy | p50 | p99 | one connection per request: requests/s | × HAProxy | p50 | p99 | proxy CPU / request (keep-alive / per connection) | bulk: 1 GiB, one connection | × HAProxy |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+$(row direct "direct to nginx")
+$(row psflip "psflip \`[[proxy]]\`")
+$(row haproxy "HAProxy")
+
+System calls per proxied request (strace -c -f during 3 s of wrk in each mode, after the rounds; the calls made at least 0.05 times per request in brackets):
+
+| | keep-alive | one connection per request |
+|---|---|---|
+| psflip | $SYS_psflip_ka | $SYS_psflip_close |
+| HAProxy | $SYS_haproxy_ka | $SYS_haproxy_close |
 
 Idle connections$IDLE_NOTE: psflip holding $IDLE idle proxied connections
 ($PS_FDS fds) has an RSS of $(mib "$PS_AFTER") ($(mib "$PS_BEFORE") before they were opened);
 HAProxy with the same: $(mib "$HA_AFTER") ($(mib "$HA_BEFORE") before).
 
-| target (issue #4) | psflip | HAProxy | met? |
-|---|---:|---:|---|
-| requests/s at least HAProxy's | $rps_psflip | $rps_haproxy | $(met "$rps_psflip" "$rps_haproxy" ge) |
-| p50 at least as good as HAProxy's | $(ms "$p50_psflip") | $(ms "$p50_haproxy") | $(met "$p50_psflip" "$p50_haproxy" le) |
-| bulk at least HAProxy's | $bulk_psflip MB/s | $bulk_haproxy MB/s | $(met "$bulk_psflip" "$bulk_haproxy" ge) |
-| idle connections ≤ 64 MiB | $(mib "$PS_AFTER") | | $(met "$PS_AFTER" 65536 le) |
+| target | psflip | HAProxy | ratio | met? |
+|---|---:|---:|---:|---|
+| #11: requests/s ≥ 1.10 × HAProxy's, keep-alive | $rps_ka_psflip | $rps_ka_haproxy | $(ratio "$rps_ka_psflip" "$rps_ka_haproxy") | $(met "$rps_ka_psflip" "$(times "$rps_ka_haproxy" 1.1)" ge) |
+| #11: requests/s ≥ 1.10 × HAProxy's, one connection per request | $rps_close_psflip | $rps_close_haproxy | $(ratio "$rps_close_psflip" "$rps_close_haproxy") | $(met "$rps_close_psflip" "$(times "$rps_close_haproxy" 1.1)" ge) |
+| #11: p99 ≤ HAProxy's, keep-alive | $(ms "$p99_ka_psflip") | $(ms "$p99_ka_haproxy") | $(ratio "$p99_ka_psflip" "$p99_ka_haproxy") | $(met "$p99_ka_psflip" "$p99_ka_haproxy" le) |
+| #11: p99 ≤ HAProxy's, one connection per request | $(ms "$p99_close_psflip") | $(ms "$p99_close_haproxy") | $(ratio "$p99_close_psflip" "$p99_close_haproxy") | $(met "$p99_close_psflip" "$p99_close_haproxy" le) |
+| #11: bulk ≥ 1.5 × HAProxy's | $bulk_psflip MB/s | $bulk_haproxy MB/s | $(ratio "$bulk_psflip" "$bulk_haproxy") | $(met "$bulk_psflip" "$(times "$bulk_haproxy" 1.5)" ge) |
+| #4: idle connections ≤ 64 MiB | $(mib "$PS_AFTER") | $(mib "$HA_AFTER") | | $(met "$PS_AFTER" 65536 le) |
 
 Per round (in the order run):
 

@@ -13,6 +13,13 @@
 #                           in target/bench-static) and measure it, for comparison
 #   BENCH_PROFILE=1         also trace 30 upgrades with perf (benches/profile_upgrade.py),
 #                           when perf and python3 are there and we are root
+#   BENCH_BASELINE=PATH     also measure another psflip binary (e.g. an older commit's
+#                           release build) with the same benches, for a before/after
+#   BENCH_GROW=1            also run benches/grow.py (proxied connections during an
+#                           upgrade, accepts during handovers, configuration size;
+#                           root and nginx), BENCH_GROW_ROUNDS=5 upgrades per row
+#   BENCH_FLOOR=1           also measure programs that do nothing (C, Rust; dynamic,
+#                           static): the floor under the RSS figure
 #
 # It measures only; no figure makes it fail. It exits non-zero only when something
 # could not be run at all.
@@ -23,6 +30,9 @@ root=$PWD
 max_load=${BENCH_MAX_LOAD:-0.5}
 do_static=${BENCH_STATIC:-1}
 do_profile=${BENCH_PROFILE:-1}
+do_grow=${BENCH_GROW:-1}
+do_floor=${BENCH_FLOOR:-1}
+baseline=${BENCH_BASELINE:-}
 load_wait=${BENCH_LOAD_WAIT:-900}
 output=${BENCH_OUTPUT:-BENCHMARKS.md}
 export PSFLIP_BENCH_RUNS=${PSFLIP_BENCH_RUNS:-40}
@@ -106,6 +116,12 @@ if [ -n "$static_bin" ]; then
         tee "$work/flip-static.log"
 fi
 
+if [ -n "$baseline" ]; then
+    log "cargo bench --bench flip, baseline $baseline"
+    PSFLIP_BIN=$baseline PSFLIP_BENCH_OUT=$work/flip-base cargo bench --bench flip 2>&1 |
+        tee "$work/flip-base.log"
+fi
+
 # --- profile (perf tracepoints) --------------------------------------------------------
 if [ "$do_profile" = 1 ]; then
     log "profiling 30 upgrades"
@@ -130,6 +146,54 @@ hf_true=$(to_ms "$(hf 1 median)")
 hf_over=$(awk -v a="$hf_psflip" -v b="$hf_true" 'BEGIN { printf "%.3f", a - b }')
 hf_n=$(jq -r '.results[0].times | length' "$work/hyperfine.json")
 
+# --- floors: the RSS and size of programs that do nothing -------------------------
+# What any process of each kind costs here, whatever it does: the floor under
+# figure 5. Each sleeps until killed; its VmRSS is read once it is idle.
+floor_rows=""
+if [ "$do_floor" = 1 ] && command -v cc >/dev/null; then
+    log "floors: empty C and Rust programs"
+    printf '#include <unistd.h>\nint main(void) { pause(); return 0; }\n' >"$work/idle.c"
+    printf 'fn main() { loop { std::thread::park(); } }\n' >"$work/idle.rs"
+    cat >"$work/idle_c_main.rs" <<'EOT'
+#![no_main]
+#[link(name = "gcc_eh", kind = "static", modifiers = "-bundle")]
+unsafe extern "C" {}
+#[unsafe(no_mangle)]
+extern "C" fn main(_: i32, _: *const *const u8) -> i32 { loop { std::thread::park(); } }
+EOT
+    rflags=(-C opt-level=s -C panic=abort -C strip=symbols -C codegen-units=1)
+    built=()
+    cc -O2 -o "$work/idle-c" "$work/idle.c" && built+=("idle-c|C, glibc dynamic")
+    cc -O2 -static -o "$work/idle-c-static" "$work/idle.c" 2>/dev/null && built+=("idle-c-static|C, glibc static")
+    rustc "${rflags[@]}" -o "$work/idle-rs" "$work/idle.rs" && built+=("idle-rs|Rust, std's main, glibc dynamic")
+    rustc "${rflags[@]}" -o "$work/idle-rs-cmain" "$work/idle_c_main.rs" &&
+        built+=("idle-rs-cmain|Rust, C main + libgcc_eh as psflip, glibc dynamic")
+    rustc "${rflags[@]}" -C target-feature=+crt-static -o "$work/idle-rs-static" "$work/idle.rs" &&
+        built+=("idle-rs-static|Rust, std's main, glibc static (crt-static)")
+    for b in "${built[@]}"; do
+        name=${b%%|*}
+        "$work/$name" &
+        pid=$!
+        sleep 0.3
+        rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+        anon=$(awk '/^RssAnon/ { print $2 }' "/proc/$pid/status")
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+        floor_rows+="| ${b#*|} | $rss KiB | $anon KiB | $(stat -c %s "$work/$name") bytes |"$'\n'
+    done
+fi
+
+# --- cost as the work grows (benches/grow.py) ---------------------------------------
+if [ "$do_grow" = 1 ]; then
+    if [ "$(id -u)" = 0 ] && command -v nginx >/dev/null; then
+        log "benches/grow.py: connections, accepts during handovers, configuration size"
+        python3 benches/grow.py "$bin" "${BENCH_GROW_ROUNDS:-5}" >"$work/grow.md" || do_grow=0
+    else
+        log "no grow bench: it needs root and nginx"
+        do_grow=0
+    fi
+fi
+
 # --- binary size ---------------------------------------------------------------------
 size=$(stat -c %s "$bin")
 size_mib=$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1048576 }')
@@ -141,17 +205,21 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # The dynamic (shipped) build against the crt-static variant.
 median() { awk -F'\t' -v k="$2" '$1 == k { print $3 }' "$1/medians.tsv"; }
 comparison() {
-    local d=$work/flip s=$work/flip-static
+    local d=$work/flip s=$work/flip-static b=$work/flip-base
     fmt_ms() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.3f ms", v }'; }
     fmt_kib() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.2f MiB", v / 1024 }'; }
-    echo "| figure | shipped (glibc dynamic) | crt-static (glibc linked in) |"
-    echo "|---|---|---|"
-    echo "| 1. launch overhead over a direct spawn | $(fmt_ms "$(median "$d" overhead)") | $(fmt_ms "$(median "$s" overhead)") |"
-    echo "| 2. upgrade signal → new child running | $(fmt_ms "$(median "$d" spawn)") | $(fmt_ms "$(median "$s" spawn)") |"
-    echo "| 3. upgrade signal → old child signalled | $(fmt_ms "$(median "$d" handoff)") | $(fmt_ms "$(median "$s" handoff)") |"
-    echo "| 4. upgrade signal → failure logged | $(fmt_ms "$(median "$d" failed)") | $(fmt_ms "$(median "$s" failed)") |"
-    echo "| 5. idle VmRSS | $(fmt_kib "$(median "$d" rss)") | $(fmt_kib "$(median "$s" rss)") |"
-    echo "| 6. binary size | $size_mib MiB | $(awk -v s="$(stat -c %s "$static_bin")" 'BEGIN { printf "%.2f MiB", s / 1048576 }') |"
+    fmt_size() { [ -n "$1" ] && [ -f "$1" ] && awk -v s="$(stat -c %s "$1")" 'BEGIN { printf "%.2f MiB", s / 1048576 }' || echo "–"; }
+    col() { [ -d "$1" ] && median "$1" "$2"; }
+    echo "| figure | shipped (glibc dynamic) | baseline ${baseline:+(\`$(basename "$baseline")\`)} | crt-static (glibc linked in) |"
+    echo "|---|---|---|---|"
+    for row in "overhead|1. launch overhead over a direct spawn" "spawn|2. upgrade signal → new child running" \
+        "handoff|3. upgrade signal → old child signalled" "failed|4. upgrade signal → failure logged"; do
+        k=${row%%|*}
+        echo "| ${row#*|} | $(fmt_ms "$(col "$d" "$k")") | $(fmt_ms "$(col "$b" "$k")") | $(fmt_ms "$(col "$s" "$k")") |"
+    done
+    echo "| 5. idle VmRSS | $(fmt_kib "$(col "$d" rss)") | $(fmt_kib "$(col "$b" rss)") | $(fmt_kib "$(col "$s" rss)") |"
+    echo "| 5. threads | $(col "$d" threads) | $(col "$b" threads) | $(col "$s" threads) |"
+    echo "| 6. binary size | $size_mib MiB | $(fmt_size "$baseline") | $(fmt_size "$static_bin") |"
 }
 
 # --- BENCHMARKS.md -----------------------------------------------------------------------
@@ -205,17 +273,35 @@ $(cat "$work/hyperfine.md")
 ### Binary
 
 \`$bin\`: $size bytes; $file_desc.
-$(if [ -n "$static_bin" ]; then cat <<EOT
+$(if [ -n "$static_bin" ] || [ -n "$baseline" ]; then cat <<EOT
 
-## A statically linked build, for comparison
+## Other builds, measured by the same benches in the same run
 
-The same sources built with \`RUSTFLAGS="-C target-feature=+crt-static"\` (glibc linked
-in, no dynamic loader at start-up; not what the project ships), measured by the same
-benches right after the shipped build:
+The shipped build; ${baseline:+the baseline \`$baseline\` (an earlier commit's release build: before/after); }${static_bin:+the same sources built with \`RUSTFLAGS="-C target-feature=+crt-static"\` (glibc linked in, no dynamic loader at start-up; not what the project ships).}
 
 $(comparison)
 EOT
 elif [ -n "$static_note" ]; then printf '\nNo crt-static comparison: %s.\n' "$static_note"; fi)
+$(if [ -n "$floor_rows" ]; then cat <<EOT
+
+## The floor: programs that do nothing
+
+Each sleeps until killed (\`pause()\` or \`thread::park\`); VmRSS once idle. Most of
+an RSS is shared, file-backed pages (the binary and libc, mapped in 64 KiB
+fault-around windows as they are touched); only RssAnon is the process's own.
+
+| program | VmRSS | RssAnon | size |
+|---|---:|---:|---:|
+${floor_rows}
+EOT
+fi)
+$(if [ "$do_grow" = 1 ]; then cat <<EOT
+
+## Cost as the work grows (\`benches/grow.py\`)
+
+$(cat "$work/grow.md")
+EOT
+fi)
 $(if [ "$do_profile" = 1 ]; then cat <<EOT
 
 ## Where the time of an upgrade goes
