@@ -8,4 +8,5 @@ cargo build --release --bins >&2
 rm -rf target/assets
 target/release/psflip __assets target/assets
 gzip -9n target/assets/man/*.1
-cargo deb --no-build --no-strip 2>&1 | tail -1
+# cargo deb's last line on stdout is the package's path; its errors stay on stderr.
+cargo deb --no-build --no-strip | tail -1
