@@ -584,6 +584,37 @@ mod proxy {
         }
     }
 
+    /// The log lines of a step.
+    fn logs(out: &[Effect]) -> Vec<String> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Log(l) => Some(l.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue #7: with a proxy, "stopping the old child" is logged when it is
+    /// stopped — after the drain — not when the successor is ready.
+    #[test]
+    fn the_old_child_is_said_to_stop_when_it_stops() {
+        let mut m = upgrading();
+        let out = m.step(at(3), Event::SuccessorReady { id: ProcId(2) });
+        assert!(!has(&out, &term(1)), "not stopped yet");
+        let said = logs(&out).join("\n");
+        assert!(
+            said.contains("the old child is stopped once its proxied connections have closed"),
+            "{said}"
+        );
+        assert!(!said.contains("stopping the old child"), "{said}");
+        let out = m.step(at(4), Event::ProxyDrained);
+        assert!(has(&out, &term(1)));
+        assert!(
+            logs(&out).join("\n").contains("stopping the old child"),
+            "{out:?}"
+        );
+    }
+
     #[test]
     fn first_generation_accepts_once_healthy_and_pidfile_written() {
         let mut m = Machine::new(settings(Generation::First, true)).with_proxy(true);

@@ -289,3 +289,69 @@ fn a_stderr_nobody_reads_never_blocks_psflip_and_drops_are_counted() {
     sb.wait_exit(&mut p, T);
     sb.assert_clean();
 }
+
+/// A failed tcp check is one line, naming the check and the reason — not a
+/// second "healthcheck command failed" for a command nobody configured; and a
+/// successor whose configuration is invalid does not print its error itself:
+/// the old generation's `upgrade failed` line carries it, after `started
+/// successor`, so every line of the log is a log line of one psflip.
+#[test]
+fn probe_failures_once_and_a_successor_config_error_in_order() {
+    let sb = Sandbox::new("logs_probe_and_config_error");
+    let port = free_port();
+    let mut conf = Conf::sleep(&sb).upgrade_timeout("1s");
+    conf.health =
+        format!("[healthcheck.tcp]\naddress = \"127.0.0.1:{port}\"\ninterval = \"100ms\"\n");
+    sb.config(&conf);
+    let mut p = sb.start();
+    assert_eq!(sb.wait_exit(&mut p, T), 1, "never healthy\n{}", sb.diag());
+    let lines = sb.log_of(p.pid);
+    let failed = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with("healthcheck failed: ") && l.contains(&format!("127.0.0.1:{port}: "))
+        })
+        .count();
+    assert!(failed >= 1, "{lines:#?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("healthcheck command failed")
+                || l.contains("healthcheck probe failed")),
+        "{lines:#?}"
+    );
+
+    // A successor that cannot read its configuration.
+    std::fs::write(sb.err_log(), "").unwrap();
+    sb.config(&Conf::sleep(&sb));
+    let p = sb.start();
+    sb.must_name(p.pid);
+    sb.write("psflip.toml", "cmd = [\"sleep\", \"1000\"]\nbogus = 1\n");
+    signal(p.pid, Signal::SIGHUP);
+    sb.must_log(p.pid, "upgrade failed: the successor exited (exit code 2)");
+    let log = sb.psflip_log();
+    for line in log.lines() {
+        assert!(
+            parse_text(line).is_some(),
+            "not a log line: {line:?}\n{log}"
+        );
+    }
+    let lines = sb.log_of(p.pid);
+    let started = lines
+        .iter()
+        .position(|l| l.starts_with("started successor"))
+        .unwrap();
+    let failed = lines
+        .iter()
+        .position(|l| l.contains("upgrade failed"))
+        .unwrap();
+    assert!(started < failed, "{lines:#?}");
+    assert!(
+        lines[failed].contains("invalid configuration: psflip.toml:2:1: unknown key `bogus`"),
+        "{}",
+        lines[failed]
+    );
+    signal(p.pid, Signal::SIGTERM);
+    sb.must_die(p.pid, "psflip");
+    sb.assert_clean();
+}
