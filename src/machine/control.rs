@@ -73,6 +73,8 @@ impl Machine {
     /// What `psflip status` shows of this generation.
     pub fn status(&self) -> Status {
         let (phase, requested) = match &self.state {
+            // Exiting, once escaped processes are gone.
+            _ if self.sweeping() => ("stopping", false),
             State::Booting => ("starting", false),
             State::Starting {
                 upgrade_requested, ..
@@ -109,6 +111,10 @@ impl Machine {
         out: &mut Vec<Effect>,
     ) -> Result<(), &'static str> {
         let first = self.lineage == Lineage::First;
+        if self.sweeping() {
+            // The exit waits for escaped processes: the service is ending.
+            return Err("this generation is stopping");
+        }
         match &mut self.state {
             State::Serving { .. } => {
                 if let Lineage::Successor {

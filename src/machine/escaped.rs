@@ -239,4 +239,51 @@ mod tests {
         let out = no_logs(m.step(t(3100), Event::Tick));
         assert_eq!(out, vec![Effect::Exit(3)]);
     }
+
+    /// Regression (simulation, control clients as operator actions): an upgrade
+    /// asked while the exit waits for escaped processes started a successor,
+    /// then psflip exited without answering and left the successor serving
+    /// (its socket files removed under it).
+    #[test]
+    fn no_upgrade_while_the_exit_waits_for_escaped_processes() {
+        let (mut m, _) = exiting();
+        m.step(t(150), Event::EscapedSignalled { count: 1 });
+        let out = m.step(
+            t(200),
+            Event::ControlRequest {
+                client: ClientId(1),
+                request: Request::Upgrade,
+                from: None,
+            },
+        );
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Spawn { .. })),
+            "{out:?}"
+        );
+        assert!(
+            out.iter().any(|e| matches!(
+                e,
+                Effect::Reply {
+                    reply: Reply::UpgradeRefused(_),
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+        let out = m.step(
+            t(210),
+            Event::ControlRequest {
+                client: ClientId(2),
+                request: Request::Status,
+                from: None,
+            },
+        );
+        assert!(
+            out.iter().any(|e| matches!(
+                e,
+                Effect::Reply { reply: Reply::Status(s), .. } if s.phase == "stopping"
+            )),
+            "{out:?}"
+        );
+    }
 }

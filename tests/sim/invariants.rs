@@ -132,6 +132,8 @@ pub enum Cover {
     ControlStatus,
     /// A real-time signal reached a running child.
     RealtimeForwarded,
+    /// A successor said why it gave up, and its predecessor read it.
+    SuccessorSaidWhy,
 }
 
 impl Cover {
@@ -163,6 +165,7 @@ impl Cover {
         Cover::ControlUpgradeFailed,
         Cover::ControlStatus,
         Cover::RealtimeForwarded,
+        Cover::SuccessorSaidWhy,
     ];
 }
 

@@ -103,8 +103,12 @@ pub struct GenRuntime {
     pub accepting: bool,
     /// (Proxy) its connections have all closed and the machine was not told yet.
     pub drained: bool,
-    /// A termination signal from the predecessor (its abort), not yet read.
-    pub abort: Option<Signal>,
+    /// The sender of each pending signal, as the signalfd keeps it: the first
+    /// instance's (a standard signal already pending is not queued again).
+    pub senders: BTreeMap<i32, Pid>,
+    /// What the successor in flight wrote to the readiness pipe about giving up,
+    /// not read yet.
+    pub failure_said: Option<String>,
     /// Every successor started, kept after it exits: the pidfile may still name
     /// one (`Effect::RemovePidfile`, as in the real runtime).
     pub successors: BTreeMap<ProcId, Pid>,
@@ -726,15 +730,12 @@ impl World {
         match self.procs[&pid].kind.clone() {
             Kind::Psflip => {
                 let g = self.gens.get_mut(&pid).expect("a generation");
-                let terminating =
-                    matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
-                // As the real runtime does: a termination signal from the
-                // predecessor is its abort.
-                let from_predecessor = from.is_some() && g.rt.predecessor.map(|(p, _)| p) == from;
-                if terminating && from_predecessor {
-                    g.rt.abort = Some(signal);
-                } else {
-                    g.rt.pending.insert(signal as i32);
+                // The signalfd: one pending instance per standard signal, with
+                // the sender of the first; read in signal-number order.
+                if g.rt.pending.insert(signal as i32)
+                    && let Some(from) = from
+                {
+                    g.rt.senders.insert(signal as i32, from);
                 }
                 if g.rt.booted {
                     self.after_latency(Ev::Wake(pid));
@@ -1095,11 +1096,7 @@ impl World {
                 }
                 self.arm_timer(pid);
                 let g = &self.gens[&pid];
-                if !g.rt.pending.is_empty()
-                    || g.rt.abort.is_some()
-                    || g.rt.predecessor_gone
-                    || g.rt.drained
-                {
+                if !g.rt.pending.is_empty() || g.rt.predecessor_gone || g.rt.drained {
                     self.after_latency(Ev::Wake(pid));
                 }
             }
@@ -1108,6 +1105,8 @@ impl World {
                     "{}: invalid configuration; exiting 2",
                     self.name(pid)
                 ));
+                // As `main` does: the reason goes to the old generation first.
+                self.say_failure(pid, "invalid configuration (simulated)".into());
                 self.exit_proc(pid, ExitStatus::Code(2));
             }
             SuccessorBehaviour::Hangs => {
@@ -1144,6 +1143,25 @@ impl World {
         self.exit_proc(pid, ExitStatus::Code(code));
     }
 
+    /// A successor writes why it gives up to its predecessor's readiness pipe.
+    fn say_failure(&mut self, successor: Pid, reason: String) {
+        if let Some(predecessor) = self.gens[&successor].rt.predecessor {
+            self.tell_predecessor(predecessor, reason);
+        }
+    }
+
+    /// Write `reason` to the readiness pipe of `pred`, which knows us as `id`.
+    fn tell_predecessor(&mut self, (pred, id): (Pid, ProcId), reason: String) {
+        if !self.running(pred) {
+            return;
+        }
+        let p = self.gens.get_mut(&pred).expect("a generation");
+        if p.rt.successor_pipe == Some(id) {
+            p.rt.failure_said = Some(reason);
+            self.after_latency(Ev::Wake(pred));
+        }
+    }
+
     /// Queue a wake-up at the machine's deadline, unless one is queued for it.
     fn arm_timer(&mut self, pid: Pid) {
         let g = self.gens.get_mut(&pid).expect("a generation");
@@ -1169,7 +1187,8 @@ impl World {
             g.rt.successor_pipe
                 .and_then(|id| g.rt.pids.get(&id))
                 .is_some_and(|p| self.procs.get(p).is_some_and(|p| p.life == Life::Running));
-        let pipe_readable = g.rt.successor_pipe.is_some() && (g.rt.ready_byte || !successor_alive);
+        let pipe_readable = g.rt.successor_pipe.is_some()
+            && (g.rt.ready_byte || g.rt.failure_said.is_some() || !successor_alive);
         let pred_gone = g.rt.predecessor_gone && g.rt.predecessor.is_some();
         let drained = g.rt.drained;
         let sig_ready = !g.rt.pending.is_empty();
@@ -1179,6 +1198,10 @@ impl World {
             pipe_readable && !(g.rt.ready_byte && sig_ready && self.faults.poll_misses_pipe());
 
         if pipe_seen {
+            // As `Psflip::hear_successor`: why it gives up, then "ready".
+            if let Some(code) = self.hear_failure(pid) {
+                return Some(code);
+            }
             let g = self.gens.get_mut(&pid).expect("a generation");
             let id = g.rt.successor_pipe.expect("pipe");
             if std::mem::take(&mut g.rt.ready_byte) {
@@ -1226,23 +1249,6 @@ impl World {
                 return Some(code);
             }
         }
-        if let Some(sig) = self
-            .gens
-            .get_mut(&pid)
-            .expect("a generation")
-            .rt
-            .abort
-            .take()
-            && let Some(code) = self.drive(
-                pid,
-                Event::SignalReceived {
-                    signal: sig,
-                    from: Sender::Predecessor,
-                },
-            )
-        {
-            return Some(code);
-        }
         if sig_ready {
             while let Some(signo) = self
                 .gens
@@ -1264,7 +1270,17 @@ impl World {
                     }
                     continue;
                 };
-                if let Some(code) = self.drive(pid, Event::signal(sig)) {
+                // As the real runtime does (`on_signal_from`): the sender's pid
+                // against the parent that started us.
+                let g = self.gens.get_mut(&pid).expect("a generation");
+                let sender = g.rt.senders.remove(&signo);
+                let from = if sender.is_some() && sender == g.ghost.parent {
+                    Sender::Predecessor
+                } else {
+                    Sender::Other
+                };
+                let event = Event::SignalReceived { signal: sig, from };
+                if let Some(code) = self.drive(pid, event) {
                     return Some(code);
                 }
             }
@@ -1290,6 +1306,15 @@ impl World {
         None
     }
 
+    /// Read what the successor in flight wrote about giving up, if anything.
+    fn hear_failure(&mut self, pid: Pid) -> Option<i32> {
+        let g = self.gens.get_mut(&pid).expect("a generation");
+        let id = g.rt.successor_pipe?;
+        let reason = g.rt.failure_said.take()?;
+        self.cover(Cover::SuccessorSaidWhy);
+        self.drive(pid, Event::SuccessorFailed { id, reason })
+    }
+
     /// `runtime::reap_all`: report each zombie child, then reap it, whatever the
     /// machine answered.
     fn reap_all(&mut self, pid: Pid) -> Option<i32> {
@@ -1312,8 +1337,14 @@ impl World {
             if let Some(id) = id
                 && exit.is_none()
             {
+                if self.gens[&pid].rt.successor_pipe == Some(id) {
+                    exit = self.hear_failure(pid);
+                }
                 let g = self.gens.get_mut(&pid).expect("a generation");
-                if g.rt.successor_pipe == Some(id) && std::mem::take(&mut g.rt.ready_byte) {
+                if exit.is_none()
+                    && g.rt.successor_pipe == Some(id)
+                    && std::mem::take(&mut g.rt.ready_byte)
+                {
                     self.cover(Cover::ReadyReadWhileReaping);
                     exit = self.drive(pid, Event::SuccessorReady { id });
                 }
@@ -2002,6 +2033,15 @@ impl Os for SimOs<'_> {
         });
         w.log(format!("{me}: signal {signo} -> {id}"));
         w.cover(Cover::RealtimeForwarded);
+    }
+
+    fn report_failure(&mut self, reason: &str) {
+        self.world.effects += 1;
+        let me = self.me();
+        self.world.log(format!("{me}: gives up: {reason}"));
+        if let Some(predecessor) = self.rt.predecessor {
+            self.world.tell_predecessor(predecessor, reason.to_owned());
+        }
     }
 
     fn report_ready(&mut self) {
