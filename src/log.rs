@@ -122,6 +122,8 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when a line is queued and when the queue empties.
     changed: Condvar,
+    /// Set by the first line: whether the writer thread could be started.
+    writer: OnceLock<bool>,
 }
 
 /// Where lines go and how they look; cheap to clone (the proxy thread holds one).
@@ -178,23 +180,29 @@ impl Logger {
         self
     }
 
-    /// Write from now on through a writer thread (see the module doc, step 3).
-    /// Signals must already be blocked: the thread inherits the mask.
+    /// Write from now on through a writer thread (see the module doc, step 3),
+    /// started with the first line: not before psflip's first child, which
+    /// should not wait for it. Signals must already be blocked in every thread
+    /// that logs: the writer inherits the mask of the one that starts it.
     pub fn with_writer_thread(mut self) -> Logger {
-        let shared = Arc::new(Shared {
+        self.shared = Some(Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
-        });
-        let for_thread = Arc::clone(&shared);
-        let me = self.clone();
-        let started = std::thread::Builder::new()
-            .name("psflip-log".to_owned())
-            .spawn(move || me.writer(&for_thread));
-        // Without a thread, writing synchronously is the best we can do.
-        if started.is_ok() {
-            self.shared = Some(shared);
-        }
+            writer: OnceLock::new(),
+        }));
         self
+    }
+
+    /// Whether the writer thread runs, starting it if this is the first line.
+    fn writer_runs(&self, shared: &Arc<Shared>) -> bool {
+        *shared.writer.get_or_init(|| {
+            let for_thread = Arc::clone(shared);
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name("psflip-log".to_owned())
+                .spawn(move || me.writer(&for_thread))
+                .is_ok()
+        })
     }
 
     pub fn format(&self) -> Format {
@@ -232,7 +240,9 @@ impl Logger {
     fn emit(&self, record: &Record) {
         let line = self.render(record, SystemTime::now());
         match &self.shared {
+            // Without a thread, writing synchronously is the best we can do.
             None => write_all(line.as_bytes()),
+            Some(shared) if !self.writer_runs(shared) => write_all(line.as_bytes()),
             Some(shared) => {
                 let mut q = lock(&shared.queue);
                 let full = |q: &Queue, extra: usize| {
