@@ -703,6 +703,9 @@ impl Os for LinuxOs {
             text = format!("{text}; {}", named.join(", "));
         }
         let mut record = Record::new(log.level, log.event, text);
+        for (key, value) in &log.fields {
+            record = record.field(key, value.clone());
+        }
         for (role, pid) in fields {
             let key = match role {
                 "child" => "child_pid",

@@ -80,6 +80,8 @@ pub struct Log {
     /// The processes the line is about, by role (`child`, `successor`): the
     /// runtime adds their pids.
     pub procs: Vec<(&'static str, ProcId)>,
+    /// Facts for the JSON log's `fields` (the text already says them).
+    pub fields: Vec<(&'static str, String)>,
 }
 
 impl Log {

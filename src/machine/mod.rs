@@ -486,5 +486,6 @@ fn about(
         event,
         text: msg.into(),
         procs: procs.to_vec(),
+        fields: Vec::new(),
     }));
 }

@@ -7,7 +7,7 @@ use crate::Signal;
 use super::state::{Drain, OldChild, State, Stop, StopCause, Upgrade};
 use super::{
     Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, Trigger,
-    about, kill, log, note, warn,
+    about, kill, log, warn,
 };
 
 impl Machine {
@@ -16,12 +16,13 @@ impl Machine {
     pub(super) fn start_upgrade(&mut self, now: Instant, trigger: Trigger, out: &mut Vec<Effect>) {
         let child = self.live_child().expect("a serving child");
         let successor = self.alloc();
-        note(
-            out,
-            crate::log::Level::Notice,
-            "upgrade_started",
-            format!("upgrade: starting the successor (asked by {trigger})"),
-        );
+        out.push(Effect::Log(super::Log {
+            level: crate::log::Level::Notice,
+            event: "upgrade_started",
+            text: format!("upgrade: starting the successor (asked by {trigger})"),
+            procs: Vec::new(),
+            fields: vec![("trigger", trigger.to_string())],
+        }));
         out.push(Effect::UpgradeBegan(trigger));
         out.push(Effect::Notify(Notify::Reloading));
         out.push(Effect::Spawn {

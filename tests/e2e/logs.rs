@@ -167,6 +167,20 @@ fn json_format_is_one_object_per_line_with_the_documented_keys() {
             .any(|v| v["pid"] == successor && v["event"] == "child_started"),
         "the successor logs too"
     );
+    // The upgrade's cause, as a field too: this test sent the signal.
+    let me = std::process::id();
+    assert!(
+        lines.iter().any(|v| v["event"] == "upgrade_started"
+            && v["fields"]["trigger"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&format!("SIGHUP from pid {me}, uid ")))),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|v| v["event"] == "upgrade_succeeded"
+            && v["fields"]["successor_pid"] == successor),
+        "{lines:#?}"
+    );
     sb.assert_clean();
 }
 
