@@ -229,6 +229,23 @@ mod tests {
         assert_eq!(out, vec![Effect::Exit(3)]);
     }
 
+    /// Orphans adopted after the SIGKILL round (a dead successor's subtree
+    /// arrives late) get SIGKILL too, at once: the deadline has passed.
+    #[test]
+    fn processes_still_there_after_sigkill_are_killed_again() {
+        let (mut m, _) = exiting();
+        m.step(t(100), Event::EscapedSignalled { count: 2 });
+        m.step(t(2100), Event::Tick);
+        m.step(t(2100), Event::EscapedSignalled { count: 2 });
+        let out = no_logs(m.step(t(2200), Event::EscapedExited { remaining: 2 }));
+        assert_eq!(
+            out,
+            vec![Effect::SignalEscaped {
+                signal: Signal::SIGKILL
+            }]
+        );
+    }
+
     #[test]
     fn processes_that_survive_sigkill_do_not_hold_the_exit_forever() {
         let (mut m, _) = exiting();

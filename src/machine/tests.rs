@@ -1735,3 +1735,110 @@ mod control {
         assert_eq!(status(&mut m, at(5)).phase, "stopping");
     }
 }
+
+mod reasons {
+    //! What psflip says about a child, where the words and the level are the
+    //! only outcome: the failure reason a successor hands its predecessor, and
+    //! the level a child's exit is logged at.
+
+    use super::super::*;
+    use crate::Signal;
+    use crate::log::Level;
+    use std::time::Duration;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn settings(generation: Generation) -> Settings {
+        Settings {
+            generation,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: 10 * SEC,
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGTERM,
+            shutdown_timeout: 5 * SEC,
+            health: Health::Notify,
+            pidfile: false,
+        }
+    }
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_origin(Duration::from_secs(secs))
+    }
+
+    /// A successor whose child never becomes healthy, under a predecessor with
+    /// `upgrade.timeout` = `bound`: it gives up at the smaller of the two, and
+    /// the reason it hands back names the predecessor's only when that one was
+    /// the smaller.
+    #[test]
+    fn a_deadline_bounded_by_the_predecessor_says_so() {
+        for (bound, due, named) in [(5, 5, true), (10, 10, false), (20, 10, false)] {
+            let mut m =
+                Machine::new(settings(Generation::Successor)).with_predecessor_timeout(bound * SEC);
+            m.step(at(0), Event::Started);
+            assert_eq!(m.deadline(), Some(at(due)), "bound {bound}");
+            m.step(at(due), Event::Tick);
+            let out = m.step(
+                at(due),
+                Event::ProcessExited {
+                    id: ProcId(1),
+                    status: ExitStatus::Signaled(9),
+                },
+            );
+            let reason = out
+                .iter()
+                .find_map(|e| match e {
+                    Effect::ReportFailure(why) => Some(why.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("bound {bound}: {out:?}"));
+            assert!(reason.contains("upgrade.timeout"), "{reason}");
+            assert_eq!(
+                reason.contains("the previous generation's"),
+                named,
+                "bound {bound}: {reason}"
+            );
+        }
+    }
+
+    /// A serving child that dies of the stop psflip passed on did what it was
+    /// asked: info. One that dies on its own: a warning.
+    #[test]
+    fn a_child_exit_is_a_warning_unless_it_was_asked_for() {
+        for (asked, status, level) in [
+            (true, ExitStatus::Signaled(15), Level::Info),
+            (false, ExitStatus::Code(0), Level::Info),
+            (false, ExitStatus::Code(3), Level::Warning),
+            (false, ExitStatus::Signaled(15), Level::Warning),
+        ] {
+            let mut m = Machine::new(settings(Generation::First));
+            m.step(at(0), Event::Started);
+            m.step(
+                at(0),
+                Event::ChildNotified {
+                    id: ProcId(1),
+                    ready: true,
+                    status: None,
+                },
+            );
+            assert_eq!(m.phase(), Phase::Serving);
+            if asked {
+                m.step(at(1), Event::signal(Signal::SIGTERM));
+            }
+            let out = m.step(
+                at(2),
+                Event::ProcessExited {
+                    id: ProcId(1),
+                    status,
+                },
+            );
+            let levels: Vec<Level> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Log(l) if l.event == "child_exited" => Some(l.level),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(levels, vec![level], "{status:?}, asked {asked}: {out:?}");
+        }
+    }
+}
