@@ -229,6 +229,31 @@ mod tests {
         assert_eq!(out, vec![Effect::Exit(3)]);
     }
 
+    /// A process of ours that exits mid-sweep (an orphan's child reaped) brings
+    /// another round of the shutdown signal, for whoever was adopted since;
+    /// the SIGKILL deadline set by the first round stands.
+    #[test]
+    fn a_later_round_does_not_move_the_sigkill_deadline() {
+        let (mut m, _) = exiting();
+        m.step(t(100), Event::EscapedSignalled { count: 2 });
+        assert_eq!(m.deadline(), Some(t(2100)));
+        let out = no_logs(m.step(
+            t(500),
+            Event::ProcessExited {
+                id: ProcId(42),
+                status: ExitStatus::Code(0),
+            },
+        ));
+        assert_eq!(
+            out,
+            vec![Effect::SignalEscaped {
+                signal: Signal::SIGINT
+            }]
+        );
+        m.step(t(500), Event::EscapedSignalled { count: 1 });
+        assert_eq!(m.deadline(), Some(t(2100)));
+    }
+
     /// Orphans adopted after the SIGKILL round (a dead successor's subtree
     /// arrives late) get SIGKILL too, at once: the deadline has passed.
     #[test]
