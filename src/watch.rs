@@ -554,4 +554,25 @@ mod tests {
         );
         assert_eq!(w.deadline(), Some(t(100)));
     }
+
+    /// No pidfile before psflip wrote its first one is the normal start: nothing
+    /// to say. Once one named the service, its disappearance is news.
+    #[test]
+    fn a_pidfile_is_only_said_to_be_gone_once_there_was_one() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        let out = w.step(t(0), Event::PidfileRead(Reading::Missing));
+        assert!(out.is_empty(), "{out:?}");
+        w.step(t(100), Event::Tick);
+        w.step(t(100), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(200), Event::Tick);
+        let out = w.step(t(200), Event::PidfileRead(Reading::Missing));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Log("the pidfile is gone".into()),
+                Effect::CheckPid(10)
+            ]
+        );
+    }
 }
