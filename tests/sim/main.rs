@@ -41,7 +41,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use psflip::machine::{Instant, Phase, SUCCESSOR_GRACE};
+use psflip::machine::{Instant, SUCCESSOR_GRACE};
 
 use invariants::{Cover, Violation};
 use world::{Mutation, World};
@@ -209,17 +209,17 @@ fn heal(run: &mut Run) {
         ),
         [old] => {
             let g = &run.w.gens[&old];
-            let child_runs = g
-                .machine
-                .live_child()
-                .and_then(|id| g.rt.pids.get(&id))
-                .is_some_and(|c| run.w.running(*c));
-            if g.machine.phase() != Phase::Serving || !child_runs || g.rt.predecessor.is_some() {
+            // From the world's record, not the machine's opinion: its child
+            // runs, it is the service, nothing in flight, its predecessor gone.
+            let child_runs = g.ghost.running_child().is_some_and(|c| run.w.running(c));
+            let service =
+                g.ghost.protects_child && !g.ghost.handed_over && g.ghost.in_flight.is_none();
+            if !service || !child_runs || g.rt.predecessor.is_some() {
                 let why = format!(
-                    "after settling, the one psflip g{} is {:?} (child running: {child_runs}, predecessor known alive: {})",
+                    "after settling, the one psflip g{} is not serving (the service {service}, child running: {child_runs}, predecessor known alive: {}; its machine says {:?})",
                     g.ghost.number,
-                    g.machine.phase(),
-                    g.rt.predecessor.is_some()
+                    g.rt.predecessor.is_some(),
+                    g.machine.phase()
                 );
                 run.violate("heal: settles to one serving psflip", why);
                 return;
