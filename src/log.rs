@@ -7,12 +7,17 @@
 //!    comes first, which journald turns into the entry's priority.
 //! 2. `log_format = "json"`: one object per line with `time`, `level`,
 //!    `generation`, `pid`, `event`, `message` and `fields`, for log shippers.
-//! 3. Writing never blocks the caller (the event loop, the proxy thread): a line
-//!    goes into a bounded queue that a writer thread empties onto fd 2 with
-//!    blocking writes. A stderr nobody reads fills the queue; further lines are
-//!    dropped and counted, and once writing resumes one line says how many were
-//!    lost. O_NONBLOCK is not an option: fd 2's file description is shared with
-//!    the supervised child, which would then see EAGAIN on its own stderr.
+//! 3. Writing never blocks the caller (the event loop, the proxy thread). A line
+//!    is first tried without blocking: on a pipe through our own opening of it
+//!    (`/proc/self/fd/2` gives a file description of our own, so O_NONBLOCK
+//!    there is not seen by the supervised child, which shares fd 2's), on a
+//!    socket (journald) with MSG_DONTWAIT; files and terminals take it at once.
+//!    Only when stderr would block does a writer thread start (once, so an idle
+//!    psflip keeps one thread), and from then on lines go into a bounded queue
+//!    that it empties with blocking writes. A stderr nobody reads fills the
+//!    queue; further lines are dropped and counted, and once writing resumes one
+//!    line says how many were lost. If the thread cannot be started (out of
+//!    processes), the queue is drained without blocking at each later line.
 //! 4. `quiet` silences everything but errors of pidwatch's kind ([`Logger::shout`]).
 //!
 //! Before [`init`] (and in short-lived processes such as the probe) the global
@@ -20,6 +25,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -116,14 +122,91 @@ struct Queue {
     dropped: u64,
     /// The writer is in the middle of a write.
     busy: bool,
+    /// Whether the writer thread runs (or could not be started).
+    writer: Writer,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Writer {
+    /// Not needed yet: lines are written without blocking by the caller.
+    #[default]
+    NotStarted,
+    Running,
+    /// The thread could not be started: the caller drains the queue.
+    Failed,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when a line is queued and when the queue empties.
     changed: Condvar,
-    /// Set by the first line: whether the writer thread could be started.
-    writer: OnceLock<bool>,
+    sink: Sink,
+}
+
+/// How to write to fd 2 without blocking.
+enum Sink {
+    /// A file, a terminal, /dev/null: a write does not wait for a reader.
+    Plain,
+    /// Our own non-blocking opening of the pipe that fd 2 is.
+    Pipe(std::os::fd::OwnedFd),
+    /// A socket (journald's stream): `send` with MSG_DONTWAIT.
+    Socket,
+}
+
+impl Sink {
+    /// What fd 2 is, and a way to write to it without blocking; `None` when
+    /// there is none (then every line goes through the writer thread).
+    fn for_stderr() -> Option<Sink> {
+        use nix::sys::stat::{SFlag, fstat};
+        let st = fstat(std::io::stderr()).ok()?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFIFO {
+            let pipe = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open("/proc/self/fd/2")
+                .ok()?;
+            Some(Sink::Pipe(pipe.into()))
+        } else if kind == SFlag::S_IFSOCK {
+            Some(Sink::Socket)
+        } else {
+            Some(Sink::Plain)
+        }
+    }
+
+    /// Write what can be written now: the number of bytes taken (all of them
+    /// when stderr is broken: such lines are lost, not retried).
+    fn try_write(&self, bytes: &[u8]) -> usize {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: write(2)/send(2) from a valid buffer of the given length.
+            let n = unsafe {
+                match self {
+                    Sink::Plain => {
+                        write_all(bytes);
+                        return bytes.len();
+                    }
+                    Sink::Pipe(fd) => {
+                        libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
+                    }
+                    Sink::Socket => libc::send(
+                        2,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ),
+                }
+            };
+            if n >= 0 {
+                return n as usize;
+            }
+            match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => return 0,
+                _ => return bytes.len(),
+            }
+        }
+    }
 }
 
 /// Where lines go and how they look; cheap to clone (the proxy thread holds one).
@@ -180,29 +263,74 @@ impl Logger {
         self
     }
 
-    /// Write from now on through a writer thread (see the module doc, step 3),
-    /// started with the first line: not before psflip's first child, which
-    /// should not wait for it. Signals must already be blocked in every thread
-    /// that logs: the writer inherits the mask of the one that starts it.
-    pub fn with_writer_thread(mut self) -> Logger {
-        self.shared = Some(Arc::new(Shared {
+    /// Never block on stderr from now on (see the module doc, step 3): lines
+    /// are written without blocking, and a writer thread starts the first time
+    /// stderr would block. Signals must already be blocked: the thread, started
+    /// from whichever thread logs, inherits that thread's mask.
+    pub fn non_blocking(mut self) -> Logger {
+        let sink = Sink::for_stderr();
+        let always_thread = sink.is_none();
+        let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
-            writer: OnceLock::new(),
-        }));
+            sink: sink.unwrap_or(Sink::Plain),
+        });
+        self.shared = Some(shared);
+        if always_thread {
+            let shared = self.shared.clone().expect("just set");
+            let mut q = lock(&shared.queue);
+            self.start_writer(&shared, &mut q);
+            if q.writer == Writer::Failed {
+                // Neither a thread nor a non-blocking way: write synchronously.
+                drop(q);
+                self.shared = None;
+            }
+        }
         self
     }
 
-    /// Whether the writer thread runs, starting it if this is the first line.
-    fn writer_runs(&self, shared: &Arc<Shared>) -> bool {
-        *shared.writer.get_or_init(|| {
-            let for_thread = Arc::clone(shared);
-            let me = self.clone();
-            std::thread::Builder::new()
-                .name("psflip-log".to_owned())
-                .spawn(move || me.writer(&for_thread))
-                .is_ok()
-        })
+    /// Start the writer thread (once).
+    fn start_writer(&self, shared: &Arc<Shared>, q: &mut Queue) {
+        if q.writer != Writer::NotStarted {
+            return;
+        }
+        let for_thread = Arc::clone(shared);
+        let me = self.clone();
+        let started = std::thread::Builder::new()
+            .name("psflip-log".to_owned())
+            .spawn(move || me.writer(&for_thread));
+        q.writer = if started.is_ok() {
+            Writer::Running
+        } else {
+            Writer::Failed
+        };
+    }
+
+    /// (No writer thread) write queued lines, then the dropped-lines report,
+    /// while stderr takes them: whether the queue is now empty.
+    fn drain_without_blocking(&self, shared: &Shared, q: &mut Queue) -> bool {
+        while let Some(line) = q.lines.front_mut() {
+            let n = shared.sink.try_write(line);
+            q.bytes -= n;
+            if n < line.len() {
+                line.drain(..n);
+                return false;
+            }
+            q.lines.pop_front();
+        }
+        if q.dropped > 0 {
+            let report = self.dropped_report(q.dropped);
+            let n = shared.sink.try_write(report.as_bytes());
+            if n < report.len() {
+                // Keep the rest of the report as a line of its own.
+                q.dropped = 0;
+                q.bytes += report.len() - n;
+                q.lines.push_back(report.as_bytes()[n..].to_vec());
+                return false;
+            }
+            q.dropped = 0;
+        }
+        true
     }
 
     pub fn format(&self) -> Format {
@@ -240,11 +368,21 @@ impl Logger {
     fn emit(&self, record: &Record) {
         let line = self.render(record, SystemTime::now());
         match &self.shared {
-            // Without a thread, writing synchronously is the best we can do.
             None => write_all(line.as_bytes()),
-            Some(shared) if !self.writer_runs(shared) => write_all(line.as_bytes()),
             Some(shared) => {
                 let mut q = lock(&shared.queue);
+                if q.writer != Writer::Running && self.drain_without_blocking(shared, &mut q) {
+                    let n = shared.sink.try_write(line.as_bytes());
+                    if n == line.len() {
+                        return;
+                    }
+                    // stderr would block: the rest waits for the writer thread.
+                    q.bytes += line.len() - n;
+                    q.lines.push_back(line.as_bytes()[n..].to_vec());
+                    self.start_writer(shared, &mut q);
+                    shared.changed.notify_all();
+                    return;
+                }
                 let full = |q: &Queue, extra: usize| {
                     q.lines.len() >= QUEUE_LINES || q.bytes + extra > QUEUE_BYTES
                 };
@@ -317,6 +455,13 @@ impl Logger {
         let Some(shared) = &self.shared else {
             return;
         };
+        if lock(&shared.queue).writer != Writer::Running {
+            // Nothing is queued for a thread; what a failed start left queued
+            // gets one more try.
+            let mut q = lock(&shared.queue);
+            self.drain_without_blocking(shared, &mut q);
+            return;
+        }
         let deadline = std::time::Instant::now() + wait;
         let mut q = lock(&shared.queue);
         while !q.lines.is_empty() || q.busy || q.dropped > 0 {

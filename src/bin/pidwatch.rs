@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     log::init(
         Logger::plain("pidwatch")
             .with_quiet(cli.quiet)
-            .with_writer_thread(),
+            .non_blocking(),
     );
     let spec = WatchSpec {
         pidfile: cli.pidfile,

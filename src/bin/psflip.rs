@@ -249,7 +249,7 @@ fn psflip_main() -> ExitCode {
                     .with_generation(Some(generation))
                     .with_format(config.log_format)
                     .with_quiet(config.quiet)
-                    .with_writer_thread(),
+                    .non_blocking(),
             );
             let code = run(
                 config,
