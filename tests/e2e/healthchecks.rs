@@ -268,7 +268,8 @@ fn http_answering_404_is_never_healthy_for_2xx() {
         ],
     );
     conf.health = http_table(&format!("http://127.0.0.1:{port}/health"), "2xx", "100ms");
-    conf.upgrade_timeout = "1500ms".into();
+    // Long enough for python to start and answer 404 on a loaded machine.
+    conf.upgrade_timeout = "5s".into();
     sb.config(&conf);
     let mut p = sb.start();
     // The first child never healthy: psflip stops it and exits 1, no pidfile.
