@@ -47,7 +47,7 @@ PHASES = [
     ("c2", "successor: main() → config load (signal mask, dispositions, fd sweep, clap)"),
     ("c3", "successor: config load → signalfd (read + parse TOML, templates, own_binary, log writer thread)"),
     ("d", "successor: signalfd → clone of the child (control socket, event loop start, machine step, spawn plan)"),
-    ("e", "clone → child's execve done (64 rt_sigaction, setpgid, prctl, getppid, execve)"),
+    ("e", "clone → child's execve done (close_range unshare, setpgid, prctl, getppid, sigprocmask, execve)"),
     ("f", "child: execve done → running (`sleep`'s own start-up: not psflip's)"),
     ("total", "kill(SIGHUP) → new child running"),
 ]

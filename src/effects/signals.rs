@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::EffectError;
@@ -18,13 +18,15 @@ pub fn catchable() -> impl Iterator<Item = Signal> {
 /// signal its default disposition: one psflip was started with ignored (SIGINT
 /// under `nohup` or `&`) would otherwise never reach the signalfd, and the child
 /// would inherit the ignore. Blocking first means no default action can run.
+///
+/// Every signal, real-time ones included, so that psflip's dispositions are all
+/// SIG_DFL from here on (psflip never installs a handler nor ignores a signal):
+/// a child then needs no reset of its own, since exec keeps only ignored
+/// dispositions (see `effects::spawn`).
 pub fn block_all() -> Result<(), EffectError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None)
         .map_err(|e| EffectError::sys("sigprocmask", e))?;
-    for sig in catchable() {
-        // SAFETY: installing SIG_DFL runs no code of ours.
-        let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
-    }
+    default_dispositions();
     Ok(())
 }
 
@@ -57,16 +59,14 @@ impl Signals {
     }
 }
 
-/// Between clone and exec: give every signal its default disposition. The mask
-/// is left alone, so a signal that arrives meanwhile waits (call
-/// [`unblock_all_in_child`] last, right before exec).
+/// Give every signal its default disposition (the mask is left alone).
 ///
-/// Every signal, real-time ones included: an ignored disposition survives exec,
-/// and psflip may have been started with some ignored (glibc's `posix_spawn`
-/// leaves its internal signals 32 and 33 ignored in the process it starts).
-/// glibc's `sigaction` refuses to touch those two, so this uses the raw system
-/// call. No allocation, no libc state: safe in a `CLONE_VM` child.
-pub fn default_dispositions_in_child() {
+/// Real-time ones included: an ignored disposition survives exec, and psflip may
+/// have been started with some ignored (glibc's `posix_spawn` leaves its internal
+/// signals 32 and 33 ignored in the process it starts). glibc's `sigaction`
+/// refuses to touch those two, so this uses the raw system call. No allocation,
+/// no libc state.
+pub fn default_dispositions() {
     // The kernel's `struct sigaction` all zero: SIG_DFL, no flags, empty mask
     // (larger than the kernel's struct on every architecture; it reads its size).
     let default_action = [0u64; 8];
