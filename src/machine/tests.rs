@@ -1476,6 +1476,17 @@ mod strangers {
         }
     }
 
+    /// The timer table the machine shows is the one it acts on: `alive`'s
+    /// timeout and `upgrade.timeout`, counted from the spawn.
+    #[test]
+    fn the_timer_table_shows_what_was_armed() {
+        let mut m = Machine::new(settings(alive()));
+        m.step(at(0), Event::Started);
+        assert_eq!(m.timers().get(Timer::AliveFor), Some(at(1)));
+        assert_eq!(m.timers().get(Timer::HealthDeadline), Some(at(30)));
+        assert_eq!(m.timers().next(), m.deadline());
+    }
+
     /// Without a `[[proxy]]` there are no proxied connections: a drained report
     /// (which the runtime never sends then) cannot cut `shutdown.delay` short.
     #[test]
@@ -1637,6 +1648,59 @@ mod control {
         let out = m.step(at(1), Event::Tick);
         assert_eq!(m.phase(), Phase::Serving);
         assert!(!spawns_successor(&out), "{out:?}");
+    }
+
+    /// A termination signal while starting with no upgrade asked for cancels
+    /// nothing, and says nothing about it.
+    #[test]
+    fn a_termination_signal_cancels_no_upgrade_that_was_not_asked_for() {
+        let mut m = Machine::new(settings(Generation::First));
+        m.step(at(0), Event::Started);
+        let out = m.step(at(0), Event::signal(Signal::SIGTERM));
+        assert!(
+            !out.iter()
+                .any(|e| matches!(e, Effect::Log(l) if l.contains("cancelled"))),
+            "{out:?}"
+        );
+        assert!(replies(&out).is_empty());
+    }
+
+    /// How the upgrade history names what started an upgrade: the signal and
+    /// its sender, or `psflip upgrade` and its client, and the service manager
+    /// when it was the one.
+    #[test]
+    fn a_trigger_names_the_signal_or_the_client_and_the_manager() {
+        let pid = |pid, manager| Origin {
+            pid,
+            uid: 1000,
+            manager,
+        };
+        let signal = |from| Trigger::Signal {
+            signal: Signal::SIGHUP,
+            from,
+        };
+        for (trigger, said) in [
+            (signal(Sender::Other), "SIGHUP"),
+            (
+                signal(Sender::Process(pid(1, true))),
+                "SIGHUP from the service manager (pid 1, uid 1000)",
+            ),
+            (
+                signal(Sender::Process(pid(4242, false))),
+                "SIGHUP from pid 4242, uid 1000",
+            ),
+            (Trigger::Control(None), "psflip upgrade"),
+            (
+                Trigger::Control(Some(pid(77, true))),
+                "psflip upgrade (pid 77, uid 1000) run by the service manager",
+            ),
+            (
+                Trigger::Control(Some(pid(78, false))),
+                "psflip upgrade (pid 78, uid 1000)",
+            ),
+        ] {
+            assert_eq!(trigger.to_string(), said);
+        }
     }
 
     /// A successor that says why it gives up before it exits: that reason
