@@ -575,4 +575,23 @@ mod tests {
             ]
         );
     }
+
+    /// `--exit-status` relays the status of the process followed last: once the
+    /// pidfile names another process, the status of the one before is no longer
+    /// the service's, even if the new one's is never known.
+    #[test]
+    fn exit_status_never_relays_a_previous_process() {
+        let mut w = Watch::new().relaying_status();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(50), cmd_exited(ExitStatus::Code(5)));
+        w.step(t(50), Event::PidfileRead(Reading::Followable(20)));
+        assert_eq!(w.watched(), Some(20));
+        // 20 is not our child: it is seen gone, its status unknown.
+        w.step(t(150), Event::Tick);
+        let out = w.step(t(150), Event::PidfileRead(Reading::Missing));
+        assert_eq!(out.last(), Some(&Effect::CheckPid(20)));
+        let out = w.step(t(150), Event::PidChecked(Reading::Dead(20)));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)), "{out:?}");
+    }
 }
