@@ -1619,6 +1619,13 @@ mod control {
         let out = m.step(at(0), ask(Request::Upgrade));
         assert!(replies(&out).is_empty(), "{out:?}");
         assert!(!spawns_successor(&out));
+        // The client hears nothing yet: the log says why.
+        assert!(
+            out.iter().any(
+                |e| matches!(e, Effect::Log(l) if l.contains("starts once the child is healthy"))
+            ),
+            "{out:?}"
+        );
         assert!(status(&mut m, at(0)).upgrade_in_flight);
         let out = m.step(at(1), Event::Tick);
         assert!(spawns_successor(&out), "{out:?}");
