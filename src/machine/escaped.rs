@@ -269,6 +269,10 @@ mod tests {
                 signal: Signal::SIGKILL
             }]
         );
+        // Nor does a round after the SIGKILL put off giving up on them.
+        assert_eq!(m.deadline(), Some(t(2100) + ESCAPED_GIVE_UP));
+        m.step(t(2200), Event::EscapedSignalled { count: 2 });
+        assert_eq!(m.deadline(), Some(t(2100) + ESCAPED_GIVE_UP));
     }
 
     #[test]
