@@ -594,4 +594,12 @@ mod tests {
         let out = w.step(t(150), Event::PidChecked(Reading::Dead(20)));
         assert_eq!(out.last(), Some(&Effect::Exit(0)), "{out:?}");
     }
+
+    /// Signals are named in the log as the operator knows them; real-time
+    /// ones, which have no name, by number.
+    #[test]
+    fn signals_are_named_in_the_log() {
+        assert_eq!(SignalNo::from(Signal::SIGTERM).to_string(), "SIGTERM");
+        assert_eq!(SignalNo(40).to_string(), "signal 40");
+    }
 }

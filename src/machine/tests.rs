@@ -1872,6 +1872,27 @@ mod reasons {
         }
     }
 
+    /// A successor told to stop before its child was healthy failed the
+    /// upgrade, however that child ends: exit 1 when it exits 0, its own status
+    /// when it fails.
+    #[test]
+    fn a_successor_giving_up_on_an_unhealthy_child_never_exits_0() {
+        for (status, code) in [(ExitStatus::Code(0), 1), (ExitStatus::Code(3), 3)] {
+            let mut m = Machine::new(settings(Generation::Successor));
+            m.step(at(0), Event::Started);
+            m.step(at(1), Event::signal(Signal::SIGTERM));
+            assert_eq!(m.phase(), Phase::Stopping);
+            let out = m.step(
+                at(1),
+                Event::ProcessExited {
+                    id: ProcId(1),
+                    status,
+                },
+            );
+            assert_eq!(out.last(), Some(&Effect::Exit(code)), "{status:?}: {out:?}");
+        }
+    }
+
     /// A serving child that dies of the stop psflip passed on did what it was
     /// asked: info. One that dies on its own: a warning.
     #[test]
