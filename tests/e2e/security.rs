@@ -78,6 +78,16 @@ impl User {
         c
     }
 
+    /// `psflip ARGS… -c psflip.toml` run as this user (no XDG_RUNTIME_DIR, so
+    /// its control directory is /tmp/psflip-<uid>).
+    fn psflip_cmd(&self, sb: &Sandbox, args: &[&str]) -> Command {
+        let mut c = self.command(sb, bin());
+        c.args(args)
+            .args(["-c", "psflip.toml"])
+            .env_remove("XDG_RUNTIME_DIR");
+        c
+    }
+
     /// A shell command line run as this user; its success.
     fn sh(&self, sb: &Sandbox, script: &str) -> bool {
         self.command(sb, "sh")
@@ -140,6 +150,55 @@ fn shared_dir(sb: &Sandbox) -> PathBuf {
 /// The sandbox readable by every user (the attacker runs fixtures from it).
 fn open_sandbox(sb: &Sandbox) {
     fs::set_permissions(&sb.dir, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A sandbox readable by every user and a fresh second user for `role`, or
+/// `None` (the test is skipped) when not root.
+fn sandbox_with_user(name: &str, role: &str) -> Option<(Sandbox, User)> {
+    let sb = Sandbox::new(name);
+    let user = User::create(&sb, role)?;
+    open_sandbox(&sb);
+    Some((sb, user))
+}
+
+/// The sleeping service with its pidfile at `shared/app.pid` (in a directory
+/// anyone may write); the shared directory, the pidfile and the config.
+fn shared_pidfile_conf(sb: &Sandbox) -> (PathBuf, PathBuf, Conf) {
+    let shared = shared_dir(sb);
+    let pidfile = shared.join("app.pid");
+    let mut conf = Conf::sleep(sb);
+    conf.pidfile = Some(pidfile.clone());
+    (shared, pidfile, conf)
+}
+
+/// `psflip status` (as root) succeeds and names `pid` as the serving psflip.
+fn assert_status_names(sb: &Sandbox, pid: i32) {
+    let (code, out, err) = psflip(sb, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with(&format!("psflip_pid: {pid}\n")), "{out}");
+}
+
+/// `p` exits with `code` (in time).
+fn must_exit(sb: &Sandbox, p: &mut Psflip, code: i32) {
+    assert_eq!(sb.wait_exit(p, T), code, "{}", sb.diag());
+}
+
+/// SIGTERM to `p`: it exits 0.
+fn stop_exits_0(sb: &Sandbox, p: &mut Psflip) {
+    p.signal(Signal::SIGTERM);
+    must_exit(sb, p, 0);
+}
+
+/// The old generation `p` exits 0 and its child `c1` dies.
+fn old_generation_ends(sb: &Sandbox, p: &mut Psflip, c1: i32) {
+    must_exit(sb, p, 0);
+    sb.must_die(c1, "the old child");
+}
+
+/// psflip's log says `what`.
+fn assert_logged(sb: &Sandbox, what: &str) {
+    let log = sb.psflip_log();
+    assert!(log.contains(what), "{what:?} not in the log:\n{log}");
 }
 
 /// `psflip ARGS… -c psflip.toml` as root, to its end.
@@ -284,11 +343,9 @@ fn attacker() {
 
 #[test]
 fn out_of_fds_psflip_backs_off_and_still_handles_signals() {
-    let sb = Sandbox::new("out_of_fds_psflip_backs_off");
-    let Some(attacker) = User::create(&sb, "a") else {
+    let Some((sb, attacker)) = sandbox_with_user("out_of_fds_psflip_backs_off", "a") else {
         return;
     };
-    open_sandbox(&sb);
     let (mut p, c1) = serve_at(&sb, &Conf::sleep(&sb), &sb.pidfile());
     let socket = control_socket_of(p.pid).expect("psflip serves its control socket");
 
@@ -335,8 +392,7 @@ fn out_of_fds_psflip_backs_off_and_still_handles_signals() {
         sb.diag()
     );
     // Signals are still handled: a stop is a stop, the child reaped.
-    p.signal(Signal::SIGTERM);
-    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    stop_exits_0(&sb, &mut p);
     sb.must_die(c1, "the child");
     drop(queued);
     sb.assert_clean();
@@ -346,11 +402,9 @@ fn out_of_fds_psflip_backs_off_and_still_handles_signals() {
 
 #[test]
 fn a_squatter_cannot_answer_for_psflip() {
-    let sb = Sandbox::new("a_squatter_cannot_answer_for_psflip");
-    let Some(attacker) = User::create(&sb, "s") else {
+    let Some((sb, attacker)) = sandbox_with_user("a_squatter_cannot_answer_for_psflip", "s") else {
         return;
     };
-    open_sandbox(&sb);
     let shared = shared_dir(&sb);
     let answered = shared.join("answered");
     // The squatter binds the old abstract names of the next 300 pids, before
@@ -376,12 +430,7 @@ fn a_squatter_cannot_answer_for_psflip() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
     assert_eq!(meta.permissions().mode() & 0o077, 0, "{}", dir.display());
 
-    let (code, out, err) = psflip(&sb, &["status"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.starts_with(&format!("psflip_pid: {}\n", p.pid)),
-        "{out}"
-    );
+    assert_status_names(&sb, p.pid);
     let (code, out, err) = psflip(&sb, &["upgrade"]);
     assert_eq!(code, 0, "{err}\n{}", sb.diag());
     let s = sb.successor_of(p.pid);
@@ -389,8 +438,7 @@ fn a_squatter_cannot_answer_for_psflip() {
         out,
         format!("ok: generation 2 (psflip pid {s}) took over\n")
     );
-    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
-    sb.must_die(c1, "the old child");
+    old_generation_ends(&sb, &mut p, c1);
     must_name_at(&sb, &sb.pidfile(), s);
     assert!(
         !answered.exists(),
@@ -407,14 +455,14 @@ fn a_control_directory_planted_by_another_user_is_refused() {
     // A psflip running as a non-root user V uses /tmp/psflip-<V's uid>; another
     // user creates that directory first. V's psflip refuses it and exits 2
     // before starting its child, naming the directory; nothing answers for it.
-    let sb = Sandbox::new("a_control_directory_planted_by_another_user");
-    let Some(attacker) = User::create(&sb, "p") else {
+    let Some((sb, attacker)) =
+        sandbox_with_user("a_control_directory_planted_by_another_user", "p")
+    else {
         return;
     };
     let Some(victim) = User::create(&sb, "v") else {
         return;
     };
-    open_sandbox(&sb);
     let shared = shared_dir(&sb);
     let started = shared.join("started.log");
     let script = format!("echo started >> {}; exec sleep 1000", started.display());
@@ -422,12 +470,8 @@ fn a_control_directory_planted_by_another_user_is_refused() {
     let planted = PathBuf::from(format!("/tmp/psflip-{}", victim.uid));
     let _ = fs::remove_dir_all(&planted);
     assert!(attacker.sh(&sb, &format!("mkdir -m 777 {}", planted.display())));
-    let mut p = sb.spawn({
-        let mut c = victim.command(&sb, bin());
-        c.args(["-c", "psflip.toml"]).env_remove("XDG_RUNTIME_DIR");
-        c
-    });
-    assert_eq!(sb.wait_exit(&mut p, T), 2, "{}", sb.diag());
+    let mut p = sb.spawn(victim.psflip_cmd(&sb, &[]));
+    must_exit(&sb, &mut p, 2);
     let log = sb.psflip_log();
     assert!(log.contains(&planted.display().to_string()), "{log}");
     assert!(
@@ -443,15 +487,12 @@ fn a_control_directory_planted_by_another_user_is_refused() {
 
 #[test]
 fn a_pidfile_naming_a_foreign_process_is_stale_and_never_signalled() {
-    let sb = Sandbox::new("a_pidfile_naming_a_foreign_process_is_stale");
-    let Some(attacker) = User::create(&sb, "f") else {
+    let Some((sb, attacker)) =
+        sandbox_with_user("a_pidfile_naming_a_foreign_process_is_stale", "f")
+    else {
         return;
     };
-    open_sandbox(&sb);
-    let shared = shared_dir(&sb);
-    let pidfile = shared.join("app.pid");
-    let mut conf = Conf::sleep(&sb);
-    conf.pidfile = Some(pidfile.clone());
+    let (_, pidfile, conf) = shared_pidfile_conf(&sb);
     sb.config(&conf);
     // A root-owned process that SIGHUP kills; psflip is not running.
     let victim = sb.spawn({
@@ -486,15 +527,12 @@ fn a_pidfile_naming_a_foreign_process_is_stale_and_never_signalled() {
 
 #[test]
 fn upgrades_succeed_with_the_old_temp_names_pre_created() {
-    let sb = Sandbox::new("upgrades_succeed_with_the_old_temp_names_pre_created");
-    let Some(attacker) = User::create(&sb, "t") else {
+    let Some((sb, attacker)) =
+        sandbox_with_user("upgrades_succeed_with_the_old_temp_names_pre_created", "t")
+    else {
         return;
     };
-    open_sandbox(&sb);
-    let shared = shared_dir(&sb);
-    let pidfile = shared.join("app.pid");
-    let mut conf = Conf::sleep(&sb);
-    conf.pidfile = Some(pidfile.clone());
+    let (shared, pidfile, conf) = shared_pidfile_conf(&sb);
     let (mut p, c1) = serve_at(&sb, &conf, &pidfile);
     // The attacker covers 300 pids ahead (17 old-style names each); root then
     // sets the kernel's last pid just below that window, so the successor's
@@ -541,8 +579,7 @@ fn upgrades_succeed_with_the_old_temp_names_pre_created() {
             sb.name
         );
     }
-    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
-    sb.must_die(c1, "the old child");
+    old_generation_ends(&sb, &mut p, c1);
     finish(&sb, s);
 }
 
@@ -550,11 +587,10 @@ fn upgrades_succeed_with_the_old_temp_names_pre_created() {
 
 #[test]
 fn status_answers_and_signals_work_while_stderr_is_a_full_pipe() {
-    let sb = Sandbox::new("status_answers_while_stderr_is_a_full_pipe");
-    let Some(attacker) = User::create(&sb, "b") else {
+    let Some((sb, attacker)) = sandbox_with_user("status_answers_while_stderr_is_a_full_pipe", "b")
+    else {
         return;
     };
-    open_sandbox(&sb);
     // A socket directory readable by others and a socket made connectable by
     // anyone (as an operator's mistake would): the server's own check is all
     // that stands between psflip and the attacker's connections.
@@ -577,12 +613,7 @@ fn status_answers_and_signals_work_while_stderr_is_a_full_pipe() {
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
     let r = attacker.attack_result(&sb, &["connect", socket.to_str().unwrap(), "3000"]);
     assert_eq!(r, "connected=3000 refused_by_server=3000 denied=0");
-    let (code, out, err) = psflip(&sb, &["status"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.starts_with(&format!("psflip_pid: {}\n", p.pid)),
-        "{out}"
-    );
+    assert_status_names(&sb, p.pid);
     // The upgrade signal is acted on: a successor starts and takes over.
     p.signal(Signal::SIGHUP);
     let s = sb.wait_for(T, "a successor starts", || {
@@ -624,11 +655,10 @@ fn fill(fd: &OwnedFd) {
 
 #[test]
 fn bounds_and_unfit_signals_are_refused_and_an_unwritable_pidfile_stops_the_start() {
-    let sb = Sandbox::new("bounds_and_unfit_signals_are_refused");
-    let Some(attacker) = User::create(&sb, "c") else {
+    let Some((sb, attacker)) = sandbox_with_user("bounds_and_unfit_signals_are_refused", "c")
+    else {
         return;
     };
-    open_sandbox(&sb);
     for (body, key, why) in [
         (
             "[upgrade]\ntimeout = \"1000000h\"\n",
@@ -670,8 +700,7 @@ fn bounds_and_unfit_signals_are_refused_and_an_unwritable_pidfile_stops_the_star
     );
     conf.pidfile = Some(pidfile.clone());
     sb.config(&conf);
-    let mut p = sb.start();
-    assert_eq!(sb.wait_exit(&mut p, T), 2, "{}", sb.diag());
+    must_exit(&sb, &mut sb.start(), 2);
     let log = sb.psflip_log();
     assert!(
         log.contains(&pidfile.display().to_string()) && log.contains("is a directory"),
@@ -680,13 +709,8 @@ fn bounds_and_unfit_signals_are_refused_and_an_unwritable_pidfile_stops_the_star
     // And a pidfile in a directory that does not exist.
     conf.pidfile = Some(sb.path("missing/app.pid"));
     sb.config(&conf);
-    let mut p = sb.start();
-    assert_eq!(sb.wait_exit(&mut p, T), 2, "{}", sb.diag());
-    assert!(
-        sb.psflip_log().contains("No such file or directory"),
-        "{}",
-        sb.psflip_log()
-    );
+    must_exit(&sb, &mut sb.start(), 2);
+    assert_logged(&sb, "No such file or directory");
     assert!(!sb.path("started.log").exists(), "a child was started");
     sb.assert_clean();
 }
@@ -699,11 +723,12 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
     // daemons (one ignores SIGTERM). An upgrade stops the old generation's
     // daemons (SIGTERM, then SIGKILL after shutdown.timeout) and leaves the new
     // generation's alone; stopping the service stops the rest.
-    let sb = Sandbox::new("escaped_daemons_are_stopped_with_their_generation_only");
-    let Some(service) = User::create(&sb, "d") else {
+    let Some((sb, service)) = sandbox_with_user(
+        "escaped_daemons_are_stopped_with_their_generation_only",
+        "d",
+    ) else {
         return;
     };
-    open_sandbox(&sb);
     let shared = shared_dir(&sb);
     let record = |name: &str| format!("echo $$ >> {}/{name}-{{{{ BlueGreen }}}}", shared.display());
     let script = format!(
@@ -717,10 +742,7 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
     sb.config(&conf);
     let as_service = |args: &[&str]| {
         let out = service
-            .command(&sb, bin())
-            .args(args)
-            .args(["-c", "psflip.toml"])
-            .env_remove("XDG_RUNTIME_DIR")
+            .psflip_cmd(&sb, args)
             .stdout(Stdio::piped())
             .output()
             .unwrap();
@@ -729,11 +751,7 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    let mut p = sb.spawn({
-        let mut c = service.command(&sb, bin());
-        c.args(["-c", "psflip.toml"]).env_remove("XDG_RUNTIME_DIR");
-        c
-    });
+    let mut p = sb.spawn(service.psflip_cmd(&sb, &[]));
     let daemons = |color: &str| -> Vec<i32> {
         ["daemon", "stubborn"]
             .iter()
@@ -741,20 +759,20 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
             .filter_map(|t| t.trim().parse().ok())
             .collect()
     };
-    let blue = sb.wait_for(T, "the first child's daemons run", || {
-        let d = daemons("blue");
-        (d.len() == 2).then_some(d)
-    });
+    let both_daemons = |color: &str, what: &str| {
+        sb.wait_for(T, what, || {
+            let d = daemons(color);
+            (d.len() == 2).then_some(d)
+        })
+    };
+    let blue = both_daemons("blue", "the first child's daemons run");
     for d in &blue {
         assert_ne!(pgrp(*d), pgrp(p.pid), "daemon {d} left psflip's group");
     }
     sb.must(T, "psflip serves", || as_service(&["status"]).0 == 0);
     let (code, out) = as_service(&["upgrade"]);
     assert_eq!(code, 0, "{out}\n{}", sb.diag());
-    let green = sb.wait_for(T, "the new child's daemons run", || {
-        let d = daemons("green");
-        (d.len() == 2).then_some(d)
-    });
+    let green = both_daemons("green", "the new child's daemons run");
     let s: i32 = out
         .split("psflip pid ")
         .nth(1)
@@ -763,7 +781,7 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
         .unwrap_or_else(|| panic!("no successor pid in {out:?}"));
     // The old generation stops its escaped daemons, the stubborn one by SIGKILL
     // after shutdown.timeout, and exits 0 once they are gone.
-    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    must_exit(&sb, &mut p, 0);
     for d in &blue {
         assert!(
             !alive(*d),
@@ -771,16 +789,8 @@ fn escaped_daemons_are_stopped_with_their_generation_only() {
             sb.diag()
         );
     }
-    assert!(
-        sb.psflip_log().contains("stopping 2 escaped process(es)"),
-        "{}",
-        sb.psflip_log()
-    );
-    assert!(
-        sb.psflip_log().contains("sending SIGKILL"),
-        "{}",
-        sb.psflip_log()
-    );
+    assert_logged(&sb, "stopping 2 escaped process(es)");
+    assert_logged(&sb, "sending SIGKILL");
     // The new generation's daemons are untouched.
     for d in &green {
         sb.assert_alive(*d, "the new generation's daemon");
@@ -810,25 +820,15 @@ fn a_second_psflip_for_the_same_configuration_does_not_take_the_socket() {
     let sb = Sandbox::new("a_second_psflip_for_the_same_configuration");
     let (mut p, c1) = serve_at(&sb, &Conf::sleep(&sb), &sb.pidfile());
     let mut second = sb.start();
-    assert_eq!(sb.wait_exit(&mut second, T), 2, "{}", sb.diag());
-    assert!(
-        sb.psflip_log().contains(&format!(
-            "psflip (pid {}) already runs this configuration",
-            p.pid
-        )),
-        "{}",
-        sb.psflip_log()
+    must_exit(&sb, &mut second, 2);
+    assert_logged(
+        &sb,
+        &format!("psflip (pid {}) already runs this configuration", p.pid),
     );
     assert!(sb.started_by(second.pid, "child").is_empty());
-    let (code, out, _) = psflip(&sb, &["status"]);
-    assert_eq!(code, 0);
-    assert!(
-        out.starts_with(&format!("psflip_pid: {}\n", p.pid)),
-        "{out}"
-    );
+    assert_status_names(&sb, p.pid);
     sb.assert_alive(c1, "the first psflip's child");
-    p.signal(Signal::SIGTERM);
-    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    stop_exits_0(&sb, &mut p);
     sb.assert_clean();
 }
 
@@ -838,11 +838,9 @@ fn root_reaches_another_users_psflip_only_through_a_pidfile_it_can_trust() {
     // it through a pidfile in a directory only V can write; the same pidfile in
     // a directory anyone can write (where another user could have put it) is no
     // reason to trust V's socket, nor anything the pidfile names.
-    let sb = Sandbox::new("root_reaches_another_users_psflip");
-    let Some(service) = User::create(&sb, "r") else {
+    let Some((sb, service)) = sandbox_with_user("root_reaches_another_users_psflip", "r") else {
         return;
     };
-    open_sandbox(&sb);
     let run = sb.path("run");
     fs::create_dir_all(&run).unwrap();
     nix::unistd::chown(
@@ -856,18 +854,9 @@ fn root_reaches_another_users_psflip_only_through_a_pidfile_it_can_trust() {
     let mut conf = Conf::sleep(&sb);
     conf.pidfile = Some(pidfile.clone());
     sb.config(&conf);
-    let mut p = sb.spawn({
-        let mut c = service.command(&sb, bin());
-        c.args(["-c", "psflip.toml"]).env_remove("XDG_RUNTIME_DIR");
-        c
-    });
+    let mut p = sb.spawn(service.psflip_cmd(&sb, &[]));
     must_name_at(&sb, &pidfile, p.pid);
-    let (code, out, err) = psflip(&sb, &["status"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.starts_with(&format!("psflip_pid: {}\n", p.pid)),
-        "{out}"
-    );
+    assert_status_names(&sb, p.pid);
     // The same directory, now writable by anyone: root no longer follows it.
     fs::set_permissions(&run, fs::Permissions::from_mode(0o1777)).unwrap();
     let (code, out, err) = psflip(&sb, &["status"]);
@@ -880,7 +869,6 @@ fn root_reaches_another_users_psflip_only_through_a_pidfile_it_can_trust() {
         "{}",
         sb.diag()
     );
-    p.signal(Signal::SIGTERM);
-    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    stop_exits_0(&sb, &mut p);
     sb.assert_clean();
 }
