@@ -101,9 +101,13 @@ impl Machine {
                 log(
                     out,
                     format!(
-                        "stopping {count} escaped process(es) of this generation: {} now, SIGKILL in {:?} (shutdown.timeout)",
+                        "stopping {count} escaped process(es) of this generation: {} now, SIGKILL in {} (shutdown.timeout)",
                         self.settings.shutdown_signal.as_str(),
-                        due.saturating_since(now)
+                        // Whole milliseconds: the rest is the time since the
+                        // child's own stop began, not worth printing.
+                        crate::values::format_duration(Duration::from_millis(
+                            due.saturating_since(now).as_millis() as u64
+                        ))
                     ),
                 );
                 self.timers.set(Timer::EscapedKill, due.max(now));
