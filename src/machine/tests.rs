@@ -1893,6 +1893,80 @@ mod reasons {
         }
     }
 
+    /// A failed check run is logged once, naming what failed: the configured
+    /// command, or psflip's own tcp/http probe — which logs its reason itself
+    /// and exits 1, so only another end of it (a signal) is logged here.
+    #[test]
+    fn a_failed_check_is_logged_once_naming_what_failed() {
+        for (kind, status, said) in [
+            (
+                ProbeKind::Command,
+                ExitStatus::Code(1),
+                Some("healthcheck command failed (exit code 1)"),
+            ),
+            (
+                ProbeKind::Command,
+                ExitStatus::Signaled(9),
+                Some("healthcheck command failed (signal SIGKILL)"),
+            ),
+            (ProbeKind::Tcp, ExitStatus::Code(1), None),
+            (
+                ProbeKind::Http,
+                ExitStatus::Signaled(9),
+                Some("healthcheck probe failed (signal SIGKILL)"),
+            ),
+        ] {
+            let mut s = settings(Generation::First);
+            s.health = Health::Command {
+                kind,
+                after: Duration::ZERO,
+                interval: SEC,
+            };
+            let mut m = Machine::new(s);
+            m.step(at(0), Event::Started);
+            m.step(at(0), Event::Tick);
+            let out = m.step(
+                at(0),
+                Event::ProcessExited {
+                    id: ProcId(2),
+                    status,
+                },
+            );
+            let logged: Vec<&str> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Log(l) if l.event == "healthcheck_failed" => Some(l.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                logged,
+                said.into_iter().collect::<Vec<_>>(),
+                "{kind:?} {status:?}"
+            );
+        }
+    }
+
+    /// A "ready" from the successor after the upgrade was aborted changes
+    /// nothing, and the log says it came too late.
+    #[test]
+    fn a_ready_after_an_abort_is_only_logged() {
+        let mut s = settings(Generation::First);
+        s.health = Health::Alive { timeout: SEC };
+        let mut m = Machine::new(s);
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        m.step(at(3), Event::signal(Signal::SIGTERM));
+        let before = m.state().clone();
+        let out = m.step(at(4), Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(m.state(), &before);
+        assert!(
+            matches!(&out[..], [Effect::Log(l)] if l.contains("after the upgrade was aborted")),
+            "{out:?}"
+        );
+    }
+
     /// A serving child that dies of the stop psflip passed on did what it was
     /// asked: info. One that dies on its own: a warning.
     #[test]
