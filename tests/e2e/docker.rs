@@ -279,11 +279,11 @@ fn conf(sb: &Sandbox, engine: &Engine, socket: &str) -> Conf {
 fn failed_upgrade(
     sb: &Sandbox,
     engine: &Engine,
-    p: &mut Psflip,
-    c1: i32,
-    blue: &str,
+    (p, c1, blue): (&mut Psflip, i32, &str),
+    run_sh: &str,
     reason: &str,
 ) {
+    sb.write("run.sh", run_sh);
     let before = sb.started_by(p.pid, "successor").len();
     signal(p.pid, Signal::SIGHUP);
     let s = sb.wait_for(T, "a successor", || {
@@ -301,6 +301,11 @@ fn failed_upgrade(
         (&id[..], &state[..], &health[..]),
         (blue, "running", "healthy")
     );
+}
+
+/// Wait until the container `name` is gone (stopped and removed).
+fn must_be_gone(sb: &Sandbox, engine: &Engine, name: &str, what: &str) {
+    sb.must(T, what, || engine.inspect(name).is_none());
 }
 
 #[test]
@@ -340,37 +345,30 @@ fn docker_healthcheck_against_a_real_engine() {
     assert_eq!((&state[..], &health[..]), ("running", "healthy"));
 
     // Unhealthy: rolled back at once, and the new container stopped (--rm).
-    sb.write(
-        "run.sh",
+    failed_upgrade(
+        &sb,
+        &engine,
+        (&mut p, c1, &blue),
         &run(
             "--health-cmd 'test -f /tmp/ok' --health-interval 200ms --health-retries 1",
             SERVE,
         ),
-    );
-    failed_upgrade(
-        &sb,
-        &engine,
-        &mut p,
-        c1,
-        &blue,
         "docker healthcheck failed: container app-green is unhealthy",
     );
-    sb.must(T, "the unhealthy container is stopped", || {
-        engine.inspect("app-green").is_none()
-    });
+    must_be_gone(
+        &sb,
+        &engine,
+        "app-green",
+        "the unhealthy container is stopped",
+    );
 
     // Exits: a wrapper keeps running while its container has exited.
-    sb.write(
-        "run.sh",
-        "\"$DOCKER\" run --name \"$NAME\" --network none --health-cmd 'test -f /tmp/ok' \
-         --health-interval 10s \"$IMAGE\" sh -c 'sleep 0.5; exit 3'; exec sleep 1000",
-    );
     failed_upgrade(
         &sb,
         &engine,
-        &mut p,
-        c1,
-        &blue,
+        (&mut p, c1, &blue),
+        "\"$DOCKER\" run --name \"$NAME\" --network none --health-cmd 'test -f /tmp/ok' \
+         --health-interval 10s \"$IMAGE\" sh -c 'sleep 0.5; exit 3'; exec sleep 1000",
         "container app-green has stopped (exited)",
     );
     let (_, state, _) = engine.inspect("app-green").expect("kept by its wrapper");
@@ -378,18 +376,19 @@ fn docker_healthcheck_against_a_real_engine() {
     engine.docker(&["rm", "-f", "app-green"]);
 
     // No HEALTHCHECK: an error naming the container; the container is stopped.
-    sb.write("run.sh", &run("", SERVE));
     failed_upgrade(
         &sb,
         &engine,
-        &mut p,
-        c1,
-        &blue,
+        (&mut p, c1, &blue),
+        &run("", SERVE),
         "container app-green has no HEALTHCHECK",
     );
-    sb.must(T, "the container without a healthcheck is stopped", || {
-        engine.inspect("app-green").is_none()
-    });
+    must_be_gone(
+        &sb,
+        &engine,
+        "app-green",
+        "the container without a healthcheck is stopped",
+    );
 
     // Late: the container appears 2 s after the client starts: still healthy in
     // time, the handover happens, and the old container is stopped.
@@ -402,16 +401,12 @@ fn docker_healthcheck_against_a_real_engine() {
     );
     sb.must_log(s, "container app-green is healthy");
     assert_eq!(sb.wait_exit(&mut p, T), 0);
-    sb.must(T, "the old container is stopped", || {
-        engine.inspect("app-blue").is_none()
-    });
+    must_be_gone(&sb, &engine, "app-blue", "the old container is stopped");
     let (_, state, health) = engine.inspect("app-green").expect("app-green runs");
     assert_eq!((&state[..], &health[..]), ("running", "healthy"));
     signal(s, Signal::SIGTERM);
     sb.must_die(s, "the new psflip");
-    sb.must(T, "the last container is stopped", || {
-        engine.inspect("app-green").is_none()
-    });
+    must_be_gone(&sb, &engine, "app-green", "the last container is stopped");
     sb.assert_clean();
 
     // The engine's socket missing: a clear error at upgrade.timeout, and the
@@ -429,9 +424,7 @@ fn docker_healthcheck_against_a_real_engine() {
         missing.display()
     );
     assert!(sb2.logged(p.pid, &expected), "{expected:?}\n{}", sb2.diag());
-    sb2.must(T, "its container is stopped", || {
-        engine.inspect("app-blue").is_none()
-    });
+    must_be_gone(&sb2, &engine, "app-blue", "its container is stopped");
     sb2.assert_clean();
 
     run_the_example(&engine);
