@@ -204,19 +204,25 @@ impl Systemd {
         sd
     }
 
+    /// `nsenter … --`: what follows runs inside systemd's namespaces.
+    fn nsenter(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args([
+            "-t",
+            &self.pid.to_string(),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "--",
+        ]);
+        c
+    }
+
     /// `nsenter … -- CMD ARGS`, inside systemd's namespaces.
     fn inside(&self, cmd: &str, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .args([
-                "-t",
-                &self.pid.to_string(),
-                "-m",
-                "-u",
-                "-i",
-                "-n",
-                "-p",
-                "--",
-            ])
+        self.nsenter()
             .arg(cmd)
             .args(args)
             .stdin(Stdio::null())
@@ -589,17 +595,9 @@ impl Unit<'_> {
         let slow = self.record.with_file_name("slow");
         fs::write(&slow, "").unwrap();
         // The reload waits for the old generation (--wait-old): in the background.
-        let mut reload = Command::new("nsenter")
-            .args([
-                "-t",
-                &self.sd.pid.to_string(),
-                "-m",
-                "-u",
-                "-i",
-                "-n",
-                "-p",
-                "--",
-            ])
+        let mut reload = self
+            .sd
+            .nsenter()
             .args(["systemctl", "reload", &self.name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
