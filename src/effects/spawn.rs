@@ -641,26 +641,65 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Close our write ends `w`, wait for `pid` to exit 0, then read each of
+    /// the pipes `r` to its end.
+    fn exit_0_then_read<W, const N: usize>(
+        pid: Pid,
+        w: W,
+        r: [&mut std::fs::File; N],
+    ) -> [String; N] {
+        drop(w);
+        assert_eq!(wait(pid), 0);
+        r.map(|f| {
+            let mut text = String::new();
+            f.read_to_string(&mut text).unwrap();
+            text
+        })
+    }
+
+    /// app() of `spec`, then [`exit_0_then_read`]; its pid and what it wrote.
+    fn app_exit_0_then_read<W, const N: usize>(
+        spec: &AppSpec,
+        w: W,
+        r: [&mut std::fs::File; N],
+    ) -> (Pid, [String; N]) {
+        let pid = app(spec).unwrap();
+        (pid, exit_0_then_read(pid, w, r))
+    }
+
+    /// app() of `argv` with only `PATH` in its environment.
+    fn app_in_path(argv: &[String], path: String) -> Result<Pid, EffectError> {
+        app(&AppSpec {
+            argv,
+            env: &[("PATH".into(), path)],
+            ..Default::default()
+        })
+    }
+
+    /// A shell script at `path` with permissions `mode`.
+    fn write_script(path: &Path, body: &str, mode: u32) {
+        std::fs::write(path, body).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     #[test]
     fn passed_fds_land_at_3_up_in_order_and_pid_env_holds_the_childs_own_pid() {
         let (mut r1, w1) = pipe();
         let (mut r2, w2) = pipe();
         // The second pipe first: the child finds it at 3, the first at 4.
         let argv = strings(&["/bin/sh", "-c", "echo \"$OWN_PID $$\" >&3; echo four >&4"]);
-        let pid = app(&AppSpec {
-            argv: &argv,
-            // A stale value must not survive: the slot replaces it.
-            env: &[("OWN_PID".into(), "1".into())],
-            pass_fds: &[w2.as_raw_fd(), w1.as_raw_fd()],
-            pid_env: &["OWN_PID"],
-            ..Default::default()
-        })
-        .unwrap();
-        drop((w1, w2));
-        assert_eq!(wait(pid), 0);
-        let (mut at3, mut at4) = (String::new(), String::new());
-        r2.read_to_string(&mut at3).unwrap();
-        r1.read_to_string(&mut at4).unwrap();
+        let (pid, [at3, at4]) = app_exit_0_then_read(
+            &AppSpec {
+                argv: &argv,
+                // A stale value must not survive: the slot replaces it.
+                env: &[("OWN_PID".into(), "1".into())],
+                pass_fds: &[w2.as_raw_fd(), w1.as_raw_fd()],
+                pid_env: &["OWN_PID"],
+                ..Default::default()
+            },
+            (w1, w2),
+            [&mut r2, &mut r1],
+        );
         // `$$` is the shell's pid: the process app() started (it exec'd sh).
         assert_eq!(at3, format!("{pid} {pid}\n"));
         assert_eq!(at4, "four\n");
@@ -675,17 +714,15 @@ mod tests {
         let a = wa.as_raw_fd();
         let b = wb.as_raw_fd();
         let argv = strings(&["/bin/sh", "-c", "echo A >&3; echo B >&4; echo A2 >&5"]);
-        let pid = app(&AppSpec {
-            argv: &argv,
-            pass_fds: &[a, b, a],
-            ..Default::default()
-        })
-        .unwrap();
-        drop((wa, wb));
-        assert_eq!(wait(pid), 0);
-        let (mut sa, mut sb) = (String::new(), String::new());
-        ra.read_to_string(&mut sa).unwrap();
-        rb.read_to_string(&mut sb).unwrap();
+        let (_, [sa, sb]) = app_exit_0_then_read(
+            &AppSpec {
+                argv: &argv,
+                pass_fds: &[a, b, a],
+                ..Default::default()
+            },
+            (wa, wb),
+            [&mut ra, &mut rb],
+        );
         assert_eq!(sa, "A\nA2\n");
         assert_eq!(sb, "B\n");
     }
@@ -702,16 +739,15 @@ mod tests {
         assert!(fd >= 900 && w2.as_raw_fd() < fd);
         let script = format!("[ -e /proc/$$/fd/{fd} ] && echo leaked >&3; echo checked >&3");
         let argv = strings(&["/bin/sh", "-c", &script]);
-        let pid = app(&AppSpec {
-            argv: &argv,
-            pass_fds: &[w2.as_raw_fd()],
-            ..Default::default()
-        })
-        .unwrap();
-        drop(w2);
-        assert_eq!(wait(pid), 0);
-        let mut out = String::new();
-        r2.read_to_string(&mut out).unwrap();
+        let (_, [out]) = app_exit_0_then_read(
+            &AppSpec {
+                argv: &argv,
+                pass_fds: &[w2.as_raw_fd()],
+                ..Default::default()
+            },
+            w2,
+            [&mut r2],
+        );
         assert_eq!(out, "checked\n");
     }
 
@@ -719,16 +755,10 @@ mod tests {
     fn the_program_is_searched_in_the_childs_own_path() {
         let dir = tmp("path");
         let script = dir.join("psflip-spawn-test-prog");
-        std::fs::write(&script, "#!/bin/sh\nexit 7\n").unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_script(&script, "#!/bin/sh\nexit 7\n", 0o755);
         let path = format!("/nonexistent:{}", dir.display());
         let argv = strings(&["psflip-spawn-test-prog"]);
-        let pid = app(&AppSpec {
-            argv: &argv,
-            env: &[("PATH".into(), path)],
-            ..Default::default()
-        })
-        .unwrap();
+        let pid = app_in_path(&argv, path).unwrap();
         assert_eq!(wait(pid), 7);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -737,33 +767,19 @@ mod tests {
     fn a_program_found_only_without_permission_is_eacces_and_a_later_one_runs() {
         let first = tmp("eacces-1");
         let second = tmp("eacces-2");
-        std::fs::write(first.join("prog"), "#!/bin/sh\nexit 1\n").unwrap();
-        std::fs::set_permissions(first.join("prog"), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        write_script(&first.join("prog"), "#!/bin/sh\nexit 1\n", 0o644);
         let argv = strings(&["prog"]);
         let only_first = format!("{}", first.display());
-        let err = app(&AppSpec {
-            argv: &argv,
-            env: &[("PATH".into(), only_first)],
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = app_in_path(&argv, only_first).unwrap_err();
         let EffectError::Io { what, source } = &err else {
             panic!("{err}")
         };
         assert_eq!(what, "cannot run \"prog\"");
         assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{err}");
 
-        std::fs::write(second.join("prog"), "#!/bin/sh\nexit 5\n").unwrap();
-        std::fs::set_permissions(second.join("prog"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        write_script(&second.join("prog"), "#!/bin/sh\nexit 5\n", 0o755);
         let both = format!("{}:{}", first.display(), second.display());
-        let pid = app(&AppSpec {
-            argv: &argv,
-            env: &[("PATH".into(), both)],
-            ..Default::default()
-        })
-        .unwrap();
+        let pid = app_in_path(&argv, both).unwrap();
         assert_eq!(wait(pid), 5);
         std::fs::remove_dir_all(&first).unwrap();
         std::fs::remove_dir_all(&second).unwrap();
@@ -798,17 +814,16 @@ mod tests {
             // the shell itself while the command runs.
             "a=$(readlink /proc/$$/fd/0); b=$(readlink /proc/$$/fd/1); echo \"$a $b\" >&3",
         ]);
-        let pid = app(&AppSpec {
-            argv: &argv,
-            quiet_stdio: true,
-            pass_fds: &[w.as_raw_fd()],
-            ..Default::default()
-        })
-        .unwrap();
-        drop(w);
-        assert_eq!(wait(pid), 0);
-        let mut out = String::new();
-        r.read_to_string(&mut out).unwrap();
+        let (_, [out]) = app_exit_0_then_read(
+            &AppSpec {
+                argv: &argv,
+                quiet_stdio: true,
+                pass_fds: &[w.as_raw_fd()],
+                ..Default::default()
+            },
+            w,
+            [&mut r],
+        );
         assert_eq!(out, "/dev/null /dev/null\n");
     }
 
@@ -835,11 +850,7 @@ mod tests {
         // SAFETY: `keep` is ours, from into_raw_fd above.
         drop(unsafe { OwnedFd::from_raw_fd(keep) });
         let fd = w.as_raw_fd();
-        drop(w);
-        assert_eq!(wait(pid), 0);
-        let (mut out, mut kept) = (String::new(), String::new());
-        r.read_to_string(&mut out).unwrap();
-        r2.read_to_string(&mut kept).unwrap();
+        let [out, kept] = exit_0_then_read(pid, w, [&mut r, &mut r2]);
         assert_eq!(out, format!("{fd} y\n"));
         assert_eq!(kept, "kept\n");
     }
