@@ -505,6 +505,31 @@ impl World {
         self.schedule(at, ev);
     }
 
+    /// `from` (named `me`) sends `signal` to `target`, to its group when
+    /// `group`: the trace line `me: kill(<what><target>, <signal>)`, and the
+    /// delivery after a latency.
+    fn kill_logged(
+        &mut self,
+        (me, from): (&str, Pid),
+        what: &str,
+        target: Pid,
+        group: bool,
+        signal: Signal,
+    ) {
+        let line = format!(
+            "{me}: kill({what}{}, {})",
+            self.name(target),
+            signal.as_str()
+        );
+        self.log(line);
+        self.after_latency(Ev::Deliver {
+            target,
+            group,
+            signal,
+            from: Some(from),
+        });
+    }
+
     pub fn next_time(&self) -> Option<Instant> {
         self.queue.first_key_value().map(|((t, _), _)| *t)
     }
@@ -1888,20 +1913,8 @@ impl Os for SimOs<'_> {
         {
             s.ghost.end = Some(End::KilledByParent);
         }
-        let line = format!(
-            "{}: kill({}{}, {})",
-            me,
-            if group { "group " } else { "" },
-            w.name(target),
-            signal.as_str()
-        );
-        w.log(line);
-        w.after_latency(Ev::Deliver {
-            target,
-            group,
-            signal,
-            from: Some(self.pid),
-        });
+        let what = if group { "group " } else { "" };
+        w.kill_logged((&me, self.pid), what, target, group, signal);
     }
 
     fn signal_escaped(&mut self, signal: Signal) -> usize {
@@ -1933,19 +1946,7 @@ impl Os for SimOs<'_> {
                 origin_running: origin.is_some_and(|o| o != self.pid && w.running(o)),
             });
             let group = signal == Signal::SIGKILL && w.procs[&target].pgid == target;
-            let line = format!(
-                "{}: kill(escaped {}, {})",
-                me,
-                w.name(target),
-                signal.as_str()
-            );
-            w.log(line);
-            w.after_latency(Ev::Deliver {
-                target,
-                group,
-                signal,
-                from: Some(self.pid),
-            });
+            w.kill_logged((&me, self.pid), "escaped ", target, group, signal);
         }
         if !adopted.is_empty() {
             w.cover(Cover::EscapedStopped);
