@@ -241,22 +241,11 @@ pub fn check(header: &Header, steps: &[(Instant, Event, Vec<Effect>)]) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{ExitStatus, Generation, Health};
+    use crate::machine::{ExitStatus, Generation};
 
     fn header() -> Header {
         Header {
-            settings: Settings {
-                generation: Generation::First,
-                upgrade_signal: Signal::SIGHUP,
-                upgrade_timeout: Duration::from_secs(10),
-                shutdown_delay: Duration::ZERO,
-                shutdown_signal: Signal::SIGTERM,
-                shutdown_timeout: Duration::from_secs(2),
-                health: Health::Alive {
-                    timeout: Duration::from_secs(1),
-                },
-                pidfile: true,
-            },
+            settings: crate::machine::tests::settings(Generation::First),
             proxy: false,
             listen: false,
             subreaper: false,

@@ -60,7 +60,7 @@ mod types;
 mod upgrade;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Signals travel by name in traces (`"SIGTERM"`): nix's `Signal` has no serde.
 mod signal_name {

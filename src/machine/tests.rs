@@ -1,46 +1,59 @@
 //! Scenario tests of single transitions; the property tests and the simulation
 //! (`tests/sim`) cover interleavings across generations.
 
+use super::*;
+use crate::Signal;
+use std::time::Duration;
+
+/// The settings the scenarios start from (each module changes what it needs):
+/// also the trace tests' (`crate::trace`).
+pub(crate) fn settings(generation: Generation) -> Settings {
+    Settings {
+        generation,
+        upgrade_signal: Signal::SIGHUP,
+        upgrade_timeout: Duration::from_secs(10),
+        shutdown_delay: Duration::ZERO,
+        shutdown_signal: Signal::SIGTERM,
+        shutdown_timeout: Duration::from_secs(2),
+        health: Health::Alive {
+            timeout: Duration::from_secs(1),
+        },
+        pidfile: true,
+    }
+}
+
+/// `ms` milliseconds after the origin.
+fn t(ms: u64) -> Instant {
+    Instant::from_origin(Duration::from_millis(ms))
+}
+
+/// `secs` seconds after the origin.
+fn at(secs: u64) -> Instant {
+    Instant::from_origin(Duration::from_secs(secs))
+}
+
+/// The effects without the log lines, service-manager notes and upgrade marks.
+fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
+    effects
+        .into_iter()
+        .filter(|e| {
+            !matches!(
+                e,
+                Effect::Log(_)
+                    | Effect::Notify(_)
+                    | Effect::UpgradeBegan(_)
+                    | Effect::UpgradeEnded(_)
+            )
+        })
+        .collect()
+}
+
 mod scenarios {
     //! Scenario tests of single transitions; the simulation (`tests/sim`) covers
     //! interleavings across generations.
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use std::time::Duration;
-
-    fn settings(generation: Generation) -> Settings {
-        Settings {
-            generation,
-            upgrade_signal: Signal::SIGHUP,
-            upgrade_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::ZERO,
-            shutdown_signal: Signal::SIGTERM,
-            shutdown_timeout: Duration::from_secs(2),
-            health: Health::Alive {
-                timeout: Duration::from_secs(1),
-            },
-            pidfile: true,
-        }
-    }
-
-    fn t(ms: u64) -> Instant {
-        Instant::from_origin(Duration::from_millis(ms))
-    }
-
-    fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
-        effects
-            .into_iter()
-            .filter(|e| {
-                !matches!(
-                    e,
-                    Effect::Log(_)
-                        | Effect::Notify(_)
-                        | Effect::UpgradeBegan(_)
-                        | Effect::UpgradeEnded(_)
-                )
-            })
-            .collect()
-    }
 
     const CHILD: ProcId = ProcId(1);
 
@@ -506,7 +519,7 @@ mod proxy {
     //! The proxy's part of the protocol (contract step 7). The rest of the machine is
     //! covered by the property tests and the simulation in `tests/sim`.
 
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use std::time::Duration;
 
@@ -514,19 +527,12 @@ mod proxy {
 
     fn settings(generation: Generation, pidfile: bool) -> Settings {
         Settings {
-            generation,
-            upgrade_signal: Signal::SIGHUP,
             upgrade_timeout: 30 * SEC,
             shutdown_delay: 10 * SEC,
-            shutdown_signal: Signal::SIGTERM,
             shutdown_timeout: 5 * SEC,
-            health: Health::Alive { timeout: SEC },
             pidfile,
+            ..super::settings(generation)
         }
-    }
-
-    fn at(secs: u64) -> Instant {
-        Instant::from_origin(Duration::from_secs(secs))
     }
 
     /// The effects without the log lines and service-manager notes.
@@ -867,7 +873,7 @@ mod decisions {
     //! what a signal from the previous generation means, which probe runs for how
     //! long, whose pidfile goes, which socket files go.
 
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use std::time::Duration;
 
@@ -1016,7 +1022,7 @@ mod readiness {
     //! `[healthcheck.notify]` and `[healthcheck.docker]`: the events that make a
     //! child healthy, and how a child that never was is stopped.
 
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use std::time::Duration;
 
@@ -1024,36 +1030,13 @@ mod readiness {
 
     fn machine(generation: Generation, health: Health) -> Machine {
         let mut m = Machine::new(Settings {
-            generation,
-            upgrade_signal: Signal::SIGHUP,
-            upgrade_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::ZERO,
-            shutdown_signal: Signal::SIGTERM,
             shutdown_timeout: Duration::from_secs(5),
             health,
             pidfile: false,
+            ..super::settings(generation)
         });
         m.step(Instant::ZERO, Event::Started);
         m
-    }
-
-    fn t(ms: u64) -> Instant {
-        Instant::from_origin(Duration::from_millis(ms))
-    }
-
-    fn no_logs(effects: Vec<Effect>) -> Vec<Effect> {
-        effects
-            .into_iter()
-            .filter(|e| {
-                !matches!(
-                    e,
-                    Effect::Log(_)
-                        | Effect::Notify(_)
-                        | Effect::UpgradeBegan(_)
-                        | Effect::UpgradeEnded(_)
-                )
-            })
-            .collect()
     }
 
     fn logs(effects: &[Effect]) -> Vec<&str> {
@@ -1368,7 +1351,7 @@ mod strangers {
     //! does not concern the state it is in, change nothing: the runtime reports
     //! every exit it reaps (psflip is a subreaper), and answers can arrive late.
 
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use std::time::Duration;
 
@@ -1378,19 +1361,13 @@ mod strangers {
 
     fn settings(health: Health) -> Settings {
         Settings {
-            generation: Generation::First,
-            upgrade_signal: Signal::SIGHUP,
             upgrade_timeout: 30 * SEC,
             shutdown_delay: 10 * SEC,
-            shutdown_signal: Signal::SIGTERM,
             shutdown_timeout: 5 * SEC,
             health,
             pidfile: false,
+            ..super::settings(Generation::First)
         }
-    }
-
-    fn at(secs: u64) -> Instant {
-        Instant::from_origin(Duration::from_secs(secs))
     }
 
     fn alive() -> Health {
@@ -1504,7 +1481,7 @@ mod control {
     //! `psflip upgrade` and `psflip status` (the control socket): which requests are
     //! refused, with what answer, and what the status says of each state.
 
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use std::time::Duration;
 
@@ -1513,19 +1490,11 @@ mod control {
 
     fn settings(generation: Generation) -> Settings {
         Settings {
-            generation,
-            upgrade_signal: Signal::SIGHUP,
             upgrade_timeout: 30 * SEC,
-            shutdown_delay: Duration::ZERO,
-            shutdown_signal: Signal::SIGTERM,
             shutdown_timeout: 5 * SEC,
-            health: Health::Alive { timeout: SEC },
             pidfile: false,
+            ..super::settings(generation)
         }
-    }
-
-    fn at(secs: u64) -> Instant {
-        Instant::from_origin(Duration::from_secs(secs))
     }
 
     fn ask(request: Request) -> Event {
@@ -1813,7 +1782,7 @@ mod reasons {
     //! only outcome: the failure reason a successor hands its predecessor, and
     //! the level a child's exit is logged at.
 
-    use super::super::*;
+    use super::*;
     use crate::Signal;
     use crate::log::Level;
     use std::time::Duration;
@@ -1822,19 +1791,11 @@ mod reasons {
 
     fn settings(generation: Generation) -> Settings {
         Settings {
-            generation,
-            upgrade_signal: Signal::SIGHUP,
-            upgrade_timeout: 10 * SEC,
-            shutdown_delay: Duration::ZERO,
-            shutdown_signal: Signal::SIGTERM,
             shutdown_timeout: 5 * SEC,
             health: Health::Notify,
             pidfile: false,
+            ..super::settings(generation)
         }
-    }
-
-    fn at(secs: u64) -> Instant {
-        Instant::from_origin(Duration::from_secs(secs))
     }
 
     /// A successor whose child never becomes healthy, under a predecessor with
