@@ -22,6 +22,9 @@ pub(crate) fn settings(generation: Generation) -> Settings {
     }
 }
 
+const SEC: Duration = Duration::from_secs(1);
+const CHILD: ProcId = ProcId(1);
+
 /// `ms` milliseconds after the origin.
 fn t(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
@@ -52,10 +55,6 @@ mod scenarios {
     //! Scenario tests of single transitions; the simulation (`tests/sim`) covers
     //! interleavings across generations.
     use super::*;
-    use crate::Signal;
-    use std::time::Duration;
-
-    const CHILD: ProcId = ProcId(1);
 
     /// A first generation, serving, child #1 healthy.
     fn serving() -> Machine {
@@ -520,10 +519,6 @@ mod proxy {
     //! covered by the property tests and the simulation in `tests/sim`.
 
     use super::*;
-    use crate::Signal;
-    use std::time::Duration;
-
-    const SEC: Duration = Duration::from_secs(1);
 
     fn settings(generation: Generation, pidfile: bool) -> Settings {
         Settings {
@@ -874,10 +869,6 @@ mod decisions {
     //! long, whose pidfile goes, which socket files go.
 
     use super::*;
-    use crate::Signal;
-    use std::time::Duration;
-
-    const SEC: Duration = Duration::from_secs(1);
 
     fn successor_settings() -> Settings {
         Settings {
@@ -1023,10 +1014,6 @@ mod readiness {
     //! child healthy, and how a child that never was is stopped.
 
     use super::*;
-    use crate::Signal;
-    use std::time::Duration;
-
-    const CHILD: ProcId = ProcId(1);
 
     fn machine(generation: Generation, health: Health) -> Machine {
         let mut m = Machine::new(Settings {
@@ -1352,10 +1339,7 @@ mod strangers {
     //! every exit it reaps (psflip is a subreaper), and answers can arrive late.
 
     use super::*;
-    use crate::Signal;
-    use std::time::Duration;
 
-    const SEC: Duration = Duration::from_secs(1);
     /// Never allocated by the machine in these scenarios.
     const STRANGER: ProcId = ProcId(99);
 
@@ -1482,10 +1466,7 @@ mod control {
     //! refused, with what answer, and what the status says of each state.
 
     use super::*;
-    use crate::Signal;
-    use std::time::Duration;
 
-    const SEC: Duration = Duration::from_secs(1);
     const CLIENT: ClientId = ClientId(7);
 
     fn settings(generation: Generation) -> Settings {
@@ -1783,11 +1764,7 @@ mod reasons {
     //! the level a child's exit is logged at.
 
     use super::*;
-    use crate::Signal;
     use crate::log::Level;
-    use std::time::Duration;
-
-    const SEC: Duration = Duration::from_secs(1);
 
     fn settings(generation: Generation) -> Settings {
         Settings {
