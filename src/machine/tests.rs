@@ -25,6 +25,17 @@ pub(crate) fn settings(generation: Generation) -> Settings {
 const SEC: Duration = Duration::from_secs(1);
 const CHILD: ProcId = ProcId(1);
 
+/// [`settings`] with the longer timeouts and no pidfile of the proxy,
+/// strangers and control scenarios.
+fn long_settings(generation: Generation) -> Settings {
+    Settings {
+        upgrade_timeout: 30 * SEC,
+        shutdown_timeout: 5 * SEC,
+        pidfile: false,
+        ..settings(generation)
+    }
+}
+
 /// `ms` milliseconds after the origin.
 fn t(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
@@ -522,11 +533,9 @@ mod proxy {
 
     fn settings(generation: Generation, pidfile: bool) -> Settings {
         Settings {
-            upgrade_timeout: 30 * SEC,
             shutdown_delay: 10 * SEC,
-            shutdown_timeout: 5 * SEC,
             pidfile,
-            ..super::settings(generation)
+            ..long_settings(generation)
         }
     }
 
@@ -1345,12 +1354,9 @@ mod strangers {
 
     fn settings(health: Health) -> Settings {
         Settings {
-            upgrade_timeout: 30 * SEC,
             shutdown_delay: 10 * SEC,
-            shutdown_timeout: 5 * SEC,
             health,
-            pidfile: false,
-            ..super::settings(Generation::First)
+            ..long_settings(Generation::First)
         }
     }
 
@@ -1469,14 +1475,7 @@ mod control {
 
     const CLIENT: ClientId = ClientId(7);
 
-    fn settings(generation: Generation) -> Settings {
-        Settings {
-            upgrade_timeout: 30 * SEC,
-            shutdown_timeout: 5 * SEC,
-            pidfile: false,
-            ..super::settings(generation)
-        }
-    }
+    use super::long_settings as settings;
 
     fn ask(request: Request) -> Event {
         Event::ControlRequest {
