@@ -541,18 +541,7 @@ mod proxy {
 
     /// The effects without the log lines and service-manager notes.
     fn act(m: &mut Machine, secs: u64, event: Event) -> Vec<Effect> {
-        m.step(at(secs), event)
-            .into_iter()
-            .filter(|e| {
-                !matches!(
-                    e,
-                    Effect::Log(_)
-                        | Effect::Notify(_)
-                        | Effect::UpgradeBegan(_)
-                        | Effect::UpgradeEnded(_)
-                )
-            })
-            .collect()
+        no_logs(m.step(at(secs), event))
     }
 
     fn has(effects: &[Effect], wanted: &Effect) -> bool {
