@@ -222,6 +222,16 @@ comparison() {
     echo "| 6. binary size | $size_mib MiB | $(fmt_size "$baseline") | $(fmt_size "$static_bin") |"
 }
 
+others_note="The shipped build"
+if [ -n "$baseline" ]; then
+    others_note+="; the baseline \`$baseline\`, an earlier commit's release build (before/after)"
+fi
+if [ -n "$static_bin" ]; then
+    others_note+="; the same sources built with \`RUSTFLAGS=\"-C target-feature=+crt-static\"\`"
+    others_note+=" (glibc linked in, no dynamic loader at start-up; not what the project ships)"
+fi
+others_note+="."
+
 # --- BENCHMARKS.md -----------------------------------------------------------------------
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
@@ -277,7 +287,7 @@ $(if [ -n "$static_bin" ] || [ -n "$baseline" ]; then cat <<EOT
 
 ## Other builds, measured by the same benches in the same run
 
-The shipped build; ${baseline:+the baseline \`$baseline\` (an earlier commit's release build: before/after); }${static_bin:+the same sources built with \`RUSTFLAGS="-C target-feature=+crt-static"\` (glibc linked in, no dynamic loader at start-up; not what the project ships).}
+$others_note
 
 $(comparison)
 EOT
