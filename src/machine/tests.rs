@@ -36,6 +36,11 @@ fn long_settings(generation: Generation) -> Settings {
     }
 }
 
+/// The runtime reaped `id`, which ended with `status`.
+fn exited(id: ProcId, status: ExitStatus) -> Event {
+    Event::ProcessExited { id, status }
+}
+
 /// `ms` milliseconds after the origin.
 fn t(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
@@ -106,13 +111,7 @@ mod scenarios {
         // The old child ignores SIGTERM: SIGKILL to its group after the timeout.
         let out = no_logs(m.step(t(5500), Event::Tick));
         assert_eq!(out, vec![kill(CHILD, true)]);
-        let out = no_logs(m.step(
-            t(5501),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Signaled(9),
-            },
-        ));
+        let out = no_logs(m.step(t(5501), exited(CHILD, ExitStatus::Signaled(9))));
         // Exit 0, and the pidfile (the successor's now) is left alone.
         assert_eq!(out, vec![kill(CHILD, true), Effect::Exit(0)]);
     }
@@ -137,13 +136,7 @@ mod scenarios {
     fn failed_upgrade_leaves_the_old_generation_serving() {
         let mut m = serving();
         m.step(t(2000), Event::signal(Signal::SIGHUP));
-        let out = no_logs(m.step(
-            t(2100),
-            Event::ProcessExited {
-                id: ProcId(2),
-                status: ExitStatus::Code(1),
-            },
-        ));
+        let out = no_logs(m.step(t(2100), exited(ProcId(2), ExitStatus::Code(1))));
         // The pidfile is made to name us again (the successor may have written it).
         assert_eq!(out, vec![Effect::WritePidfile]);
         assert!(matches!(m.state(), State::Serving { .. }));
@@ -210,13 +203,7 @@ mod scenarios {
     fn old_child_exiting_mid_upgrade_waits_for_the_outcome() {
         let mut m = serving();
         m.step(t(2000), Event::signal(Signal::SIGHUP));
-        let out = no_logs(m.step(
-            t(2100),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Code(3),
-            },
-        ));
+        let out = no_logs(m.step(t(2100), exited(CHILD, ExitStatus::Code(3))));
         assert_eq!(out, vec![kill(CHILD, true)]);
         let out = no_logs(m.step(t(2200), Event::SuccessorReady { id: ProcId(2) }));
         assert_eq!(out, vec![Effect::Exit(0)]);
@@ -254,13 +241,7 @@ mod scenarios {
         // killed probe, not reaped yet, is killed again).
         let out = no_logs(m.step(t(10_000), Event::Tick));
         assert_eq!(out, vec![kill(ProcId(2), true), kill(CHILD, true)]);
-        let out = no_logs(m.step(
-            t(10_010),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Signaled(9),
-            },
-        ));
+        let out = no_logs(m.step(t(10_010), exited(CHILD, ExitStatus::Signaled(9))));
         assert_eq!(out.last(), Some(&Effect::Exit(1)));
     }
 
@@ -279,13 +260,7 @@ mod scenarios {
         }
         // While serving: the child's status, and the pidfile goes.
         let mut m = serving();
-        let out = no_logs(m.step(
-            t(5000),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Code(0),
-            },
-        ));
+        let out = no_logs(m.step(t(5000), exited(CHILD, ExitStatus::Code(0))));
         assert_eq!(
             out,
             vec![
@@ -409,13 +384,7 @@ mod scenarios {
             let mut m = serving();
             m.step(t(2000), Event::signal(sig));
             let died = ExitStatus::Signaled(sig as i32);
-            let out = m.step(
-                t(2100),
-                Event::ProcessExited {
-                    id: CHILD,
-                    status: died,
-                },
-            );
+            let out = m.step(t(2100), exited(CHILD, died));
             assert_eq!(out.last(), Some(&Effect::Exit(0)), "{sig:?}");
         }
         // Any other end is reported as before: a different signal, or SIGKILL after
@@ -499,13 +468,7 @@ mod scenarios {
             let out = if succeeds {
                 m.step(t(3000), Event::SuccessorReady { id: successor })
             } else {
-                m.step(
-                    t(3000),
-                    Event::ProcessExited {
-                        id: successor,
-                        status: ExitStatus::Code(1),
-                    },
-                )
+                m.step(t(3000), exited(successor, ExitStatus::Code(1)))
             };
             let replies: Vec<_> = out
                 .iter()
@@ -648,14 +611,7 @@ mod proxy {
         assert_eq!(act(&mut m, 4, Event::ProxyDrained), vec![term(1)]);
         assert_eq!(m.deadline(), Some(at(9)), "then shutdown.timeout");
         assert_eq!(
-            act(
-                &mut m,
-                5,
-                Event::ProcessExited {
-                    id: ProcId(1),
-                    status: ExitStatus::Signaled(15)
-                }
-            ),
+            act(&mut m, 5, exited(ProcId(1), ExitStatus::Signaled(15))),
             vec![
                 Effect::Signal {
                     id: ProcId(1),
@@ -673,14 +629,7 @@ mod proxy {
         let mut m = upgrading();
         act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
         assert_eq!(act(&mut m, 13, Event::Tick), vec![term(1)]);
-        let out = act(
-            &mut m,
-            14,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(0),
-            },
-        );
+        let out = act(&mut m, 14, exited(ProcId(1), ExitStatus::Code(0)));
         assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))), "{out:?}");
         assert_eq!(
             m.deadline(),
@@ -695,14 +644,7 @@ mod proxy {
         let mut m = upgrading();
         act(&mut m, 3, Event::SuccessorReady { id: ProcId(2) });
         act(&mut m, 13, Event::Tick);
-        act(
-            &mut m,
-            14,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(0),
-            },
-        );
+        act(&mut m, 14, exited(ProcId(1), ExitStatus::Code(0)));
         assert_eq!(act(&mut m, 17, Event::Tick), vec![]);
         assert_eq!(act(&mut m, 18, Event::Tick), vec![Effect::Exit(0)]);
         assert!(matches!(m.state(), State::Done { .. }));
@@ -719,14 +661,7 @@ mod proxy {
     #[test]
     fn a_failed_upgrade_leaves_the_old_generation_accepting() {
         let mut m = upgrading();
-        let out = act(
-            &mut m,
-            3,
-            Event::ProcessExited {
-                id: ProcId(2),
-                status: ExitStatus::Code(1),
-            },
-        );
+        let out = act(&mut m, 3, exited(ProcId(2), ExitStatus::Code(1)));
         assert_eq!(out, vec![], "no accept change, no socket removal");
         assert!(matches!(m.state(), State::Serving { .. }));
         act(&mut m, 4, Event::signal(Signal::SIGHUP));
@@ -739,14 +674,7 @@ mod proxy {
     #[test]
     fn socket_files_go_when_the_service_stops_for_good() {
         let mut m = serving();
-        let out = act(
-            &mut m,
-            3,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(3),
-            },
-        );
+        let out = act(&mut m, 3, exited(ProcId(1), ExitStatus::Code(3)));
         assert_eq!(
             &out[1..],
             &[Effect::RemoveProxySockets, Effect::Exit(3)],
@@ -756,14 +684,7 @@ mod proxy {
         // Never healthy: the service stops for good too.
         let mut m = Machine::new(settings(Generation::First, false)).with_proxy(true);
         act(&mut m, 0, Event::Started);
-        let out = act(
-            &mut m,
-            0,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(1),
-            },
-        );
+        let out = act(&mut m, 0, exited(ProcId(1), ExitStatus::Code(1)));
         assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
 
         // A successor that took over is the service, once its predecessor is gone.
@@ -771,14 +692,7 @@ mod proxy {
         act(&mut m, 0, Event::Started);
         act(&mut m, 1, Event::Tick);
         act(&mut m, 1, Event::PredecessorExited);
-        let out = act(
-            &mut m,
-            2,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(0),
-            },
-        );
+        let out = act(&mut m, 2, exited(ProcId(1), ExitStatus::Code(0)));
         assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
     }
 
@@ -786,14 +700,7 @@ mod proxy {
     fn a_failed_successor_leaves_the_socket_files_alone() {
         let mut m = Machine::new(settings(Generation::Successor, false)).with_proxy(true);
         act(&mut m, 0, Event::Started);
-        let out = act(
-            &mut m,
-            0,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(1),
-            },
-        );
+        let out = act(&mut m, 0, exited(ProcId(1), ExitStatus::Code(1)));
         assert!(!has(&out, &Effect::RemoveProxySockets), "{out:?}");
         assert!(has(&out, &Effect::Exit(1)));
 
@@ -801,14 +708,7 @@ mod proxy {
         act(&mut m, 0, Event::Started);
         let out = act(&mut m, 30, Event::Tick);
         assert!(!has(&out, &Effect::ProxyAccept), "{out:?}");
-        let out = act(
-            &mut m,
-            31,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Signaled(15),
-            },
-        );
+        let out = act(&mut m, 31, exited(ProcId(1), ExitStatus::Signaled(15)));
         assert!(!has(&out, &Effect::RemoveProxySockets), "{out:?}");
     }
 
@@ -816,22 +716,8 @@ mod proxy {
     fn aborted_upgrade_is_a_final_stop() {
         let mut m = upgrading();
         act(&mut m, 3, Event::signal(Signal::SIGTERM));
-        act(
-            &mut m,
-            4,
-            Event::ProcessExited {
-                id: ProcId(2),
-                status: ExitStatus::Signaled(15),
-            },
-        );
-        let out = act(
-            &mut m,
-            5,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Signaled(15),
-            },
-        );
+        act(&mut m, 4, exited(ProcId(2), ExitStatus::Signaled(15)));
+        let out = act(&mut m, 5, exited(ProcId(1), ExitStatus::Signaled(15)));
         assert!(has(&out, &Effect::RemoveProxySockets), "{out:?}");
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
     }
@@ -848,14 +734,7 @@ mod proxy {
         );
         assert_eq!(act(&mut m, 4, Event::ProxyDrained), vec![]);
         assert_eq!(act(&mut m, 13, Event::Tick), vec![term(1)]);
-        let out = act(
-            &mut m,
-            14,
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: ExitStatus::Code(0),
-            },
-        );
+        let out = act(&mut m, 14, exited(ProcId(1), ExitStatus::Code(0)));
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
         assert!(!has(&out, &Effect::RemoveProxySockets));
     }
@@ -1224,13 +1103,7 @@ mod readiness {
                     group: true
                 }]
             );
-            let out = no_logs(m.step(
-                t(2100),
-                Event::ProcessExited {
-                    id: CHILD,
-                    status: ExitStatus::Signaled(9),
-                },
-            ));
+            let out = no_logs(m.step(t(2100), exited(CHILD, ExitStatus::Signaled(9))));
             // The old generation hears why.
             assert!(
                 matches!(&out[..], [_, Effect::ReportFailure(why), Effect::Exit(1)] if why.contains(reason)),
@@ -1290,13 +1163,7 @@ mod readiness {
         .with_listen(true);
         m.step(t(0), Event::Tick);
         assert_eq!(m.phase(), Phase::Serving);
-        let out = no_logs(m.step(
-            t(10),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Code(0),
-            },
-        ));
+        let out = no_logs(m.step(t(10), exited(CHILD, ExitStatus::Code(0))));
         assert!(out.contains(&Effect::RemoveProxySockets), "{out:?}");
 
         // A handover leaves them to the successor.
@@ -1310,13 +1177,7 @@ mod readiness {
         m.step(t(0), Event::Tick);
         m.step(t(1), Event::signal(Signal::SIGHUP));
         m.step(t(2), Event::SuccessorReady { id: ProcId(2) });
-        let out = no_logs(m.step(
-            t(10),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Signaled(15),
-            },
-        ));
+        let out = no_logs(m.step(t(10), exited(CHILD, ExitStatus::Signaled(15))));
         assert_eq!(
             out,
             vec![
@@ -1387,14 +1248,8 @@ mod strangers {
 
     fn events() -> Vec<Event> {
         vec![
-            Event::ProcessExited {
-                id: STRANGER,
-                status: ExitStatus::Code(0),
-            },
-            Event::ProcessExited {
-                id: STRANGER,
-                status: ExitStatus::Code(1),
-            },
+            exited(STRANGER, ExitStatus::Code(0)),
+            exited(STRANGER, ExitStatus::Code(1)),
             Event::SpawnFailed {
                 id: STRANGER,
                 reason: "no such file".into(),
@@ -1666,13 +1521,7 @@ mod control {
             },
         );
         assert!(replies(&out).is_empty(), "{out:?}");
-        let out = m.step(
-            at(3),
-            Event::ProcessExited {
-                id: ProcId(2),
-                status: ExitStatus::Code(1),
-            },
-        );
+        let out = m.step(at(3), exited(ProcId(2), ExitStatus::Code(1)));
         match &replies(&out)[..] {
             [Reply::UpgradeFailed(why)] => assert!(why.contains(said), "{why}"),
             other => panic!("{other:?}"),
@@ -1708,13 +1557,7 @@ mod control {
         );
         // The old child exits mid-upgrade: no child, so none healthy.
         let status_code = ExitStatus::Code(3);
-        m.step(
-            at(3),
-            Event::ProcessExited {
-                id: ProcId(1),
-                status: status_code,
-            },
-        );
+        m.step(at(3), exited(ProcId(1), status_code));
         let s = status(&mut m, at(3));
         assert_eq!((s.child, s.child_healthy), (None, false));
 
@@ -1722,13 +1565,7 @@ mod control {
         m.step(at(0), Event::Started);
         m.step(at(1), Event::Tick);
         m.step(at(2), Event::signal(Signal::SIGHUP));
-        m.step(
-            at(3),
-            Event::ProcessExited {
-                id: ProcId(2),
-                status: ExitStatus::Code(1),
-            },
-        );
+        m.step(at(3), exited(ProcId(2), ExitStatus::Code(1)));
         let s = status(&mut m, at(3));
         assert_eq!((s.phase, s.upgrade_in_flight), ("serving", false));
         assert!(
@@ -1775,13 +1612,7 @@ mod reasons {
             m.step(at(0), Event::Started);
             assert_eq!(m.deadline(), Some(at(due)), "bound {bound}");
             m.step(at(due), Event::Tick);
-            let out = m.step(
-                at(due),
-                Event::ProcessExited {
-                    id: ProcId(1),
-                    status: ExitStatus::Signaled(9),
-                },
-            );
+            let out = m.step(at(due), exited(ProcId(1), ExitStatus::Signaled(9)));
             let reason = out
                 .iter()
                 .find_map(|e| match e {
