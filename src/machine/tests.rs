@@ -184,7 +184,6 @@ mod scenarios {
         );
         // A late "ready" changes nothing.
         assert!(no_logs(m.step(t(2150), Event::SuccessorReady { id: ProcId(2) })).is_empty());
-        let exited = |id, status| Event::ProcessExited { id, status };
         m.step(t(2200), exited(CHILD, ExitStatus::Signaled(15)));
         let out = no_logs(m.step(t(2300), exited(ProcId(2), ExitStatus::Code(143))));
         // The pidfile goes: ours, or the successor's if it wrote it before it died.
@@ -286,7 +285,6 @@ mod scenarios {
             m.step(t(2500), Event::SuccessorReady { id: successor });
             // (shutdown.delay 0: the old child has its SIGTERM already.)
             m.step(t(2600), Event::signal(Signal::SIGTERM));
-            let exited = |id, status| Event::ProcessExited { id, status };
             let out = no_logs(m.step(t(2700), exited(CHILD, ExitStatus::Signaled(15))));
             assert!(
                 !out.iter().any(|e| matches!(e, Effect::Exit(_))),
@@ -340,7 +338,6 @@ mod scenarios {
                 },
             ]
         );
-        let exited = |id, status| Event::ProcessExited { id, status };
         let out = no_logs(m.step(t(2700), exited(successor, ExitStatus::Code(0))));
         // Nothing taken back; a pidfile still naming the new generation goes.
         let gone = Effect::RemovePidfile {
