@@ -11,6 +11,23 @@ use rstest::rstest;
 
 use crate::util::*;
 
+/// A sandbox serving the fixture: the sandbox, its configuration, psflip and
+/// its child.
+fn serving_fixture(name: &str) -> (Sandbox, Conf, Psflip, i32) {
+    let sb = Sandbox::new(name);
+    let conf = Conf::fixture(&sb, &[]);
+    let (p, c1) = serve(&sb, &conf);
+    (sb, conf, p, c1)
+}
+
+/// An upgrade by SIGHUP to `conf`: the successor and its child.
+fn sighup_to(sb: &Sandbox, p: &Psflip, conf: &Conf) -> (i32, i32) {
+    sb.config(conf);
+    p.signal(Signal::SIGHUP);
+    let s = sb.successor_of(p.pid);
+    (s, sb.child_of(s))
+}
+
 /// I3 after a failed upgrade, then an upgrade by signal (`util::recovers_by`).
 fn recovers(sb: &Sandbox, p: &mut Psflip, c1: i32, conf: &Conf) {
     recovers_by(sb, p, c1, conf, |sb, p| sb.upgrade(p.pid));
@@ -93,13 +110,8 @@ fn an_upgrade_without_a_pidfile() {
 
 #[test]
 fn b_new_child_exits_before_healthy() {
-    let sb = Sandbox::new("b_new_child_exits_before_healthy");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&conf.clone().alive("1s").exits("50", "4"));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) = serving_fixture("b_new_child_exits_before_healthy");
+    let (s, c2) = sighup_to(&sb, &p, &conf.clone().alive("1s").exits("50", "4"));
     sb.must_log(p.pid, "upgrade failed: the successor exited (exit code 4)");
     sb.must_log(s, "before it became healthy");
     assert!(!alive(s) && !alive(c2));
@@ -108,13 +120,8 @@ fn b_new_child_exits_before_healthy() {
 
 #[test]
 fn c_new_child_not_healthy_within_upgrade_timeout() {
-    let sb = Sandbox::new("c_new_child_not_healthy_within_upgrade_timeout");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&never_healthy(&conf));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) = serving_fixture("c_new_child_not_healthy_within_upgrade_timeout");
+    let (s, c2) = sighup_to(&sb, &p, &never_healthy(&conf));
     sb.must_log(p.pid, "upgrade failed: the successor exited (exit code 1)");
     sb.must_log(s, "did not become healthy within upgrade.timeout");
     sb.must_log(s, "stopping it");
@@ -130,13 +137,8 @@ fn c_new_child_not_healthy_within_upgrade_timeout() {
 
 #[test]
 fn d_successor_crashes_before_ready() {
-    let sb = Sandbox::new("d_successor_crashes_before_ready");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&conf.clone().alive("2s"));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) = serving_fixture("d_successor_crashes_before_ready");
+    let (s, c2) = sighup_to(&sb, &p, &conf.clone().alive("2s"));
     sb.must_start(c2);
     signal(s, Signal::SIGKILL);
     sb.must_log(
@@ -183,9 +185,7 @@ fn e_hung_successor_is_killed_after_upgrade_timeout_plus_5s() {
 
 #[test]
 fn f_invalid_new_configuration() {
-    let sb = Sandbox::new("f_invalid_new_configuration");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) = serving_fixture("f_invalid_new_configuration");
     sb.write("psflip.toml", &format!("{}bogus = 1\n", conf.render()));
     p.signal(Signal::SIGHUP);
     let s = sb.successor_of(p.pid);
@@ -305,13 +305,9 @@ fn h_upgrade_signal_to_a_successor_not_yet_ready_is_ignored() {
 
 #[test]
 fn i_old_child_exits_during_an_upgrade_that_then_succeeds() {
-    let sb = Sandbox::new("i_old_child_exits_during_an_upgrade_that_then_succeeds");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&conf.clone().alive("1s"));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) =
+        serving_fixture("i_old_child_exits_during_an_upgrade_that_then_succeeds");
+    let (s, c2) = sighup_to(&sb, &p, &conf.clone().alive("1s"));
     sb.must_start(c2);
     signal(c1, Signal::SIGKILL);
     sb.must_log(p.pid, "during the upgrade; waiting for its outcome");
@@ -335,13 +331,9 @@ fn i_old_child_exits_during_an_upgrade_that_then_succeeds() {
 
 #[test]
 fn i_old_child_exits_during_an_upgrade_that_then_fails() {
-    let sb = Sandbox::new("i_old_child_exits_during_an_upgrade_that_then_fails");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&conf.clone().alive("2s").exits("800", "4"));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) =
+        serving_fixture("i_old_child_exits_during_an_upgrade_that_then_fails");
+    let (_, c2) = sighup_to(&sb, &p, &conf.clone().alive("2s").exits("800", "4"));
     sb.must_start(c2);
     signal(c1, Signal::SIGKILL);
     sb.must_log(p.pid, "during the upgrade; waiting for its outcome");
@@ -365,13 +357,8 @@ fn i_old_child_exits_during_an_upgrade_that_then_fails() {
 fn j_old_psflip_sigkilled_during_an_upgrade() {
     // The Go original's successor stopped its healthy child and exited: a full
     // outage, with a pidfile naming a dead pid.
-    let sb = Sandbox::new("j_old_psflip_sigkilled_during_an_upgrade");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&conf.clone().alive("1s"));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) = serving_fixture("j_old_psflip_sigkilled_during_an_upgrade");
+    let (s, c2) = sighup_to(&sb, &p, &conf.clone().alive("1s"));
     sb.must_start(c2);
     p.signal(Signal::SIGKILL);
     assert_eq!(sb.wait_exit(&mut p, T), 137);
@@ -396,13 +383,9 @@ fn k_termination_signal_to_the_old_psflip_aborts_the_upgrade(
     #[case] name: &str,
 ) {
     // The Go original let the successor and its child run on.
-    let sb = Sandbox::new("k_termination_signal_to_the_old_psflip_aborts_the_upgrade");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
-    sb.config(&conf.clone().alive("2s"));
-    p.signal(Signal::SIGHUP);
-    let s = sb.successor_of(p.pid);
-    let c2 = sb.child_of(s);
+    let (sb, conf, mut p, c1) =
+        serving_fixture("k_termination_signal_to_the_old_psflip_aborts_the_upgrade");
+    let (s, c2) = sighup_to(&sb, &p, &conf.clone().alive("2s"));
     sb.must_start(c2);
     p.signal(sig);
     assert_eq!(
@@ -427,9 +410,8 @@ fn k_termination_signal_to_the_old_psflip_aborts_the_upgrade(
 
 #[test]
 fn i1_old_child_untouched_until_a_slow_healthcheck_passes() {
-    let sb = Sandbox::new("i1_old_child_untouched_until_a_slow_healthcheck_passes");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) =
+        serving_fixture("i1_old_child_untouched_until_a_slow_healthcheck_passes");
     let ready = sb.path("ready");
     let probe = [
         "sh".to_string(),
