@@ -14,9 +14,18 @@ use crate::util::*;
 /// A sandbox serving the fixture: the sandbox, its configuration, psflip and
 /// its child.
 fn serving_fixture(name: &str) -> (Sandbox, Conf, Psflip, i32) {
+    serving_fixture_as(name, |c| c)
+}
+
+/// [`serving_fixture`], serving the fixture's configuration changed by
+/// `first` (the configuration returned is the fixture's own).
+fn serving_fixture_as(
+    name: &str,
+    first: impl FnOnce(Conf) -> Conf,
+) -> (Sandbox, Conf, Psflip, i32) {
     let sb = Sandbox::new(name);
     let conf = Conf::fixture(&sb, &[]);
-    let (p, c1) = serve(&sb, &conf);
+    let (p, c1) = serve(&sb, &first(conf.clone()));
     (sb, conf, p, c1)
 }
 
@@ -257,16 +266,11 @@ fn g_upgrade_signal_while_an_upgrade_is_in_flight_is_ignored() {
 
 #[test]
 fn h_upgrade_signal_to_a_successor_not_yet_ready_is_ignored() {
-    let sb = Sandbox::new("h_upgrade_signal_to_a_successor_not_yet_ready_is_ignored");
-    let conf = Conf::fixture(&sb, &[]);
     // The old child ignores SIGTERM, so its generation is still stopping for a
     // while after the successor took over.
-    let (mut p, c1) = serve(
-        &sb,
-        &conf
-            .clone()
-            .env("CHILD_IGNORE_TERM", "1")
-            .shutdown_timeout("2s"),
+    let (sb, conf, mut p, c1) = serving_fixture_as(
+        "h_upgrade_signal_to_a_successor_not_yet_ready_is_ignored",
+        |c| c.env("CHILD_IGNORE_TERM", "1").shutdown_timeout("2s"),
     );
     sb.config(&conf.clone().alive("1s"));
     p.signal(Signal::SIGHUP);
@@ -454,15 +458,13 @@ fn i1_old_child_untouched_until_a_slow_healthcheck_passes() {
 
 #[test]
 fn i4_old_child_ignoring_sigterm_is_killed_after_shutdown_timeout() {
-    let sb = Sandbox::new("i4_old_child_ignoring_sigterm_is_killed_after_shutdown_timeout");
-    let conf = Conf::fixture(&sb, &[]);
-    let (mut p, c1) = serve(
-        &sb,
-        &conf
-            .clone()
-            .env("CHILD_IGNORE_TERM", "1")
-            .env("CHILD_BG", "1")
-            .shutdown_timeout("600ms"),
+    let (sb, conf, mut p, c1) = serving_fixture_as(
+        "i4_old_child_ignoring_sigterm_is_killed_after_shutdown_timeout",
+        |c| {
+            c.env("CHILD_IGNORE_TERM", "1")
+                .env("CHILD_BG", "1")
+                .shutdown_timeout("600ms")
+        },
     );
     let bg = sb.wait_for(T, "the background job", || {
         sb.events()
