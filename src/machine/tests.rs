@@ -41,6 +41,14 @@ fn exited(id: ProcId, status: ExitStatus) -> Event {
     Event::ProcessExited { id, status }
 }
 
+/// A machine on `settings`, started at 0, its child found healthy at 1 s.
+fn healthy_at_1s(settings: Settings) -> Machine {
+    let mut m = Machine::new(settings);
+    m.step(t(0), Event::Started);
+    m.step(t(1000), Event::Tick);
+    m
+}
+
 /// `ms` milliseconds after the origin.
 fn t(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
@@ -311,12 +319,10 @@ mod scenarios {
     /// the new generation gets it too, and is not taken back when it exits.
     #[test]
     fn termination_after_the_handover_reaches_the_new_generation() {
-        let mut m = Machine::new(Settings {
+        let mut m = healthy_at_1s(Settings {
             shutdown_delay: Duration::from_secs(3),
             ..settings(Generation::First)
         });
-        m.step(t(0), Event::Started);
-        m.step(t(1000), Event::Tick);
         m.step(t(1000), Event::PidfileWritten);
         m.step(t(2000), Event::signal(Signal::SIGHUP));
         let successor = ProcId(2);
@@ -355,12 +361,10 @@ mod scenarios {
     /// when the child died of that signal.
     #[test]
     fn a_ready_successor_told_to_stop_gives_its_child_shutdown_timeout() {
-        let mut m = Machine::new(Settings {
+        let mut m = healthy_at_1s(Settings {
             shutdown_timeout: Duration::from_secs(5),
             ..settings(Generation::Successor)
         });
-        m.step(t(0), Event::Started);
-        m.step(t(1000), Event::Tick);
         let out = m.step(t(1000), Event::PidfileWritten);
         assert!(out.contains(&Effect::ReportReady), "{out:?}");
         let (signal, from) = (Signal::SIGTERM, Sender::Predecessor);
