@@ -1153,8 +1153,9 @@ mod readiness {
         );
     }
 
-    #[test]
-    fn listen_socket_files_go_only_when_the_service_stops_for_good() {
+    /// A first generation with inherited listen sockets, its child healthy at
+    /// once.
+    fn listening_and_serving() -> Machine {
         let mut m = machine(
             Generation::First,
             Health::Alive {
@@ -1163,19 +1164,18 @@ mod readiness {
         )
         .with_listen(true);
         m.step(t(0), Event::Tick);
+        m
+    }
+
+    #[test]
+    fn listen_socket_files_go_only_when_the_service_stops_for_good() {
+        let mut m = listening_and_serving();
         assert_eq!(m.phase(), Phase::Serving);
         let out = no_logs(m.step(t(10), exited(CHILD, ExitStatus::Code(0))));
         assert!(out.contains(&Effect::RemoveProxySockets), "{out:?}");
 
         // A handover leaves them to the successor.
-        let mut m = machine(
-            Generation::First,
-            Health::Alive {
-                timeout: Duration::ZERO,
-            },
-        )
-        .with_listen(true);
-        m.step(t(0), Event::Tick);
+        let mut m = listening_and_serving();
         m.step(t(1), Event::signal(Signal::SIGHUP));
         m.step(t(2), Event::SuccessorReady { id: ProcId(2) });
         let out = no_logs(m.step(t(10), exited(CHILD, ExitStatus::Signaled(15))));
