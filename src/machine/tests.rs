@@ -49,6 +49,11 @@ fn healthy_at_1s(settings: Settings) -> Machine {
     m
 }
 
+/// The effect: `signal` to `id` (to its process group when `group`).
+fn signalled(id: ProcId, signal: Signal, group: bool) -> Effect {
+    Effect::Signal { id, signal, group }
+}
+
 /// `ms` milliseconds after the origin.
 fn t(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
@@ -108,14 +113,7 @@ mod scenarios {
         // Nothing happens to the old child while the successor starts.
         assert!(no_logs(m.step(t(3000), Event::Tick)).is_empty());
         let out = no_logs(m.step(t(3500), Event::SuccessorReady { id: successor }));
-        assert_eq!(
-            out,
-            vec![Effect::Signal {
-                id: CHILD,
-                signal: Signal::SIGTERM,
-                group: false
-            }]
-        );
+        assert_eq!(out, vec![signalled(CHILD, Signal::SIGTERM, false)]);
         // The old child ignores SIGTERM: SIGKILL to its group after the timeout.
         let out = no_logs(m.step(t(5500), Event::Tick));
         assert_eq!(out, vec![kill(CHILD, true)]);
@@ -178,16 +176,8 @@ mod scenarios {
         assert_eq!(
             out,
             vec![
-                Effect::Signal {
-                    id: ProcId(2),
-                    signal: Signal::SIGTERM,
-                    group: false
-                },
-                Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGTERM,
-                    group: false
-                },
+                signalled(ProcId(2), Signal::SIGTERM, false),
+                signalled(CHILD, Signal::SIGTERM, false),
             ]
         );
         // A late "ready" changes nothing.
@@ -332,16 +322,8 @@ mod scenarios {
         assert_eq!(
             out,
             vec![
-                Effect::Signal {
-                    id: successor,
-                    signal: Signal::SIGTERM,
-                    group: false
-                },
-                Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGTERM,
-                    group: false
-                },
+                signalled(successor, Signal::SIGTERM, false),
+                signalled(CHILD, Signal::SIGTERM, false),
             ]
         );
         let out = no_logs(m.step(t(2700), exited(successor, ExitStatus::Code(0))));
@@ -540,11 +522,7 @@ mod proxy {
     }
 
     fn term(id: u64) -> Effect {
-        Effect::Signal {
-            id: ProcId(id),
-            signal: Signal::SIGTERM,
-            group: false,
-        }
+        signalled(ProcId(id), Signal::SIGTERM, false)
     }
 
     /// The log lines of a step.
@@ -613,14 +591,7 @@ mod proxy {
         assert_eq!(m.deadline(), Some(at(9)), "then shutdown.timeout");
         assert_eq!(
             act(&mut m, 5, exited(ProcId(1), ExitStatus::Signaled(15))),
-            vec![
-                Effect::Signal {
-                    id: ProcId(1),
-                    signal: Signal::SIGKILL,
-                    group: true
-                },
-                Effect::Exit(0)
-            ],
+            vec![signalled(ProcId(1), Signal::SIGKILL, true), Effect::Exit(0)],
             "drained and the child gone: exit 0, socket files kept"
         );
     }
@@ -790,11 +761,7 @@ mod decisions {
         let mut m = took_over();
         let out = m.step(at(1001), Event::signal(Signal::SIGTERM));
         assert_eq!(m.phase(), Phase::Serving);
-        assert!(out.contains(&Effect::Signal {
-            id: ProcId(1),
-            signal: Signal::SIGTERM,
-            group: false
-        }));
+        assert!(out.contains(&signalled(ProcId(1), Signal::SIGTERM, false)));
         // And once the predecessor has exited, its signal is anyone's.
         let mut m = took_over();
         m.step(at(1001), Event::PredecessorExited);
@@ -967,14 +934,7 @@ mod readiness {
         let mut m = machine(Generation::Successor, Health::Notify);
         assert!(no_logs(m.step(t(9_999), Event::Tick)).is_empty());
         let out = no_logs(m.step(t(10_000), Event::Tick));
-        assert_eq!(
-            out,
-            vec![Effect::Signal {
-                id: CHILD,
-                signal: Signal::SIGKILL,
-                group: true
-            }]
-        );
+        assert_eq!(out, vec![signalled(CHILD, Signal::SIGKILL, true)]);
     }
 
     #[test]
@@ -1087,22 +1047,11 @@ mod readiness {
             );
             // shutdown.signal to the docker client (it stops its container), not
             // SIGKILL; SIGKILL to its group after min(shutdown.timeout, grace).
-            assert_eq!(
-                no_logs(out),
-                vec![Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGTERM,
-                    group: false
-                }]
-            );
+            assert_eq!(no_logs(out), vec![signalled(CHILD, Signal::SIGTERM, false)]);
             assert_eq!(m.deadline(), Some(t(50) + GIVE_UP_GRACE));
             assert_eq!(
                 no_logs(m.step(t(50) + GIVE_UP_GRACE, Event::Tick)),
-                vec![Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGKILL,
-                    group: true
-                }]
+                vec![signalled(CHILD, Signal::SIGKILL, true)]
             );
             let out = no_logs(m.step(t(2100), exited(CHILD, ExitStatus::Signaled(9))));
             // The old generation hears why.
@@ -1144,11 +1093,7 @@ mod readiness {
             no_logs(out),
             vec![
                 Effect::AbandonInspection,
-                Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGTERM,
-                    group: false
-                }
+                signalled(CHILD, Signal::SIGTERM, false)
             ]
         );
     }
@@ -1181,14 +1126,7 @@ mod readiness {
         let out = no_logs(m.step(t(10), exited(CHILD, ExitStatus::Signaled(15))));
         assert_eq!(
             out,
-            vec![
-                Effect::Signal {
-                    id: CHILD,
-                    signal: Signal::SIGKILL,
-                    group: true
-                },
-                Effect::Exit(0)
-            ]
+            vec![signalled(CHILD, Signal::SIGKILL, true), Effect::Exit(0)]
         );
     }
 }
