@@ -76,6 +76,22 @@ pub fn wait_for<V>(timeout: Duration, mut f: impl FnMut() -> Option<V>) -> Optio
     }
 }
 
+/// For the `Drop` of a guard over real components (a private systemd, a runsv
+/// service): unless the test already tore them down (`done`), `teardown` and
+/// say on stderr what it had to clean up (`what` names the guard).
+pub fn teardown_on_drop<T: std::fmt::Debug>(
+    done: bool,
+    what: &str,
+    teardown: impl FnOnce() -> Vec<T>,
+) {
+    if !done {
+        let left = teardown();
+        if !left.is_empty() {
+            eprintln!("{what}: left behind: {left:?}");
+        }
+    }
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -149,12 +149,7 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if !self.done {
-            let left = self.stop();
-            if !left.is_empty() {
-                eprintln!("runit test: killed what was left: {left:?}");
-            }
-        }
+        common::teardown_on_drop(self.done, "runit test (killed)", || self.stop());
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

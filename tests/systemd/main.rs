@@ -343,12 +343,7 @@ impl Systemd {
 
 impl Drop for Systemd {
     fn drop(&mut self) {
-        if !self.down {
-            let left = self.teardown();
-            if !left.is_empty() {
-                eprintln!("systemd test teardown: left behind: {left:?}");
-            }
-        }
+        common::teardown_on_drop(self.down, "systemd test teardown", || self.teardown());
     }
 }
 
