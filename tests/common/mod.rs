@@ -76,6 +76,19 @@ pub fn wait_for<V>(timeout: Duration, mut f: impl FnMut() -> Option<V>) -> Optio
     }
 }
 
+/// A suite that needs what this machine lacks says so loudly on stderr (the
+/// caller then returns); under CI (`CI=true`) that is a failure.
+pub fn skipped(suite: &str, why: &str) {
+    eprintln!(
+        "\n{0}\nSKIPPED: {suite} cannot run here: {why}\n{0}\n",
+        "#".repeat(72)
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: {suite} must run ({why})"
+    );
+}
+
 /// For the `Drop` of a guard over real components (a private systemd, a runsv
 /// service): unless the test already tore them down (`done`), `teardown` and
 /// say on stderr what it had to clean up (`what` names the guard).
