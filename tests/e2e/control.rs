@@ -219,6 +219,15 @@ fn fixture_conf(sb: &Sandbox) -> Conf {
     Conf::fixture(sb, &[]).shutdown_timeout("5s")
 }
 
+/// A sandbox serving [`fixture_conf`]: the sandbox, that configuration,
+/// psflip and its child.
+fn serving(name: &str) -> (Sandbox, Conf, Psflip, i32) {
+    let sb = Sandbox::new(name);
+    let conf = fixture_conf(&sb);
+    let (p, c1) = serve(&sb, &conf);
+    (sb, conf, p, c1)
+}
+
 /// The fixture's probe: healthy once the file `ready` in the sandbox exists.
 fn probe_until_ready(sb: &Sandbox) -> (Vec<String>, PathBuf) {
     let ready = sb.path("ready");
@@ -317,9 +326,8 @@ fn status_and_upgrade_work_without_a_pidfile() {
 
 #[test]
 fn status_of_a_running_psflip_before_during_and_after_an_upgrade() {
-    let sb = Sandbox::new("status_of_a_running_psflip_before_during_and_after_an_upgrade");
-    let conf = fixture_conf(&sb);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) =
+        serving("status_of_a_running_psflip_before_during_and_after_an_upgrade");
 
     // Serving.
     let st = status(&sb);
@@ -438,9 +446,7 @@ fn upgrade_reports_the_new_generation_and_the_old_one_stops() {
 
 #[test]
 fn upgrade_fails_when_the_new_child_exits_before_healthy() {
-    let sb = Sandbox::new("upgrade_fails_when_the_new_child_exits_before_healthy");
-    let conf = fixture_conf(&sb);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) = serving("upgrade_fails_when_the_new_child_exits_before_healthy");
     sb.config(&conf.clone().alive("1s").exits("50", "4"));
     let why = upgrade_fails(&sb);
     assert_failed(
@@ -473,9 +479,8 @@ fn upgrade_fails_when_the_new_child_exits_before_healthy() {
 
 #[test]
 fn upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout() {
-    let sb = Sandbox::new("upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout");
-    let conf = fixture_conf(&sb);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) =
+        serving("upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout");
     sb.config(&never_healthy(&conf));
     let why = upgrade_fails(&sb);
     assert_failed(
@@ -490,9 +495,7 @@ fn upgrade_fails_when_the_new_child_is_not_healthy_within_upgrade_timeout() {
 
 #[test]
 fn upgrade_with_a_configuration_the_cli_cannot_read_exits_2_and_asks_nothing() {
-    let sb = Sandbox::new("upgrade_with_a_configuration_the_cli_cannot_read_exits_2");
-    let conf = fixture_conf(&sb);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) = serving("upgrade_with_a_configuration_the_cli_cannot_read_exits_2");
     sb.write("psflip.toml", &format!("{}bogus = 1\n", conf.render()));
     let r = run(&sb, &["upgrade"]);
     assert_eq!(r.code, 2, "{r:?}");
@@ -523,9 +526,8 @@ fn upgrade_with_a_configuration_the_cli_cannot_read_exits_2_and_asks_nothing() {
 fn upgrade_with_a_configuration_invalid_only_in_the_services_environment() {
     // Valid in the operator's shell (E2E_UT is set there), invalid for the
     // successor, which inherits the service's environment (E2E_UT unset).
-    let sb = Sandbox::new("upgrade_with_a_configuration_invalid_only_in_the_services_env");
-    let conf = fixture_conf(&sb);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) =
+        serving("upgrade_with_a_configuration_invalid_only_in_the_services_env");
     sb.config(&conf.clone().upgrade_timeout("{{ Env \"E2E_UT\" }}"));
     let r = cli_with(&sb, &["upgrade"], |c| {
         c.env("E2E_UT", "3s");
@@ -604,9 +606,8 @@ fn upgrade_fails_when_the_binary_is_missing() {
 
 #[test]
 fn upgrade_aborted_by_a_termination_signal_reports_the_failure() {
-    let sb = Sandbox::new("upgrade_aborted_by_a_termination_signal_reports_the_failure");
-    let conf = fixture_conf(&sb);
-    let (mut p, c1) = serve(&sb, &conf);
+    let (sb, conf, mut p, c1) =
+        serving("upgrade_aborted_by_a_termination_signal_reports_the_failure");
     let (probe, _ready) = probe_until_ready(&sb);
     sb.config(&conf.clone().probe(&probe, "100ms").upgrade_timeout("10s"));
     let pending = cli(&sb, &["upgrade"]);
