@@ -1469,6 +1469,19 @@ mod control {
         assert!(last.contains(said), "{last}");
     }
 
+    /// A successor serves while its predecessor still stops its child: the
+    /// status says so until the predecessor has exited.
+    #[test]
+    fn a_successor_drains_its_predecessor_then_serves() {
+        let mut m = Machine::new(settings(Generation::Successor));
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        assert_eq!(m.phase(), Phase::Serving);
+        assert_eq!(status(&mut m, at(1)).phase, "draining previous");
+        m.step(at(2), Event::PredecessorExited);
+        assert_eq!(status(&mut m, at(2)).phase, "serving");
+    }
+
     /// What `psflip status` says follows what happened: which child runs, whether
     /// it passed its check, whether an upgrade is in flight and how the last
     /// one ended.
