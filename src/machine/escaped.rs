@@ -258,6 +258,32 @@ mod tests {
         assert_eq!(m.deadline(), Some(t(2100)));
     }
 
+    /// `psflip status` is still answered while the exit waits for escaped
+    /// processes.
+    #[test]
+    fn control_clients_are_answered_while_sweeping() {
+        let (mut m, _) = exiting();
+        m.step(t(100), Event::EscapedSignalled { count: 1 });
+        let out = m.step(
+            t(200),
+            Event::ControlRequest {
+                client: ClientId(3),
+                request: Request::Status,
+                from: None,
+            },
+        );
+        assert!(
+            matches!(
+                &out[..],
+                [Effect::Reply {
+                    client: ClientId(3),
+                    reply: Reply::Status(_)
+                }]
+            ),
+            "{out:?}"
+        );
+    }
+
     /// Orphans adopted after the SIGKILL round (a dead successor's subtree
     /// arrives late) get SIGKILL too, at once: the deadline has passed.
     #[test]

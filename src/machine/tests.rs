@@ -1234,6 +1234,47 @@ mod strangers {
         assert_eq!(m.timers().next(), m.deadline());
     }
 
+    /// A real-time signal (no name, only a number) reaches the child as any
+    /// other signal does.
+    #[test]
+    fn a_real_time_signal_is_passed_on_to_the_child() {
+        let mut m = Machine::new(settings(alive()));
+        m.step(at(0), Event::Started);
+        let out = m.step(at(0), Event::RealtimeSignalReceived(40));
+        assert_eq!(
+            out,
+            vec![Effect::SignalRealtime {
+                id: ProcId(1),
+                signo: 40
+            }]
+        );
+    }
+
+    /// After it exits, a generation still says whether it handed the service
+    /// over: yes after a successful upgrade, no after its child died.
+    #[test]
+    fn an_exited_generation_says_whether_it_handed_over() {
+        let mut s = settings(alive());
+        s.shutdown_delay = Duration::ZERO;
+        let mut m = Machine::new(s);
+        m.step(at(0), Event::Started);
+        m.step(at(1), Event::Tick);
+        let mut crashed = m.clone();
+        m.step(at(2), Event::signal(Signal::SIGHUP));
+        m.step(at(3), Event::SuccessorReady { id: ProcId(2) });
+        let exited = |id| Event::ProcessExited {
+            id: ProcId(id),
+            status: ExitStatus::Code(0),
+        };
+        let out = m.step(at(4), exited(1));
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+        assert_eq!(m.phase(), Phase::Done);
+        assert!(m.handed_over());
+        crashed.step(at(4), exited(1));
+        assert_eq!(crashed.phase(), Phase::Done);
+        assert!(!crashed.handed_over());
+    }
+
     /// Without a `[[proxy]]` there are no proxied connections: a drained report
     /// (which the runtime never sends then) cannot cut `shutdown.delay` short.
     #[test]
