@@ -832,7 +832,11 @@ mod tests {
         let (mut r, w) = pipe();
         let (mut r2, w2) = pipe();
         let keep = w2.into_raw_fd();
-        let script = format!("echo \"$PSFLIP_READY_FD $X\" >&$PSFLIP_READY_FD; echo kept >&{keep}");
+        // Through /proc/self/fd: dash's `>&N` takes one digit only, and with
+        // the other tests' fds open these are often 10 or more.
+        let script = format!(
+            "echo \"$PSFLIP_READY_FD $X\" >/proc/self/fd/$PSFLIP_READY_FD; echo kept >/proc/self/fd/{keep}"
+        );
         let args = [OsString::from("-c"), OsString::from(script)];
         let pid = successor(
             Path::new("/bin/sh"),
