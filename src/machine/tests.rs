@@ -1697,6 +1697,44 @@ mod reasons {
         }
     }
 
+    /// A check command that cannot start is a failed run: said so, and the
+    /// next run starts `interval` after this one was due.
+    #[test]
+    fn a_check_that_cannot_start_is_retried_at_the_next_interval() {
+        let mut s = settings(Generation::First);
+        s.health = Health::Command {
+            kind: ProbeKind::Command,
+            after: Duration::ZERO,
+            interval: SEC,
+        };
+        let mut m = Machine::new(s);
+        m.step(at(0), Event::Started);
+        m.step(at(0), Event::Tick);
+        let out = m.step(
+            at(0),
+            Event::SpawnFailed {
+                id: ProcId(2),
+                reason: "No such file or directory".into(),
+            },
+        );
+        assert!(
+            out.iter().any(|e| matches!(e, Effect::Log(l) if l.contains("cannot start the healthcheck command"))),
+            "{out:?}"
+        );
+        assert_eq!(m.deadline(), Some(at(1)));
+        let out = m.step(at(1), Event::Tick);
+        assert!(
+            out.iter().any(|e| matches!(
+                e,
+                Effect::Spawn {
+                    id: ProcId(3),
+                    role: Role::Probe { .. }
+                }
+            )),
+            "{out:?}"
+        );
+    }
+
     /// A "ready" from the successor after the upgrade was aborted changes
     /// nothing, and the log says it came too late.
     #[test]
