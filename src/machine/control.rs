@@ -74,7 +74,7 @@ impl Machine {
     pub fn status(&self) -> Status {
         let (phase, requested) = match &self.state {
             // Exiting, once escaped processes are gone.
-            _ if self.sweeping() => ("stopping", false),
+            State::Sweeping(_) => ("stopping", false),
             State::Booting => ("starting", false),
             State::Starting {
                 upgrade_requested, ..
@@ -111,11 +111,9 @@ impl Machine {
         out: &mut Vec<Effect>,
     ) -> Result<(), &'static str> {
         let first = self.lineage == Lineage::First;
-        if self.sweeping() {
-            // The exit waits for escaped processes: the service is ending.
-            return Err("this generation is stopping");
-        }
         match &mut self.state {
+            // The exit waits for escaped processes: the service is ending.
+            State::Sweeping(_) => Err("this generation is stopping"),
             State::Serving { .. } => {
                 if let Lineage::Successor {
                     predecessor: Predecessor::Running,

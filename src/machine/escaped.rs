@@ -20,18 +20,22 @@
 
 use std::time::Duration;
 
-use super::{Effect, Event, Instant, Machine, Timer, log};
+use super::{Effect, Event, Instant, Machine, State, Timer, log};
 
 /// After the SIGKILL, how long to wait for the escaped processes to be reaped.
 pub const ESCAPED_GIVE_UP: Duration = Duration::from_secs(1);
 
 /// The exit, put off until the escaped processes are gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sweep {
     /// The status psflip exits with.
     pub code: i32,
     /// SIGKILL has been sent.
     pub killed: bool,
+    /// Whether this generation had handed the service over.
+    pub handed_over: bool,
+    /// The files the exit removes (decided when the child was gone).
+    pub finale: Vec<Effect>,
 }
 
 impl Machine {
@@ -44,21 +48,21 @@ impl Machine {
 
     /// Whether the exit waits for escaped processes.
     pub fn sweeping(&self) -> bool {
-        self.sweep.is_some()
+        matches!(self.state, State::Sweeping(_))
     }
 
     /// Instead of exiting with `code`: signal the escaped processes first.
     /// Returns false (exit now) without a subreaper.
     pub(super) fn start_sweep(&mut self, code: i32, out: &mut Vec<Effect>) -> bool {
-        if !self.subreaper || self.sweep.is_some() {
+        if !self.subreaper || self.sweeping() {
             return false;
         }
-        self.sweep = Some(Sweep {
+        self.move_to_sweeping(Sweep {
             code,
             killed: false,
+            handed_over: self.handed_over(),
+            finale: self.finale(),
         });
-        // Nothing else is due any more: this generation is on its way out.
-        self.timers = Default::default();
         out.push(Effect::SignalEscaped {
             signal: self.settings.shutdown_signal,
         });
@@ -66,12 +70,11 @@ impl Machine {
     }
 
     /// SIGKILL for the escaped processes still running.
-    fn kill_escaped(&mut self, sweep: Sweep, out: &mut Vec<Effect>) {
+    fn kill_escaped(&mut self, out: &mut Vec<Effect>) {
         self.timers.cancel(Timer::EscapedKill);
-        self.sweep = Some(Sweep {
-            killed: true,
-            ..sweep
-        });
+        if let State::Sweeping(sweep) = &mut self.state {
+            sweep.killed = true;
+        }
         log(
             out,
             "escaped processes still run after shutdown.timeout; sending SIGKILL",
@@ -83,15 +86,18 @@ impl Machine {
 
     /// Every event while the exit waits for the escaped processes.
     pub(super) fn on_sweep_event(&mut self, now: Instant, event: Event, out: &mut Vec<Effect>) {
-        let Some(sweep) = self.sweep else { return };
+        let State::Sweeping(sweep) = &self.state else {
+            return;
+        };
+        let killed = sweep.killed;
         match event {
             Event::EscapedSignalled { count: 0 } | Event::EscapedExited { remaining: 0 } => {
-                self.finish_exit(sweep.code, out)
+                self.exit_after_sweep(out)
             }
             // A later round before the SIGKILL: the deadline stands.
             Event::EscapedSignalled { .. }
-                if !sweep.killed && self.timers.get(Timer::EscapedKill).is_some() => {}
-            Event::EscapedSignalled { count } if !sweep.killed => {
+                if !killed && self.timers.get(Timer::EscapedKill).is_some() => {}
+            Event::EscapedSignalled { count } if !killed => {
                 // The same deadline as the child's, when it was being stopped:
                 // the generation is gone by shutdown.delay + shutdown.timeout
                 // after a handover (I4), escaped processes included.
@@ -112,7 +118,7 @@ impl Machine {
                 );
                 self.timers.set(Timer::EscapedKill, due.max(now));
                 if due <= now {
-                    self.kill_escaped(sweep, out);
+                    self.kill_escaped(out);
                 }
             }
             Event::EscapedSignalled { .. } if self.timers.get(Timer::EscapedGiveUp).is_none() => {
@@ -120,18 +126,18 @@ impl Machine {
             }
             Event::Tick => {
                 if self.timers.take_due(Timer::EscapedKill, now) {
-                    self.kill_escaped(sweep, out);
+                    self.kill_escaped(out);
                 } else if self.timers.take_due(Timer::EscapedGiveUp, now) {
                     log(out, "escaped processes survive SIGKILL; exiting anyway");
-                    self.finish_exit(sweep.code, out);
+                    self.exit_after_sweep(out);
                 }
             }
             // Orphans keep arriving while we wait (a successor of ours that died
             // leaves its subtree to us): whoever is adopted gets the same treatment.
-            Event::EscapedExited { .. } if !sweep.killed => {}
+            Event::EscapedExited { .. } if !killed => {}
             Event::EscapedExited { .. } | Event::ProcessExited { .. } => {
                 out.push(Effect::SignalEscaped {
-                    signal: if sweep.killed {
+                    signal: if killed {
                         crate::Signal::SIGKILL
                     } else {
                         self.settings.shutdown_signal

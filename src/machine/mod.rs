@@ -127,8 +127,6 @@ pub struct Machine {
     /// psflip is a child subreaper: escaped descendants are stopped before it
     /// exits (see `escaped.rs`).
     subreaper: bool,
-    /// The exit waiting for them.
-    sweep: Option<Sweep>,
     /// When the child being stopped gets SIGKILL (`shutdown.signal` sent +
     /// `shutdown.timeout`): escaped processes get it no later.
     kill_due: Option<Instant>,
@@ -158,7 +156,6 @@ impl Machine {
             stop_signal: None,
             exited_successor: None,
             subreaper: false,
-            sweep: None,
             kill_due: None,
         }
     }
@@ -221,7 +218,7 @@ impl Machine {
                 OldChild::Exited(_) => None,
             },
             State::Stopping(stop) => stop.step.child(),
-            State::Booting | State::Done { .. } => None,
+            State::Booting | State::Sweeping(_) | State::Done { .. } => None,
         }
     }
 
@@ -236,7 +233,8 @@ impl Machine {
                 StopCause::GaveUp { healthy, .. } => healthy,
                 StopCause::Unready => false,
             },
-            State::Booting | State::Done { .. } => false,
+            // The child is gone.
+            State::Booting | State::Sweeping(_) | State::Done { .. } => false,
         }
     }
 
@@ -269,12 +267,10 @@ impl Machine {
         use State as S;
         let mut out = Vec::new();
         let o = &mut out;
-        if self.sweep.is_some() && !matches!(self.state, State::Done { .. }) {
-            self.on_sweep_event(now, event, o);
-            return out;
-        }
         match (&self.state, event) {
             (S::Done { .. }, _) => {}
+            // The exit waits for escaped processes: its own rules (`escaped.rs`).
+            (S::Sweeping(_), event) => self.on_sweep_event(now, event, o),
             (S::Booting, E::Started) => self.start_child(now, o),
             (S::Booting, _) | (_, E::Started) => {}
             // Every live state.

@@ -16,6 +16,7 @@
 //!                      Done  (from any state but Booting, once `Exit` is emitted)
 //! ```
 
+use super::escaped::Sweep;
 use super::types::{ExitStatus, ProcId};
 use super::{Machine, Timer};
 
@@ -44,6 +45,9 @@ pub enum State {
     Aborting(Upgrade),
     /// Stopping the child, then exiting.
     Stopping(Stop),
+    /// The child is gone; the exit waits until the escaped processes that
+    /// re-parented to this psflip are gone too (`escaped.rs`).
+    Sweeping(Sweep),
     /// `Exit` was emitted; every later event is ignored.
     Done {
         /// Whether this generation handed the service over before it exited.
@@ -71,7 +75,7 @@ impl State {
             State::Serving { .. } => Phase::Serving,
             State::Upgrading(_) => Phase::Upgrading,
             State::Aborting(_) => Phase::Aborting,
-            State::Stopping(_) => Phase::Stopping,
+            State::Stopping(_) | State::Sweeping(_) => Phase::Stopping,
             State::Done { .. } => Phase::Done,
         }
     }
@@ -307,6 +311,22 @@ impl Machine {
         self.state = State::Stopping(stop);
     }
 
+    /// Exiting, once the escaped processes are gone: what the exit will do was
+    /// decided now, from the state left behind.
+    pub(super) fn move_to_sweeping(&mut self, sweep: Sweep) {
+        assert!(
+            !matches!(
+                self.state,
+                State::Booting | State::Sweeping(_) | State::Done { .. }
+            ),
+            "Sweeping from {:?}",
+            self.state
+        );
+        // Nothing else is due any more: this generation is on its way out.
+        self.timers = Default::default();
+        self.state = State::Sweeping(sweep);
+    }
+
     pub(super) fn move_to_done(&mut self) {
         assert!(
             !matches!(self.state, State::Booting | State::Done { .. }),
@@ -323,6 +343,7 @@ impl Machine {
     pub fn handed_over(&self) -> bool {
         match &self.state {
             State::Stopping(stop) => matches!(stop.cause, StopCause::HandedOver { .. }),
+            State::Sweeping(sweep) => sweep.handed_over,
             State::Done { handed_over } => *handed_over,
             _ => false,
         }

@@ -251,6 +251,25 @@ impl Machine {
     /// The last effects: the pidfile and socket files this generation owns, then
     /// exit with `code`.
     pub(super) fn finish_exit(&mut self, code: i32, out: &mut Vec<Effect>) {
+        out.extend(self.finale());
+        out.push(Effect::Exit(code));
+        self.move_to_done();
+    }
+
+    /// (Sweeping) the exit decided when the child was gone.
+    pub(super) fn exit_after_sweep(&mut self, out: &mut Vec<Effect>) {
+        let State::Sweeping(sweep) = &mut self.state else {
+            return;
+        };
+        out.append(&mut sweep.finale);
+        out.push(Effect::Exit(sweep.code));
+        self.move_to_done();
+    }
+
+    /// The files this generation removes as it exits: its pidfile, and the
+    /// proxy's and `[[listen]]`'s socket files when it is the service.
+    pub(super) fn finale(&self) -> Vec<Effect> {
+        let mut out = Vec::new();
         // A generation that passed a stop on after the handover ends the service
         // for good: the new generation is gone (it waited for it), and the files
         // it leaves are this generation's to remove.
@@ -274,8 +293,6 @@ impl Machine {
         if (self.proxy || self.listen) && service && !handed_over {
             out.push(Effect::RemoveProxySockets);
         }
-        self.sweep = None;
-        out.push(Effect::Exit(code));
-        self.move_to_done();
+        out
     }
 }
