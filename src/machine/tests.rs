@@ -1666,15 +1666,7 @@ mod reasons {
                 Some("healthcheck probe failed (signal SIGKILL)"),
             ),
         ] {
-            let mut s = settings(Generation::First);
-            s.health = Health::Command {
-                kind,
-                after: Duration::ZERO,
-                interval: SEC,
-            };
-            let mut m = Machine::new(s);
-            m.step(at(0), Event::Started);
-            m.step(at(0), Event::Tick);
+            let mut m = probing(kind);
             let out = m.step(
                 at(0),
                 Event::ProcessExited {
@@ -1697,19 +1689,26 @@ mod reasons {
         }
     }
 
-    /// A check command that cannot start is a failed run: said so, and the
-    /// next run starts `interval` after this one was due.
-    #[test]
-    fn a_check_that_cannot_start_is_retried_at_the_next_interval() {
+    /// A first generation whose `kind` check (every second, from the spawn)
+    /// has started its first run, `ProcId(2)`.
+    fn probing(kind: ProbeKind) -> Machine {
         let mut s = settings(Generation::First);
         s.health = Health::Command {
-            kind: ProbeKind::Command,
+            kind,
             after: Duration::ZERO,
             interval: SEC,
         };
         let mut m = Machine::new(s);
         m.step(at(0), Event::Started);
         m.step(at(0), Event::Tick);
+        m
+    }
+
+    /// A check command that cannot start is a failed run: said so, and the
+    /// next run starts `interval` after this one was due.
+    #[test]
+    fn a_check_that_cannot_start_is_retried_at_the_next_interval() {
+        let mut m = probing(ProbeKind::Command);
         let out = m.step(
             at(0),
             Event::SpawnFailed {
