@@ -196,8 +196,9 @@ pub struct RunSpec {
     /// as fds 3, 4… with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`; every
     /// successor inherits them.
     pub listen: Vec<(listen::Listener, String)>,
-    /// The control socket, bound; the first generation has already taken the
-    /// service's name, a successor takes it when it reports ready.
+    /// The control socket, not bound yet: the first generation binds it and
+    /// takes the service's name once its first child is started, a successor
+    /// when it reports ready.
     pub control: Option<control::Listener>,
 }
 
@@ -440,6 +441,19 @@ struct Refusals {
 }
 
 impl LinuxOs {
+    /// Bind the control socket (if not yet) and rename it over the service's name.
+    fn take_control_name(&mut self) {
+        if let Some(listener) = self.control.as_mut()
+            && let Err(e) = listener.take_name()
+        {
+            let line = format!(
+                "cannot take over the control socket {}: {e}",
+                listener.path().display()
+            );
+            self.warn("control_failed", &line);
+        }
+    }
+
     /// Accept what the control socket has pending: clients of root and our user
     /// become connections; others are refused before anything is read; running
     /// out of fds or memory pauses the listener instead of spinning on it.
@@ -614,15 +628,7 @@ impl Os for LinuxOs {
     fn report_ready(&mut self) {
         // We are the service now: the control socket's name is ours (a client
         // then finds the previous generation's socket or ours, never none).
-        if let Some(listener) = self.control.as_mut()
-            && let Err(e) = listener.take_name()
-        {
-            let line = format!(
-                "cannot take over the control socket {}: {e}",
-                listener.path().display()
-            );
-            self.warn("control_failed", &line);
-        }
+        self.take_control_name();
         if let Some(pipe) = self.spec.predecessor.as_ref()
             && let Err(e) = pipe.report_ready()
         {
@@ -1056,10 +1062,14 @@ impl Driver for Psflip {
         if let Some((fd, flags)) = self.os.spec.docker.as_ref().and_then(Inspector::poll) {
             fds.push((PsflipFd::Docker, fd, flags));
         }
-        if let Some(listener) = self.os.control.as_ref()
+        if let Some(listener) = self
+            .os
+            .control
+            .as_ref()
+            .and_then(control::Listener::poll_fd)
             && self.os.control_paused_until.is_none()
         {
-            fds.push((PsflipFd::Control, listener.as_fd(), PollFlags::POLLIN));
+            fds.push((PsflipFd::Control, listener, PollFlags::POLLIN));
         }
         for (client, conn) in &self.os.clients {
             if !self.os.answering.contains(client) {
@@ -1262,6 +1272,11 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
         &mut psflip.os,
     ) {
         return Ok(code);
+    }
+    // The first child is started: now the control socket (a successor's waits
+    // until it reports ready).
+    if psflip.os.spec.predecessor.is_none() {
+        psflip.os.take_control_name();
     }
     event_loop(&mut psflip, &signals, &clock)
 }

@@ -417,11 +417,12 @@ fn answer(a: client::Answer) -> ExitCode {
 /// Open (or take over) the `[[proxy]]` listeners and start the proxy thread. An
 /// address that cannot be listened on is a configuration-level error: exit 2
 /// before any child starts (in a successor, the old generation keeps serving).
-/// Bind the control socket (SPEC §10, `effects::control`): its directory made or
-/// verified, a fresh socket beside the service's name. The first generation
-/// takes the name at once, unless a live psflip already serves it (one service
-/// per configuration); a successor takes it when it becomes the service.
-fn bind_control(config: &Config, first: bool) -> Result<Option<control::Listener>, String> {
+/// Plan the control socket (SPEC §10, `effects::control`): its directory made or
+/// verified now, the socket bound later by the runtime (the first generation
+/// right after it started its child, a successor when it becomes the service).
+/// A first generation refuses to start beside a live psflip serving the same
+/// name (one service per configuration).
+fn plan_control(config: &Config, first: bool) -> Result<Option<control::Listener>, String> {
     let path = control::server_path(&config.path, config.control_socket.as_deref())?;
     if first && let Some(peer) = control::live_server(&path) {
         return Err(format!(
@@ -430,18 +431,7 @@ fn bind_control(config: &Config, first: bool) -> Result<Option<control::Listener
             path.display()
         ));
     }
-    let mut listener = control::Listener::bind(&path).map_err(|e| {
-        format!(
-            "cannot bind the control socket beside {}: {e}",
-            path.display()
-        )
-    })?;
-    if first {
-        listener
-            .take_name()
-            .map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
-    }
-    Ok(Some(listener))
+    Ok(Some(control::Listener::planned(&path)))
 }
 
 fn start_proxy(config: &Config, inherited: Inherited) -> Result<Option<Proxy>, ExitCode> {
@@ -536,7 +526,7 @@ fn run(
             return code;
         }
     };
-    let control = match bind_control(&config, predecessor.is_none()) {
+    let control = match plan_control(&config, predecessor.is_none()) {
         Ok(control) => control,
         Err(why) => {
             eprintln!("psflip: {}: {why}", config.path.display());

@@ -12,10 +12,14 @@
 //!    a configured path), writable by nobody else — or psflip refuses to start.
 //! 2. A generation binds a fresh, randomly named socket beside the final name and
 //!    renames it over that name when it becomes the service: the first generation
-//!    at start, a successor once its pidfile is written and it reports ready. So
-//!    there is never a moment without a socket, a stale socket left by a killed
-//!    instance is simply replaced, and a live one is never stolen (the first
-//!    generation refuses to start beside it).
+//!    right after it started its first child, a successor once its pidfile is
+//!    written and it reports ready (neither binds anything before: a child is not
+//!    kept waiting for a socket nobody can reach yet, and a successor whose child
+//!    fails has nothing to remove). So there is never a moment without a socket
+//!    once the service runs, a stale socket left by a killed instance is simply
+//!    replaced, and a live one is never stolen (the first generation refuses to
+//!    start beside it, before it starts a child). The directory is made or
+//!    verified before the first child starts: a bad one is an error at start.
 //! 3. The server reads the client's credentials (`SO_PEERCRED`) before reading a
 //!    byte: only root and psflip's own user are served.
 //! 4. The client checks the server's credentials before believing a word: its
@@ -238,7 +242,8 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 
 /// The listening side, in a running generation.
 pub struct Listener {
-    listener: UnixListener,
+    /// None until bound ([`Listener::planned`], then [`Listener::take_name`]).
+    listener: Option<UnixListener>,
     my_uid: u32,
     /// The service's name for the socket.
     path: PathBuf,
@@ -261,9 +266,29 @@ pub enum Accepted {
 }
 
 impl Listener {
+    /// The control socket at `path`, not bound yet: [`Listener::take_name`] binds
+    /// it and makes it the service's (until then nothing is created and nothing
+    /// is polled).
+    pub fn planned(path: &Path) -> Listener {
+        Listener {
+            listener: None,
+            my_uid: nix::unistd::geteuid().as_raw(),
+            path: path.to_owned(),
+            temp: None,
+            ours: None,
+        }
+    }
+
     /// Bind a fresh socket beside `path` (mode 0600, non-blocking,
     /// close-on-exec); [`Listener::take_name`] makes it the service's.
     pub fn bind(path: &Path) -> io::Result<Listener> {
+        let mut l = Listener::planned(path);
+        l.bind_temp()?;
+        Ok(l)
+    }
+
+    fn bind_temp(&mut self) -> io::Result<()> {
+        let path = &self.path;
         let dir = path.parent().unwrap_or(Path::new("/"));
         let name = path
             .file_name()
@@ -287,13 +312,9 @@ impl Listener {
             let _ = std::fs::remove_file(&temp);
             return Err(e);
         }
-        Ok(Listener {
-            listener,
-            my_uid: nix::unistd::geteuid().as_raw(),
-            path: path.to_owned(),
-            temp: Some(temp),
-            ours: None,
-        })
+        self.listener = Some(listener);
+        self.temp = Some(temp);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -301,8 +322,12 @@ impl Listener {
     }
 
     /// Rename our socket over the service's name (atomically: a client finds
-    /// the previous generation's socket or ours, never none).
+    /// the previous generation's socket or ours, never none), binding it first
+    /// if it is not bound yet.
     pub fn take_name(&mut self) -> io::Result<()> {
+        if self.listener.is_none() {
+            self.bind_temp()?;
+        }
         let Some(temp) = self.temp.take() else {
             return Ok(());
         };
@@ -317,7 +342,7 @@ impl Listener {
     /// Accept one pending client. Its credentials are checked before anything is
     /// read from it: only root and our own user are served.
     pub fn accept(&self) -> Option<Accepted> {
-        let stream = match self.listener.accept() {
+        let stream = match self.listener.as_ref()?.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) => {
@@ -356,8 +381,9 @@ impl Listener {
         }))
     }
 
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+    /// The socket to poll for clients, once bound.
+    pub fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.listener.as_ref().map(AsFd::as_fd)
     }
 }
 

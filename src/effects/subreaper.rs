@@ -17,24 +17,21 @@ pub fn become_subreaper() -> Result<(), EffectError> {
         .map_err(|e| EffectError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))
 }
 
-/// Our children: every thread's `/proc/self/task/*/children` (an orphan goes
-/// to any live thread of its subreaper), or, without it, a scan of /proc.
+/// Our children that can have re-parented to us: the main thread's
+/// `/proc/self/task/<pid>/children` (an orphan goes to its subreaper's first
+/// live thread, the main one while the process runs: one read, no directory
+/// listing), or, without it, a scan of /proc.
 fn children() -> BTreeSet<i32> {
     let me = std::process::id() as i32;
     let mut kids = BTreeSet::new();
-    let mut listed = false;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                listed = true;
-                kids.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/self/task/{me}/children")) {
+        kids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+        return kids;
     }
-    if !listed && let Ok(procs) = std::fs::read_dir("/proc") {
+    if let Ok(procs) = std::fs::read_dir("/proc") {
         for p in procs.flatten() {
             let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
