@@ -1,9 +1,9 @@
-//! The proxy thread: a level-triggered epoll loop over the listeners, the command
-//! pipe and two sockets per connection.
+//! The proxy thread: one epoll loop over the listeners and the command pipe
+//! (level-triggered) and two sockets per connection (edge-triggered).
 //!
 //! Each connection has two halves, client→backend and backend→client. A half reads
 //! its source and writes what it read to its destination: small messages through a
-//! 16 KiB buffer (read + send: for a request or a response of a few hundred bytes
+//! 16 KiB buffer (recv + send: for a request or a response of a few hundred bytes
 //! this costs measurably less CPU than splice's page bookkeeping, ~6 % per request),
 //! and, once a read fills that buffer, with splice(2) through a pipe (bulk: the
 //! bytes never enter user space). What the destination does not take at once waits
@@ -15,7 +15,7 @@
 //! what epoll last said (readable, writable) until a call says otherwise: a short
 //! read or EAGAIN clears readable (as nginx does; after the peer's FIN, only EOF
 //! or EAGAIN does, since no new edge will come), a short write or EAGAIN clears
-//! writable. So a request/response costs one read and one send per direction and
+//! writable. So a request/response costs one recv and one send per direction and
 //! no epoll_ctl, and a connection costs two epoll_ctl in all. Tokens carry a
 //! generation: an event for a closed connection whose slot was taken again (its
 //! socket may live on in a child between clone and exec) is recognised and dropped.
@@ -737,7 +737,7 @@ fn pump(
             // Small messages: a copy through user space costs less than splice's
             // page bookkeeping, and as many calls. What the destination does not
             // take at once waits in a pipe, like spliced data.
-            let n = match sys::read(src, scratch) {
+            let n = match sys::recv(src, scratch) {
                 Ok(0) => {
                     half.eof = true;
                     continue;
