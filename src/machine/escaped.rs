@@ -20,7 +20,9 @@
 
 use std::time::Duration;
 
-use super::{Effect, Event, Instant, Machine, State, Timer, log};
+use super::state::{StopCause, Stop};
+use super::{Effect, Event, Instant, Machine, ProcId, SUCCESSOR_GRACE, Sender, State, Timer, kill, log};
+use crate::Signal;
 
 /// After the SIGKILL, how long to wait for the escaped processes to be reaped.
 pub const ESCAPED_GIVE_UP: Duration = Duration::from_secs(1);
@@ -32,10 +34,23 @@ pub struct Sweep {
     pub code: i32,
     /// SIGKILL has been sent.
     pub killed: bool,
-    /// Whether this generation had handed the service over.
-    pub handed_over: bool,
-    /// The files the exit removes (decided when the child was gone).
+    /// After a handover: the new generation (`None`: no handover).
+    pub handover: Option<NewGeneration>,
+    /// The files the exit removes (decided when the child was gone, and again
+    /// when a stop passed on to the new generation ends the service).
     pub finale: Vec<Effect>,
+}
+
+/// After a handover, while the exit waits: the generation that took over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewGeneration {
+    /// It is the service; a termination signal that reaches us is passed on.
+    Serving(ProcId),
+    /// A stop was passed on to it: the exit waits until it has exited, SIGKILLing
+    /// it at [`Timer::NewGenerationKill`].
+    Stopping(ProcId),
+    /// It has exited.
+    Gone,
 }
 
 impl Machine {
@@ -57,16 +72,39 @@ impl Machine {
         if !self.subreaper || self.sweeping() {
             return false;
         }
+        let handover = self.new_generation();
+        let new_generation_kill = self.timers.get(Timer::NewGenerationKill);
         self.move_to_sweeping(Sweep {
             code,
             killed: false,
-            handed_over: self.handed_over(),
+            handover,
             finale: self.finale(),
         });
+        if let (Some(NewGeneration::Stopping(_)), Some(at)) = (handover, new_generation_kill) {
+            self.timers.set(Timer::NewGenerationKill, at);
+        }
         out.push(Effect::SignalEscaped {
             signal: self.settings.shutdown_signal,
         });
         true
+    }
+
+    /// (Stopping) where the generation this one handed over to stands.
+    fn new_generation(&self) -> Option<NewGeneration> {
+        let State::Stopping(Stop {
+            cause: StopCause::HandedOver {
+                to, service_stops, ..
+            },
+            ..
+        }) = self.state
+        else {
+            return None;
+        };
+        Some(match (self.exited_successor == Some(to), service_stops) {
+            (true, _) => NewGeneration::Gone,
+            (false, true) => NewGeneration::Stopping(to),
+            (false, false) => NewGeneration::Serving(to),
+        })
     }
 
     /// SIGKILL for the escaped processes still running.
@@ -80,7 +118,7 @@ impl Machine {
             "escaped processes still run after shutdown.timeout; sending SIGKILL",
         );
         out.push(Effect::SignalEscaped {
-            signal: crate::Signal::SIGKILL,
+            signal: Signal::SIGKILL,
         });
     }
 
@@ -89,61 +127,28 @@ impl Machine {
         let State::Sweeping(sweep) = &self.state else {
             return;
         };
-        let killed = sweep.killed;
+        let (killed, handover) = (sweep.killed, sweep.handover);
         match event {
             Event::EscapedSignalled { count: 0 } | Event::EscapedExited { remaining: 0 } => {
                 self.exit_after_sweep(out)
             }
-            // A later round before the SIGKILL: the deadline stands.
-            Event::EscapedSignalled { .. }
-                if !killed && self.timers.get(Timer::EscapedKill).is_some() => {}
-            Event::EscapedSignalled { count } if !killed => {
-                // The same deadline as the child's, when it was being stopped:
-                // the generation is gone by shutdown.delay + shutdown.timeout
-                // after a handover (I4), escaped processes included.
-                let due = self
-                    .kill_due
-                    .unwrap_or(now + self.settings.shutdown_timeout);
-                log(
-                    out,
-                    format!(
-                        "stopping {count} escaped process(es) of this generation: {} now, SIGKILL in {} (shutdown.timeout)",
-                        self.settings.shutdown_signal.as_str(),
-                        // Whole milliseconds: the rest is the time since the
-                        // child's own stop began, not worth printing.
-                        crate::values::format_duration(Duration::from_millis(
-                            due.saturating_since(now).as_millis() as u64
-                        ))
-                    ),
-                );
-                self.timers.set(Timer::EscapedKill, due.max(now));
-                if due <= now {
-                    self.kill_escaped(out);
-                }
+            Event::EscapedSignalled { count } => self.on_escaped_signalled(now, count, out),
+            Event::Tick => self.on_sweep_tick(now, out),
+            Event::SignalReceived { signal, from } => {
+                self.on_signal_while_sweeping(now, signal, from, out)
             }
-            Event::EscapedSignalled { .. } if self.timers.get(Timer::EscapedGiveUp).is_none() => {
-                self.timers.set(Timer::EscapedGiveUp, now + ESCAPED_GIVE_UP);
-            }
-            Event::Tick => {
-                if self.timers.take_due(Timer::EscapedKill, now) {
-                    self.kill_escaped(out);
-                } else if self.timers.take_due(Timer::EscapedGiveUp, now) {
-                    log(out, "escaped processes survive SIGKILL; exiting anyway");
-                    self.exit_after_sweep(out);
-                }
+            Event::ProcessExited { id, .. }
+                if matches!(
+                    handover,
+                    Some(NewGeneration::Serving(to) | NewGeneration::Stopping(to)) if to == id
+                ) =>
+            {
+                self.on_new_generation_gone_while_sweeping(id, out)
             }
             // Orphans keep arriving while we wait (a successor of ours that died
             // leaves its subtree to us): whoever is adopted gets the same treatment.
             Event::EscapedExited { .. } if !killed => {}
-            Event::EscapedExited { .. } | Event::ProcessExited { .. } => {
-                out.push(Effect::SignalEscaped {
-                    signal: if killed {
-                        crate::Signal::SIGKILL
-                    } else {
-                        self.settings.shutdown_signal
-                    },
-                });
-            }
+            Event::EscapedExited { .. } | Event::ProcessExited { .. } => self.sweep_again(out),
             Event::ControlRequest {
                 client,
                 request,
@@ -152,6 +157,154 @@ impl Machine {
             // The child is gone; nothing else is ours to act on any more.
             _ => {}
         }
+    }
+
+    /// The runtime signalled `count` (> 0) escaped processes.
+    fn on_escaped_signalled(&mut self, now: Instant, count: usize, out: &mut Vec<Effect>) {
+        let State::Sweeping(sweep) = &self.state else {
+            return;
+        };
+        if sweep.killed {
+            if self.timers.get(Timer::EscapedGiveUp).is_none() {
+                self.timers.set(Timer::EscapedGiveUp, now + ESCAPED_GIVE_UP);
+            }
+            return;
+        }
+        // A later round before the SIGKILL: the deadline stands.
+        if self.timers.get(Timer::EscapedKill).is_some() {
+            return;
+        }
+        // The same deadline as the child's, when it was being stopped: the
+        // generation is gone by shutdown.delay + shutdown.timeout after a
+        // handover (I4), escaped processes included.
+        let due = self
+            .kill_due
+            .unwrap_or(now + self.settings.shutdown_timeout);
+        log(
+            out,
+            format!(
+                "stopping {count} escaped process(es) of this generation: {} now, SIGKILL in {} (shutdown.timeout)",
+                self.settings.shutdown_signal.as_str(),
+                // Whole milliseconds: the rest is the time since the child's own
+                // stop began, not worth printing.
+                crate::values::format_duration(Duration::from_millis(
+                    due.saturating_since(now).as_millis() as u64
+                ))
+            ),
+        );
+        self.timers.set(Timer::EscapedKill, due.max(now));
+        if due <= now {
+            self.kill_escaped(out);
+        }
+    }
+
+    /// A tick while sweeping: the timers of this state.
+    fn on_sweep_tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if self.timers.take_due(Timer::NewGenerationKill, now)
+            && let State::Sweeping(Sweep {
+                handover: Some(NewGeneration::Stopping(to)),
+                ..
+            }) = self.state
+        {
+            log(out, "the new generation did not stop in time; killing it");
+            out.push(kill(to, false));
+        }
+        if self.timers.take_due(Timer::EscapedKill, now) {
+            self.kill_escaped(out);
+        } else if self.timers.take_due(Timer::EscapedGiveUp, now) {
+            log(out, "escaped processes survive SIGKILL; exiting anyway");
+            self.exit_after_sweep(out);
+        }
+    }
+
+    /// Another round of the signal for whoever was adopted since the last one.
+    fn sweep_again(&mut self, out: &mut Vec<Effect>) {
+        let State::Sweeping(sweep) = &self.state else {
+            return;
+        };
+        out.push(Effect::SignalEscaped {
+            signal: if sweep.killed {
+                Signal::SIGKILL
+            } else {
+                self.settings.shutdown_signal
+            },
+        });
+    }
+
+    /// A signal while sweeping: the child is gone, so nothing is forwarded; but
+    /// after a handover a termination signal is passed on to the new generation,
+    /// as while the old child was stopping (`pass_on_stop`).
+    fn on_signal_while_sweeping(
+        &mut self,
+        now: Instant,
+        sig: Signal,
+        from: Sender,
+        out: &mut Vec<Effect>,
+    ) {
+        let State::Sweeping(sweep) = &mut self.state else {
+            return;
+        };
+        let Some(NewGeneration::Serving(to)) = sweep.handover else {
+            return;
+        };
+        if !super::terminating(sig) || from == Sender::Predecessor {
+            return;
+        }
+        sweep.handover = Some(NewGeneration::Stopping(to));
+        self.tell_new_generation_to_stop(now, to, sig, out);
+    }
+
+    /// Pass the stop `sig` on to the new generation `to`; SIGKILL it if it has
+    /// not exited within `shutdown.timeout` + [`SUCCESSOR_GRACE`].
+    pub(super) fn tell_new_generation_to_stop(
+        &mut self,
+        now: Instant,
+        to: ProcId,
+        sig: Signal,
+        out: &mut Vec<Effect>,
+    ) {
+        log(
+            out,
+            format!(
+                "{} after the handover: the service stops; passing it on to the new generation too",
+                sig.as_str()
+            ),
+        );
+        out.push(Effect::Signal {
+            id: to,
+            signal: sig,
+            group: false,
+        });
+        // Its child gets shutdown.timeout (it was the service), then it exits.
+        self.timers.set(
+            Timer::NewGenerationKill,
+            now + self.settings.shutdown_timeout + SUCCESSOR_GRACE,
+        );
+    }
+
+    /// The new generation exited while the exit waits for the escaped
+    /// processes: if a stop was passed on to it, the service has ended and the
+    /// files are this generation's to remove. Its orphans may be ours now: another
+    /// round.
+    fn on_new_generation_gone_while_sweeping(&mut self, id: ProcId, out: &mut Vec<Effect>) {
+        self.exited_successor = Some(id);
+        self.timers.cancel(Timer::NewGenerationKill);
+        let ours = self.files_to_remove(true);
+        let State::Sweeping(sweep) = &mut self.state else {
+            return;
+        };
+        if sweep.handover == Some(NewGeneration::Stopping(id)) {
+            log(out, format!("the new generation [{id}] has stopped"));
+            // A pidfile naming it (it may have been killed) names a dead process.
+            out.extend(
+                ours.iter()
+                    .filter(|e| matches!(e, Effect::RemovePidfile { .. }))
+                    .cloned(),
+            );
+            sweep.finale = ours;
+        }
+        sweep.handover = Some(NewGeneration::Gone);
+        self.sweep_again(out);
     }
 }
 
@@ -262,6 +415,144 @@ mod tests {
         );
         m.step(t(500), Event::EscapedSignalled { count: 1 });
         assert_eq!(m.deadline(), Some(t(2100)));
+    }
+
+    const SUCCESSOR: ProcId = ProcId(2);
+
+    /// A first generation with a subreaper, a pidfile and a proxy that handed
+    /// over to `SUCCESSOR`, whose old child has exited: the exit waits for one
+    /// escaped process (signalled at 2.7 s; its SIGKILL is due at 4.5 s).
+    fn sweeping_after_handover() -> Machine {
+        let mut m = Machine::new(Settings {
+            generation: Generation::First,
+            upgrade_signal: Signal::SIGHUP,
+            upgrade_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            shutdown_signal: Signal::SIGINT,
+            shutdown_timeout: Duration::from_secs(2),
+            health: Health::Alive {
+                timeout: Duration::from_secs(1),
+            },
+            pidfile: true,
+        })
+        .with_subreaper(true)
+        .with_proxy(true);
+        m.step(t(0), Event::Started);
+        m.step(t(1000), Event::Tick);
+        m.step(t(1000), Event::PidfileWritten);
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        m.step(t(2500), Event::SuccessorReady { id: SUCCESSOR });
+        m.step(t(2600), Event::ProxyDrained);
+        m.step(
+            t(2700),
+            Event::ProcessExited {
+                id: CHILD,
+                status: ExitStatus::Signaled(2),
+            },
+        );
+        m.step(t(2700), Event::EscapedSignalled { count: 1 });
+        assert!(m.sweeping() && m.handed_over());
+        m
+    }
+
+    /// Regression (simulation seed 17711): a termination signal from the service
+    /// manager that reaches the old generation while it waits for its escaped
+    /// processes after the handover was ignored, and it exited while the new
+    /// generation served on (SPEC §5: the stop is passed on). Now it is passed
+    /// on, the exit waits for the new generation, and the service's files go.
+    #[test]
+    fn a_stop_while_sweeping_after_the_handover_is_passed_on_and_waited_for() {
+        let mut m = sweeping_after_handover();
+        let out = no_logs(m.step(t(2800), Event::signal(Signal::SIGTERM)));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: SUCCESSOR,
+                signal: Signal::SIGTERM,
+                group: false
+            }]
+        );
+        assert_eq!(
+            m.timers().get(Timer::NewGenerationKill),
+            Some(t(2800) + Duration::from_secs(2) + SUCCESSOR_GRACE)
+        );
+        // The escaped process is gone, the new generation is not: no exit yet.
+        let out = no_logs(m.step(t(2900), Event::EscapedExited { remaining: 0 }));
+        assert!(out.is_empty(), "{out:?}");
+        assert!(m.sweeping());
+        let gone = Effect::RemovePidfile {
+            exited_successor: Some(SUCCESSOR),
+        };
+        let out = no_logs(m.step(
+            t(3000),
+            Event::ProcessExited {
+                id: SUCCESSOR,
+                status: ExitStatus::Code(0),
+            },
+        ));
+        // Its orphans would be ours now: one more round.
+        assert_eq!(
+            out,
+            vec![
+                gone.clone(),
+                Effect::SignalEscaped {
+                    signal: Signal::SIGINT
+                }
+            ]
+        );
+        assert_eq!(m.timers().get(Timer::NewGenerationKill), None);
+        let out = m.step(t(3000), Event::EscapedSignalled { count: 0 });
+        assert_eq!(out, vec![gone, Effect::RemoveProxySockets, Effect::Exit(0)]);
+    }
+
+    /// A new generation that does not stop in time is SIGKILLed; the exit
+    /// still waits for it to be reaped.
+    #[test]
+    fn a_new_generation_told_to_stop_while_sweeping_is_killed_when_late() {
+        let mut m = sweeping_after_handover();
+        m.step(t(2800), Event::signal(Signal::SIGQUIT));
+        m.step(t(2900), Event::EscapedExited { remaining: 0 });
+        // The escaped processes' SIGKILL round (none left), then nothing to do.
+        m.step(t(4500), Event::Tick);
+        assert!(no_logs(m.step(t(4500), Event::EscapedSignalled { count: 0 })).is_empty());
+        let due = t(2800) + Duration::from_secs(2) + SUCCESSOR_GRACE;
+        assert_eq!(m.deadline(), Some(due));
+        let out = no_logs(m.step(due, Event::Tick));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: SUCCESSOR,
+                signal: Signal::SIGKILL,
+                group: false
+            }]
+        );
+        m.step(
+            due,
+            Event::ProcessExited {
+                id: SUCCESSOR,
+                status: ExitStatus::Signaled(9),
+            },
+        );
+        let out = m.step(due, Event::EscapedSignalled { count: 0 });
+        assert_eq!(out.last(), Some(&Effect::Exit(0)));
+    }
+
+    /// Without a stop, a new generation that exits on its own while we sweep
+    /// leaves the files alone (they were handed over), and a signal from its
+    /// predecessor's side is not passed anywhere.
+    #[test]
+    fn a_new_generation_gone_on_its_own_while_sweeping_changes_no_files() {
+        let mut m = sweeping_after_handover();
+        m.step(
+            t(2800),
+            Event::ProcessExited {
+                id: SUCCESSOR,
+                status: ExitStatus::Code(1),
+            },
+        );
+        assert!(no_logs(m.step(t(2850), Event::signal(Signal::SIGTERM))).is_empty());
+        let out = m.step(t(2900), Event::EscapedSignalled { count: 0 });
+        assert_eq!(out, vec![Effect::Exit(0)]);
     }
 
     /// `psflip status` is still answered while the exit waits for escaped

@@ -82,7 +82,7 @@ mod signal_name {
 
 use std::time::Duration;
 
-pub use escaped::{ESCAPED_GIVE_UP, Sweep};
+pub use escaped::{ESCAPED_GIVE_UP, NewGeneration, Sweep};
 pub use events::{Effect, Event, Log, Origin, Sender, Trigger};
 pub use state::{
     Drain, Lineage, OldChild, Phase, Predecessor, Proving, Standing, State, Stop, StopCause,
@@ -439,6 +439,12 @@ impl Machine {
             }
         }
     }
+}
+
+/// A signal that asks psflip (and its child) to stop.
+fn terminating(sig: crate::Signal) -> bool {
+    use crate::Signal;
+    matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
 }
 
 fn kill(id: ProcId, group: bool) -> Effect {

@@ -343,7 +343,7 @@ impl Machine {
     pub fn handed_over(&self) -> bool {
         match &self.state {
             State::Stopping(stop) => matches!(stop.cause, StopCause::HandedOver { .. }),
-            State::Sweeping(sweep) => sweep.handed_over,
+            State::Sweeping(sweep) => sweep.handover.is_some(),
             State::Done { handed_over } => *handed_over,
             _ => false,
         }

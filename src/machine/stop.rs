@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::state::{
     Drain, Lineage, OldChild, Predecessor, Standing, State, Stop, StopCause, StopStep,
 };
+use super::escaped::NewGeneration;
 use super::{Effect, ExitStatus, Instant, Machine, Reply, Timer, about, kill, log};
 
 impl Machine {
@@ -261,6 +262,10 @@ impl Machine {
         let State::Sweeping(sweep) = &mut self.state else {
             return;
         };
+        if matches!(sweep.handover, Some(NewGeneration::Stopping(_))) {
+            log(out, "waiting for the new generation to stop");
+            return;
+        }
         out.append(&mut sweep.finale);
         out.push(Effect::Exit(sweep.code));
         self.move_to_done();
@@ -269,12 +274,19 @@ impl Machine {
     /// The files this generation removes as it exits: its pidfile, and the
     /// proxy's and `[[listen]]`'s socket files when it is the service.
     pub(super) fn finale(&self) -> Vec<Effect> {
-        let mut out = Vec::new();
         // A generation that passed a stop on after the handover ends the service
         // for good: the new generation is gone (it waited for it), and the files
         // it leaves are this generation's to remove.
         let handed_over = self.handed_over() && !self.ends_service_after_handover();
-        if self.settings.pidfile && !handed_over {
+        self.files_to_remove(!handed_over)
+    }
+
+    /// The files this generation removes when they are `ours` (it has not handed
+    /// the service over, or the service stops with it): its pidfile, and the
+    /// socket files when it is the service.
+    pub(super) fn files_to_remove(&self, ours: bool) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.settings.pidfile && ours {
             out.push(Effect::RemovePidfile {
                 exited_successor: self.exited_successor,
             });
@@ -290,7 +302,7 @@ impl Machine {
                     standing: Standing::TookOver,
                 }
         );
-        if (self.proxy || self.listen) && service && !handed_over {
+        if (self.proxy || self.listen) && service && ours {
             out.push(Effect::RemoveProxySockets);
         }
         out

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::Signal;
 
-use super::state::{Lineage, Predecessor, Proving, Standing, State, Stop, StopCause, StopStep};
+use super::state::{Lineage, Proving, Standing, State, Stop, StopCause, StopStep};
 use super::{Effect, GIVE_UP_GRACE, Instant, Machine, Notify, Sender, Timer, about, log};
 
 impl Machine {
@@ -50,15 +50,17 @@ impl Machine {
     /// Whether a termination signal from `from` makes this generation give up: a
     /// successor not serving yet, whoever sent it; or one that took over an instant
     /// before the old generation aborted the upgrade (the old one passes on the
-    /// signal it was told to terminate with, and still serves).
+    /// signal it was told to terminate with, and still serves), or whose old
+    /// generation passed on a stop of the service after the handover. The
+    /// predecessor may have exited since it sent the signal (killed by the
+    /// service manager, say): it was still its stop to pass on.
     pub(super) fn gives_up_on(&self, from: Sender) -> bool {
-        let Lineage::Successor { predecessor, .. } = self.lineage else {
+        let Lineage::Successor { .. } = self.lineage else {
             return false;
         };
-        let aborted = from == Sender::Predecessor && predecessor == Predecessor::Running;
         match self.state {
             State::Starting { .. } => true,
-            State::Serving { .. } => aborted,
+            State::Serving { .. } => from == Sender::Predecessor,
             _ => false,
         }
     }

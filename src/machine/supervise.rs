@@ -330,7 +330,7 @@ impl Machine {
             self.on_upgrade_signal(now, from, out);
             return;
         }
-        let terminating = matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
+        let terminating = super::terminating(sig);
         if terminating {
             match &mut self.state {
                 State::Upgrading(_) => self.abort_upgrade(now, sig, out),

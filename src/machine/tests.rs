@@ -762,13 +762,24 @@ mod decisions {
         let out = m.step(at(1001), Event::signal(Signal::SIGTERM));
         assert_eq!(m.phase(), Phase::Serving);
         assert!(out.contains(&signalled(ProcId(1), Signal::SIGTERM, false)));
-        // And once the predecessor has exited, its signal is anyone's.
+    }
+
+    /// Regression (simulation seed 31045): the old generation passed a stop of
+    /// the service on after the handover, then was killed before the new one
+    /// read the signal. It was still the predecessor's stop: the new generation
+    /// gives up (its child gets shutdown.timeout, then SIGKILL) instead of
+    /// serving on with a child that ignores the signal.
+    #[test]
+    fn a_stop_the_predecessor_sent_before_it_exited_still_stops_the_service() {
         let mut m = took_over();
         m.step(at(1001), Event::PredecessorExited);
-        let signal = Signal::SIGTERM;
+        let signal = Signal::SIGQUIT;
         let from = Sender::Predecessor;
         m.step(at(1002), Event::SignalReceived { signal, from });
-        assert_eq!(m.phase(), Phase::Serving);
+        assert_eq!(m.phase(), Phase::Stopping);
+        assert_eq!(m.deadline(), Some(at(1002) + 5 * SEC));
+        let out = no_logs(m.step(at(1002) + 5 * SEC, Event::Tick));
+        assert_eq!(out, vec![signalled(ProcId(1), Signal::SIGKILL, true)]);
     }
 
     #[test]

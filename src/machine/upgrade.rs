@@ -65,23 +65,7 @@ impl Machine {
         }
         *service_stops = true;
         let successor = *to;
-        log(
-            out,
-            format!(
-                "{} after the handover: the service stops; passing it on to the new generation too",
-                sig.as_str()
-            ),
-        );
-        out.push(Effect::Signal {
-            id: successor,
-            signal: sig,
-            group: false,
-        });
-        // Its child gets shutdown.timeout (it was the service), then it exits.
-        self.timers.set(
-            Timer::NewGenerationKill,
-            now + self.settings.shutdown_timeout + SUCCESSOR_GRACE,
-        );
+        self.tell_new_generation_to_stop(now, successor, sig, out);
     }
 
     /// [`Timer::NewGenerationKill`]: the new generation, told to stop, is still
