@@ -20,8 +20,10 @@
 
 use std::time::Duration;
 
-use super::state::{StopCause, Stop};
-use super::{Effect, Event, Instant, Machine, ProcId, SUCCESSOR_GRACE, Sender, State, Timer, kill, log};
+use super::state::{Stop, StopCause};
+use super::{
+    Effect, Event, Instant, Machine, ProcId, SUCCESSOR_GRACE, Sender, State, Timer, kill, log,
+};
 use crate::Signal;
 
 /// After the SIGKILL, how long to wait for the escaped processes to be reaped.

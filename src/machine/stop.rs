@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use super::escaped::NewGeneration;
 use super::state::{
     Drain, Lineage, OldChild, Predecessor, Standing, State, Stop, StopCause, StopStep,
 };
-use super::escaped::NewGeneration;
 use super::{Effect, ExitStatus, Instant, Machine, Reply, Timer, about, kill, log};
 
 impl Machine {
