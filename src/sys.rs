@@ -131,17 +131,13 @@ pub fn recv(fd: RawFd, scratch: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Sends on a socket without blocking and without SIGPIPE.
-pub fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+/// Sends on a socket without blocking and without SIGPIPE; `more`: the caller
+/// shuts down or closes the socket right after (MSG_MORE: TCP holds the bytes
+/// back so that the FIN leaves with them, in one segment).
+pub fn send(fd: RawFd, bytes: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
     // SAFETY: the buffer is valid for its length.
-    let rc = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
+    let rc = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -13,10 +13,12 @@
 //! Epoll is edge-triggered, and each socket is registered once, for reading and
 //! writing, when it is opened; it leaves epoll by being closed. A side remembers
 //! what epoll last said (readable, writable) until a call says otherwise: a short
-//! read or EAGAIN clears readable (as nginx does; after the peer's FIN, only EOF
-//! or EAGAIN does, since no new edge will come), a short write or EAGAIN clears
-//! writable. So a request/response costs one recv and one send per direction and
-//! no epoll_ctl, and a connection costs two epoll_ctl in all. Tokens carry a
+//! read or EAGAIN clears readable (as nginx does; after the peer's FIN, no new
+//! edge will come: a short read there is the end of stream on TCP, and elsewhere
+//! only EOF or EAGAIN ends reading), a short write or EAGAIN clears writable. So a
+//! request/response costs one recv and one send per direction and no epoll_ctl, a
+//! connection two epoll_ctl in all, and a peer's FIN that came with its last bytes
+//! no extra recv (its FIN leaves with them too: send(MSG_MORE), then shutdown). Tokens carry a
 //! generation: an event for a closed connection whose slot was taken again (its
 //! socket may live on in a child between clone and exec) is recognised and dropped.
 //!
@@ -122,6 +124,8 @@ struct Conn {
     /// The peer shut down its side (EPOLLRDHUP or EPOLLHUP): no new edge will
     /// come, so only EOF or EAGAIN ends reading.
     peer_done: [bool; 2],
+    /// Which sides are TCP sockets.
+    tcp: [bool; 2],
 }
 
 impl Conn {
@@ -437,6 +441,7 @@ impl Engine {
             readable: [true, false],
             writable: [true, false],
             peer_done: [false; 2],
+            tcp: [self.listeners[listener].2, false],
         });
         self.live += 1;
         self.connect(slot);
@@ -504,6 +509,7 @@ impl Engine {
             conn.readable[BACKEND] = false;
             conn.writable[BACKEND] = false;
             conn.peer_done[BACKEND] = false;
+            conn.tcp[BACKEND] = tcp;
             match sys::connect(&sock, &addr) {
                 Ok(()) => {
                     conn.connecting = false;
@@ -750,11 +756,20 @@ fn pump(
                 // The source was reset: so is the other peer.
                 Err(_) => return Err(Abort(Some(d))),
             };
-            if n < scratch.len() && !conn.peer_done[h] {
+            // A read that did not fill the buffer emptied the socket. On TCP,
+            // when epoll had already reported the peer's FIN, that FIN follows
+            // all the data in the queue: this was the end (as HAProxy does). The
+            // bytes then go out with MSG_MORE, so the shutdown or close that
+            // follows sends them and the FIN in one segment. Not on Unix
+            // sockets, whose reads may stop short (at a change of credentials).
+            let drained = n < scratch.len();
+            let fin = drained && conn.peer_done[h] && conn.tcp[h];
+            if drained && !conn.peer_done[h] {
                 conn.readable[h] = false;
             }
+            half.eof = fin;
             let sent = if conn.writable[d] {
-                match sys::send(dst, &scratch[..n]) {
+                match sys::send(dst, &scratch[..n], fin && conn.tcp[d]) {
                     Ok(m) => m,
                     Err(e) if would_block(&e) => 0,
                     Err(_) => {

@@ -162,6 +162,59 @@ fn each_direction_is_half_closed_on_its_own() {
     sb.stop_and_check();
 }
 
+/// Bytes numbered so that a lost, doubled or reordered piece shows.
+fn pieces(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("<{i:04}:{}>", "x".repeat(i % 50)).into_bytes())
+        .collect()
+}
+
+#[test]
+fn a_fin_right_behind_many_small_writes_loses_no_byte() {
+    // The proxy takes a short read after the peer's FIN as the end of stream: the
+    // FIN follows every byte the peer sent. Many small writes, then the FIN at
+    // once, each way, on 20 connections: every byte arrives, in order, once.
+    let mut sb = Sandbox::new("finburst");
+    let backend = Backend::tcp(|mut s| {
+        let mut got = Vec::new();
+        if s.read_to_end(&mut got).is_ok() {
+            let _ = s.write_all(format!("{}|", got.len()).as_bytes());
+            for p in pieces(400) {
+                let _ = s.write_all(&p);
+            }
+        }
+        // Dropped: the FIN right behind the last write.
+    });
+    let port = proxy_to(&sb, &backend);
+    started(&mut sb);
+    let sent: usize = pieces(300).iter().map(Vec::len).sum();
+    let expected = [format!("{sent}|").into_bytes(), pieces(400).concat()].concat();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let expected = expected.clone();
+            thread::spawn(move || {
+                let mut s = Addr::Tcp(port).connect().unwrap();
+                for p in pieces(300) {
+                    s.write_all(&p).unwrap();
+                }
+                s.shutdown_write().unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).unwrap();
+                assert!(
+                    out == expected,
+                    "got {} bytes, {} expected",
+                    out.len(),
+                    expected.len()
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    sb.stop_and_check();
+}
+
 #[test]
 fn listener_survives_upgrades_without_refusing_a_connection() {
     let mut sb = Sandbox::new("survive");
