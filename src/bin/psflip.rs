@@ -9,6 +9,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -197,7 +198,7 @@ fn psflip_main() -> ExitCode {
         None => (Inherited::default(), Inherited::default()),
     };
 
-    let cli = match Cli::try_parse() {
+    let cli = match run_mode_args().map_or_else(Cli::try_parse, Ok) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -262,6 +263,38 @@ fn psflip_main() -> ExitCode {
             code
         }
     }
+}
+
+/// The command line of the run mode in its usual forms (`psflip`, `psflip -c
+/// FILE`, `psflip --config FILE`, `psflip --config=FILE`), read without clap:
+/// building clap's parser is most of the instructions psflip runs before its
+/// configuration, and its code is pages of the binary a running psflip would
+/// otherwise keep mapped. Anything else (`-cFILE`, a subcommand, `--help`, an
+/// error) goes to clap, which gives the same result for these forms.
+fn run_mode_args() -> Option<Cli> {
+    let mut args = std::env::args_os().skip(1);
+    let config = match (args.next(), args.next(), args.next()) {
+        (None, _, _) => PathBuf::from("psflip.toml"),
+        (Some(flag), Some(file), None)
+            if (flag == "-c" || flag == "--config")
+                && !file.is_empty()
+                && !file.as_encoded_bytes().starts_with(b"-") =>
+        {
+            PathBuf::from(file)
+        }
+        (Some(arg), None, _) => {
+            let file = arg.as_encoded_bytes().strip_prefix(b"--config=")?;
+            if file.is_empty() || file.starts_with(b"-") {
+                return None;
+            }
+            PathBuf::from(std::ffi::OsStr::from_bytes(file))
+        }
+        _ => return None,
+    };
+    Some(Cli {
+        config,
+        command: None,
+    })
 }
 
 /// `psflip check`: the configuration as the chosen generation would resolve it

@@ -227,6 +227,10 @@ fn config_path_relative() {
     );
     serve_and_upgrade(&sb, &sb.dir, &["-c", "etc/app.toml"]);
     serve_and_upgrade(&sb, &sb.path("etc"), &["-c", "./app.toml"]);
+    // The other spellings of the option: `--config=FILE` is read without clap
+    // (as `-c FILE` and `--config FILE`), `-cFILE` by clap.
+    serve_and_upgrade(&sb, &sb.dir, &["--config=etc/app.toml"]);
+    serve_and_upgrade(&sb, &sb.dir, &["-cetc/app.toml"]);
 }
 
 #[test]
