@@ -181,6 +181,11 @@ impl Engine {
         for (fd, _) in &listeners {
             // Accepting loops until EAGAIN; both generations want this.
             sys::set_nonblocking(fd.as_raw_fd())?;
+            if sys::is_inet(fd.as_raw_fd()) {
+                // Accepted sockets inherit TCP_NODELAY from the listener: one
+                // call here instead of one per connection.
+                sys::set_nodelay(fd.as_raw_fd());
+            }
         }
         Ok(Engine {
             ep,
@@ -404,9 +409,6 @@ impl Engine {
     }
 
     fn open(&mut self, listener: usize, client: OwnedFd) {
-        if self.listeners[listener].2 {
-            sys::set_nodelay(client.as_raw_fd());
-        }
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {

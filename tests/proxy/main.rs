@@ -8,6 +8,7 @@ mod load;
 mod util;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
@@ -212,6 +213,80 @@ fn a_fin_right_behind_many_small_writes_loses_no_byte() {
     for c in clients {
         c.join().unwrap();
     }
+    sb.stop_and_check();
+}
+
+/// Whether `fd` of process `pid` is a TCP socket whose peer has port `peer`, and
+/// if so whether it has TCP_NODELAY: a copy of the fd taken with pidfd_getfd(2)
+/// (root, as in CI) is asked.
+fn nodelay_of_socket_to(pid: i32, fd: i32, peer: u16) -> Option<bool> {
+    // SAFETY: plain syscalls; every fd opened here is closed before returning.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        libc::close(pidfd);
+        if copy < 0 {
+            return None; // closed meanwhile
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let mut on: libc::c_int = 0;
+        let mut on_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let answer = (libc::getpeername(copy, (&raw mut addr).cast(), &mut len) == 0
+            && addr.sin_family == libc::AF_INET as libc::sa_family_t
+            && u16::from_be(addr.sin_port) == peer
+            && libc::getsockopt(
+                copy,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw mut on).cast(),
+                &mut on_len,
+            ) == 0)
+            .then_some(on != 0);
+        libc::close(copy);
+        answer
+    }
+}
+
+#[test]
+fn both_sockets_of_a_tcp_connection_have_nodelay() {
+    // Small writes go out at once on both sides (TCP_NODELAY): on the client's
+    // socket it comes from the listener (accepted sockets inherit it), on the
+    // backend's it is set. Asked of psflip's own sockets, through pidfd_getfd.
+    let mut sb = Sandbox::new("nodelay");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::tcp(move |mut s| {
+        tx.lock().unwrap().send(()).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+    });
+    let backend_port = match backend.addr {
+        Addr::Tcp(p) => p,
+        Addr::Unix(_) => unreachable!(),
+    };
+    let port = proxy_to(&sb, &backend);
+    let psflip = started(&mut sb);
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    rx.recv_timeout(T).expect("the backend got the connection");
+    let client_port = client.local_addr().unwrap().port();
+    let fds = common::procfs::fds(psflip);
+    let to_client: Vec<_> = fds
+        .iter()
+        .filter_map(|&fd| nodelay_of_socket_to(psflip, fd, client_port))
+        .collect();
+    let to_backend: Vec<_> = fds
+        .iter()
+        .filter_map(|&fd| nodelay_of_socket_to(psflip, fd, backend_port))
+        .collect();
+    assert_eq!(to_client, [true], "the client's socket");
+    assert_eq!(to_backend, [true], "the backend's socket");
+    drop(client);
     sb.stop_and_check();
 }
 
