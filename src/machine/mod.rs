@@ -273,7 +273,7 @@ impl Machine {
             (S::Sweeping(_), event) => self.on_sweep_event(now, event, o),
             (S::Booting, E::Started) => self.start_child(now, o),
             (S::Booting, _) | (_, E::Started) => {}
-            // Every live state.
+            // Every live state alike.
             (_, E::Tick) => self.on_tick(now, o),
             (_, E::SignalReceived { signal, from }) => self.on_signal(now, signal, from, o),
             (_, E::RealtimeSignalReceived(signo)) => self.forward_realtime(signo, o),
@@ -289,118 +289,134 @@ impl Machine {
             (_, E::ChildNotified { id, ready, status }) => {
                 self.on_child_notified(now, id, ready, status, o)
             }
-            // supervise.rs
-            (S::Starting { child, .. }, E::ProcessExited { id, status }) if *child == id => {
-                self.on_unready_child_exit(status, o)
-            }
-            (S::Starting { child, .. }, E::SpawnFailed { id, reason }) if *child == id => {
-                self.on_child_spawn_failed(reason, o)
-            }
-            (S::Starting { health, .. }, E::ProcessExited { id, status })
-                if health.probe() == Some(id) =>
-            {
-                self.on_probe_exit(now, Ok(status), o)
-            }
-            (S::Starting { health, .. }, E::SpawnFailed { id, reason })
-                if health.probe() == Some(id) =>
-            {
-                self.on_probe_exit(now, Err(reason), o)
-            }
-            (
-                S::Starting {
-                    health: Proving::WritingPidfile,
-                    ..
-                },
-                E::PidfileWritten,
-            ) => self.on_ready(now, o),
-            (
-                S::Starting {
-                    health: Proving::WritingPidfile,
-                    ..
-                },
-                E::PidfileFailed { reason },
-            ) => self.on_pidfile_failed(now, reason, o),
-            (
-                S::Starting {
-                    health: Proving::Inspecting,
-                    ..
-                },
-                E::ContainerInspected {
-                    container,
-                    inspection,
-                },
-            ) => self.on_inspected(now, &container, inspection, o),
+            // Then each state's own table.
+            (S::Starting { .. }, event) => self.on_starting_event(now, event, o),
             (S::Serving { child }, E::ProcessExited { id, status }) if *child == id => {
                 self.on_serving_child_exit(status, o)
             }
-            // upgrade.rs
-            (S::Upgrading(u) | S::Aborting(u), E::ProcessExited { id, status })
-                if u.old == OldChild::Running(id) =>
-            {
+            (S::Upgrading(_) | S::Aborting(_), event) => self.on_upgrade_event(now, event, o),
+            (S::Stopping(_), event) => self.on_stopping_event(now, event, o),
+            (S::Serving { .. }, event) => self.unhandled(event, o),
+        }
+        out
+    }
+
+    /// (Starting, event): `supervise.rs` and `readiness.rs`.
+    fn on_starting_event(&mut self, now: Instant, event: Event, o: &mut Vec<Effect>) {
+        use Event as E;
+        let State::Starting { child, health, .. } = self.state else {
+            unreachable!("starting");
+        };
+        let probe = health.probe();
+        match event {
+            E::ProcessExited { id, status } if id == child => self.on_unready_child_exit(status, o),
+            E::SpawnFailed { id, reason } if id == child => self.on_child_spawn_failed(reason, o),
+            E::ProcessExited { id, status } if probe == Some(id) => {
+                self.on_probe_exit(now, Ok(status), o)
+            }
+            E::SpawnFailed { id, reason } if probe == Some(id) => {
+                self.on_probe_exit(now, Err(reason), o)
+            }
+            E::PidfileWritten if health == Proving::WritingPidfile => self.on_ready(now, o),
+            E::PidfileFailed { reason } if health == Proving::WritingPidfile => {
+                self.on_pidfile_failed(now, reason, o)
+            }
+            E::ContainerInspected {
+                container,
+                inspection,
+            } if health == Proving::Inspecting => self.on_inspected(now, &container, inspection, o),
+            event => self.unhandled(event, o),
+        }
+    }
+
+    /// (Upgrading or Aborting, event): `upgrade.rs`.
+    fn on_upgrade_event(&mut self, now: Instant, event: Event, o: &mut Vec<Effect>) {
+        use Event as E;
+        let (State::Upgrading(u) | State::Aborting(u)) = &self.state else {
+            unreachable!("an upgrade in flight");
+        };
+        let (old, successor) = (u.old, u.successor);
+        let aborting = matches!(self.state, State::Aborting(_));
+        match event {
+            E::ProcessExited { id, status } if old == OldChild::Running(id) => {
                 self.on_child_exit_mid_upgrade(status, o)
             }
-            (S::Upgrading(u) | S::Aborting(u), E::ProcessExited { id, status })
-                if u.successor == id =>
-            {
+            E::ProcessExited { id, status } if id == successor => {
                 self.exited_successor = Some(id);
                 self.on_successor_gone(format!("the successor exited ({status})"), o)
             }
-            (S::Upgrading(u) | S::Aborting(u), E::SpawnFailed { id, reason })
-                if u.successor == id =>
-            {
+            E::SpawnFailed { id, reason } if id == successor => {
                 self.on_successor_gone(format!("cannot start the successor: {reason}"), o)
             }
-            (S::Upgrading(u) | S::Aborting(u), E::SuccessorFailed { id, reason })
-                if u.successor == id =>
-            {
+            E::SuccessorFailed { id, reason } if id == successor => {
                 self.on_successor_failed(reason)
             }
-            (S::Upgrading(u), E::SuccessorReady { id }) if u.successor == id => {
+            E::SuccessorReady { id } if id == successor && !aborting => {
                 self.on_successor_ready(now, o)
             }
-            (S::Aborting(u), E::SuccessorReady { id }) if u.successor == id => log(
+            E::SuccessorReady { id } if id == successor => log(
                 o,
                 "the successor reported ready after the upgrade was aborted; it is being stopped",
             ),
-            // stop.rs
-            (S::Stopping(stop), E::ProcessExited { id, status })
-                if stop.step.child() == Some(id) =>
-            {
+            event => self.unhandled(event, o),
+        }
+    }
+
+    /// (Stopping, event): `stop.rs`, and `upgrade.rs` for the new generation.
+    fn on_stopping_event(&mut self, now: Instant, event: Event, o: &mut Vec<Effect>) {
+        use Event as E;
+        let State::Stopping(stop) = self.state else {
+            unreachable!("stopping");
+        };
+        let new_generation = match stop.cause {
+            StopCause::HandedOver { to, .. } => Some(to),
+            StopCause::Unready | StopCause::GaveUp { .. } => None,
+        };
+        let draining = matches!(
+            stop.cause,
+            StopCause::HandedOver {
+                drain: Drain::Awaiting,
+                ..
+            }
+        );
+        match event {
+            E::ProcessExited { id, status } if stop.step.child() == Some(id) => {
                 self.on_stopped_child_exit(status, o)
             }
-            (S::Stopping(stop), E::ProcessExited { id, status }) if matches!(stop.cause, StopCause::HandedOver { to, .. } if to == id) =>
-            {
+            E::ProcessExited { id, status } if new_generation == Some(id) => {
                 self.exited_successor = Some(id);
                 self.on_new_service_gone(status, o)
             }
-            (S::Stopping(stop), E::ProxyDrained)
-                if matches!(
-                    stop.cause,
-                    StopCause::HandedOver {
-                        drain: Drain::Awaiting,
-                        ..
-                    }
-                ) =>
-            {
-                self.on_proxy_drained(now, o)
-            }
-            (_, E::PidfileFailed { reason }) => {
-                log(o, format!("cannot write the pidfile: {reason}"))
-            }
-            (
-                _,
-                E::ProcessExited { .. }
-                | E::SpawnFailed { .. }
-                | E::SuccessorFailed { .. }
-                | E::SuccessorReady { .. }
-                | E::PidfileWritten
-                | E::ProxyDrained
-                | E::ContainerInspected { .. }
-                | E::EscapedSignalled { .. }
-                | E::EscapedExited { .. },
-            ) => {}
+            E::ProxyDrained if draining => self.on_proxy_drained(now, o),
+            event => self.unhandled(event, o),
         }
-        out
+    }
+
+    /// An event the state's table has no rule for: an exit of a process this
+    /// state no longer tracks, a late answer. Only a failed pidfile write is
+    /// worth a line.
+    fn unhandled(&mut self, event: Event, o: &mut Vec<Effect>) {
+        use Event as E;
+        match event {
+            E::PidfileFailed { reason } => log(o, format!("cannot write the pidfile: {reason}")),
+            E::ProcessExited { .. }
+            | E::SpawnFailed { .. }
+            | E::SuccessorFailed { .. }
+            | E::SuccessorReady { .. }
+            | E::PidfileWritten
+            | E::ProxyDrained
+            | E::ContainerInspected { .. }
+            | E::EscapedSignalled { .. }
+            | E::EscapedExited { .. } => {}
+            // (Every live state handles these alike, before its own table.)
+            E::Started
+            | E::Tick
+            | E::SignalReceived { .. }
+            | E::RealtimeSignalReceived(_)
+            | E::ControlRequest { .. }
+            | E::PredecessorExited
+            | E::ChildNotified { .. } => {}
+        }
     }
 
     fn alloc(&mut self) -> ProcId {
