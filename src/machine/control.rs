@@ -125,24 +125,8 @@ impl Machine {
                 self.start_upgrade(now, trigger, out);
                 Ok(())
             }
-            State::Starting {
-                health,
-                upgrade_requested,
-                ..
-            } if first => {
-                // Healthy and writing the pidfile: serving in a moment, quietly.
-                if *health != Proving::WritingPidfile {
-                    log(
-                        out,
-                        if *upgrade_requested {
-                            "upgrade already requested; it starts once the child is healthy"
-                        } else {
-                            "upgrade requested before the child is healthy: it starts once the child is healthy"
-                        },
-                    );
-                }
-                *upgrade_requested = true;
-                self.requested_by.get_or_insert(trigger);
+            State::Starting { .. } if first => {
+                self.promise_upgrade(trigger, out);
                 Ok(())
             }
             State::Booting | State::Starting { .. } => Err("this generation is not ready yet"),
@@ -151,6 +135,31 @@ impl Machine {
             State::Stopping(_) => Err("this generation is stopping"),
             State::Done { .. } => Err("this generation has exited"),
         }
+    }
+
+    /// (First generation, starting) the upgrade starts once the child is healthy.
+    fn promise_upgrade(&mut self, trigger: Trigger, out: &mut Vec<Effect>) {
+        let State::Starting {
+            health,
+            upgrade_requested,
+            ..
+        } = &mut self.state
+        else {
+            unreachable!("starting");
+        };
+        // Healthy and writing the pidfile: serving in a moment, quietly.
+        if *health != Proving::WritingPidfile {
+            log(
+                out,
+                if *upgrade_requested {
+                    "upgrade already requested; it starts once the child is healthy"
+                } else {
+                    "upgrade requested before the child is healthy: it starts once the child is healthy"
+                },
+            );
+        }
+        *upgrade_requested = true;
+        self.requested_by.get_or_insert(trigger);
     }
 
     /// A termination signal cancels the upgrade asked for while starting.

@@ -329,29 +329,40 @@ mod tests {
 
     const CHILD: ProcId = ProcId(1);
 
+    /// The runtime reaped `id`, which ended with `status`.
+    fn exited(id: ProcId, status: ExitStatus) -> Event {
+        Event::ProcessExited { id, status }
+    }
+
+    /// One round of `signal` to the escaped processes.
+    fn round(signal: Signal) -> Vec<Effect> {
+        vec![Effect::SignalEscaped { signal }]
+    }
+
+    /// A control client's request, from no one in particular.
+    fn ask(client: u64, request: Request) -> Event {
+        Event::ControlRequest {
+            client: ClientId(client),
+            request,
+            from: None,
+        }
+    }
+
+    /// A first generation's settings (`shutdown.signal` SIGINT, `shutdown.timeout`
+    /// 2 s, `alive` for 1 s).
+    fn settings(pidfile: bool) -> Settings {
+        Settings {
+            shutdown_signal: Signal::SIGINT,
+            pidfile,
+            ..super::super::tests::settings(Generation::First)
+        }
+    }
+
     /// A first generation with a subreaper whose child has just exited 3.
     fn exiting() -> (Machine, Vec<Effect>) {
-        let mut m = Machine::new(Settings {
-            generation: Generation::First,
-            upgrade_signal: Signal::SIGHUP,
-            upgrade_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::ZERO,
-            shutdown_signal: Signal::SIGINT,
-            shutdown_timeout: Duration::from_secs(2),
-            health: Health::Alive {
-                timeout: Duration::from_secs(1),
-            },
-            pidfile: false,
-        })
-        .with_subreaper(true);
+        let mut m = Machine::new(settings(false)).with_subreaper(true);
         m.step(t(0), Event::Started);
-        let out = m.step(
-            t(100),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Code(3),
-            },
-        );
+        let out = m.step(t(100), exited(CHILD, ExitStatus::Code(3)));
         (m, no_logs(out))
     }
 
@@ -383,12 +394,7 @@ mod tests {
         // Signals while sweeping are not acted on (the child is gone).
         assert!(no_logs(m.step(t(2099), Event::signal(Signal::SIGHUP))).is_empty());
         let out = no_logs(m.step(t(2100), Event::Tick));
-        assert_eq!(
-            out,
-            vec![Effect::SignalEscaped {
-                signal: Signal::SIGKILL
-            }]
-        );
+        assert_eq!(out, round(Signal::SIGKILL));
         assert!(no_logs(m.step(t(2100), Event::EscapedSignalled { count: 1 })).is_empty());
         let out = m.step(t(2101), Event::EscapedExited { remaining: 0 });
         assert_eq!(out, vec![Effect::Exit(3)]);
@@ -402,19 +408,8 @@ mod tests {
         let (mut m, _) = exiting();
         m.step(t(100), Event::EscapedSignalled { count: 2 });
         assert_eq!(m.deadline(), Some(t(2100)));
-        let out = no_logs(m.step(
-            t(500),
-            Event::ProcessExited {
-                id: ProcId(42),
-                status: ExitStatus::Code(0),
-            },
-        ));
-        assert_eq!(
-            out,
-            vec![Effect::SignalEscaped {
-                signal: Signal::SIGINT
-            }]
-        );
+        let out = no_logs(m.step(t(500), exited(ProcId(42), ExitStatus::Code(0))));
+        assert_eq!(out, round(Signal::SIGINT));
         m.step(t(500), Event::EscapedSignalled { count: 1 });
         assert_eq!(m.deadline(), Some(t(2100)));
     }
@@ -425,33 +420,16 @@ mod tests {
     /// over to `SUCCESSOR`, whose old child has exited: the exit waits for one
     /// escaped process (signalled at 2.7 s; its SIGKILL is due at 4.5 s).
     fn sweeping_after_handover() -> Machine {
-        let mut m = Machine::new(Settings {
-            generation: Generation::First,
-            upgrade_signal: Signal::SIGHUP,
-            upgrade_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::ZERO,
-            shutdown_signal: Signal::SIGINT,
-            shutdown_timeout: Duration::from_secs(2),
-            health: Health::Alive {
-                timeout: Duration::from_secs(1),
-            },
-            pidfile: true,
-        })
-        .with_subreaper(true)
-        .with_proxy(true);
+        let mut m = Machine::new(settings(true))
+            .with_subreaper(true)
+            .with_proxy(true);
         m.step(t(0), Event::Started);
         m.step(t(1000), Event::Tick);
         m.step(t(1000), Event::PidfileWritten);
         m.step(t(2000), Event::signal(Signal::SIGHUP));
         m.step(t(2500), Event::SuccessorReady { id: SUCCESSOR });
         m.step(t(2600), Event::ProxyDrained);
-        m.step(
-            t(2700),
-            Event::ProcessExited {
-                id: CHILD,
-                status: ExitStatus::Signaled(2),
-            },
-        );
+        m.step(t(2700), exited(CHILD, ExitStatus::Signaled(2)));
         m.step(t(2700), Event::EscapedSignalled { count: 1 });
         assert!(m.sweeping() && m.handed_over());
         m
@@ -485,13 +463,7 @@ mod tests {
         let gone = Effect::RemovePidfile {
             exited_successor: Some(SUCCESSOR),
         };
-        let out = no_logs(m.step(
-            t(3000),
-            Event::ProcessExited {
-                id: SUCCESSOR,
-                status: ExitStatus::Code(0),
-            },
-        ));
+        let out = no_logs(m.step(t(3000), exited(SUCCESSOR, ExitStatus::Code(0))));
         // Its orphans would be ours now: one more round.
         assert_eq!(
             out,
@@ -528,13 +500,7 @@ mod tests {
                 group: false
             }]
         );
-        m.step(
-            due,
-            Event::ProcessExited {
-                id: SUCCESSOR,
-                status: ExitStatus::Signaled(9),
-            },
-        );
+        m.step(due, exited(SUCCESSOR, ExitStatus::Signaled(9)));
         let out = m.step(due, Event::EscapedSignalled { count: 0 });
         assert_eq!(out.last(), Some(&Effect::Exit(0)));
     }
@@ -545,16 +511,10 @@ mod tests {
     #[test]
     fn a_new_generation_gone_on_its_own_while_sweeping_changes_no_files() {
         let mut m = sweeping_after_handover();
-        m.step(
-            t(2800),
-            Event::ProcessExited {
-                id: SUCCESSOR,
-                status: ExitStatus::Code(1),
-            },
-        );
+        m.step(t(2800), exited(SUCCESSOR, ExitStatus::Code(1)));
         assert!(no_logs(m.step(t(2850), Event::signal(Signal::SIGTERM))).is_empty());
-        let out = m.step(t(2900), Event::EscapedSignalled { count: 0 });
-        assert_eq!(out, vec![Effect::Exit(0)]);
+        let last = m.step(t(2900), Event::EscapedSignalled { count: 0 });
+        assert_eq!(last, [Effect::Exit(0)], "no file removed");
     }
 
     /// `psflip status` is still answered while the exit waits for escaped
@@ -563,14 +523,7 @@ mod tests {
     fn control_clients_are_answered_while_sweeping() {
         let (mut m, _) = exiting();
         m.step(t(100), Event::EscapedSignalled { count: 1 });
-        let out = m.step(
-            t(200),
-            Event::ControlRequest {
-                client: ClientId(3),
-                request: Request::Status,
-                from: None,
-            },
-        );
+        let out = m.step(t(200), ask(3, Request::Status));
         assert!(
             matches!(
                 &out[..],
@@ -592,12 +545,7 @@ mod tests {
         m.step(t(2100), Event::Tick);
         m.step(t(2100), Event::EscapedSignalled { count: 2 });
         let out = no_logs(m.step(t(2200), Event::EscapedExited { remaining: 2 }));
-        assert_eq!(
-            out,
-            vec![Effect::SignalEscaped {
-                signal: Signal::SIGKILL
-            }]
-        );
+        assert_eq!(out, round(Signal::SIGKILL));
         // Nor does a round after the SIGKILL put off giving up on them.
         assert_eq!(m.deadline(), Some(t(2100) + ESCAPED_GIVE_UP));
         m.step(t(2200), Event::EscapedSignalled { count: 2 });
@@ -623,14 +571,7 @@ mod tests {
     fn no_upgrade_while_the_exit_waits_for_escaped_processes() {
         let (mut m, _) = exiting();
         m.step(t(150), Event::EscapedSignalled { count: 1 });
-        let out = m.step(
-            t(200),
-            Event::ControlRequest {
-                client: ClientId(1),
-                request: Request::Upgrade,
-                from: None,
-            },
-        );
+        let out = m.step(t(200), ask(1, Request::Upgrade));
         assert!(
             !out.iter().any(|e| matches!(e, Effect::Spawn { .. })),
             "{out:?}"
@@ -645,14 +586,7 @@ mod tests {
             )),
             "{out:?}"
         );
-        let out = m.step(
-            t(210),
-            Event::ControlRequest {
-                client: ClientId(2),
-                request: Request::Status,
-                from: None,
-            },
-        );
+        let out = m.step(t(210), ask(2, Request::Status));
         assert!(
             out.iter().any(|e| matches!(
                 e,

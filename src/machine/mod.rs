@@ -463,6 +463,15 @@ fn terminating(sig: crate::Signal) -> bool {
     matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
 }
 
+/// The app child has exited: SIGKILL its group and say so (at `level`). The
+/// child led its own process group; whatever it left there (a shell's background
+/// jobs) must not outlive it. The runtime has not reaped the child yet, so the
+/// group id cannot have been recycled.
+fn child_gone(child: ProcId, level: crate::log::Level, text: String, out: &mut Vec<Effect>) {
+    out.push(kill(child, true));
+    about(out, level, "child_exited", text, &[("child", child)]);
+}
+
 fn kill(id: ProcId, group: bool) -> Effect {
     Effect::Signal {
         id,

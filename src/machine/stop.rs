@@ -8,7 +8,7 @@ use super::escaped::NewGeneration;
 use super::state::{
     Drain, Lineage, OldChild, Predecessor, Standing, State, Stop, StopCause, StopStep,
 };
-use super::{Effect, ExitStatus, Instant, Machine, Reply, Timer, about, kill, log};
+use super::{Effect, ExitStatus, Instant, Machine, Reply, Timer, child_gone, kill, log};
 
 impl Machine {
     /// Stop the child after `delay` — `shutdown.signal`, then SIGKILL to its group
@@ -96,15 +96,8 @@ impl Machine {
         let step = stop.step;
         let child = step.child().expect("a child being stopped");
         stop.step = StopStep::Gone;
-        // Its group must not outlive it (see `on_unready_child_exit`).
-        out.push(kill(child, true));
-        about(
-            out,
-            crate::log::Level::Info,
-            "child_exited",
-            format!("the child exited ({status})"),
-            &[("child", child)],
-        );
+        let text = format!("the child exited ({status})");
+        child_gone(child, crate::log::Level::Info, text, out);
         let code = stop.cause.exit_code(step, status, self.relayed(status));
         self.finish(code, out);
     }

@@ -8,7 +8,7 @@ use crate::Signal;
 use super::state::{Lineage, Predecessor, Proving, State, Stop, StopCause, StopStep};
 use super::{
     Effect, ExitStatus, GIVE_UP_GRACE, Health, Instant, Machine, Notify, ProbeKind, Role, Sender,
-    Timer, about, kill, log, note, warn,
+    Timer, child_gone, kill, log, note, warn,
 };
 
 impl Machine {
@@ -246,18 +246,9 @@ impl Machine {
     /// non-zero status, or 1.
     pub(super) fn on_unready_child_exit(&mut self, status: ExitStatus, out: &mut Vec<Effect>) {
         let child = self.live_child().expect("a starting child");
-        // The child led its own process group; whatever it left there (a shell's
-        // background jobs) must not outlive it. The runtime has not reaped the child
-        // yet, so the group id cannot have been recycled.
-        out.push(kill(child, true));
         self.kill_probe(out);
-        about(
-            out,
-            crate::log::Level::Warning,
-            "child_exited",
-            format!("the child exited ({status}) before it became healthy"),
-            &[("child", child)],
-        );
+        let text = format!("the child exited ({status}) before it became healthy");
+        child_gone(child, crate::log::Level::Warning, text, out);
         self.fail(format!(
             "the new child exited ({status}) before it became healthy"
         ));
@@ -285,19 +276,12 @@ impl Machine {
     /// The serving child exited: psflip exits with its status.
     pub(super) fn on_serving_child_exit(&mut self, status: ExitStatus, out: &mut Vec<Effect>) {
         let child = self.live_child().expect("a serving child");
-        out.push(kill(child, true));
         let level = if self.relayed(status) == 0 {
             crate::log::Level::Info
         } else {
             crate::log::Level::Warning
         };
-        about(
-            out,
-            level,
-            "child_exited",
-            format!("the child exited ({status})"),
-            &[("child", child)],
-        );
+        child_gone(child, level, format!("the child exited ({status})"), out);
         self.exit(self.relayed(status), out);
     }
 
@@ -332,23 +316,36 @@ impl Machine {
         }
         let terminating = super::terminating(sig);
         if terminating {
-            match &mut self.state {
-                State::Upgrading(_) => self.abort_upgrade(now, sig, out),
-                State::Starting {
-                    upgrade_requested, ..
-                } if *upgrade_requested => {
-                    *upgrade_requested = false;
-                    self.cancel_requested_upgrade(sig, out)
-                }
-                _ => {}
-            }
-            if self.handed_over() && from != Sender::Predecessor {
-                self.pass_on_stop(now, sig, out);
-            }
-            if self.gives_up_on(from) {
-                self.give_up(now, sig, out);
-            }
+            self.on_termination(now, sig, from, out);
         }
+        self.forward(sig, terminating, out);
+    }
+
+    /// A termination signal (SIGTERM, SIGINT, SIGQUIT): it aborts an upgrade in
+    /// flight or cancels one promised, is passed on to the new generation after a
+    /// handover, and makes a successor that has not taken over give up.
+    fn on_termination(&mut self, now: Instant, sig: Signal, from: Sender, out: &mut Vec<Effect>) {
+        match &mut self.state {
+            State::Upgrading(_) => self.abort_upgrade(now, sig, out),
+            State::Starting {
+                upgrade_requested, ..
+            } if *upgrade_requested => {
+                *upgrade_requested = false;
+                self.cancel_requested_upgrade(sig, out)
+            }
+            _ => {}
+        }
+        if self.handed_over() && from != Sender::Predecessor {
+            self.pass_on_stop(now, sig, out);
+        }
+        if self.gives_up_on(from) {
+            self.give_up(now, sig, out);
+        }
+    }
+
+    /// Every signal but the upgrade signal goes to the child (a termination
+    /// signal is remembered: a child that dies of it stopped as asked).
+    fn forward(&mut self, sig: Signal, terminating: bool, out: &mut Vec<Effect>) {
         match self.live_child() {
             Some(id) => {
                 if terminating {

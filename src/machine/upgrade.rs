@@ -6,8 +6,8 @@ use crate::Signal;
 
 use super::state::{Drain, OldChild, State, Stop, StopCause, Upgrade};
 use super::{
-    Effect, ExitStatus, Instant, Machine, Notify, Reply, Role, SUCCESSOR_GRACE, Timer, Trigger,
-    about, kill, log, warn,
+    Effect, ExitStatus, Instant, Machine, Notify, ProcId, Reply, Role, SUCCESSOR_GRACE, Timer,
+    Trigger, about, kill, log, warn,
 };
 
 impl Machine {
@@ -175,40 +175,11 @@ impl Machine {
             );
             return;
         }
-        // Say when the old child is stopped: now, once its proxied connections
-        // have closed, or after shutdown.delay.
-        let delay = self.settings.shutdown_delay;
-        let when = match (self.proxy, delay.is_zero()) {
-            (_, true) => "stopping the old child".to_string(),
-            (true, false) => format!(
-                "the old child is stopped once its proxied connections have closed, after shutdown.delay ({delay:?}) at the latest"
-            ),
-            (false, false) => format!("stopping the old child after shutdown.delay ({delay:?})"),
-        };
-        let old_child = match u.old {
-            OldChild::Running(c) => vec![("successor", to), ("old_child", c)],
-            OldChild::Exited(_) => vec![("successor", to)],
-        };
-        about(
-            out,
-            crate::log::Level::Notice,
-            "upgrade_succeeded",
-            format!("upgrade: the successor is ready; {when}"),
-            &old_child,
-        );
+        self.say_handed_over(to, u.old, out);
         self.last_upgrade = Some("succeeded".into());
         out.push(Effect::UpgradeEnded(Ok(())));
         self.answer_waiters(Reply::Upgraded { successor: to }, out);
-        let drain = if self.proxy {
-            out.push(Effect::ProxyStopAccepting);
-            self.timers.set(
-                Timer::DrainCutoff,
-                now + self.settings.shutdown_delay + self.settings.shutdown_timeout,
-            );
-            Drain::Awaiting
-        } else {
-            Drain::NotProxied
-        };
+        let drain = self.start_drain(now, out);
         let delay = self.settings.shutdown_delay;
         self.stop_child(
             now,
@@ -220,6 +191,44 @@ impl Machine {
             },
             out,
         );
+    }
+
+    /// The upgrade succeeded: say so, and when the old child is stopped — now,
+    /// once its proxied connections have closed, or after shutdown.delay.
+    fn say_handed_over(&self, to: ProcId, old: OldChild, out: &mut Vec<Effect>) {
+        let delay = self.settings.shutdown_delay;
+        let when = match (self.proxy, delay.is_zero()) {
+            (_, true) => "stopping the old child".to_string(),
+            (true, false) => format!(
+                "the old child is stopped once its proxied connections have closed, after shutdown.delay ({delay:?}) at the latest"
+            ),
+            (false, false) => format!("stopping the old child after shutdown.delay ({delay:?})"),
+        };
+        let procs = match old {
+            OldChild::Running(c) => vec![("successor", to), ("old_child", c)],
+            OldChild::Exited(_) => vec![("successor", to)],
+        };
+        about(
+            out,
+            crate::log::Level::Notice,
+            "upgrade_succeeded",
+            format!("upgrade: the successor is ready; {when}"),
+            &procs,
+        );
+    }
+
+    /// With a proxy, the handover moves the accepting to the successor: this
+    /// generation's connections drain, bounded by [`Timer::DrainCutoff`].
+    fn start_drain(&mut self, now: Instant, out: &mut Vec<Effect>) -> Drain {
+        if !self.proxy {
+            return Drain::NotProxied;
+        }
+        out.push(Effect::ProxyStopAccepting);
+        self.timers.set(
+            Timer::DrainCutoff,
+            now + self.settings.shutdown_delay + self.settings.shutdown_timeout,
+        );
+        Drain::Awaiting
     }
 
     /// The successor is gone without (usefully) reporting ready: serve on, or exit
@@ -234,28 +243,26 @@ impl Machine {
             Some(reason) => format!("{why}: {reason}"),
             None => why,
         };
-        let old = u.old;
-        let successor = [("successor", u.successor)];
+        let (old, successor) = (u.old, u.successor);
         self.last_upgrade = Some(format!("failed: {why}"));
         out.push(Effect::UpgradeEnded(Err(why.clone())));
         self.answer_waiters(Reply::UpgradeFailed(why.clone()), out);
-        if aborting {
-            about(
-                out,
-                crate::log::Level::Warning,
-                "upgrade_aborted",
-                format!("upgrade aborted: {why}"),
-                &successor,
-            );
+        let (event, text) = if aborting {
+            ("upgrade_aborted", format!("upgrade aborted: {why}"))
         } else {
-            about(
-                out,
-                crate::log::Level::Warning,
+            (
                 "upgrade_failed",
                 format!("upgrade failed: {why}; the old child carries on"),
-                &successor,
-            );
-        }
+            )
+        };
+        let level = crate::log::Level::Warning;
+        about(out, level, event, text, &[("successor", successor)]);
+        self.after_failed_upgrade(old, &why, out);
+    }
+
+    /// After a failed upgrade: serve on, or exit with the old child's status if
+    /// it has exited meanwhile.
+    fn after_failed_upgrade(&mut self, old: OldChild, why: &str, out: &mut Vec<Effect>) {
         match old {
             OldChild::Exited(status) => {
                 log(out, format!("the old child had exited ({status})"));
@@ -290,24 +297,40 @@ impl Machine {
                 ..
             }
         );
-        let (super::StopStep::Delay(child), false) = (stop.step, service_stops) else {
-            log(
-                out,
-                format!("the new generation exited ({status}) after taking over"),
-            );
-            if service_stops {
-                self.timers.cancel(Timer::NewGenerationKill);
-                // A pidfile naming it (it was killed) names a dead process: gone.
-                if self.settings.pidfile {
-                    out.push(Effect::RemovePidfile {
-                        exited_successor: self.exited_successor,
-                    });
-                }
-                // Told to stop with us, it was what we waited for (`pass_on_stop`).
-                self.finish_if_stopped(out);
+        match (stop.step, service_stops) {
+            (super::StopStep::Delay(child), false) => self.take_service_back(child, status, out),
+            _ => self.on_new_generation_stopped(status, service_stops, out),
+        }
+    }
+
+    /// The new generation exited after taking over and after the old child was
+    /// touched (or told to stop with the service): nothing is taken back.
+    fn on_new_generation_stopped(
+        &mut self,
+        status: ExitStatus,
+        service_stops: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        log(
+            out,
+            format!("the new generation exited ({status}) after taking over"),
+        );
+        if service_stops {
+            self.timers.cancel(Timer::NewGenerationKill);
+            // A pidfile naming it (it was killed) names a dead process: gone.
+            if self.settings.pidfile {
+                out.push(Effect::RemovePidfile {
+                    exited_successor: self.exited_successor,
+                });
             }
-            return;
-        };
+            // Told to stop with us, it was what we waited for (`pass_on_stop`).
+            self.finish_if_stopped(out);
+        }
+    }
+
+    /// The new generation died before the old child was touched: this
+    /// generation serves again.
+    fn take_service_back(&mut self, child: ProcId, status: ExitStatus, out: &mut Vec<Effect>) {
         warn(
             out,
             "upgrade_failed",
