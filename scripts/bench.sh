@@ -133,18 +133,48 @@ fi
 
 # --- launch to exit (hyperfine) ----------------------------------------------------
 # The child exits at once, before it is healthy, so psflip exits 1: -i.
+# The floor of figure 1: a launcher that does nothing but start its child
+# (vfork, execvp, waitpid: one more exec and one spawn, as any supervisor),
+# in C, glibc static and dynamic.
 printf 'cmd = ["true"]\n' >"$work/true.toml"
-log "hyperfine: psflip -c true.toml vs true"
-hyperfine -N -i --warmup 5 --runs 50 \
-    --command-name 'psflip -c true.toml' --command-name 'true' \
+hf_cmds=("$bin -c $work/true.toml" "true")
+hf_names=(--command-name 'psflip -c true.toml' --command-name 'true')
+if command -v cc >/dev/null; then
+    cat >"$work/launch.c" <<'EOT'
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    pid_t pid = vfork();
+    if (pid == 0) { execvp(argv[1], argv + 1); _exit(127); }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+EOT
+    if cc -O2 -static -o "$work/launch-static" "$work/launch.c" 2>/dev/null &&
+        cc -O2 -o "$work/launch-dynamic" "$work/launch.c"; then
+        hf_cmds+=("$work/launch-static true" "$work/launch-dynamic true")
+        hf_names+=(--command-name 'launch true (C, static)' --command-name 'launch true (C, dynamic)')
+    fi
+fi
+log "hyperfine: psflip -c true.toml vs true (and the C launcher floor)"
+hyperfine -N -i --warmup 5 --runs 50 "${hf_names[@]}" \
     --export-json "$work/hyperfine.json" --export-markdown "$work/hyperfine.md" \
-    "$bin -c $work/true.toml" "true" 2>&1 | tee "$work/hyperfine.log"
+    "${hf_cmds[@]}" 2>&1 | tee "$work/hyperfine.log"
 hf() { jq -r ".results[$1].$2" "$work/hyperfine.json"; }
 to_ms() { awk -v s="$1" 'BEGIN { printf "%.3f", s * 1000 }'; }
 hf_psflip=$(to_ms "$(hf 0 median)")
 hf_true=$(to_ms "$(hf 1 median)")
 hf_over=$(awk -v a="$hf_psflip" -v b="$hf_true" 'BEGIN { printf "%.3f", a - b }')
 hf_n=$(jq -r '.results[0].times | length' "$work/hyperfine.json")
+hf_floor=""
+if [ "${#hf_cmds[@]}" = 4 ]; then
+    ls_ms=$(to_ms "$(hf 2 median)")
+    ld_ms=$(to_ms "$(hf 3 median)")
+    hf_floor=$(awk -v s="$ls_ms" -v d="$ld_ms" -v t="$hf_true" 'BEGIN {
+        printf "The floor of figure 1, a C launcher that only starts its child (vfork, execvp, waitpid), takes %.3f ms statically linked (+%.3f ms over `true`) and %.3f ms dynamically linked (+%.3f ms).", s, s - t, d, d - t }')
+fi
 
 # --- floors: the RSS and size of programs that do nothing -------------------------
 # What any process of each kind costs here, whatever it does: the floor under
@@ -260,6 +290,7 @@ $(cat "$work/flip/summary.md")
 
 Launch to exit, for comparison (hyperfine, n = $hf_n): \`psflip -c true.toml\` takes
 $hf_psflip ms against $hf_true ms for \`true\` alone (+$hf_over ms, medians).
+$hf_floor
 
 ## Details
 
