@@ -99,6 +99,10 @@ impl Machine {
             self.settings.shutdown_timeout.min(GIVE_UP_GRACE)
         };
         self.timers.set(Timer::ChildKill, now + grace);
+        // Escaped processes get SIGKILL no later than the child: the old
+        // generation SIGKILLs us shutdown.timeout + grace after it passed the
+        // stop on, and what we leave then is nobody's to stop.
+        self.kill_due = Some(now + grace);
     }
 
     /// (Successor, before taking over) remember why we give up, to tell the old

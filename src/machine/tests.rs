@@ -769,6 +769,24 @@ mod decisions {
     /// read the signal. It was still the predecessor's stop: the new generation
     /// gives up (its child gets shutdown.timeout, then SIGKILL) instead of
     /// serving on with a child that ignores the signal.
+    /// Regression (simulation seed 66090): a new generation told by its
+    /// predecessor to stop gave its escaped processes a fresh shutdown.timeout
+    /// after its child was gone, outliving the old generation's deadline for it
+    /// (shutdown.timeout + grace), which then SIGKILLed it mid-sweep. They get
+    /// SIGKILL when the child does.
+    #[test]
+    fn a_successor_giving_up_sweeps_its_escaped_processes_by_the_childs_deadline() {
+        let mut m = Machine::new(successor_settings()).with_subreaper(true);
+        m.step(at(0), Event::Started);
+        m.step(at(1000), Event::Tick);
+        let signal = Signal::SIGTERM;
+        let from = Sender::Predecessor;
+        m.step(at(2000), Event::SignalReceived { signal, from });
+        m.step(at(3000), exited(ProcId(1), ExitStatus::Signaled(15)));
+        m.step(at(3000), Event::EscapedSignalled { count: 1 });
+        assert_eq!(m.timers().get(Timer::EscapedKill), Some(at(2000) + 5 * SEC));
+    }
+
     #[test]
     fn a_stop_the_predecessor_sent_before_it_exited_still_stops_the_service() {
         let mut m = took_over();
