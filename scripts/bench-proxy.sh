@@ -16,6 +16,9 @@
 # section in BENCHMARKS.md (appends it if absent), leaving the rest alone.
 #
 #   sudo scripts/bench-proxy.sh [--write]        # ROUNDS=7 DURATION=5s IDLE=10000
+#   sudo nice -n -10 scripts/bench-proxy.sh      # on a shared machine: everything
+#                                                # measured (wrk, nginx, the proxies)
+#                                                # inherits the priority, builds do not
 #
 # Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
 set -euo pipefail
@@ -268,7 +271,7 @@ direct cannot reach 1; the reference is HAProxy in the same run.
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r);
 nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}') (\`mode tcp\`, \`nbthread 1\`, default buffers), wrk -t2 -c20 -d$DURATION;
 psflip $(git describe --always --dirty 2>/dev/null || echo '?') (release). $ROUNDS rounds, the three variants in a rotating order in
-each (keep-alive, then one connection per request, then bulk); medians. Load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end
+each (keep-alive, then one connection per request, then bulk); medians. Run at nice $(nice) (every process measured inherits it). Load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end
 (other work shared the machine: compare within a run, not across runs).
 
 | | keep-alive: requests/s | × HAProxy | p50 | p99 | one connection per request: requests/s | × HAProxy | p50 | p99 | proxy CPU / request (keep-alive / per connection) | bulk: 1 GiB, one connection | × HAProxy |
