@@ -46,7 +46,8 @@ pub enum State {
     /// Stopping the child, then exiting.
     Stopping(Stop),
     /// The child is gone; the exit waits until the escaped processes that
-    /// re-parented to this psflip are gone too (`escaped.rs`).
+    /// re-parented to this psflip are gone too, and, after a handover, a new
+    /// generation that a stop was passed on to (`escaped.rs`).
     Sweeping(Sweep),
     /// `Exit` was emitted; every later event is ignored.
     Done {
