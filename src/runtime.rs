@@ -7,13 +7,16 @@
 //!    `Event::Started` to the machine.
 //! 3. Each loop turn polls the signalfd, the readiness pipe of a successor in flight
 //!    and (in a successor) the pipe to the previous generation, with the machine's
-//!    [`Machine::deadline`] as the timeout, then turns what it finds into events:
-//!    readiness bytes first (a successor that reports ready and then dies has still
-//!    reported ready), then signals (SIGCHLD becomes a drain of exited children, each
-//!    reported *before* it is reaped), then a `Tick` if the deadline has passed.
+//!    [`Machine::deadline`] as the timeout, then [`turn`] turns what it finds into
+//!    events: readiness bytes first (a successor that reports ready and then dies
+//!    has still reported ready), then signals (SIGCHLD becomes a drain of exited
+//!    children, each reported *before* it is reaped), then a `Tick` if the deadline
+//!    has passed. Which event each happening is, is [`source::Psflip`]'s decoding,
+//!    written over the [`Source`] trait: [`Live`] answers from the real OS.
 //! 4. [`drive`] feeds one event and interprets the effects through the [`Os`] trait;
 //!    the answers of effects that can fail come back as events. The simulation in
-//!    `tests/sim` runs the same `drive` over a simulated kernel.
+//!    `tests/sim` runs the same `turn`, `Psflip` decoding and `drive` over a
+//!    simulated kernel (its own `Source` and `Os`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -38,7 +41,7 @@ use crate::handoff::Handoff;
 use crate::log::{Level, Record};
 use crate::machine::{
     ClientId, Effect, Event, ExitStatus, Instant, Log, Machine, Notify, Origin, ProbeKind, ProcId,
-    Reply, Role, Sender, Settings, Status, Trigger,
+    Reply, Request, Role, Settings, Status, Trigger,
 };
 use crate::probe::{self, Check};
 use crate::proxy::Proxy;
@@ -845,50 +848,97 @@ impl Clock {
     }
 }
 
-/// What the event loop drives: a pure machine plus the OS it acts on. psflip's
-/// generation ([`Psflip`]) and pidwatch implement it; each turns these callbacks
-/// into events of its own machine and returns the exit status once it asks to
-/// exit.
+/// What one turn of an event loop asks of what it drives, after poll, in the
+/// order [`turn`] asks it: psflip's generation ([`Psflip`], over the real OS or
+/// the simulation's) and pidwatch implement it. Each `on_*` returns the exit
+/// status once the machine asked to exit.
 pub trait Driver {
-    /// Names the extra fds a driver polls, so a callback knows which one fired.
+    /// Names the fds a driver polls, so a callback knows which one fired.
     type Tag: Copy;
     /// The next instant something is due.
     fn deadline(&self) -> Option<Instant>;
-    /// Extra fds to poll beside the signalfd.
-    fn fds(&self) -> Vec<(Self::Tag, BorrowedFd<'_>, PollFlags)>;
     /// The fd named `tag` polled ready. Called before signals are read.
     fn on_fd(&mut self, now: Instant, tag: Self::Tag) -> Option<i32>;
-    /// A signal other than SIGCHLD arrived.
-    fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32>;
-    /// A signal other than SIGCHLD arrived from the process `from`, of user
-    /// `uid` (0: the kernel). By default the same as `on_signal`.
-    fn on_signal_from(&mut self, now: Instant, sig: Signal, from: u32, uid: u32) -> Option<i32> {
-        let _ = (from, uid);
-        self.on_signal(now, sig)
-    }
+    /// The next pending signal: its number, and its sender's pid and uid (pid 0:
+    /// the kernel).
+    fn next_signal(&mut self) -> Option<(i32, u32, u32)>;
+    /// A standard signal other than SIGCHLD arrived from the process `from`, of
+    /// user `uid`.
+    fn on_signal(&mut self, now: Instant, sig: Signal, from: u32, uid: u32) -> Option<i32>;
     /// A real-time signal arrived.
-    fn on_realtime_signal(&mut self, _now: Instant, signo: i32) -> Option<i32> {
-        self.log(&format!("signal {signo} ignored: cannot forward it"));
-        None
-    }
+    fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32>;
+    /// The next exited child, not reaped yet.
+    fn next_exited(&mut self) -> Option<(Pid, ExitStatus)>;
     /// A child exited. It is still a zombie (its pid and group cannot be recycled)
     /// and is reaped as soon as this returns.
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32>;
-    /// The child `pid` was reaped.
-    fn on_reaped(&mut self, pid: Pid);
+    /// Reap the child `pid` and forget it.
+    fn reap(&mut self, pid: Pid);
     /// The deadline has passed.
     fn on_tick(&mut self, now: Instant) -> Option<i32>;
-    /// A line for the log.
-    fn log(&mut self, line: &str);
+}
+
+/// A [`Driver`] the real loop polls: the signalfd and its own fds.
+pub trait Poll: Driver {
+    fn signalfd(&self) -> BorrowedFd<'_>;
+    /// Extra fds to poll beside the signalfd, in the order they are handled.
+    fn fds(&self) -> Vec<(Self::Tag, BorrowedFd<'_>, PollFlags)>;
+}
+
+/// One turn of the loop once poll returned (`ready`: the fds that fired, in
+/// order; `sig_ready`: the signalfd did): the ready fds first (a successor that
+/// reports ready and then dies has still reported ready), then every pending
+/// signal in the order the kernel gives them (SIGCHLD becoming a drain of
+/// exited children, each reported *before* it is reaped), then a tick if the
+/// deadline has passed. The real loop and the simulation both run this.
+pub fn turn<D: Driver>(
+    driver: &mut D,
+    now: Instant,
+    ready: &[D::Tag],
+    sig_ready: bool,
+) -> Option<i32> {
+    for &tag in ready {
+        if let Some(code) = driver.on_fd(now, tag) {
+            return Some(code);
+        }
+    }
+    if sig_ready {
+        while let Some((signo, from, uid)) = driver.next_signal() {
+            let code = if signo == libc::SIGCHLD {
+                reap_all(driver, now)
+            } else {
+                match Signal::try_from(signo) {
+                    Ok(sig) => driver.on_signal(now, sig, from, uid),
+                    Err(_) => driver.on_realtime_signal(now, signo),
+                }
+            };
+            if code.is_some() {
+                return code;
+            }
+        }
+    }
+    if driver.deadline().is_some_and(|t| t <= now) {
+        return driver.on_tick(now);
+    }
+    None
+}
+
+/// Report and reap every exited child (SIGCHLD coalesces). Each exit is reported
+/// while the child is a zombie, then it is reaped, whatever the driver answered.
+fn reap_all(driver: &mut impl Driver, now: Instant) -> Option<i32> {
+    let mut exit = None;
+    while let Some((pid, status)) = driver.next_exited() {
+        if exit.is_none() {
+            exit = driver.on_exit(now, pid, status);
+        }
+        driver.reap(pid);
+    }
+    exit
 }
 
 /// Run `driver` until it asks to exit; returns the exit status. Signals must already
 /// be blocked ([`signals::block_all`]).
-pub fn event_loop<D: Driver>(
-    driver: &mut D,
-    signals: &Signals,
-    clock: &Clock,
-) -> Result<i32, EffectError> {
+pub fn event_loop<D: Poll>(driver: &mut D, clock: &Clock) -> Result<i32, EffectError> {
     loop {
         let now = clock.now();
         let timeout = match driver.deadline() {
@@ -902,7 +952,7 @@ pub fn event_loop<D: Driver>(
         };
         let (sig_ready, ready_tags) = {
             let extra = driver.fds();
-            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            let mut fds = vec![PollFd::new(driver.signalfd(), PollFlags::POLLIN)];
             fds.extend(extra.iter().map(|(_, fd, ev)| PollFd::new(*fd, *ev)));
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -917,316 +967,183 @@ pub fn event_loop<D: Driver>(
                 .collect();
             (fired(0), tags)
         };
-        let now = clock.now();
-        for tag in ready_tags {
-            if let Some(code) = driver.on_fd(now, tag) {
-                return Ok(code);
-            }
-        }
-        if sig_ready {
-            while let Some((signo, sender, sender_uid)) = signals.read() {
-                if signo == libc::SIGCHLD {
-                    if let Some(code) = reap_all(driver, now) {
-                        return Ok(code);
-                    }
-                    continue;
-                }
-                let Ok(sig) = Signal::try_from(signo) else {
-                    if let Some(code) = driver.on_realtime_signal(now, signo) {
-                        return Ok(code);
-                    }
-                    continue;
-                };
-                if let Some(code) = driver.on_signal_from(now, sig, sender, sender_uid) {
-                    return Ok(code);
-                }
-            }
-        }
-        if driver.deadline().is_some_and(|t| t <= now)
-            && let Some(code) = driver.on_tick(now)
-        {
+        if let Some(code) = turn(driver, clock.now(), &ready_tags, sig_ready) {
             return Ok(code);
         }
     }
 }
 
-/// Report and reap every exited child (SIGCHLD coalesces). Each exit is reported
-/// while the child is a zombie, then it is reaped, whatever the driver answered.
-fn reap_all(driver: &mut impl Driver, now: Instant) -> Option<i32> {
-    let mut exit = None;
-    while let Some((pid, status)) = reap::peek() {
-        if exit.is_none() {
-            exit = driver.on_exit(now, pid, status);
-        }
-        reap::reap(pid);
-        driver.on_reaped(pid);
-    }
-    exit
-}
-
-/// psflip's generation: the [`Machine`] over the real OS.
-pub struct Psflip {
+/// psflip's generation over the real OS: the [`Machine`], the [`LinuxOs`] its
+/// effects go through, and the signalfd. Its [`Source`] answers from signalfd,
+/// waitid, the pipes and the sockets.
+pub struct Live {
     machine: Machine,
     os: LinuxOs,
+    signals: Signals,
 }
 
-/// The fds psflip polls.
-#[derive(Clone, Copy, Debug)]
-pub enum PsflipFd {
-    /// The readiness pipe of the successor in flight.
-    Successor,
-    /// (Successor) our end of the pipe to the previous generation.
-    Predecessor,
-    /// The control socket's listener.
-    Control,
-    /// A control client.
-    Client(ClientId),
-    /// The proxy thread's news (its connections have all closed).
-    Proxy,
-    /// The app child's notify socket (`[healthcheck.notify]`).
-    Notify,
-    /// The Docker engine's connection (`[healthcheck.docker]`).
-    Docker,
-}
-
-impl Psflip {
-    /// Read the child's notify socket and report what arrived, in order.
-    fn hear_child(&mut self, now: Instant) -> Option<i32> {
-        let (id, socket) = self.os.child_notify.as_ref()?;
-        let id = *id;
-        for message in socket.receive() {
-            let event = Event::ChildNotified {
-                id,
-                ready: message.ready,
-                status: message.status,
-            };
-            if let Some(code) = drive(&mut self.machine, now, event, &mut self.os) {
-                return Some(code);
-            }
-        }
-        None
+impl Source for Live {
+    fn feed(&mut self, now: Instant, event: Event) -> Option<i32> {
+        drive(&mut self.machine, now, event, &mut self.os)
     }
 
-    /// Read the successor's pipe and report what it said.
-    fn hear_successor(&mut self, now: Instant) -> Option<i32> {
-        let (id, fd) = self.os.successor_pipe.as_ref()?;
-        let id = *id;
+    fn machine_deadline(&self) -> Option<Instant> {
+        self.machine.deadline()
+    }
+
+    fn sweeping(&self) -> bool {
+        self.machine.sweeping()
+    }
+
+    fn next_signal(&mut self) -> Option<(i32, u32, u32)> {
+        self.signals.read()
+    }
+
+    fn next_exited(&mut self) -> Option<(Pid, ExitStatus)> {
+        reap::peek()
+    }
+
+    fn reap(&mut self, pid: Pid) {
+        reap::reap(pid);
+        self.os.forget(pid);
+    }
+
+    fn id_of(&self, pid: Pid) -> Option<ProcId> {
+        self.os.ids.get(&pid).copied()
+    }
+
+    fn adopted(&self) -> usize {
+        let ours = self.os.ids.keys().map(|p| p.as_raw()).collect();
+        subreaper::adopted(&ours).len()
+    }
+
+    fn predecessor_pid(&self) -> Option<u32> {
+        self.os.predecessor_pid
+    }
+
+    fn origin(&self, pid: u32, uid: u32) -> Origin {
+        origin(pid, uid, false)
+    }
+
+    fn successor_pipe(&self) -> Option<ProcId> {
+        self.os.successor_pipe.as_ref().map(|(id, _)| *id)
+    }
+
+    fn hear_successor(&mut self) -> readiness::Heard {
+        let Some((_, fd)) = self.os.successor_pipe.as_ref() else {
+            return readiness::Heard::default();
+        };
         let heard = readiness::hear(fd.as_fd(), &mut self.os.successor_said);
         if heard.closed {
             self.os.successor_pipe = None;
         }
-        if let Some(reason) = heard.failure {
-            let event = Event::SuccessorFailed { id, reason };
-            if let Some(code) = drive(&mut self.machine, now, event, &mut self.os) {
-                return Some(code);
+        heard
+    }
+
+    fn child_notify(&self) -> Option<ProcId> {
+        self.os.child_notify.as_ref().map(|(id, _)| *id)
+    }
+
+    fn hear_child(&mut self) -> Vec<notify::Message> {
+        self.os
+            .child_notify
+            .as_ref()
+            .map(|(_, socket)| socket.receive())
+            .unwrap_or_default()
+    }
+
+    fn inspected(&mut self) -> Option<Event> {
+        let docker = self.os.spec.docker.as_mut()?;
+        let inspection = docker.on_ready()?;
+        Some(Event::ContainerInspected {
+            container: docker.container().to_owned(),
+            inspection,
+        })
+    }
+
+    fn accept_control(&mut self, now: Instant) {
+        self.os.accept_control(now);
+    }
+
+    fn receive(&mut self, client: ClientId) -> Option<(Request, Option<Origin>)> {
+        let conn = self.os.clients.get_mut(&client)?;
+        match conn.receive() {
+            Received::Request(request) => {
+                let from = conn.peer().map(|p| origin(p.pid, p.uid, true));
+                // Not polled any more: the client may close its side now and
+                // still get the answer (poll would report that close forever).
+                self.os.answering.insert(client);
+                Some((request, from))
             }
+            Received::Invalid(line) => {
+                if let Some(conn) = self.os.clients.remove(&client) {
+                    conn.reply(&format!("error: unknown request {line:?}\n"));
+                }
+                None
+            }
+            Received::Closed => {
+                self.os.clients.remove(&client);
+                None
+            }
+            Received::Partial => None,
         }
-        if heard.ready {
-            return drive(
-                &mut self.machine,
-                now,
-                Event::SuccessorReady { id },
-                &mut self.os,
-            );
+    }
+
+    fn predecessor_closed(&mut self) {
+        self.os.spec.predecessor = None;
+    }
+
+    fn proxy_drained(&mut self) -> bool {
+        self.os.spec.proxy.as_mut().is_some_and(Proxy::drained)
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        self.os.control_paused_until
+    }
+
+    fn resume(&mut self, now: Instant) {
+        if self.os.control_paused_until.is_some_and(|t| t <= now) {
+            self.os.control_paused_until = None;
         }
-        None
     }
 }
 
-impl Driver for Psflip {
-    type Tag = PsflipFd;
-
-    fn deadline(&self) -> Option<Instant> {
-        // The machine's deadline, or the end of a pause of the control socket.
-        match (self.machine.deadline(), self.os.control_paused_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+impl Poll for Psflip<Live> {
+    fn signalfd(&self) -> BorrowedFd<'_> {
+        self.0.signals.as_fd()
     }
 
     fn fds(&self) -> Vec<(PsflipFd, BorrowedFd<'_>, PollFlags)> {
+        // In the order of `PsflipFd`'s variants.
+        let os = &self.0.os;
         let mut fds = Vec::new();
-        if let Some((_, fd)) = self.os.successor_pipe.as_ref() {
+        if let Some((_, fd)) = os.successor_pipe.as_ref() {
             fds.push((PsflipFd::Successor, fd.as_fd(), PollFlags::POLLIN));
         }
-        if let Some(p) = self.os.spec.predecessor.as_ref() {
+        if let Some(p) = os.spec.predecessor.as_ref() {
             // No events asked: POLLERR comes once the read end is closed everywhere.
             fds.push((PsflipFd::Predecessor, p.as_fd(), PollFlags::empty()));
         }
-        if let Some(fd) = self.os.spec.proxy.as_ref().and_then(Proxy::events_fd) {
+        if let Some(fd) = os.spec.proxy.as_ref().and_then(Proxy::events_fd) {
             fds.push((PsflipFd::Proxy, fd, PollFlags::POLLIN));
         }
-        if let Some((_, socket)) = self.os.child_notify.as_ref() {
+        if let Some((_, socket)) = os.child_notify.as_ref() {
             fds.push((PsflipFd::Notify, socket.as_fd(), PollFlags::POLLIN));
         }
-        if let Some((fd, flags)) = self.os.spec.docker.as_ref().and_then(Inspector::poll) {
+        if let Some((fd, flags)) = os.spec.docker.as_ref().and_then(Inspector::poll) {
             fds.push((PsflipFd::Docker, fd, flags));
         }
-        if let Some(listener) = self
-            .os
-            .control
-            .as_ref()
-            .and_then(control::Listener::poll_fd)
-            && self.os.control_paused_until.is_none()
+        if let Some(listener) = os.control.as_ref().and_then(control::Listener::poll_fd)
+            && os.control_paused_until.is_none()
         {
             fds.push((PsflipFd::Control, listener, PollFlags::POLLIN));
         }
-        for (client, conn) in &self.os.clients {
-            if !self.os.answering.contains(client) {
+        for (client, conn) in &os.clients {
+            if !os.answering.contains(client) {
                 fds.push((PsflipFd::Client(*client), conn.as_fd(), PollFlags::POLLIN));
             }
         }
         fds
-    }
-
-    fn on_fd(&mut self, now: Instant, tag: PsflipFd) -> Option<i32> {
-        match tag {
-            PsflipFd::Successor => self.hear_successor(now),
-            PsflipFd::Notify => self.hear_child(now),
-            PsflipFd::Docker => {
-                let docker = self.os.spec.docker.as_mut()?;
-                let inspection = docker.on_ready()?;
-                let event = Event::ContainerInspected {
-                    container: docker.container().to_owned(),
-                    inspection,
-                };
-                drive(&mut self.machine, now, event, &mut self.os)
-            }
-            PsflipFd::Control => {
-                self.os.accept_control(now);
-                None
-            }
-            PsflipFd::Client(client) => {
-                let conn = self.os.clients.get_mut(&client)?;
-                match conn.receive() {
-                    Received::Request(request) => {
-                        let from = conn.peer().map(|p| origin(p.pid, p.uid, true));
-                        // Not polled any more: the client may close its side now and
-                        // still get the answer (poll would report that close forever).
-                        self.os.answering.insert(client);
-                        drive(
-                            &mut self.machine,
-                            now,
-                            Event::ControlRequest {
-                                client,
-                                request,
-                                from,
-                            },
-                            &mut self.os,
-                        )
-                    }
-                    Received::Invalid(line) => {
-                        if let Some(conn) = self.os.clients.remove(&client) {
-                            conn.reply(&format!("error: unknown request {line:?}\n"));
-                        }
-                        None
-                    }
-                    Received::Closed => {
-                        self.os.clients.remove(&client);
-                        None
-                    }
-                    Received::Partial => None,
-                }
-            }
-            PsflipFd::Predecessor => {
-                self.os.spec.predecessor = None;
-                drive(
-                    &mut self.machine,
-                    now,
-                    Event::PredecessorExited,
-                    &mut self.os,
-                )
-            }
-            PsflipFd::Proxy => {
-                let drained = self.os.spec.proxy.as_mut().is_some_and(Proxy::drained);
-                if !drained {
-                    return None;
-                }
-                drive(&mut self.machine, now, Event::ProxyDrained, &mut self.os)
-            }
-        }
-    }
-
-    fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
-        self.on_signal_from(now, sig, 0, 0)
-    }
-
-    fn on_signal_from(&mut self, now: Instant, signal: Signal, from: u32, uid: u32) -> Option<i32> {
-        // Who sent it is a fact; what it means is the machine's call.
-        let from = if from != 0 && self.os.predecessor_pid == Some(from) {
-            Sender::Predecessor
-        } else if from != 0 {
-            Sender::Process(origin(from, uid, false))
-        } else {
-            Sender::Other
-        };
-        let event = Event::SignalReceived { signal, from };
-        drive(&mut self.machine, now, event, &mut self.os)
-    }
-
-    fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {
-        drive(
-            &mut self.machine,
-            now,
-            Event::RealtimeSignalReceived(signo),
-            &mut self.os,
-        )
-    }
-
-    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
-        let Some(&id) = self.os.ids.get(&pid) else {
-            // Not ours: a process that re-parented to us (we are a subreaper).
-            // While the exit waits for those, say how many still run.
-            if !self.machine.sweeping() {
-                return None;
-            }
-            let ours = self.os.ids.keys().map(|p| p.as_raw()).collect();
-            let remaining = subreaper::adopted(&ours).len();
-            let event = Event::EscapedExited { remaining };
-            return drive(&mut self.machine, now, event, &mut self.os);
-        };
-        if self
-            .os
-            .successor_pipe
-            .as_ref()
-            .is_some_and(|(s, _)| *s == id)
-        {
-            // A successor that wrote "ready" (or why it gave up) and died at once
-            // has still said so: the pipe is read before its exit is reported.
-            if let Some(code) = self.hear_successor(now) {
-                return Some(code);
-            }
-        }
-        if self.os.child_notify.as_ref().is_some_and(|(c, _)| *c == id) {
-            // Likewise a READY=1 sent just before the child died.
-            if let Some(code) = self.hear_child(now) {
-                return Some(code);
-            }
-        }
-        drive(
-            &mut self.machine,
-            now,
-            Event::ProcessExited { id, status },
-            &mut self.os,
-        )
-    }
-
-    fn on_reaped(&mut self, pid: Pid) {
-        self.os.forget(pid);
-    }
-
-    fn on_tick(&mut self, now: Instant) -> Option<i32> {
-        if self.os.control_paused_until.is_some_and(|t| t <= now) {
-            self.os.control_paused_until = None;
-        }
-        if self.machine.deadline().is_some_and(|t| t <= now) {
-            return drive(&mut self.machine, now, Event::Tick, &mut self.os);
-        }
-        None
-    }
-
-    fn log(&mut self, line: &str) {
-        self.os.say(line);
     }
 }
 
@@ -1253,9 +1170,10 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
         subreaper,
         predecessor_upgrade_timeout: spec.predecessor_upgrade_timeout,
     };
-    let mut psflip = Psflip {
+    let mut psflip = Live {
         machine: header.machine(),
         os: LinuxOs::new(spec),
+        signals,
     };
     match Recorder::from_env(&header) {
         Some(Ok(r)) => {
@@ -1278,7 +1196,10 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
     if psflip.os.spec.predecessor.is_none() {
         psflip.os.take_control_name();
     }
-    event_loop(&mut psflip, &signals, &clock)
+    event_loop(&mut Psflip(psflip), &clock)
 }
 
 pub mod pidwatch;
+pub mod source;
+
+pub use source::{Psflip, PsflipFd, Source};

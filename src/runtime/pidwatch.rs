@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use nix::poll::PollFlags;
 use nix::unistd::Pid;
 
-use super::{Clock, Driver, event_loop};
+use super::{Clock, Driver, Poll, event_loop};
 use crate::Signal;
 use crate::effects::signals::Signals;
-use crate::effects::{EffectError, procfs, spawn};
+use crate::effects::{EffectError, procfs, reap, spawn};
 use crate::log::{Level, Record};
 use crate::machine::{ExitStatus, Instant};
 use crate::watch::{Effect, Event, Reading, SignalNo, Watch};
@@ -32,6 +32,7 @@ struct Pidwatch {
     my_uid: u32,
     cmd: Option<Pid>,
     watch: Watch,
+    signals: Signals,
 }
 
 impl Pidwatch {
@@ -142,20 +143,24 @@ impl Driver for Pidwatch {
         self.watch.deadline()
     }
 
-    fn fds(&self) -> Vec<((), BorrowedFd<'_>, PollFlags)> {
-        Vec::new()
-    }
-
     fn on_fd(&mut self, _now: Instant, _tag: ()) -> Option<i32> {
         None
     }
 
-    fn on_signal(&mut self, now: Instant, sig: Signal) -> Option<i32> {
+    fn next_signal(&mut self) -> Option<(i32, u32, u32)> {
+        self.signals.read()
+    }
+
+    fn on_signal(&mut self, now: Instant, sig: Signal, _from: u32, _uid: u32) -> Option<i32> {
         self.drive(now, Event::SignalReceived(sig.into()))
     }
 
     fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {
         self.drive(now, Event::SignalReceived(SignalNo(signo)))
+    }
+
+    fn next_exited(&mut self) -> Option<(Pid, ExitStatus)> {
+        reap::peek()
     }
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
@@ -167,7 +172,8 @@ impl Driver for Pidwatch {
         }
     }
 
-    fn on_reaped(&mut self, pid: Pid) {
+    fn reap(&mut self, pid: Pid) {
+        reap::reap(pid);
         if self.cmd == Some(pid) {
             self.cmd = None;
         }
@@ -176,9 +182,15 @@ impl Driver for Pidwatch {
     fn on_tick(&mut self, now: Instant) -> Option<i32> {
         self.drive(now, Event::Tick)
     }
+}
 
-    fn log(&mut self, line: &str) {
-        self.say(line);
+impl Poll for Pidwatch {
+    fn signalfd(&self) -> BorrowedFd<'_> {
+        self.signals.as_fd()
+    }
+
+    fn fds(&self) -> Vec<((), BorrowedFd<'_>, PollFlags)> {
+        Vec::new()
     }
 }
 
@@ -206,9 +218,10 @@ pub fn run(mut spec: WatchSpec) -> Result<i32, EffectError> {
         } else {
             Watch::new()
         },
+        signals,
     };
     if let Some(code) = driver.drive(clock.now(), Event::Started) {
         return Ok(code);
     }
-    event_loop(&mut driver, &signals, &clock)
+    event_loop(&mut driver, &clock)
 }

@@ -1,8 +1,9 @@
 //! Deterministic simulation of psflip (TigerBeetle VOPR style).
 //!
 //! Each seed builds a [`world::World`]: a simulated kernel running psflip
-//! generations (the real `Machine` through the real `runtime::drive`), their app
-//! children, probes and successors, under a seed-chosen fault regime. A run is:
+//! generations (the real `Machine` through the real `runtime::turn` and
+//! `runtime::drive`), their app children, probes and successors, under a
+//! seed-chosen fault regime. A run is:
 //!
 //! 1. the chaos phase: operator actions and faults, every invariant checked after
 //!    every step (safety);

@@ -3,13 +3,16 @@
 //! the psflip generations, each a real [`Machine`] driven through the real
 //! [`runtime::drive`] over a simulated [`Os`].
 //!
-//! What the real runtime does around `drive` (`runtime::event_loop` with its `Psflip`
-//! driver) is mirrored by [`World::turn`]: the polled fds first — the readiness byte,
-//! the lost predecessor, the proxy's "drained" news — then the signals (SIGCHLD
-//! becoming a drain of zombies, each reported *before* it is reaped), then a `Tick`
-//! if the deadline has passed. Every latency (signal delivery, SIGCHLD wake-up,
-//! pipe, exec) is drawn from the seed; a wake-up finds whatever arrived meanwhile,
-//! so SIGCHLDs coalesce as they do in the kernel.
+//! What the real runtime does around `drive` is run too: a wake-up of a
+//! generation is its poll returning ([`World::poll`] says which fds are ready,
+//! in the runtime's order), then the runtime's own [`runtime::turn`] with its
+//! [`Psflip`] decoding over a simulated [`Source`] ([`SimSource`]: pending
+//! signals and their senders, zombies, the readiness pipe, control clients…) —
+//! the same code as the real loop over signalfd, waitid, pipes and sockets. The
+//! faults are in the source's answers: poll missing a "ready" byte that landed
+//! meanwhile, the order zombies are found in. Every latency (signal delivery,
+//! SIGCHLD wake-up, pipe, exec) is drawn from the seed; a wake-up finds whatever
+//! arrived meanwhile, so SIGCHLDs coalesce as they do in the kernel.
 //!
 //! Beside what the runtime keeps ([`GenRuntime`]), each generation carries *ghost*
 //! state ([`Ghost`]): what the checker knows about it, never read by the machine.
@@ -19,11 +22,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use psflip::Signal;
+use psflip::effects::readiness::Heard;
 use psflip::machine::{
-    ClientId, Event, ExitStatus, Generation, Health, Instant, Machine, Phase, ProcId, Reply,
-    Request, Role, Sender, Settings,
+    ClientId, Event, ExitStatus, Generation, Health, Instant, Machine, Origin, Phase, ProcId,
+    Reply, Request, Role, Sender, Settings,
 };
-use psflip::runtime::{self, Os};
+use psflip::runtime::{self, Os, Psflip, PsflipFd, Source};
 
 use crate::faults::{
     self, AppBehaviour, Faults, OperatorAction, ProbeOutcome, SuccessorBehaviour, Swarm,
@@ -112,8 +116,13 @@ pub struct GenRuntime {
     /// Every successor started, kept after it exits: the pidfile may still name
     /// one (`Effect::RemovePidfile`, as in the real runtime).
     pub successors: BTreeMap<ProcId, Pid>,
-    /// Control requests read from clients, not yet fed to the machine.
-    pub requests: std::collections::VecDeque<(ClientId, Request)>,
+    /// Control clients connecting, not accepted yet.
+    pub connecting: std::collections::VecDeque<ClientId>,
+    /// Accepted control clients whose request is there to read.
+    pub connected: BTreeMap<ClientId, Request>,
+    /// (Successor) the pid of the generation that started it (the runtime's
+    /// `getppid()` at start-up).
+    pub predecessor_pid: Option<Pid>,
 }
 
 /// A control client (`psflip upgrade`, `psflip status`) and what it got.
@@ -1039,7 +1048,7 @@ impl World {
                     },
                 );
                 let g = self.gens.get_mut(&service).expect("a generation");
-                g.rt.requests.push_back((client, request));
+                g.rt.connecting.push_back(client);
                 self.after_latency(Ev::Wake(service));
             }
             OperatorAction::Realtime(signo) => {
@@ -1200,203 +1209,65 @@ impl World {
         self.schedule(t, Ev::Wake(pid));
     }
 
-    /// One turn of the runtime's loop (`runtime::event_loop` driving `Psflip`),
-    /// after poll returned.
+    /// One turn of the generation's event loop: what its poll reports (the
+    /// faults are there: a "ready" byte landing just after poll returned), then
+    /// the real runtime's [`runtime::turn`] over the simulated [`SimSource`].
     fn turn(&mut self, pid: Pid) -> Option<i32> {
         let now = self.now;
         let g = self.gens.get_mut(&pid).expect("a generation");
         if g.rt.timer_at.is_some_and(|t| t <= now) {
             g.rt.timer_at = None;
         }
-        let successor_alive =
-            g.rt.successor_pipe
-                .and_then(|id| g.rt.pids.get(&id))
-                .is_some_and(|p| self.procs.get(p).is_some_and(|p| p.life == Life::Running));
-        let pipe_readable = g.rt.successor_pipe.is_some()
-            && (g.rt.ready_byte || g.rt.failure_said.is_some() || !successor_alive);
-        let pred_gone = g.rt.predecessor_gone && g.rt.predecessor.is_some();
-        let drained = g.rt.drained;
-        let sig_ready = !g.rt.pending.is_empty();
-        // The byte may land while the turn runs: then only reap_all (or the next
-        // turn) reads it.
-        let pipe_seen =
-            pipe_readable && !(g.rt.ready_byte && sig_ready && self.faults.poll_misses_pipe());
-
-        if pipe_seen {
-            // As `Psflip::hear_successor`: why it gives up, then "ready".
-            if let Some(code) = self.hear_failure(pid) {
-                return Some(code);
-            }
-            let g = self.gens.get_mut(&pid).expect("a generation");
-            let id = g.rt.successor_pipe.expect("pipe");
-            if std::mem::take(&mut g.rt.ready_byte) {
-                if let Some(code) = self.drive(pid, Event::SuccessorReady { id }) {
-                    return Some(code);
-                }
-            } else {
-                g.rt.successor_pipe = None;
-            }
-        }
-        if pred_gone {
-            let g = self.gens.get_mut(&pid).expect("a generation");
-            g.rt.predecessor = None;
-            g.rt.predecessor_gone = false;
-            if let Some(code) = self.drive(pid, Event::PredecessorExited) {
-                return Some(code);
-            }
-        }
-        while let Some((client, request)) = self
-            .gens
-            .get_mut(&pid)
-            .expect("a generation")
-            .rt
-            .requests
-            .pop_front()
-        {
-            if let Some(c) = self.clients.get_mut(&client) {
-                c.delivered = true;
-            }
-            if let Some(code) = self.drive(
-                pid,
-                Event::ControlRequest {
-                    client,
-                    request,
-                    from: None,
-                },
-            ) {
-                return Some(code);
-            }
-        }
-        if drained {
-            self.gens.get_mut(&pid).expect("a generation").rt.drained = false;
-            self.cover(Cover::ProxyDrained);
-            if let Some(code) = self.drive(pid, Event::ProxyDrained) {
-                return Some(code);
-            }
-        }
-        if sig_ready {
-            while let Some(signo) = self
-                .gens
-                .get_mut(&pid)
-                .expect("a generation")
-                .rt
-                .pending
-                .pop_first()
-            {
-                if signo == Signal::SIGCHLD as i32 {
-                    if let Some(code) = self.reap_all(pid) {
-                        return Some(code);
-                    }
-                    continue;
-                }
-                let Ok(sig) = Signal::try_from(signo) else {
-                    if let Some(code) = self.drive(pid, Event::RealtimeSignalReceived(signo)) {
-                        return Some(code);
-                    }
-                    continue;
-                };
-                // As the real runtime does (`on_signal_from`): the sender's pid
-                // against the parent that started us.
-                let g = self.gens.get_mut(&pid).expect("a generation");
-                let sender = g.rt.senders.remove(&signo);
-                let from = if sender.is_some() && sender == g.ghost.parent {
-                    Sender::Predecessor
-                } else {
-                    Sender::Other
-                };
-                let event = Event::SignalReceived { signal: sig, from };
-                if let Some(code) = self.drive(pid, event) {
-                    return Some(code);
-                }
-            }
-        }
-        let g = &self.gens[&pid];
-        if g.machine.deadline().is_some_and(|t| t <= now) {
-            let effects = self.effects;
-            if let Some(code) = self.drive(pid, Event::Tick) {
-                return Some(code);
-            }
-            // A due tick that does nothing and stays due would spin the real loop.
-            if self.effects == effects
-                && self.gens[&pid].machine.deadline().is_some_and(|t| t <= now)
-            {
-                self.facts.push(Fact::BusyLoop { gpid: pid });
-            }
+        let (ready, sig_ready) = self.poll(pid);
+        let mut source = Psflip(SimSource {
+            world: self,
+            pid,
+            reaping: false,
+            exits: 0,
+        });
+        if let Some(code) = runtime::turn(&mut source, now, &ready, sig_ready) {
+            return Some(code);
         }
         self.arm_timer(pid);
-        if self.gens[&pid].rt.ready_byte {
+        let rt = &self.gens[&pid].rt;
+        if rt.ready_byte || !rt.connected.is_empty() || !rt.connecting.is_empty() {
             // Level-triggered: the next poll returns at once.
             self.after_latency(Ev::Wake(pid));
         }
         None
     }
 
-    /// Read what the successor in flight wrote about giving up, if anything.
-    fn hear_failure(&mut self, pid: Pid) -> Option<i32> {
-        let g = self.gens.get_mut(&pid).expect("a generation");
-        let id = g.rt.successor_pipe?;
-        let reason = g.rt.failure_said.take()?;
-        self.cover(Cover::SuccessorSaidWhy);
-        self.drive(pid, Event::SuccessorFailed { id, reason })
-    }
-
-    /// `runtime::reap_all`: report each zombie child, then reap it, whatever the
-    /// machine answered.
-    fn reap_all(&mut self, pid: Pid) -> Option<i32> {
-        let mut exit = None;
-        let mut reported = 0;
-        loop {
-            let mut zombies: Vec<Pid> = self
-                .procs
-                .values()
-                .filter(|p| p.ppid == pid && p.life == Life::Zombie)
-                .map(|p| p.pid)
-                .collect();
-            if zombies.is_empty() {
-                break;
-            }
-            self.faults.reaping_order(&mut zombies);
-            let z = zombies[0];
-            let status = self.procs[&z].status.expect("a zombie has a status");
-            let id = self.gens[&pid].rt.ids.get(&z).copied();
-            if let Some(id) = id
-                && exit.is_none()
-            {
-                if self.gens[&pid].rt.successor_pipe == Some(id) {
-                    exit = self.hear_failure(pid);
-                }
-                let g = self.gens.get_mut(&pid).expect("a generation");
-                if exit.is_none()
-                    && g.rt.successor_pipe == Some(id)
-                    && std::mem::take(&mut g.rt.ready_byte)
-                {
-                    self.cover(Cover::ReadyReadWhileReaping);
-                    exit = self.drive(pid, Event::SuccessorReady { id });
-                }
-                if exit.is_none() {
-                    reported += 1;
-                    if reported == 2 {
-                        self.cover(Cover::CoalescedSigchld);
-                    }
-                    exit = self.drive(pid, Event::ProcessExited { id, status });
-                }
-            } else if id.is_none() && exit.is_none() && self.gens[&pid].machine.sweeping() {
-                // As the real runtime does: an adopted process exited; how many
-                // adopted ones still run.
-                let remaining = self.adopted(pid).len();
-                exit = self.drive(pid, Event::EscapedExited { remaining });
-            }
-            self.reap(z);
-            let g = self.gens.get_mut(&pid).expect("a generation");
-            if let Some(id) = g.rt.ids.remove(&z) {
-                g.rt.pids.remove(&id);
-                if g.rt.successor_pipe == Some(id) {
-                    g.rt.successor_pipe = None;
-                    g.rt.ready_byte = false;
-                }
-            }
+    /// What the generation's poll reports: the fds that are ready, in the
+    /// runtime's order (`PsflipFd`), and whether a signal is pending.
+    fn poll(&mut self, pid: Pid) -> (Vec<PsflipFd>, bool) {
+        let g = &self.gens[&pid];
+        let rt = &g.rt;
+        let successor_alive = rt
+            .successor_pipe
+            .and_then(|id| rt.pids.get(&id))
+            .is_some_and(|p| self.running(*p));
+        let pipe_readable = rt.successor_pipe.is_some()
+            && (rt.ready_byte || rt.failure_said.is_some() || !successor_alive);
+        let sig_ready = !rt.pending.is_empty();
+        let mut ready = Vec::new();
+        // The byte may land while the turn runs: then only the reaping (or the
+        // next turn) reads it.
+        let ready_byte = rt.ready_byte;
+        if pipe_readable && !(ready_byte && sig_ready && self.faults.poll_misses_pipe()) {
+            ready.push(PsflipFd::Successor);
         }
-        exit
+        let rt = &self.gens[&pid].rt;
+        if rt.predecessor_gone && rt.predecessor.is_some() {
+            ready.push(PsflipFd::Predecessor);
+        }
+        if rt.drained {
+            ready.push(PsflipFd::Proxy);
+        }
+        if !rt.connecting.is_empty() {
+            ready.push(PsflipFd::Control);
+        }
+        ready.extend(rt.connected.keys().map(|c| PsflipFd::Client(*c)));
+        (ready, sig_ready)
     }
 
     /// The running processes that re-parented to generation `gpid` (its
@@ -1453,7 +1324,7 @@ impl World {
             }
             Event::SignalReceived {
                 signal: sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT),
-                from: Sender::Other,
+                from: Sender::Other | Sender::Process(_),
             } => {
                 this.ghost.terminating = true;
                 if this.ghost.child_runs() {
@@ -1605,7 +1476,7 @@ impl World {
                 if g.in_flight.is_some() {
                     g.upgrade_aborted = true;
                 }
-                if g.handed_over && *from == Sender::Other {
+                if g.handed_over && *from != Sender::Predecessor {
                     g.stopped_after_handover = true;
                 }
             }
@@ -1719,6 +1590,193 @@ struct Snapshot {
 impl Snapshot {
     fn of(m: &Machine) -> Snapshot {
         Snapshot { phase: m.phase() }
+    }
+}
+
+/// What one generation's event loop reads from the simulated kernel: the
+/// [`Source`] the real [`runtime::turn`] (and its [`Psflip`] decoding) runs
+/// over. Events go through [`World::drive`], so the checker sees each one.
+/// A generation that died during the turn reads nothing more.
+struct SimSource<'w> {
+    world: &'w mut World,
+    pid: Pid,
+    /// Between `next_exited` and `reap`: its exit is being reported.
+    reaping: bool,
+    /// Exits reported since the last SIGCHLD was read.
+    exits: u32,
+}
+
+impl SimSource<'_> {
+    fn rt(&self) -> &GenRuntime {
+        &self.world.gens[&self.pid].rt
+    }
+
+    fn rt_mut(&mut self) -> &mut GenRuntime {
+        &mut self.world.gens.get_mut(&self.pid).expect("a generation").rt
+    }
+
+    fn alive(&self) -> bool {
+        self.world.running(self.pid)
+    }
+}
+
+impl Source for SimSource<'_> {
+    fn feed(&mut self, now: Instant, event: Event) -> Option<i32> {
+        if !self.alive() {
+            return None;
+        }
+        let tick = event == Event::Tick;
+        if matches!(event, Event::ProcessExited { .. }) {
+            self.exits += 1;
+            if self.exits == 2 {
+                self.world.cover(Cover::CoalescedSigchld);
+            }
+        }
+        let effects = self.world.effects;
+        let code = self.world.drive(self.pid, event);
+        // A due tick that does nothing and stays due would spin the real loop.
+        if tick
+            && code.is_none()
+            && self.world.effects == effects
+            && self.machine_deadline().is_some_and(|t| t <= now)
+        {
+            self.world.facts.push(Fact::BusyLoop { gpid: self.pid });
+        }
+        code
+    }
+
+    fn machine_deadline(&self) -> Option<Instant> {
+        self.world.gens[&self.pid].machine.deadline()
+    }
+
+    fn sweeping(&self) -> bool {
+        self.world.gens[&self.pid].machine.sweeping()
+    }
+
+    fn next_signal(&mut self) -> Option<(i32, u32, u32)> {
+        if !self.alive() {
+            return None;
+        }
+        // The signalfd: in signal-number order, with the first sender of each.
+        let rt = self.rt_mut();
+        let signo = rt.pending.pop_first()?;
+        let from = rt.senders.remove(&signo).unwrap_or(0);
+        if signo == Signal::SIGCHLD as i32 {
+            self.exits = 0;
+        }
+        Some((signo, from, 0))
+    }
+
+    fn next_exited(&mut self) -> Option<(nix::unistd::Pid, ExitStatus)> {
+        if !self.alive() {
+            return None;
+        }
+        let w = &mut *self.world;
+        let mut zombies: Vec<Pid> = w
+            .procs
+            .values()
+            .filter(|p| p.ppid == self.pid && p.life == Life::Zombie)
+            .map(|p| p.pid)
+            .collect();
+        w.faults.reaping_order(&mut zombies);
+        let z = *zombies.first()?;
+        let status = w.procs[&z].status.expect("a zombie has a status");
+        self.reaping = true;
+        Some((nix::unistd::Pid::from_raw(z as i32), status))
+    }
+
+    fn reap(&mut self, pid: nix::unistd::Pid) {
+        self.reaping = false;
+        let z = pid.as_raw() as Pid;
+        self.world.reap(z);
+        let rt = self.rt_mut();
+        if let Some(id) = rt.ids.remove(&z) {
+            rt.pids.remove(&id);
+            if rt.successor_pipe == Some(id) {
+                rt.successor_pipe = None;
+                rt.ready_byte = false;
+                rt.failure_said = None;
+            }
+        }
+    }
+
+    fn id_of(&self, pid: nix::unistd::Pid) -> Option<ProcId> {
+        self.rt().ids.get(&(pid.as_raw() as Pid)).copied()
+    }
+
+    fn adopted(&self) -> usize {
+        self.world.adopted(self.pid).len()
+    }
+
+    fn predecessor_pid(&self) -> Option<u32> {
+        self.rt().predecessor_pid
+    }
+
+    fn origin(&self, pid: u32, uid: u32) -> Origin {
+        Origin {
+            pid,
+            uid,
+            manager: pid == INIT,
+        }
+    }
+
+    fn successor_pipe(&self) -> Option<ProcId> {
+        self.rt().successor_pipe
+    }
+
+    fn hear_successor(&mut self) -> Heard {
+        let reaping = self.reaping;
+        let rt = self.rt();
+        // The write end closes with the successor.
+        let closed = rt
+            .successor_pipe
+            .and_then(|id| rt.pids.get(&id))
+            .is_none_or(|p| !self.world.running(*p));
+        let rt = self.rt_mut();
+        let heard = Heard {
+            ready: std::mem::take(&mut rt.ready_byte),
+            failure: rt.failure_said.take(),
+            closed,
+        };
+        if closed {
+            rt.successor_pipe = None;
+        }
+        if heard.failure.is_some() {
+            self.world.cover(Cover::SuccessorSaidWhy);
+        }
+        if heard.ready && reaping {
+            self.world.cover(Cover::ReadyReadWhileReaping);
+        }
+        heard
+    }
+
+    fn accept_control(&mut self, _now: Instant) {
+        while let Some(client) = self.rt_mut().connecting.pop_front() {
+            let request = self.world.clients[&client].request;
+            self.rt_mut().connected.insert(client, request);
+        }
+    }
+
+    fn receive(&mut self, client: ClientId) -> Option<(Request, Option<Origin>)> {
+        let request = self.rt_mut().connected.remove(&client)?;
+        if let Some(c) = self.world.clients.get_mut(&client) {
+            c.delivered = true;
+        }
+        Some((request, None))
+    }
+
+    fn predecessor_closed(&mut self) {
+        let rt = self.rt_mut();
+        rt.predecessor = None;
+        rt.predecessor_gone = false;
+    }
+
+    fn proxy_drained(&mut self) -> bool {
+        let drained = std::mem::take(&mut self.rt_mut().drained);
+        if drained {
+            self.world.cover(Cover::ProxyDrained);
+        }
+        drained
     }
 }
 
@@ -1842,6 +1900,7 @@ impl Os for SimOs<'_> {
                     .machine
                     .with_predecessor_timeout(self.settings.upgrade_timeout);
                 this.rt.predecessor = Some((self.pid, id));
+                this.rt.predecessor_pid = Some(self.pid);
                 this.ghost.parent = Some(self.pid);
                 this.ghost.dies_after_ready = w.faults.ready_then_dies();
                 w.gens.insert(pid, this);

@@ -1,0 +1,254 @@
+//! psflip's event source: how one generation turns what the OS says happened into
+//! machine events. [`Psflip`] is that decoding, written once over a [`Source`]:
+//! the real one ([`super::Live`]: signalfd, waitid, pipes, sockets) and the
+//! simulation's (`tests/sim`, a simulated kernel) both run it, through the same
+//! [`super::turn`].
+//!
+//! A [`Source`] answers questions of fact (which signal is pending and who sent
+//! it, which child exited, what the successor wrote…) and feeds events to the
+//! machine; [`Psflip`] decides which events those facts are, and in which order:
+//!
+//! - the successor's pipe: why it gives up, then "ready", in one read;
+//! - a child's exit: the successor's pipe, or the child's notify socket, is read
+//!   *before* its exit is reported (a "ready" written just before dying counts);
+//!   a process we did not start (adopted, we are a subreaper) is reported as
+//!   `EscapedExited` only while the machine waits for those, with how many still
+//!   run;
+//! - a signal's sender: the generation that started us, another process, or the
+//!   kernel — what it means is the machine's call;
+//! - a `Tick` only when the machine's deadline has passed.
+
+use nix::unistd::Pid;
+
+use super::Driver;
+use crate::Signal;
+use crate::effects::notify::Message;
+use crate::effects::readiness::Heard;
+use crate::machine::{ClientId, Event, ExitStatus, Instant, Origin, ProcId, Request, Sender};
+
+/// The fds psflip polls, in the order the loop polls (and so handles) them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsflipFd {
+    /// The readiness pipe of the successor in flight.
+    Successor,
+    /// (Successor) our end of the pipe to the previous generation.
+    Predecessor,
+    /// The proxy thread's news (its connections have all closed).
+    Proxy,
+    /// The app child's notify socket (`[healthcheck.notify]`).
+    Notify,
+    /// The Docker engine's connection (`[healthcheck.docker]`).
+    Docker,
+    /// The control socket's listener.
+    Control,
+    /// A control client.
+    Client(ClientId),
+}
+
+/// What one psflip generation can be asked about the world, and its machine.
+/// Answers are facts; no answer decides what an event means.
+pub trait Source {
+    /// Feed one event to the machine and carry out its effects
+    /// ([`super::drive`]); the exit status once the machine asked to exit.
+    fn feed(&mut self, now: Instant, event: Event) -> Option<i32>;
+    /// The machine's deadline.
+    fn machine_deadline(&self) -> Option<Instant>;
+    /// The machine waits for escaped processes to exit.
+    fn sweeping(&self) -> bool;
+
+    /// The next pending signal: its number, its sender's pid and uid (pid 0: the
+    /// kernel, or unknown).
+    fn next_signal(&mut self) -> Option<(i32, u32, u32)>;
+    /// The next exited child, still a zombie (its pid cannot be recycled).
+    fn next_exited(&mut self) -> Option<(Pid, ExitStatus)>;
+    /// Reap `pid` (from [`Source::next_exited`]) and forget it.
+    fn reap(&mut self, pid: Pid);
+    /// The process we started as `pid`, not reaped yet.
+    fn id_of(&self, pid: Pid) -> Option<ProcId>;
+    /// How many processes that re-parented to us (not started by us) still run.
+    fn adopted(&self) -> usize;
+    /// (Successor) the pid of the generation that started us.
+    fn predecessor_pid(&self) -> Option<u32>;
+    /// The process `pid` of user `uid` that sent a signal, as the machine sees it.
+    fn origin(&self, pid: u32, uid: u32) -> Origin;
+
+    /// The successor whose readiness pipe is open.
+    fn successor_pipe(&self) -> Option<ProcId>;
+    /// Read that pipe (what it holds; whether the successor's end is closed, then
+    /// the pipe is forgotten).
+    fn hear_successor(&mut self) -> Heard;
+    /// (`[healthcheck.notify]`) the child whose notify socket is open.
+    fn child_notify(&self) -> Option<ProcId> {
+        None
+    }
+    /// Read that socket: the messages that arrived, in order.
+    fn hear_child(&mut self) -> Vec<Message> {
+        Vec::new()
+    }
+    /// (`[healthcheck.docker]`) the inspection in flight answered.
+    fn inspected(&mut self) -> Option<Event> {
+        None
+    }
+    /// Accept the control clients waiting.
+    fn accept_control(&mut self, now: Instant);
+    /// Read from the control client: its request once whole (it then waits for
+    /// the answer), with its credentials. A client that sent garbage or went
+    /// away is dealt with here.
+    fn receive(&mut self, client: ClientId) -> Option<(Request, Option<Origin>)>;
+    /// (Successor) the pipe to the previous generation is closed at its end:
+    /// stop polling it.
+    fn predecessor_closed(&mut self);
+    /// The proxy's connections have all closed (read its news).
+    fn proxy_drained(&mut self) -> bool;
+    /// Until when the control socket is not polled (out of fds or memory).
+    fn paused_until(&self) -> Option<Instant> {
+        None
+    }
+    /// The time is `now`: a pause that is over ends.
+    fn resume(&mut self, _now: Instant) {}
+}
+
+/// psflip's generation as the event loop drives it: the decoding of what its
+/// [`Source`] says happened into the machine's events.
+pub struct Psflip<S>(pub S);
+
+impl<S: Source> Psflip<S> {
+    /// Read the successor's pipe and report what it said.
+    fn hear_successor(&mut self, now: Instant) -> Option<i32> {
+        let id = self.0.successor_pipe()?;
+        let heard = self.0.hear_successor();
+        if let Some(reason) = heard.failure
+            && let Some(code) = self.0.feed(now, Event::SuccessorFailed { id, reason })
+        {
+            return Some(code);
+        }
+        if heard.ready {
+            return self.0.feed(now, Event::SuccessorReady { id });
+        }
+        None
+    }
+
+    /// Read the child's notify socket and report what arrived, in order.
+    fn hear_child(&mut self, now: Instant) -> Option<i32> {
+        let id = self.0.child_notify()?;
+        for message in self.0.hear_child() {
+            let event = Event::ChildNotified {
+                id,
+                ready: message.ready,
+                status: message.status,
+            };
+            if let Some(code) = self.0.feed(now, event) {
+                return Some(code);
+            }
+        }
+        None
+    }
+}
+
+impl<S: Source> Driver for Psflip<S> {
+    type Tag = PsflipFd;
+
+    fn deadline(&self) -> Option<Instant> {
+        // The machine's deadline, or the end of a pause of the control socket.
+        match (self.0.machine_deadline(), self.0.paused_until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_fd(&mut self, now: Instant, tag: PsflipFd) -> Option<i32> {
+        match tag {
+            PsflipFd::Successor => self.hear_successor(now),
+            PsflipFd::Notify => self.hear_child(now),
+            PsflipFd::Docker => {
+                let event = self.0.inspected()?;
+                self.0.feed(now, event)
+            }
+            PsflipFd::Control => {
+                self.0.accept_control(now);
+                None
+            }
+            PsflipFd::Client(client) => {
+                let (request, from) = self.0.receive(client)?;
+                let event = Event::ControlRequest {
+                    client,
+                    request,
+                    from,
+                };
+                self.0.feed(now, event)
+            }
+            PsflipFd::Predecessor => {
+                self.0.predecessor_closed();
+                self.0.feed(now, Event::PredecessorExited)
+            }
+            PsflipFd::Proxy => {
+                if !self.0.proxy_drained() {
+                    return None;
+                }
+                self.0.feed(now, Event::ProxyDrained)
+            }
+        }
+    }
+
+    fn next_signal(&mut self) -> Option<(i32, u32, u32)> {
+        self.0.next_signal()
+    }
+
+    fn on_signal(&mut self, now: Instant, signal: Signal, from: u32, uid: u32) -> Option<i32> {
+        // Who sent it is a fact; what it means is the machine's call.
+        let from = if from != 0 && self.0.predecessor_pid() == Some(from) {
+            Sender::Predecessor
+        } else if from != 0 {
+            Sender::Process(self.0.origin(from, uid))
+        } else {
+            Sender::Other
+        };
+        self.0.feed(now, Event::SignalReceived { signal, from })
+    }
+
+    fn on_realtime_signal(&mut self, now: Instant, signo: i32) -> Option<i32> {
+        self.0.feed(now, Event::RealtimeSignalReceived(signo))
+    }
+
+    fn next_exited(&mut self) -> Option<(Pid, ExitStatus)> {
+        self.0.next_exited()
+    }
+
+    fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
+        let Some(id) = self.0.id_of(pid) else {
+            // Not ours: a process that re-parented to us (we are a subreaper).
+            // While the exit waits for those, say how many still run.
+            if !self.0.sweeping() {
+                return None;
+            }
+            let remaining = self.0.adopted();
+            return self.0.feed(now, Event::EscapedExited { remaining });
+        };
+        if self.0.successor_pipe() == Some(id) {
+            // A successor that wrote "ready" (or why it gave up) and died at once
+            // has still said so: the pipe is read before its exit is reported.
+            if let Some(code) = self.hear_successor(now) {
+                return Some(code);
+            }
+        }
+        if self.0.child_notify() == Some(id) {
+            // Likewise a READY=1 sent just before the child died.
+            if let Some(code) = self.hear_child(now) {
+                return Some(code);
+            }
+        }
+        self.0.feed(now, Event::ProcessExited { id, status })
+    }
+
+    fn reap(&mut self, pid: Pid) {
+        self.0.reap(pid);
+    }
+
+    fn on_tick(&mut self, now: Instant) -> Option<i32> {
+        self.0.resume(now);
+        if self.0.machine_deadline().is_some_and(|t| t <= now) {
+            return self.0.feed(now, Event::Tick);
+        }
+        None
+    }
+}
