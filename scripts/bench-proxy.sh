@@ -22,7 +22,8 @@
 #
 # Installs nginx-light, haproxy and wrk from Debian when missing (needs root).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SELF=$(realpath "$0")
+cd "$(dirname "$SELF")/.."
 
 ROUNDS=${ROUNDS:-7}
 WRITE=0
@@ -40,8 +41,15 @@ if ! have nginx || ! have haproxy || ! have wrk || ! have strace; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk strace >/dev/null
 fi
 have python3 || { echo "bench-proxy: python3 is needed (bulk and idle clients)" >&2; exit 1; }
-cargo build --release --quiet
+[ -n "${BENCH_PROXY_NETNS:-}" ] || cargo build --release --quiet
 PSFLIP_BIN=$PWD/target/release/psflip
+
+# As root, everything measured runs in a network namespace of its own, whose
+# loopback carries nothing else: the TCP segments counted are the benchmark's.
+if [ -z "${BENCH_PROXY_NETNS:-}" ] && [ "$(id -u)" = 0 ] && have unshare && have ip; then
+  export BENCH_PROXY_NETNS=1
+  exec unshare -n -- bash -c 'ip link set lo up && exec "$0" "$@"' "$SELF" "$@"
+fi
 
 W=$(mktemp -d /tmp/psflip-bench.XXXXXX)
 chmod 755 "$W" # nginx workers run as another user
@@ -173,6 +181,23 @@ syscalls() {
     END { printf "%.1f (%s)\n", total / n, list }' "$W/strace.out"
 }
 
+# TCP segments sent on this network namespace so far (Tcp OutSegs).
+outsegs() {
+  awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") c = i; h = 1 } else print $c }' /proc/net/snmp
+}
+
+# segments PORT MODE → TCP segments sent per request, all sockets (client, proxy
+# both sides, nginx), during a 3 s wrk run; "n/a" outside a namespace of our own.
+segments() {
+  local hdr=() n s0 s1
+  [ -n "${BENCH_PROXY_NETNS:-}" ] || { echo n/a; return; }
+  [ "$2" = close ] && hdr=(-H "Connection: close")
+  s0=$(outsegs)
+  n=$(wrk -t2 -c20 -d3s "${hdr[@]}" "http://127.0.0.1:$1/" | awk '/requests in/ { print $1 }')
+  s1=$(outsegs)
+  awk -v d=$((s1 - s0)) -v n="$n" 'BEGIN { printf "%.2f\n", d / n }'
+}
+
 cat >"$W/bulk.py" <<'EOF'
 import socket, sys, time
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -237,6 +262,11 @@ SYS_psflip_ka=$(syscalls "$PSFLIP_PID" "$PSFLIP_PORT" ka)
 SYS_psflip_close=$(syscalls "$PSFLIP_PID" "$PSFLIP_PORT" close)
 SYS_haproxy_ka=$(syscalls "$HAPROXY_PID" "$HAPROXY_PORT" ka)
 SYS_haproxy_close=$(syscalls "$HAPROXY_PID" "$HAPROXY_PORT" close)
+for v in "${VARIANTS[@]}"; do
+  for mode in ka close; do
+    eval "SEG_${v}_$mode=$(segments "${PORT[$v]}" "$mode")"
+  done
+done
 read -r PS_BEFORE PS_AFTER PS_FDS < <(python3 "$W/idle.py" "$PSFLIP_PORT" "$IDLE" "$PSFLIP_PID")
 read -r HA_BEFORE HA_AFTER _ < <(python3 "$W/idle.py" "$HAPROXY_PORT" "$IDLE" "$HAPROXY_PID")
 
@@ -286,6 +316,14 @@ System calls per proxied request (strace -c -f during 3 s of wrk in each mode, a
 |---|---|---|
 | psflip | $SYS_psflip_ka | $SYS_psflip_close |
 | HAProxy | $SYS_haproxy_ka | $SYS_haproxy_close |
+
+TCP segments sent per request, every socket counted (the client's, the proxy's two, nginx's), in a network namespace of the benchmark's own (3 s of wrk in each mode):
+
+| | keep-alive | one connection per request |
+|---|---:|---:|
+| direct to nginx | $SEG_direct_ka | $SEG_direct_close |
+| psflip | $SEG_psflip_ka | $SEG_psflip_close |
+| HAProxy | $SEG_haproxy_ka | $SEG_haproxy_close |
 
 Idle connections$IDLE_NOTE: psflip holding $IDLE idle proxied connections
 ($PS_FDS fds) has an RSS of $(mib "$PS_AFTER") ($(mib "$PS_BEFORE") before they were opened);
