@@ -387,6 +387,22 @@ pub fn control_plan(rng: &mut Rng, chaos: Duration) -> Vec<(Duration, OperatorAc
     actions
 }
 
+/// Sometimes a burst of control clients at one moment (several `psflip upgrade`
+/// and `psflip status` at once), from a stream of their own.
+pub fn client_burst(rng: &mut Rng, chaos: Duration) -> Vec<(Duration, OperatorAction)> {
+    if !rng.chance(0.3) {
+        return Vec::new();
+    }
+    let at = rng.upto(chaos);
+    (0..rng.range(2, 5))
+        .map(|_| {
+            let upgrade = rng.chance(0.5);
+            let vanishes = rng.chance(0.25);
+            (at, OperatorAction::Control { upgrade, vanishes })
+        })
+        .collect()
+}
+
 /// The operator's schedule for one seed: `(when, what)`, plus whether a termination
 /// signal is armed to strike during the next upgrade.
 pub struct OperatorPlan {

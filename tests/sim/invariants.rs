@@ -134,6 +134,11 @@ pub enum Cover {
     RealtimeForwarded,
     /// A successor said why it gave up, and its predecessor read it.
     SuccessorSaidWhy,
+    /// A control request was read while another client of the same generation
+    /// waited for its answer.
+    ConcurrentClients,
+    /// A control client went away before its request was read.
+    ClientGoneBeforeRead,
 }
 
 impl Cover {
@@ -166,6 +171,8 @@ impl Cover {
         Cover::ControlStatus,
         Cover::RealtimeForwarded,
         Cover::SuccessorSaidWhy,
+        Cover::ConcurrentClients,
+        Cover::ClientGoneBeforeRead,
     ];
 }
 

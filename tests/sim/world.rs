@@ -130,7 +130,8 @@ pub struct GenRuntime {
 pub struct Client {
     pub gpid: Pid,
     pub request: Request,
-    /// It went away before the answer (the answer is dropped).
+    /// It went away: before its request was read (then it never reaches the
+    /// machine), or before the answer (the answer is dropped).
     pub vanished: bool,
     /// Its request reached the machine.
     pub delivered: bool,
@@ -358,6 +359,8 @@ enum Ev {
     InitReap,
     /// The operator acts (chaos phase only).
     Operator(OperatorAction),
+    /// A control client closes its connection.
+    ClientGone(ClientId),
 }
 
 /// The simulated world. See the module documentation.
@@ -413,6 +416,8 @@ pub struct World {
     /// Control clients so far, by id.
     pub clients: BTreeMap<ClientId, Client>,
     control_rng: Rng,
+    /// Bursts of concurrent control clients, and when vanishing clients go.
+    clients_rng: Rng,
     /// Every generation, dead ones included (their ghost state).
     pub gens: BTreeMap<Pid, Gen>,
     /// The shared pidfile: the pid it names.
@@ -460,6 +465,8 @@ impl World {
         let listen = master.fork().chance(0.3);
         // Forked last too: control clients and real-time signals.
         let control_rng = master.fork();
+        // And last: bursts of control clients, and when vanishing ones go.
+        let clients_rng = master.fork();
         let swarm = Swarm::pick(&mut fault_rng);
         let first_settings = faults::settings(&mut settings_rng);
         let proxy = settings_rng.chance(0.3);
@@ -478,6 +485,7 @@ impl World {
             listen_sockets: listen,
             clients: BTreeMap::new(),
             control_rng,
+            clients_rng,
             gens: BTreeMap::new(),
             pidfile: None,
             faults: Faults::new(swarm, fault_rng),
@@ -832,6 +840,9 @@ impl World {
         for (t, action) in faults::control_plan(&mut self.control_rng, chaos) {
             self.schedule(Instant::from_origin(t), Ev::Operator(action));
         }
+        for (t, action) in faults::client_burst(&mut self.clients_rng, chaos) {
+            self.schedule(Instant::from_origin(t), Ev::Operator(action));
+        }
         self.terminate_during_upgrade = plan.terminate_during_upgrade;
         let pid = self.fork(INIT, Kind::Psflip, None, false);
         self.gens.insert(
@@ -998,6 +1009,12 @@ impl World {
                 }
             }
             Ev::Operator(action) => self.operate(action),
+            Ev::ClientGone(client) => {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.vanished = true;
+                    self.log(format!("operator: control client {} goes away", client.0));
+                }
+            }
         }
     }
 
@@ -1042,11 +1059,17 @@ impl World {
                     Client {
                         gpid: service,
                         request,
-                        vanished: vanishes,
+                        vanished: false,
                         delivered: false,
                         answers: Vec::new(),
                     },
                 );
+                if vanishes {
+                    // Before its request is read, or while it waits for the answer.
+                    let max = self.faults.swarm.max_latency * 3 + Duration::from_millis(1);
+                    let at = self.now + self.clients_rng.upto(max);
+                    self.schedule(at, Ev::ClientGone(client));
+                }
                 let g = self.gens.get_mut(&service).expect("a generation");
                 g.rt.connecting.push_back(client);
                 self.after_latency(Ev::Wake(service));
@@ -1759,9 +1782,20 @@ impl Source for SimSource<'_> {
 
     fn receive(&mut self, client: ClientId) -> Option<(Request, Option<Origin>)> {
         let request = self.rt_mut().connected.remove(&client)?;
-        if let Some(c) = self.world.clients.get_mut(&client) {
-            c.delivered = true;
+        let w = &mut *self.world;
+        if w.clients[&client].vanished {
+            // It closed before its request was read: end of file, no request.
+            w.cover(Cover::ClientGoneBeforeRead);
+            return None;
         }
+        // Another client of this generation still waits for its answer.
+        let waiting = w.clients.iter().any(|(id, c)| {
+            *id != client && c.gpid == self.pid && c.delivered && c.answers.is_empty()
+        });
+        if waiting {
+            w.cover(Cover::ConcurrentClients);
+        }
+        w.clients.get_mut(&client).expect("a client").delivered = true;
         Some((request, None))
     }
 
