@@ -495,6 +495,10 @@ impl Engine {
                     return;
                 }
             };
+            if tcp {
+                // Before the connect: small writes leave at once from the first.
+                sys::set_nodelay(sock.as_raw_fd());
+            }
             let token = conn_token(conn.generation, slot, BACKEND);
             if let Err(e) = sys::epoll_ctl(
                 &self.ep,
@@ -515,9 +519,6 @@ impl Engine {
             match sys::connect(&sock, &addr) {
                 Ok(()) => {
                     conn.connecting = false;
-                    if tcp {
-                        sys::set_nodelay(sock.as_raw_fd());
-                    }
                     conn.fds[BACKEND] = Some(sock);
                     conn.writable[BACKEND] = true;
                     return self.progress(slot);
@@ -570,14 +571,6 @@ impl Engine {
                 return;
             }
             conn.connecting = false;
-            if self.listeners[conn.listener]
-                .1
-                .targets
-                .get(conn.target)
-                .is_some_and(|t| matches!(t, Target::Tcp(_)))
-            {
-                sys::set_nodelay(fd);
-            }
         }
         if revents & ERR != 0 {
             // A reset (or another error) on this side: the other peer sees one too.
