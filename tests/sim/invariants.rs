@@ -139,6 +139,9 @@ pub enum Cover {
     ConcurrentClients,
     /// A control client went away before its request was read.
     ClientGoneBeforeRead,
+    /// (`[healthcheck.notify]`) a child's READY=1 was read while its exit was
+    /// being reported (it sent it, then died).
+    NotifyReadWhileReaping,
 }
 
 impl Cover {
@@ -173,6 +176,7 @@ impl Cover {
         Cover::SuccessorSaidWhy,
         Cover::ConcurrentClients,
         Cover::ClientGoneBeforeRead,
+        Cover::NotifyReadWhileReaping,
     ];
 }
 
@@ -582,7 +586,9 @@ pub fn expected_exit(w: &World, gpid: Pid) -> i32 {
         // (Whether the handover was valid is I1's business.)
         return 0;
     }
-    if g.ghost.stopped_child || g.ghost.child_spawn_failed {
+    // A successor whose pidfile could not be written gives up, even if its
+    // child died on its own meanwhile (its exit then reported just after).
+    if g.ghost.stopped_child || g.ghost.child_spawn_failed || g.ghost.pidfile_failed_starting {
         return 1;
     }
     let may_relay = g.ghost.generation == Generation::First || g.ghost.ready_reported;

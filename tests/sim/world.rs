@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use psflip::Signal;
+use psflip::effects::notify::Message;
 use psflip::effects::readiness::Heard;
 use psflip::machine::{
     ClientId, Event, ExitStatus, Generation, Health, Instant, Machine, Origin, Phase, ProcId,
@@ -123,6 +124,10 @@ pub struct GenRuntime {
     /// (Successor) the pid of the generation that started it (the runtime's
     /// `getppid()` at start-up).
     pub predecessor_pid: Option<Pid>,
+    /// (`[healthcheck.notify]`) the app child whose notify socket is open, and
+    /// the messages in it not read yet.
+    pub child_notify: Option<ProcId>,
+    pub notified: Vec<Message>,
 }
 
 /// A control client (`psflip upgrade`, `psflip status`) and what it got.
@@ -343,7 +348,9 @@ enum Ev {
         target: Pid,
         group: bool,
         signal: Signal,
-        /// The psflip generation that sent it (`None`: the operator).
+        /// The process that sent it, as signalfd's `ssi_pid` tells: a psflip
+        /// generation, or init for the operator (the service manager); `None`:
+        /// the kernel.
         from: Option<Pid>,
     },
     /// (Proxy) the last connection of a draining generation closed.
@@ -361,6 +368,8 @@ enum Ev {
     Operator(OperatorAction),
     /// A control client closes its connection.
     ClientGone(ClientId),
+    /// (`[healthcheck.notify]`) an app child sends a datagram to its notify socket.
+    Notify { pid: Pid, message: Message },
 }
 
 /// The simulated world. See the module documentation.
@@ -418,6 +427,8 @@ pub struct World {
     control_rng: Rng,
     /// Bursts of concurrent control clients, and when vanishing clients go.
     clients_rng: Rng,
+    /// (`[healthcheck.notify]`) when app children send READY=1.
+    notify_rng: Rng,
     /// Every generation, dead ones included (their ghost state).
     pub gens: BTreeMap<Pid, Gen>,
     /// The shared pidfile: the pid it names.
@@ -467,8 +478,13 @@ impl World {
         let control_rng = master.fork();
         // And last: bursts of control clients, and when vanishing ones go.
         let clients_rng = master.fork();
+        // And last: `[healthcheck.notify]` for a quarter of the seeds.
+        let mut notify_rng = master.fork();
         let swarm = Swarm::pick(&mut fault_rng);
-        let first_settings = faults::settings(&mut settings_rng);
+        let mut first_settings = faults::settings(&mut settings_rng);
+        if notify_rng.chance(0.25) {
+            first_settings.health = Health::Notify;
+        }
         let proxy = settings_rng.chance(0.3);
         World {
             mutation: None,
@@ -486,6 +502,7 @@ impl World {
             clients: BTreeMap::new(),
             control_rng,
             clients_rng,
+            notify_rng,
             gens: BTreeMap::new(),
             pidfile: None,
             faults: Faults::new(swarm, fault_rng),
@@ -907,14 +924,15 @@ impl World {
             .collect()
     }
 
-    /// The operator sends a signal to a generation, now.
+    /// The operator (the service manager, pid 1) sends a signal to a
+    /// generation, now.
     pub fn send_signal(&mut self, pid: Pid, signal: Signal) {
         self.log(format!(
             "operator: {} -> {}",
             signal.as_str(),
             self.name(pid)
         ));
-        self.deliver(pid, signal, None);
+        self.deliver(pid, signal, Some(INIT));
     }
 
     // ---------------------------------------------------------------- stepping
@@ -1009,6 +1027,7 @@ impl World {
                 }
             }
             Ev::Operator(action) => self.operate(action),
+            Ev::Notify { pid, message } => self.child_notifies(pid, message),
             Ev::ClientGone(client) => {
                 if let Some(c) = self.clients.get_mut(&client) {
                     c.vanished = true;
@@ -1016,6 +1035,68 @@ impl World {
                 }
             }
         }
+    }
+
+    /// (`[healthcheck.notify]`) what the new app child `pid` will send: now
+    /// and then a STATUS=, READY=1 within the upgrade timeout (sometimes too
+    /// late, or never, in the chaos phase), and sometimes READY=1 right before
+    /// an exit it is to make (`exits_after`).
+    fn plan_notify(&mut self, pid: Pid, settings: &Settings, exits_after: Option<Duration>) {
+        let timeout = settings.upgrade_timeout;
+        let rng = &mut self.notify_rng;
+        let status = rng.chance(0.3).then(|| rng.upto(timeout));
+        let ready = if self.healing {
+            Some(rng.upto(timeout / 2))
+        } else if rng.chance(0.8) {
+            Some(rng.upto(timeout + timeout / 4))
+        } else {
+            None
+        };
+        let at_exit = exits_after.filter(|_| rng.chance(0.5));
+        // Never, or maybe too late: a fault that may end the service.
+        if ready.is_none_or(|after| after >= timeout / 2) {
+            self.service_enders += 1;
+        }
+        let now = self.now;
+        if let Some(after) = status {
+            let message = Message {
+                ready: false,
+                status: Some("warming up".into()),
+            };
+            self.schedule(now + after, Ev::Notify { pid, message });
+        }
+        // Scheduled before the exit, so at the same instant it comes first.
+        for after in ready.into_iter().chain(at_exit) {
+            let message = Message {
+                ready: true,
+                status: None,
+            };
+            self.schedule(now + after, Ev::Notify { pid, message });
+        }
+    }
+
+    /// The app child `pid` sends `message` on its notify socket (if its
+    /// generation still has it open).
+    fn child_notifies(&mut self, pid: Pid, message: Message) {
+        let Some(Kind::App { owner, .. }) = self.procs.get(&pid).map(|p| &p.kind) else {
+            return;
+        };
+        let owner = *owner;
+        if !self.running(pid) || !self.running(owner) {
+            return;
+        }
+        let g = self.gens.get_mut(&owner).expect("a generation");
+        let open =
+            g.rt.child_notify
+                .and_then(|id| g.rt.pids.get(&id))
+                .is_some_and(|p| *p == pid);
+        if !open {
+            return;
+        }
+        g.rt.notified.push(message.clone());
+        let line = format!("{} notifies: {message:?}", self.name(pid));
+        self.log(line);
+        self.after_latency(Ev::Wake(owner));
     }
 
     fn operate(&mut self, action: OperatorAction) {
@@ -1123,7 +1204,7 @@ impl World {
                     target: old,
                     group: false,
                     signal: sig,
-                    from: None,
+                    from: Some(INIT),
                 },
             );
         }
@@ -1253,7 +1334,8 @@ impl World {
         }
         self.arm_timer(pid);
         let rt = &self.gens[&pid].rt;
-        if rt.ready_byte || !rt.connected.is_empty() || !rt.connecting.is_empty() {
+        let notified = rt.child_notify.is_some() && !rt.notified.is_empty();
+        if rt.ready_byte || notified || !rt.connected.is_empty() || !rt.connecting.is_empty() {
             // Level-triggered: the next poll returns at once.
             self.after_latency(Ev::Wake(pid));
         }
@@ -1286,6 +1368,13 @@ impl World {
         if rt.drained {
             ready.push(PsflipFd::Proxy);
         }
+        // A datagram that lands while the turn runs is read when its sender's
+        // exit is reported (or at the next turn).
+        let notified = rt.child_notify.is_some() && !rt.notified.is_empty();
+        if notified && !(sig_ready && self.notify_rng.chance(0.5)) {
+            ready.push(PsflipFd::Notify);
+        }
+        let rt = &self.gens[&pid].rt;
         if !rt.connecting.is_empty() {
             ready.push(PsflipFd::Control);
         }
@@ -1482,6 +1571,12 @@ impl World {
                 {
                     g.healthy = true;
                 }
+            }
+            // The child's own READY=1 reached its generation while it ran.
+            Event::ChildNotified {
+                id, ready: true, ..
+            } if proving && g.is_child(*id) => {
+                g.healthy = true;
             }
             Event::ProcessExited { id, status } if proving && status.success() => {
                 let probe = this.rt.pids.get(id).and_then(|p| self.procs.get(p));
@@ -1720,6 +1815,10 @@ impl Source for SimSource<'_> {
                 rt.ready_byte = false;
                 rt.failure_said = None;
             }
+            if rt.child_notify == Some(id) {
+                rt.child_notify = None;
+                rt.notified.clear();
+            }
         }
     }
 
@@ -1771,6 +1870,18 @@ impl Source for SimSource<'_> {
             self.world.cover(Cover::ReadyReadWhileReaping);
         }
         heard
+    }
+
+    fn child_notify(&self) -> Option<ProcId> {
+        self.rt().child_notify
+    }
+
+    fn hear_child(&mut self) -> Vec<Message> {
+        let messages = std::mem::take(&mut self.rt_mut().notified);
+        if self.reaping && messages.iter().any(|m| m.ready) {
+            self.world.cover(Cover::NotifyReadWhileReaping);
+        }
+        messages
     }
 
     fn accept_control(&mut self, _now: Instant) {
@@ -1886,6 +1997,11 @@ impl Os for SimOs<'_> {
                     } else {
                         w.fork(pid, Kind::Job { leader: pid }, Some(pid), false);
                     }
+                }
+                if self.settings.health == Health::Notify {
+                    self.rt.child_notify = Some(id);
+                    self.rt.notified.clear();
+                    w.plan_notify(pid, &self.settings, exits.map(|(after, _)| after));
                 }
                 if let Some((after, status)) = exits {
                     w.schedule(
