@@ -252,3 +252,244 @@ impl<S: Source> Driver for Psflip<S> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decoding over a scripted source: the order of a turn, and which
+    //! event each fact becomes. (The simulation runs it over a whole simulated
+    //! kernel; these pin the rules one by one.)
+    use super::*;
+    use crate::runtime::turn;
+    use std::collections::{BTreeMap, VecDeque};
+
+    const SUCCESSOR: ProcId = ProcId(2);
+    const CHILD: ProcId = ProcId(1);
+
+    /// A world of facts, and the events fed, in order.
+    #[derive(Default)]
+    struct Script {
+        fed: Vec<Event>,
+        deadline: Option<Instant>,
+        sweeping: bool,
+        signals: VecDeque<(i32, u32, u32)>,
+        zombies: Vec<(Pid, ExitStatus)>,
+        ids: BTreeMap<i32, ProcId>,
+        reaped: Vec<i32>,
+        adopted: usize,
+        pipe: Option<(ProcId, Heard)>,
+        notify: Option<(ProcId, Vec<Message>)>,
+        requests: BTreeMap<ClientId, Request>,
+        accepted: u32,
+        predecessor_open: bool,
+        drained: bool,
+    }
+
+    impl Source for Script {
+        fn feed(&mut self, _now: Instant, event: Event) -> Option<i32> {
+            self.fed.push(event);
+            None
+        }
+        fn machine_deadline(&self) -> Option<Instant> {
+            self.deadline
+        }
+        fn sweeping(&self) -> bool {
+            self.sweeping
+        }
+        fn next_signal(&mut self) -> Option<(i32, u32, u32)> {
+            self.signals.pop_front()
+        }
+        fn next_exited(&mut self) -> Option<(Pid, ExitStatus)> {
+            self.zombies.first().copied()
+        }
+        fn reap(&mut self, pid: Pid) {
+            self.zombies.retain(|(p, _)| *p != pid);
+            self.reaped.push(pid.as_raw());
+            if let Some(id) = self.ids.remove(&pid.as_raw()) {
+                self.pipe = self.pipe.take().filter(|(p, _)| *p != id);
+            }
+        }
+        fn id_of(&self, pid: Pid) -> Option<ProcId> {
+            self.ids.get(&pid.as_raw()).copied()
+        }
+        fn adopted(&self) -> usize {
+            self.adopted
+        }
+        fn predecessor_pid(&self) -> Option<u32> {
+            Some(7)
+        }
+        fn origin(&self, pid: u32, uid: u32) -> Origin {
+            Origin {
+                pid,
+                uid,
+                manager: pid == 1,
+            }
+        }
+        fn successor_pipe(&self) -> Option<ProcId> {
+            self.pipe.as_ref().map(|(id, _)| *id)
+        }
+        fn hear_successor(&mut self) -> Heard {
+            self.pipe
+                .as_mut()
+                .map(|(_, heard)| std::mem::take(heard))
+                .unwrap_or_default()
+        }
+        fn child_notify(&self) -> Option<ProcId> {
+            self.notify.as_ref().map(|(id, _)| *id)
+        }
+        fn hear_child(&mut self) -> Vec<Message> {
+            self.notify
+                .as_mut()
+                .map(|(_, m)| std::mem::take(m))
+                .unwrap_or_default()
+        }
+        fn accept_control(&mut self, _now: Instant) {
+            self.accepted += 1;
+        }
+        fn receive(&mut self, client: ClientId) -> Option<(Request, Option<Origin>)> {
+            self.requests.remove(&client).map(|r| (r, None))
+        }
+        fn predecessor_closed(&mut self) {
+            self.predecessor_open = false;
+        }
+        fn proxy_drained(&mut self) -> bool {
+            std::mem::take(&mut self.drained)
+        }
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(std::time::Duration::from_millis(ms))
+    }
+
+    fn pid(p: i32) -> Pid {
+        Pid::from_raw(p)
+    }
+
+    #[test]
+    fn a_turn_takes_fds_then_signals_in_order_then_the_tick() {
+        let mut s = Psflip(Script {
+            deadline: Some(at(5)),
+            signals: VecDeque::from([
+                (libc::SIGHUP, 7, 0),
+                (libc::SIGTERM, 1, 0),
+                (libc::SIGUSR1, 0, 0),
+                (libc::SIGRTMIN() + 2, 0, 0),
+            ]),
+            drained: true,
+            predecessor_open: true,
+            requests: BTreeMap::from([(ClientId(3), Request::Status)]),
+            ..Script::default()
+        });
+        let ready = [
+            PsflipFd::Predecessor,
+            PsflipFd::Proxy,
+            PsflipFd::Control,
+            PsflipFd::Client(ClientId(3)),
+        ];
+        assert_eq!(turn(&mut s, at(5), &ready, true), None);
+        let manager = Origin {
+            pid: 1,
+            uid: 0,
+            manager: true,
+        };
+        assert_eq!(
+            s.0.fed,
+            vec![
+                Event::PredecessorExited,
+                Event::ProxyDrained,
+                Event::ControlRequest {
+                    client: ClientId(3),
+                    request: Request::Status,
+                    from: None
+                },
+                Event::SignalReceived {
+                    signal: Signal::SIGHUP,
+                    from: Sender::Predecessor
+                },
+                Event::SignalReceived {
+                    signal: Signal::SIGTERM,
+                    from: Sender::Process(manager)
+                },
+                Event::SignalReceived {
+                    signal: Signal::SIGUSR1,
+                    from: Sender::Other
+                },
+                Event::RealtimeSignalReceived(libc::SIGRTMIN() + 2),
+                Event::Tick,
+            ]
+        );
+        assert!(!s.0.predecessor_open);
+        assert_eq!(s.0.accepted, 1);
+        // Not due yet: no tick; signals not read unless the signalfd fired.
+        s.0.fed.clear();
+        s.0.signals.push_back((libc::SIGHUP, 0, 0));
+        assert_eq!(turn(&mut s, at(4), &[], false), None);
+        assert!(s.0.fed.is_empty());
+    }
+
+    #[test]
+    fn what_a_dying_process_said_is_reported_before_its_exit() {
+        let said = Heard {
+            ready: true,
+            failure: Some("bad config".into()),
+            closed: true,
+        };
+        let ready = Message {
+            ready: true,
+            status: None,
+        };
+        let mut s = Psflip(Script {
+            signals: VecDeque::from([(libc::SIGCHLD, 0, 0)]),
+            zombies: vec![
+                (pid(20), ExitStatus::Code(1)),
+                (pid(10), ExitStatus::Code(0)),
+            ],
+            ids: BTreeMap::from([(20, SUCCESSOR), (10, CHILD)]),
+            pipe: Some((SUCCESSOR, said)),
+            notify: Some((CHILD, vec![ready])),
+            ..Script::default()
+        });
+        assert_eq!(turn(&mut s, at(1), &[], true), None);
+        assert_eq!(
+            s.0.fed,
+            vec![
+                Event::SuccessorFailed {
+                    id: SUCCESSOR,
+                    reason: "bad config".into()
+                },
+                Event::SuccessorReady { id: SUCCESSOR },
+                Event::ProcessExited {
+                    id: SUCCESSOR,
+                    status: ExitStatus::Code(1)
+                },
+                Event::ChildNotified {
+                    id: CHILD,
+                    ready: true,
+                    status: None
+                },
+                Event::ProcessExited {
+                    id: CHILD,
+                    status: ExitStatus::Code(0)
+                },
+            ]
+        );
+        assert_eq!(s.0.reaped, vec![20, 10]);
+    }
+
+    #[test]
+    fn an_adopted_process_exit_is_reported_only_while_sweeping() {
+        let script = |sweeping| Script {
+            sweeping,
+            adopted: 2,
+            signals: VecDeque::from([(libc::SIGCHLD, 0, 0)]),
+            zombies: vec![(pid(30), ExitStatus::Code(0))],
+            ..Script::default()
+        };
+        let mut s = Psflip(script(false));
+        assert_eq!(turn(&mut s, at(1), &[], true), None);
+        assert!(s.0.fed.is_empty());
+        assert_eq!(s.0.reaped, vec![30], "reaped all the same");
+        let mut s = Psflip(script(true));
+        assert_eq!(turn(&mut s, at(1), &[], true), None);
+        assert_eq!(s.0.fed, vec![Event::EscapedExited { remaining: 2 }]);
+    }
+}
