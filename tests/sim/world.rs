@@ -1335,7 +1335,9 @@ impl World {
         self.arm_timer(pid);
         let rt = &self.gens[&pid].rt;
         let notified = rt.child_notify.is_some() && !rt.notified.is_empty();
-        if rt.ready_byte || notified || !rt.connected.is_empty() || !rt.connecting.is_empty() {
+        let said = rt.successor_pipe.is_some() && rt.failure_said.is_some();
+        let unread = rt.ready_byte || said || notified;
+        if unread || !rt.connected.is_empty() || !rt.connecting.is_empty() {
             // Level-triggered: the next poll returns at once.
             self.after_latency(Ev::Wake(pid));
         }
