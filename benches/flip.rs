@@ -34,7 +34,10 @@
 //! signal, default 50: a real upgrade meets an idle psflip, not one that has
 //! just logged its child healthy), `PSFLIP_BENCH_OUT` (a directory: the
 //! `summary.md`, `details.md` and `medians.tsv` fragments that
-//! `scripts/bench.sh` assembles into `BENCHMARKS.md`).
+//! `scripts/bench.sh` assembles into `BENCHMARKS.md`), `PSFLIP_BENCH_ALSO`
+//! (`NAME=PATH` entries separated by `:`: other psflip binaries, measured in
+//! the same iterations, interleaved with the first; their fragments go to
+//! `PSFLIP_BENCH_OUT/NAME/`).
 //!
 //! The harness makes itself a child subreaper, so every process psflip starts
 //! ends up as its child once its parent is gone: all are reaped by pid, and at
@@ -781,21 +784,36 @@ fn bench_main() -> Result<(), String> {
         "cmd = [\"sleep\", \"1000\"]\n\n[healthcheck.alive]\ntimeout = \"100ms\"\n\n[shutdown]\ntimeout = \"2s\"\n",
     )?;
 
-    let mut s = Samples::default();
-    let mut warm = Samples::default();
+    // Other binaries measured in the same iterations (`PSFLIP_BENCH_ALSO`,
+    // `NAME=PATH` separated by `:`): their runs interleave with the shipped
+    // one's, so that a comparison is not a comparison of two moments of a
+    // shared machine.
+    let mut bins: Vec<(String, PathBuf)> = vec![(String::new(), b.psflip.clone())];
+    if let Ok(also) = std::env::var("PSFLIP_BENCH_ALSO") {
+        for item in also.split(':').filter(|i| !i.is_empty()) {
+            let (name, path) = item
+                .split_once('=')
+                .ok_or_else(|| format!("PSFLIP_BENCH_ALSO: {item:?} is not NAME=PATH"))?;
+            println!("also:   {name} = {path}");
+            bins.push((name.to_string(), PathBuf::from(path)));
+        }
+    }
+    let mut s: Vec<Samples> = bins.iter().map(|_| Samples::default()).collect();
+    let mut warm: Vec<Samples> = bins.iter().map(|_| Samples::default()).collect();
     type Step = fn(&mut Bench, &Path, &Path, &mut Samples) -> Result<(), String>;
-    let steps: [(&str, Step); 3] = [
-        ("direct", |b, _, _, s| b.run_direct(s)),
-        ("upgrade", |b, u, _, s| b.run_upgrade(u, s)),
-        ("failed", |b, _, f, s| b.run_failed(f, s)),
-    ];
+    let mut steps: Vec<(&str, usize, Step)> = vec![("direct", 0, |b, _, _, s| b.run_direct(s))];
+    for j in 0..bins.len() {
+        steps.push(("upgrade", j, |b, u, _, s| b.run_upgrade(u, s)));
+        steps.push(("failed", j, |b, _, f, s| b.run_failed(f, s)));
+    }
     for i in 0..WARMUP + runs {
-        let target = if i < WARMUP { &mut warm } else { &mut s };
         for k in 0..steps.len() {
-            let (name, step) = steps[(i + k) % steps.len()];
+            let (name, j, step) = steps[(i + k) % steps.len()];
+            let target = if i < WARMUP { &mut warm[j] } else { &mut s[j] };
+            b.psflip = bins[j].1.clone();
             b.begin_iteration();
             if let Err(e) = step(&mut b, &upgrade_cfg, &failed_cfg, target) {
-                eprintln!("iteration {i} ({name}) given up: {e}");
+                eprintln!("iteration {i} ({name} {}) given up: {e}", bins[j].0);
                 for line in &b.trace {
                     eprintln!("  {line}");
                 }
@@ -804,17 +822,26 @@ fn bench_main() -> Result<(), String> {
             b.cleanup();
         }
     }
-    let mut smaps = String::new();
+    // The direct spawns are every binary's baseline.
+    let direct = s[0].values.get("direct").cloned().unwrap_or_default();
+    for other in s.iter_mut().skip(1) {
+        other.values.insert("direct", direct.clone());
+    }
+    let mut smaps: Vec<String> = bins.iter().map(|_| String::new()).collect();
     for i in 0..idle_runs {
-        b.begin_iteration();
-        if let Err(e) = b.run_idle(&idle_cfg, &mut s, &mut smaps) {
-            eprintln!("idle run {i} given up: {e}");
-            for line in &b.trace {
-                eprintln!("  {line}");
+        for k in 0..bins.len() {
+            let j = (i + k) % bins.len();
+            b.psflip = bins[j].1.clone();
+            b.begin_iteration();
+            if let Err(e) = b.run_idle(&idle_cfg, &mut s[j], &mut smaps[j]) {
+                eprintln!("idle run {i} ({}) given up: {e}", bins[j].0);
+                for line in &b.trace {
+                    eprintln!("  {line}");
+                }
+                s[j].failures.push(format!("idle: {e}"));
             }
-            s.failures.push(format!("idle: {e}"));
+            b.cleanup();
         }
-        b.cleanup();
     }
 
     // Nothing may be left: as a subreaper, any descendant would be our child.
@@ -831,27 +858,38 @@ fn bench_main() -> Result<(), String> {
         .unwrap_or_default();
     let _ = std::fs::remove_dir_all(&b.dir);
 
-    let report = Report::new(&s, &warm, left.len() + strays.len());
-    print!("\n{}", report.summary_table());
-    print!("\n{}", report.details_table());
-    println!("\nsmaps_rollup of one idle psflip:\n{smaps}");
+    let leftover = left.len() + strays.len();
+    for (j, (name, path)) in bins.iter().enumerate() {
+        let report = Report::new(&s[j], &warm[j], leftover);
+        if j > 0 {
+            print!("\n{name} ({}):\n", path.display());
+        }
+        print!("\n{}", report.summary_table());
+        print!("\n{}", report.details_table());
+        println!("\nsmaps_rollup of one idle psflip:\n{}", smaps[j]);
+    }
     if !left.is_empty() || !strays.is_empty() {
         println!("LEFT OVER: children {left:?}, others {strays:?}");
     } else {
         println!("processes left over: none");
     }
     if let Some(out) = std::env::var_os("PSFLIP_BENCH_OUT") {
-        let out = PathBuf::from(out);
-        std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let write = |name: &str, body: String| {
-            let p = out.join(name);
-            std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))
-        };
-        write("summary.md", report.summary_rows())?;
-        write("medians.tsv", report.medians_tsv())?;
-        write("details.md", report.details_table())?;
-        write("smaps_rollup.txt", smaps)?;
-        write("leftover.txt", format!("{}\n", left.len() + strays.len()))?;
+        for (j, (name, _)) in bins.iter().enumerate() {
+            // The shipped binary's files in the directory itself, the others' in
+            // a subdirectory each.
+            let out = PathBuf::from(&out).join(name);
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let write = |file: &str, body: String| {
+                let p = out.join(file);
+                std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let report = Report::new(&s[j], &warm[j], leftover);
+            write("summary.md", report.summary_rows())?;
+            write("medians.tsv", report.medians_tsv())?;
+            write("details.md", report.details_table())?;
+            write("smaps_rollup.txt", smaps[j].clone())?;
+            write("leftover.txt", format!("{leftover}\n"))?;
+        }
     }
     Ok(())
 }

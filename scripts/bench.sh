@@ -15,6 +15,7 @@
 #                           when perf and python3 are there and we are root
 #   BENCH_BASELINE=PATH     also measure another psflip binary (e.g. an older commit's
 #                           release build) with the same benches, for a before/after
+#   BENCH_ALSO=NAME=PATH:…  more binaries to measure alongside (one column each)
 #   BENCH_GROW=1            also run benches/grow.py (proxied connections during an
 #                           upgrade, accepts during handovers, configuration size;
 #                           root and nginx), BENCH_GROW_ROUNDS=5 upgrades per row
@@ -107,20 +108,15 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average at start: $load_before"
 
 # --- latency and footprint (benches/flip.rs) ------------------------------------
-log "cargo bench --bench flip"
-PSFLIP_BENCH_OUT=$work/flip cargo bench --bench flip 2>&1 | tee "$work/flip.log"
-
-if [ -n "$static_bin" ]; then
-    log "cargo bench --bench flip, crt-static variant"
-    PSFLIP_BIN=$static_bin PSFLIP_BENCH_OUT=$work/flip-static cargo bench --bench flip 2>&1 |
-        tee "$work/flip-static.log"
-fi
-
-if [ -n "$baseline" ]; then
-    log "cargo bench --bench flip, baseline $baseline"
-    PSFLIP_BIN=$baseline PSFLIP_BENCH_OUT=$work/flip-base cargo bench --bench flip 2>&1 |
-        tee "$work/flip-base.log"
-fi
+# The other binaries (crt-static, baseline, BENCH_ALSO) run in the same
+# iterations as the shipped one, interleaved, not one after the other: on a
+# shared machine, two runs minutes apart compare two loads, not two builds.
+also=""
+[ -n "$static_bin" ] && also+="static=$static_bin:"
+[ -n "$baseline" ] && also+="baseline=$baseline:"
+also+=${BENCH_ALSO:-}
+log "cargo bench --bench flip${also:+ (also: $also)}"
+PSFLIP_BENCH_ALSO=$also PSFLIP_BENCH_OUT=$work/flip cargo bench --bench flip 2>&1 | tee "$work/flip.log"
 
 # --- profile (perf tracepoints) --------------------------------------------------------
 if [ "$do_profile" = 1 ]; then
@@ -235,21 +231,41 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # The dynamic (shipped) build against the crt-static variant.
 median() { awk -F'\t' -v k="$2" '$1 == k { print $3 }' "$1/medians.tsv"; }
 comparison() {
-    local d=$work/flip s=$work/flip-static b=$work/flip-base
     fmt_ms() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.3f ms", v }'; }
     fmt_kib() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.2f MiB", v / 1024 }'; }
     fmt_size() { [ -n "$1" ] && [ -f "$1" ] && awk -v s="$(stat -c %s "$1")" 'BEGIN { printf "%.2f MiB", s / 1048576 }' || echo "–"; }
-    col() { [ -d "$1" ] && median "$1" "$2"; }
-    echo "| figure | shipped (glibc dynamic) | baseline ${baseline:+(\`$(basename "$baseline")\`)} | crt-static (glibc linked in) |"
-    echo "|---|---|---|---|"
+    col() { [ -f "$1/medians.tsv" ] && median "$1" "$2"; }
+    # name|directory|binary
+    local cols=("shipped (glibc dynamic)|$work/flip|$bin")
+    [ -n "$baseline" ] && cols+=("baseline (\`$(basename "$baseline")\`)|$work/flip/baseline|$baseline")
+    [ -n "$static_bin" ] && cols+=("crt-static (glibc linked in)|$work/flip/static|$static_bin")
+    local item
+    for item in ${BENCH_ALSO//:/ }; do
+        cols+=("\`${item%%=*}\`|$work/flip/${item%%=*}|${item#*=}")
+    done
+    local head="| figure |" rule="|---|" c
+    for c in "${cols[@]}"; do head+=" ${c%%|*} |"; rule+="---|"; done
+    echo "$head"
+    echo "$rule"
     for row in "overhead|1. launch overhead over a direct spawn" "spawn|2. upgrade signal → new child running" \
         "handoff|3. upgrade signal → old child signalled" "failed|4. upgrade signal → failure logged"; do
-        k=${row%%|*}
-        echo "| ${row#*|} | $(fmt_ms "$(col "$d" "$k")") | $(fmt_ms "$(col "$b" "$k")") | $(fmt_ms "$(col "$s" "$k")") |"
+        local line="| ${row#*|} |"
+        for c in "${cols[@]}"; do
+            local d=${c#*|}
+            line+=" $(fmt_ms "$(col "${d%%|*}" "${row%%|*}")") |"
+        done
+        echo "$line"
     done
-    echo "| 5. idle VmRSS | $(fmt_kib "$(col "$d" rss)") | $(fmt_kib "$(col "$b" rss)") | $(fmt_kib "$(col "$s" rss)") |"
-    echo "| 5. threads | $(col "$d" threads) | $(col "$b" threads) | $(col "$s" threads) |"
-    echo "| 6. binary size | $size_mib MiB | $(fmt_size "$baseline") | $(fmt_size "$static_bin") |"
+    local rss="| 5. idle VmRSS |" thr="| 5. threads |" sz="| 6. binary size |"
+    for c in "${cols[@]}"; do
+        local d=${c#*|}
+        rss+=" $(fmt_kib "$(col "${d%%|*}" rss)") |"
+        thr+=" $(col "${d%%|*}" threads) |"
+        sz+=" $(fmt_size "${d#*|}") |"
+    done
+    echo "$rss"
+    echo "$thr"
+    echo "$sz"
 }
 
 others_note="The shipped build"
@@ -274,7 +290,7 @@ fi
 
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPUs ($cpu), Linux $(uname -r),
 $(rustc --version), psflip at commit $rev, release build
-(\`opt-level = "s"\`, LTO, one codegen unit, stripped).
+(\`opt-level = "s"\`, LTO, one codegen unit, stripped, hot functions first: \`build/psflip-hot.ld\`).
 1-minute load average at the start: $load_before; at the end: $load_after.${load_note:+
 **Note:** $load_note.}
 
@@ -314,9 +330,9 @@ $(cat "$work/hyperfine.md")
 ### Binary
 
 \`$bin\`: $size bytes; $file_desc.
-$(if [ -n "$static_bin" ] || [ -n "$baseline" ]; then cat <<EOT
+$(if [ -n "$static_bin" ] || [ -n "$baseline" ] || [ -n "${BENCH_ALSO:-}" ]; then cat <<EOT
 
-## Other builds, measured by the same benches in the same run
+## Other builds, measured by the same benches in the same run, interleaved
 
 $others_note
 
@@ -380,7 +396,9 @@ fi)
   signal comes 50 ms after psflip logged its child healthy (\`PSFLIP_BENCH_PAUSE_MS\`),
   so that it meets an idle psflip, as a real upgrade does.
   Figure 1 is median(psflip) − median(direct); the paired difference per iteration
-  is in the details.
+  is in the details. The other builds (\`PSFLIP_BENCH_ALSO\`) run in the same
+  iterations: each runs the direct spawn once and every binary's upgrade and failed
+  upgrade, in a rotating order, so that all columns share the machine's moments.
 - Figure 5 reads VmRSS and Threads from \`/proc/PID/status\` 300 ms after psflip,
   supervising \`sleep 1000\` with \`[healthcheck.alive] timeout = "100ms"\`, logged
   that its child is healthy; and of the successor 300 ms after it took over.
