@@ -23,6 +23,16 @@ pub struct Stat {
     pub tpgid: i32,
     /// User plus system CPU time so far, in clock ticks (1/100 s).
     pub cpu_ticks: u64,
+    /// The kernel's `PF_*` flags of the task (field 9).
+    pub flags: u64,
+}
+
+impl Stat {
+    /// Forked and not yet exec'd (`PF_FORKNOEXEC`): a child psflip is still
+    /// starting, which carries psflip's name until its exec.
+    pub fn forked_not_execed(&self) -> bool {
+        self.flags & 0x40 != 0
+    }
 }
 
 pub fn stat(pid: i32) -> Option<Stat> {
@@ -42,6 +52,7 @@ pub fn stat(pid: i32) -> Option<Stat> {
         pgrp: number(5)?,
         tpgid: number(8)?,
         cpu_ticks: ticks(14) + ticks(15),
+        flags: ticks(9),
     })
 }
 

@@ -359,9 +359,11 @@ pub fn append_line(p: &Path, line: &str) {
 
 /// Samples, on a thread, how many psflip generations of a test run at once
 /// (I2). A generation is a live tagged `psflip` process that does not lead its
-/// own process group. A child psflip has forked but not yet exec'd looks like
-/// one for a few microseconds, so a count above two only counts if the same
-/// processes still look like generations 50 ms later.
+/// own process group and has exec'd: a child psflip has forked but not yet
+/// exec'd carries psflip's name until its exec and is told apart by the
+/// kernel's `PF_FORKNOEXEC` flag (under load that window outlasted the 50 ms
+/// recheck once). A count above two still only counts if the same processes
+/// look like generations 50 ms later.
 pub struct GenerationCounter {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<thread::JoinHandle<usize>>,
@@ -370,7 +372,9 @@ pub struct GenerationCounter {
 fn generations(tag: &str) -> Vec<i32> {
     tagged(tag)
         .into_iter()
-        .filter(|&p| stat(p).is_some_and(|s| s.comm == "psflip" && s.pgrp != p))
+        .filter(|&p| {
+            stat(p).is_some_and(|s| s.comm == "psflip" && s.pgrp != p && !s.forked_not_execed())
+        })
         .collect()
 }
 
