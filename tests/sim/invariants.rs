@@ -27,8 +27,8 @@ use crate::world::{End, Kind, Life, Pid, REAP_BOUND, World};
 /// than states.
 #[derive(Clone, Debug)]
 pub enum Fact {
-    /// A generation sent its running app child the shutdown signal or SIGKILL, and
-    /// it was not a forward.
+    /// A generation sent its app child the shutdown signal or SIGKILL before the
+    /// child's exit was reported to it, and it was not a forward.
     ChildStopped {
         gpid: Pid,
         child: Pid,
@@ -142,6 +142,9 @@ pub enum Cover {
     /// (`[healthcheck.notify]`) a child's READY=1 was read while its exit was
     /// being reported (it sent it, then died).
     NotifyReadWhileReaping,
+    /// A generation stopped its child after the child had exited on its own but
+    /// before that exit was reported to it (not required: rare).
+    StopRacedChildExit,
 }
 
 impl Cover {
@@ -575,6 +578,12 @@ fn i6_pidfile_names_ready_psflip(w: &World) -> Vec<String> {
 ///    successor's pidfile could not be written) or could not start it.
 /// 3. The child's status (code, or 128+N) when the child exited while serving.
 /// 4. 1 — or the child's own non-zero status — when it exited before healthy.
+///
+/// "Stopped its child" (1, 2) counts a stop psflip sent before the child's exit
+/// was delivered to it, even if in world time the child had just died on its own:
+/// SPEC §1's "exited first" is read as "psflip learned of its exit before it
+/// signalled it" — kill(2) on a zombie succeeds, so psflip cannot tell those
+/// apart (seeds 27640, 35489).
 ///
 /// In 3 and 4, a child that died of the termination signal its generation had
 /// received (and passed on) stopped as asked: 0 (issue #9) — for a generation

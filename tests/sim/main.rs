@@ -465,6 +465,22 @@ fn regressions() {
     assert!(failed.is_empty(), "regression seeds fail again: {failed:?}");
 }
 
+/// psflip's stop racing its child's own exit (the child died, psflip signalled
+/// it before the exit was delivered, then read it): the regression seeds of that
+/// race still reach it — so I7 there judges the exit of a stop by psflip
+/// (`expected_exit`), not the child's own — and hold.
+#[test]
+fn stop_racing_a_child_exit_counts_as_psflips_stop() {
+    for seed in [27_640, 35_489] {
+        let o = simulate(seed);
+        assert!(
+            o.coverage.contains_key(&Cover::StopRacedChildExit),
+            "seed {seed} no longer reaches the race"
+        );
+        assert!(o.failure.is_none(), "{}", report(&o));
+    }
+}
+
 /// Each invariant can fail: with the system under test deliberately broken
 /// (test-only [`Mutation`]s of its effects or inputs), some seed among the first
 /// few hundred reports the invariant that break violates. A checker that cannot

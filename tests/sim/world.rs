@@ -187,8 +187,10 @@ pub struct Ghost {
     pub ready_heard_valid: bool,
     /// When its machine accepted the successor's readiness.
     pub handover_at: Option<Instant>,
-    /// The machine sent its running child the shutdown signal or SIGKILL (not a
-    /// forward).
+    /// The machine sent its child the shutdown signal or SIGKILL (not a forward)
+    /// before the child's exit was reported to it: the child ran, or had just
+    /// died and its exit was not delivered yet (kill(2) on a zombie succeeds, so
+    /// to every observer psflip has, that child died of or at the stop).
     pub stopped_child: bool,
     /// The child's exit as reported, and whether it had proven healthy by then
     /// ([`Ghost::healthy`]).
@@ -2100,12 +2102,18 @@ impl Os for SimOs<'_> {
             self.ghost.killed_in_flight = true;
         }
         let target_runs = w.running(target);
+        // The child's exit not yet delivered to this generation (it runs, or is
+        // a zombie its generation has not been told of): a stop, as far as
+        // psflip can know.
         if is_child
             && !forwarded
-            && target_runs
+            && self.ghost.child_runs()
             && (signal == Signal::SIGKILL || signal == self.settings.shutdown_signal)
         {
             self.ghost.stopped_child = true;
+            if !target_runs {
+                w.cover(Cover::StopRacedChildExit);
+            }
             w.facts.push(Fact::ChildStopped {
                 gpid: self.pid,
                 child: target,
