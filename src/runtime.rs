@@ -288,105 +288,115 @@ impl LinuxOs {
 
     fn spawn_role(&mut self, id: ProcId, role: Role) -> Result<Pid, EffectError> {
         match role {
-            Role::App => {
-                let notify = match self.spec.notify {
-                    Some(kind) => Some(NotifySocket::bind(kind, &id.0.to_string())?),
-                    None => None,
-                };
-                // Socket activation (sd_listen_fds(3)): LISTEN_PID is written by
-                // the child itself, the only one that knows its pid before exec.
-                let pass_fds: Vec<RawFd> = self
-                    .spec
-                    .listen
-                    .iter()
-                    .map(|(l, _)| l.fd.as_raw_fd())
-                    .collect();
-                let mut env = self.spec.env.clone();
-                if !pass_fds.is_empty() {
-                    let names: Vec<&str> = self.spec.listen.iter().map(|(_, n)| &n[..]).collect();
-                    env.push(("LISTEN_FDS".into(), pass_fds.len().to_string()));
-                    env.push(("LISTEN_FDNAMES".into(), names.join(":")));
-                }
-                let pid = spawn::app(&spawn::AppSpec {
-                    argv: &self.spec.cmd,
-                    env: &env,
-                    workdir: self.spec.workdir.as_deref(),
-                    quiet_stdio: false,
-                    notify_socket: notify.as_ref().map(|s| s.env_value().as_os_str()),
-                    pass_fds: &pass_fds,
-                    pid_env: if pass_fds.is_empty() {
-                        &[]
-                    } else {
-                        &["LISTEN_PID"]
-                    },
-                })?;
-                if let Some(socket) = notify {
-                    self.child_notify = Some((id, socket));
-                }
-                Ok(pid)
-            }
-            Role::Probe { kind, timeout } => {
-                let argv = match (kind, &self.spec.probe_check) {
-                    (ProbeKind::Tcp | ProbeKind::Http, Some(check)) => {
-                        probe_argv(&self.spec, check, timeout)
-                    }
-                    _ => self.spec.probe_cmd.clone().unwrap_or_default(),
-                };
-                spawn::app(&spawn::AppSpec {
-                    argv: &argv,
-                    env: &self.spec.env,
-                    workdir: self.spec.workdir.as_deref(),
-                    quiet_stdio: true,
-                    ..Default::default()
-                })
-            }
-            Role::Successor => {
-                // The pipe made at start-up, when its fds were low numbers: the
-                // successor's spawn then copies only the fds below them (see
-                // effects::spawn), however many connections the proxy holds.
-                let (r, w) = match self.spare_pipe.take() {
-                    Some(pipe) => pipe,
-                    None => readiness::pipe()?,
-                };
-                let (mut listeners, named) = self
-                    .spec
-                    .proxy
-                    .as_ref()
-                    .map(Proxy::handoff)
-                    .unwrap_or_default();
-                listeners.extend(self.spec.listen.iter().map(|(l, _)| l.fd.as_raw_fd()));
-                let activation_named = self
-                    .spec
-                    .listen
-                    .iter()
-                    .map(|(l, _)| format!("{}={}", l.fd.as_raw_fd(), l.key))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let handoff = Handoff::to_successor(
-                    self.spec.generation,
-                    self.spec.ab_second,
-                    self.spec.settings.upgrade_timeout,
-                    w.as_raw_fd(),
-                    named,
-                    activation_named,
-                )
-                .with_history(self.history.to_env());
-                let pid = spawn::successor(
-                    &self.spec.exe,
-                    &self.spec.arg0,
-                    &self.spec.args,
-                    &w,
-                    &handoff.env(),
-                    &listeners,
-                )?;
-                // Our copy of the write end goes now, or we would never see EOF.
-                drop(w);
-                self.successor_pipe = Some((id, r));
-                self.successor_said.clear();
-                self.successors.insert(id, pid);
-                Ok(pid)
-            }
+            Role::App => self.spawn_app(id),
+            Role::Probe { kind, timeout } => self.spawn_probe(kind, timeout),
+            Role::Successor => self.spawn_successor(id),
         }
+    }
+
+    /// The app child, with its notify socket and activated listeners.
+    fn spawn_app(&mut self, id: ProcId) -> Result<Pid, EffectError> {
+        let notify = match self.spec.notify {
+            Some(kind) => Some(NotifySocket::bind(kind, &id.0.to_string())?),
+            None => None,
+        };
+        // Socket activation (sd_listen_fds(3)): LISTEN_PID is written by
+        // the child itself, the only one that knows its pid before exec.
+        let pass_fds: Vec<RawFd> = self
+            .spec
+            .listen
+            .iter()
+            .map(|(l, _)| l.fd.as_raw_fd())
+            .collect();
+        let mut env = self.spec.env.clone();
+        if !pass_fds.is_empty() {
+            let names: Vec<&str> = self.spec.listen.iter().map(|(_, n)| &n[..]).collect();
+            env.push(("LISTEN_FDS".into(), pass_fds.len().to_string()));
+            env.push(("LISTEN_FDNAMES".into(), names.join(":")));
+        }
+        let pid = spawn::app(&spawn::AppSpec {
+            argv: &self.spec.cmd,
+            env: &env,
+            workdir: self.spec.workdir.as_deref(),
+            quiet_stdio: false,
+            notify_socket: notify.as_ref().map(|s| s.env_value().as_os_str()),
+            pass_fds: &pass_fds,
+            pid_env: if pass_fds.is_empty() {
+                &[]
+            } else {
+                &["LISTEN_PID"]
+            },
+        })?;
+        if let Some(socket) = notify {
+            self.child_notify = Some((id, socket));
+        }
+        Ok(pid)
+    }
+
+    /// One run of the check: the command, or psflip's own tcp/http probe.
+    fn spawn_probe(&mut self, kind: ProbeKind, timeout: Duration) -> Result<Pid, EffectError> {
+        let argv = match (kind, &self.spec.probe_check) {
+            (ProbeKind::Tcp | ProbeKind::Http, Some(check)) => {
+                probe_argv(&self.spec, check, timeout)
+            }
+            _ => self.spec.probe_cmd.clone().unwrap_or_default(),
+        };
+        spawn::app(&spawn::AppSpec {
+            argv: &argv,
+            env: &self.spec.env,
+            workdir: self.spec.workdir.as_deref(),
+            quiet_stdio: true,
+            ..Default::default()
+        })
+    }
+
+    /// The next generation, with its readiness pipe, the listeners it inherits
+    /// and the handoff.
+    fn spawn_successor(&mut self, id: ProcId) -> Result<Pid, EffectError> {
+        // The pipe made at start-up, when its fds were low numbers: the
+        // successor's spawn then copies only the fds below them (see
+        // effects::spawn), however many connections the proxy holds.
+        let (r, w) = match self.spare_pipe.take() {
+            Some(pipe) => pipe,
+            None => readiness::pipe()?,
+        };
+        let (mut listeners, named) = self
+            .spec
+            .proxy
+            .as_ref()
+            .map(Proxy::handoff)
+            .unwrap_or_default();
+        listeners.extend(self.spec.listen.iter().map(|(l, _)| l.fd.as_raw_fd()));
+        let activation_named = self
+            .spec
+            .listen
+            .iter()
+            .map(|(l, _)| format!("{}={}", l.fd.as_raw_fd(), l.key))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let handoff = Handoff::to_successor(
+            self.spec.generation,
+            self.spec.ab_second,
+            self.spec.settings.upgrade_timeout,
+            w.as_raw_fd(),
+            named,
+            activation_named,
+        )
+        .with_history(self.history.to_env());
+        let pid = spawn::successor(
+            &self.spec.exe,
+            &self.spec.arg0,
+            &self.spec.args,
+            &w,
+            &handoff.env(),
+            &listeners,
+        )?;
+        // Our copy of the write end goes now, or we would never see EOF.
+        drop(w);
+        self.successor_pipe = Some((id, r));
+        self.successor_said.clear();
+        self.successors.insert(id, pid);
+        Ok(pid)
     }
 
     /// `psflip status`: the machine's view, with pids, numbers and clocks.
