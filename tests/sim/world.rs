@@ -1677,6 +1677,7 @@ impl World {
                 self.facts.push(Fact::RolledBack {
                     gpid: pid,
                     child_at_start: ghost.upgrade_child,
+                    child_exit_unreported: ghost.child_runs(),
                 });
             }
         }
@@ -1967,6 +1968,7 @@ impl Os for SimOs<'_> {
                     w.facts.push(Fact::RolledBack {
                         gpid: self.pid,
                         child_at_start: self.ghost.child.map(|(_, p)| p),
+                        child_exit_unreported: self.ghost.child_runs(),
                     });
                 }
                 Role::Probe { .. } => {}
