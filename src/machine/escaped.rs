@@ -517,6 +517,41 @@ mod tests {
         assert_eq!(last, [Effect::Exit(0)], "no file removed");
     }
 
+    /// After the handover, only a termination signal from anyone but the
+    /// predecessor is passed on: another signal (the upgrade signal, SIGUSR1)
+    /// or one from the predecessor's side stops nothing.
+    #[test]
+    fn only_a_stop_from_outside_is_passed_on_while_sweeping() {
+        for (signal, from) in [
+            (Signal::SIGHUP, Sender::Other),
+            (Signal::SIGUSR1, Sender::Other),
+            (Signal::SIGTERM, Sender::Predecessor),
+        ] {
+            let mut m = sweeping_after_handover();
+            let out = no_logs(m.step(t(2800), Event::SignalReceived { signal, from }));
+            assert!(out.is_empty(), "{signal:?} from {from:?}: {out:?}");
+            assert_eq!(m.timers().get(Timer::NewGenerationKill), None);
+        }
+    }
+
+    /// A late exit of another process of ours (a check run killed with the
+    /// child) while sweeping is not the new generation's: a stop that comes
+    /// afterwards is still passed on to it.
+    #[test]
+    fn another_exit_while_sweeping_is_not_the_new_generations() {
+        let mut m = sweeping_after_handover();
+        m.step(t(2750), exited(ProcId(9), ExitStatus::Signaled(9)));
+        let out = no_logs(m.step(t(2800), Event::signal(Signal::SIGTERM)));
+        assert_eq!(
+            out,
+            vec![Effect::Signal {
+                id: SUCCESSOR,
+                signal: Signal::SIGTERM,
+                group: false
+            }]
+        );
+    }
+
     /// `psflip status` is still answered while the exit waits for escaped
     /// processes.
     #[test]

@@ -469,6 +469,32 @@ mod scenarios {
             );
         }
     }
+
+    /// The pidfile rewritten after a failed upgrade (the successor may have
+    /// written it) cannot be written: said, and the service carries on.
+    #[test]
+    fn a_pidfile_that_cannot_be_rewritten_after_a_failed_upgrade_is_said() {
+        let mut m = serving();
+        m.step(t(2000), Event::signal(Signal::SIGHUP));
+        let out = m.step(t(2100), exited(ProcId(2), ExitStatus::Code(1)));
+        assert!(out.contains(&Effect::WritePidfile), "{out:?}");
+        assert!(matches!(m.state(), State::Serving { .. }));
+        let out = m.step(
+            t(2100),
+            Event::PidfileFailed {
+                reason: "disk full".into(),
+            },
+        );
+        let said: Vec<&str> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Log(l) => Some(l.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(said, ["cannot write the pidfile: disk full"], "{out:?}");
+        assert!(matches!(m.state(), State::Serving { .. }));
+    }
 }
 
 mod proxy {
@@ -1611,6 +1637,7 @@ mod reasons {
     //! the level a child's exit is logged at.
 
     use super::*;
+
     use crate::log::Level;
 
     fn settings(generation: Generation) -> Settings {
