@@ -435,6 +435,17 @@ mod tests {
         m
     }
 
+    /// A SIGTERM at 2.8 s is passed on to the new generation, and only that.
+    fn assert_sigterm_passed_on(m: &mut Machine) {
+        let out = no_logs(m.step(t(2800), Event::signal(Signal::SIGTERM)));
+        let passed_on = Effect::Signal {
+            id: SUCCESSOR,
+            signal: Signal::SIGTERM,
+            group: false,
+        };
+        assert_eq!(out, [passed_on]);
+    }
+
     /// Regression (simulation seed 17711): a termination signal from the service
     /// manager that reaches the old generation while it waits for its escaped
     /// processes after the handover was ignored, and it exited while the new
@@ -443,15 +454,7 @@ mod tests {
     #[test]
     fn a_stop_while_sweeping_after_the_handover_is_passed_on_and_waited_for() {
         let mut m = sweeping_after_handover();
-        let out = no_logs(m.step(t(2800), Event::signal(Signal::SIGTERM)));
-        assert_eq!(
-            out,
-            vec![Effect::Signal {
-                id: SUCCESSOR,
-                signal: Signal::SIGTERM,
-                group: false
-            }]
-        );
+        assert_sigterm_passed_on(&mut m);
         assert_eq!(
             m.timers().get(Timer::NewGenerationKill),
             Some(t(2800) + Duration::from_secs(2) + SUCCESSOR_GRACE)
@@ -541,15 +544,7 @@ mod tests {
     fn another_exit_while_sweeping_is_not_the_new_generations() {
         let mut m = sweeping_after_handover();
         m.step(t(2750), exited(ProcId(9), ExitStatus::Signaled(9)));
-        let out = no_logs(m.step(t(2800), Event::signal(Signal::SIGTERM)));
-        assert_eq!(
-            out,
-            vec![Effect::Signal {
-                id: SUCCESSOR,
-                signal: Signal::SIGTERM,
-                group: false
-            }]
-        );
+        assert_sigterm_passed_on(&mut m);
     }
 
     /// `psflip status` is still answered while the exit waits for escaped
