@@ -490,6 +490,11 @@ fn exit_status_relays_how_the_service_ended(
     sb.must(T, "the successor is re-parented to pidwatch", || {
         ppid(s) == Some(pw.pid)
     });
+    // The service is the successor once pidwatch follows it: a crash before
+    // that reading ends a process pidwatch never followed (its exit and the
+    // old generation's reach pidwatch together, and the pidfile is gone by
+    // its next reading), which `--exit-status` does not relay.
+    sb.must_pidwatch_log(pw.pid, &format!("following pid {s}"));
     match how {
         // A crash of the service: its child dies, psflip exits 128 + 9.
         Signal::SIGKILL => signal(child, Signal::SIGKILL),
