@@ -661,6 +661,13 @@ fn would_block(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EAGAIN)
 }
 
+/// What a step of [`pump`] says: go on with the loop, or stop with this answer
+/// (whether the source may still hold data).
+enum Flow {
+    Go,
+    Stop(bool),
+}
+
 /// Move what can be moved on half `h` of `conn` (reading side `h`, writing the
 /// other) without blocking: flush its pipe to the destination while it is
 /// writable, then read the source while it is readable, until one of them says
@@ -677,42 +684,17 @@ fn pump(
         return Ok(false);
     };
     let other_finished = conn.half[d].finished();
-    let half = &mut conn.half[h];
     let mut rounds = 0;
     loop {
-        if half.broken {
+        if conn.half[h].broken {
             return Ok(false);
         }
-        if half.pending > 0 {
-            let Some(pipe) = half.pipe.as_ref() else {
-                half.pending = 0;
-                continue;
-            };
-            if !conn.writable[d] {
-                return Ok(false);
-            }
-            match sys::splice(pipe.r.as_raw_fd(), dst, half.pending) {
-                Ok(n) => {
-                    half.pending -= n;
-                    if half.pending > 0 {
-                        conn.writable[d] = false;
-                        return Ok(false);
-                    }
-                }
-                Err(e) if would_block(&e) => {
-                    conn.writable[d] = false;
-                    return Ok(false);
-                }
-                Err(_) => {
-                    // The destination is gone: this direction is over, the other
-                    // may still deliver.
-                    half.broken = true;
-                    half.pending = 0;
-                    half.pipe = None;
-                    continue;
-                }
-            }
+        if conn.half[h].pending > 0
+            && let Flow::Stop(more) = flush(conn, h, dst)
+        {
+            return Ok(more);
         }
+        let half = &mut conn.half[h];
         if let Some(pipe) = half.pipe.take() {
             give_back(pool, pipe);
         }
@@ -734,85 +716,143 @@ fn pump(
             return Ok(true);
         }
         rounds += 1;
-        if !half.bulk {
-            // Small messages: a copy through user space costs less than splice's
-            // page bookkeeping, and as many calls. What the destination does not
-            // take at once waits in a pipe, like spliced data.
-            let n = match sys::recv(src, scratch) {
-                Ok(0) => {
-                    half.eof = true;
-                    continue;
-                }
-                Ok(n) => n,
-                Err(e) if would_block(&e) => {
-                    conn.readable[h] = false;
-                    return Ok(false);
-                }
-                // The source was reset: so is the other peer.
-                Err(_) => return Err(Abort(Some(d))),
-            };
-            // A read that did not fill the buffer emptied the socket. On TCP,
-            // when epoll had already reported the peer's FIN, that FIN follows
-            // all the data in the queue: this was the end (as HAProxy does). The
-            // bytes then go out with MSG_MORE, so the shutdown or close that
-            // follows sends them and the FIN in one segment. Not on Unix
-            // sockets, whose reads may stop short (at a change of credentials).
-            let drained = n < scratch.len();
-            let fin = drained && conn.peer_done[h] && conn.tcp[h];
-            if drained && !conn.peer_done[h] {
-                conn.readable[h] = false;
-            }
-            half.eof = fin;
-            let sent = if conn.writable[d] {
-                match sys::send(dst, &scratch[..n], fin && conn.tcp[d]) {
-                    Ok(m) => m,
-                    Err(e) if would_block(&e) => 0,
-                    Err(_) => {
-                        half.broken = true;
-                        continue;
-                    }
-                }
-            } else {
-                0
-            };
-            if sent < n {
-                conn.writable[d] = false;
-                let pipe = take_pipe(pool)?;
-                // An empty pipe holds 64 KiB: the rest of one read always fits.
-                match sys::write(pipe.w.as_raw_fd(), &scratch[sent..n]) {
-                    Ok(w) if w == n - sent => {}
-                    _ => return Err(Abort(None)),
-                }
-                half.pipe = Some(pipe);
-                half.pending = n - sent;
-                return Ok(false);
-            }
-            half.bulk = n == scratch.len();
-            continue;
-        }
-        let pipe = take_pipe(pool)?;
-        match sys::splice(src, pipe.w.as_raw_fd(), SPLICE_LEN) {
-            Ok(0) => {
-                give_back(pool, pipe);
-                half.eof = true;
-            }
-            Ok(n) => {
-                half.pipe = Some(pipe);
-                half.pending = n;
-                if n < BIG_READ && !conn.peer_done[h] {
-                    conn.readable[h] = false;
-                }
-            }
-            Err(e) if would_block(&e) => {
-                give_back(pool, pipe);
-                conn.readable[h] = false;
-                return Ok(false);
-            }
-            Err(_) => {
-                give_back(pool, pipe);
-                // The source was reset: so is the other peer.
-                return Err(Abort(Some(d)));
-            }
+        let flow = if conn.half[h].bulk {
+            splice_in(conn, h, src, pool)?
+        } else {
+            copy(conn, h, (src, dst), pool, scratch)?
+        };
+        if let Flow::Stop(more) = flow {
+            return Ok(more);
         }
     }
+}
+
+/// Write what half `h`'s pipe holds to `dst`. Goes on once it is empty (or
+/// the destination is gone: the direction is then broken).
+fn flush(conn: &mut Conn, h: usize, dst: RawFd) -> Flow {
+    let d = 1 - h;
+    let half = &mut conn.half[h];
+    let Some(pipe) = half.pipe.as_ref() else {
+        half.pending = 0;
+        return Flow::Go;
+    };
+    if !conn.writable[d] {
+        return Flow::Stop(false);
+    }
+    match sys::splice(pipe.r.as_raw_fd(), dst, half.pending) {
+        Ok(n) => {
+            half.pending -= n;
+            if half.pending > 0 {
+                conn.writable[d] = false;
+                return Flow::Stop(false);
+            }
+        }
+        Err(e) if would_block(&e) => {
+            conn.writable[d] = false;
+            return Flow::Stop(false);
+        }
+        Err(_) => {
+            // The destination is gone: this direction is over, the other may
+            // still deliver.
+            half.broken = true;
+            half.pending = 0;
+            half.pipe = None;
+        }
+    }
+    Flow::Go
+}
+
+/// One read of a small message on half `h`, copied through user space: a copy
+/// costs less than splice's page bookkeeping, and as many calls. What the
+/// destination does not take at once waits in a pipe, like spliced data.
+fn copy(
+    conn: &mut Conn,
+    h: usize,
+    (src, dst): (RawFd, RawFd),
+    pool: &mut Vec<Pipe>,
+    scratch: &mut [u8],
+) -> Result<Flow, Abort> {
+    let d = 1 - h;
+    let n = match sys::recv(src, scratch) {
+        Ok(0) => {
+            conn.half[h].eof = true;
+            return Ok(Flow::Go);
+        }
+        Ok(n) => n,
+        Err(e) if would_block(&e) => {
+            conn.readable[h] = false;
+            return Ok(Flow::Stop(false));
+        }
+        // The source was reset: so is the other peer.
+        Err(_) => return Err(Abort(Some(d))),
+    };
+    // A read that did not fill the buffer emptied the socket. On TCP, when
+    // epoll had already reported the peer's FIN, that FIN follows all the data
+    // in the queue: this was the end (as HAProxy does). The bytes then go out
+    // with MSG_MORE, so the shutdown or close that follows sends them and the
+    // FIN in one segment. Not on Unix sockets, whose reads may stop short (at a
+    // change of credentials).
+    let drained = n < scratch.len();
+    let fin = drained && conn.peer_done[h] && conn.tcp[h];
+    if drained && !conn.peer_done[h] {
+        conn.readable[h] = false;
+    }
+    let half = &mut conn.half[h];
+    half.eof = fin;
+    let sent = if conn.writable[d] {
+        match sys::send(dst, &scratch[..n], fin && conn.tcp[d]) {
+            Ok(m) => m,
+            Err(e) if would_block(&e) => 0,
+            Err(_) => {
+                half.broken = true;
+                return Ok(Flow::Go);
+            }
+        }
+    } else {
+        0
+    };
+    if sent < n {
+        conn.writable[d] = false;
+        let pipe = take_pipe(pool)?;
+        // An empty pipe holds 64 KiB: the rest of one read always fits.
+        match sys::write(pipe.w.as_raw_fd(), &scratch[sent..n]) {
+            Ok(w) if w == n - sent => {}
+            _ => return Err(Abort(None)),
+        }
+        half.pipe = Some(pipe);
+        half.pending = n - sent;
+        return Ok(Flow::Stop(false));
+    }
+    half.bulk = n == scratch.len();
+    Ok(Flow::Go)
+}
+
+/// One splice of bulk data from `src` into a pipe of half `h`.
+fn splice_in(conn: &mut Conn, h: usize, src: RawFd, pool: &mut Vec<Pipe>) -> Result<Flow, Abort> {
+    let half = &mut conn.half[h];
+    let pipe = take_pipe(pool)?;
+    match sys::splice(src, pipe.w.as_raw_fd(), SPLICE_LEN) {
+        Ok(0) => {
+            give_back(pool, pipe);
+            half.eof = true;
+        }
+        Ok(n) => {
+            half.pipe = Some(pipe);
+            half.pending = n;
+            if n < BIG_READ && !conn.peer_done[h] {
+                conn.readable[h] = false;
+            }
+        }
+        Err(e) if would_block(&e) => {
+            give_back(pool, pipe);
+            conn.readable[h] = false;
+            return Ok(Flow::Stop(false));
+        }
+        Err(_) => {
+            give_back(pool, pipe);
+            // The source was reset: so is the other peer.
+            return Err(Abort(Some(1 - h)));
+        }
+    }
+    Ok(Flow::Go)
 }
