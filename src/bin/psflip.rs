@@ -173,6 +173,41 @@ impl ExitCode {
     }
 }
 
+/// What the previous generation handed us, if we are a successor (a handoff
+/// whose readiness fd is not open makes no successor): the handoff, our end of
+/// its readiness pipe, and the proxy listeners and [[listen]] sockets.
+fn inherit() -> (
+    Option<Handoff>,
+    Option<ToPredecessor>,
+    (Inherited, Inherited),
+) {
+    let handoff = Handoff::from_env(|var| std::env::var(var).ok());
+    let predecessor = handoff
+        .as_ref()
+        .and_then(|h| ToPredecessor::from_fd(h.ready_fd));
+    let handoff = handoff.filter(|_| predecessor.is_some());
+    let inherited = match &handoff {
+        Some(h) => (
+            Inherited::from_env(Some(&h.listeners)),
+            Inherited::from_env(Some(&h.activation)),
+        ),
+        None => (Inherited::default(), Inherited::default()),
+    };
+    (handoff, predecessor, inherited)
+}
+
+/// `psflip __assets DIR`: the man pages and shell completions.
+fn assets(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    match psflip::cli::assets::write(dir, Cli::command()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("psflip: {}: {e}", dir.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn psflip_main() -> ExitCode {
     // Before anything else: a signal arriving now must wait for the event loop, not
     // kill us, and nothing we inherited may leak into a child.
@@ -181,23 +216,7 @@ fn psflip_main() -> ExitCode {
         return ExitCode::from(1);
     }
     fds::cloexec_from_3();
-    // What the previous generation handed us, if we are a successor. A handoff
-    // whose readiness fd is not open makes no successor.
-    let handoff = Handoff::from_env(|var| std::env::var(var).ok());
-    let predecessor = handoff
-        .as_ref()
-        .and_then(|h| ToPredecessor::from_fd(h.ready_fd));
-    let handoff = handoff.filter(|_| predecessor.is_some());
-    // The proxy listeners and [[listen]] sockets handed over by the previous
-    // generation, if any.
-    let (inherited, inherited_listen) = match &handoff {
-        Some(h) => (
-            Inherited::from_env(Some(&h.listeners)),
-            Inherited::from_env(Some(&h.activation)),
-        ),
-        None => (Inherited::default(), Inherited::default()),
-    };
-
+    let (handoff, predecessor, inherited) = inherit();
     let cli = match run_mode_args().map_or_else(Cli::try_parse, Ok) {
         Ok(cli) => cli,
         Err(e) => {
@@ -209,16 +228,7 @@ fn psflip_main() -> ExitCode {
     let command = match cli.command {
         Some(Command::Probe { check }) => return run_probe(check),
         Some(Command::Replay { traces }) => return replay(&traces),
-        Some(Command::Assets { dir }) => {
-            use clap::CommandFactory;
-            return match psflip::cli::assets::write(&dir, Cli::command()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("psflip: {}: {e}", dir.display());
-                    ExitCode::from(1)
-                }
-            };
-        }
+        Some(Command::Assets { dir }) => return assets(&dir),
         command => command,
     };
     let ab_second = handoff.as_ref().is_some_and(|h| h.ab_second);
@@ -252,13 +262,7 @@ fn psflip_main() -> ExitCode {
                     .with_quiet(config.quiet)
                     .non_blocking(),
             );
-            let code = run(
-                config,
-                predecessor,
-                handoff,
-                (inherited, inherited_listen),
-                generation,
-            );
+            let code = run(config, predecessor, handoff, inherited, generation);
             log::flush();
             code
         }
@@ -528,13 +532,24 @@ fn open_listen(
         .collect())
 }
 
-fn run(
-    config: Config,
-    predecessor: Option<ToPredecessor>,
-    handoff: Option<Handoff>,
+/// What a generation opens before its child: refused (with the exit status)
+/// when it cannot, the reason told to the previous generation if there is one.
+struct Opened {
+    activation: Vec<(listen::Listener, String)>,
+    control: Option<control::Listener>,
+    proxy: Option<Proxy>,
+}
+
+fn open_all(
+    config: &Config,
+    predecessor: Option<&ToPredecessor>,
     (inherited, inherited_listen): (Inherited, Inherited),
-    generation: u64,
-) -> ExitCode {
+) -> Result<Opened, ExitCode> {
+    let tell = |why: &str| {
+        if let Some(p) = predecessor {
+            p.report_failure(why);
+        }
+    };
     // The first generation refuses to start a service it could not report:
     // without its pidfile, `status` and `upgrade` would say "not running" while
     // it runs. (A successor that cannot write it fails its upgrade instead, and
@@ -548,108 +563,113 @@ fn run(
             config.path.display(),
             path.display()
         );
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
-    let activation = match open_listen(&config, inherited_listen) {
-        Ok(sockets) => sockets,
-        Err(code) => {
-            if let Some(p) = &predecessor {
-                p.report_failure("cannot open the [[listen]] sockets (see the log)");
-            }
-            return code;
+    let activation = open_listen(config, inherited_listen)
+        .inspect_err(|_| tell("cannot open the [[listen]] sockets (see the log)"))?;
+    let control = plan_control(config, predecessor.is_none()).map_err(|why| {
+        eprintln!("psflip: {}: {why}", config.path.display());
+        tell(&format!("no control socket: {why}"));
+        ExitCode::from(2)
+    })?;
+    let proxy = start_proxy(config, inherited)
+        .inspect_err(|_| tell("cannot open the proxy listeners (see the log)"))?;
+    Ok(Opened {
+        activation,
+        control,
+        proxy,
+    })
+}
+
+/// How the child's health is judged, and what that needs at run time.
+struct HealthPlan {
+    health: Health,
+    probe_cmd: Option<Vec<String>>,
+    probe_check: Option<Check>,
+    notify: Option<notify::Kind>,
+    docker: Option<Inspector>,
+}
+
+impl HealthPlan {
+    fn judged_by(health: Health) -> HealthPlan {
+        HealthPlan {
+            health,
+            probe_cmd: None,
+            probe_check: None,
+            notify: None,
+            docker: None,
         }
-    };
-    let control = match plan_control(&config, predecessor.is_none()) {
-        Ok(control) => control,
-        Err(why) => {
-            eprintln!("psflip: {}: {why}", config.path.display());
-            if let Some(p) = &predecessor {
-                p.report_failure(&format!("no control socket: {why}"));
-            }
-            return ExitCode::from(2);
-        }
-    };
-    let proxy = match start_proxy(&config, inherited) {
-        Ok(proxy) => proxy,
-        Err(code) => {
-            if let Some(p) = &predecessor {
-                p.report_failure("cannot open the proxy listeners (see the log)");
-            }
-            return code;
-        }
-    };
-    let mut argv = std::env::args_os();
-    let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
-    let args: Vec<OsString> = argv.collect();
-    let exe = spawn::own_binary(&arg0);
+    }
+}
+
+fn health_plan(config: &Config) -> HealthPlan {
     // The probe runs in `workdir`: a relative socket path is psflip's, as for [[proxy]].
     let absolute = |address: &config::Endpoint| match std::env::current_dir() {
         Ok(cwd) => address.absolute(&cwd),
         Err(_) => address.clone(),
     };
-    let probe_health = |kind: ProbeKind, interval: Duration| Health::Command {
-        kind,
-        after: Duration::ZERO,
-        interval,
+    let probe = |kind: ProbeKind, interval: Duration, check: Check| HealthPlan {
+        probe_check: Some(check),
+        ..HealthPlan::judged_by(Health::Command {
+            kind,
+            after: Duration::ZERO,
+            interval,
+        })
     };
-    let mut notify = None;
-    let mut docker = None;
-    let (health, probe_cmd, probe_check) = match &config.healthcheck {
-        HealthCheck::Notify { socket } => {
-            notify = Some(match socket {
+    match &config.healthcheck {
+        HealthCheck::Notify { socket } => HealthPlan {
+            notify: Some(match socket {
                 config::NotifySocketKind::Path => notify::Kind::Path,
                 config::NotifySocketKind::Abstract => notify::Kind::Abstract,
-            });
-            (Health::Notify, None, None)
-        }
+            }),
+            ..HealthPlan::judged_by(Health::Notify)
+        },
         HealthCheck::Docker {
             container,
             socket,
             interval,
-        } => {
-            docker = Some(Inspector::new(socket.clone(), container.clone()));
-            (
-                Health::Docker {
-                    interval: *interval,
-                },
-                None,
-                None,
-            )
+        } => HealthPlan {
+            docker: Some(Inspector::new(socket.clone(), container.clone())),
+            ..HealthPlan::judged_by(Health::Docker {
+                interval: *interval,
+            })
+        },
+        HealthCheck::Alive { timeout } => {
+            HealthPlan::judged_by(Health::Alive { timeout: *timeout })
         }
-        HealthCheck::Alive { timeout } => (Health::Alive { timeout: *timeout }, None, None),
         HealthCheck::Command {
             cmd,
             after,
             interval,
-        } => (
-            Health::Command {
+        } => HealthPlan {
+            probe_cmd: Some(cmd.clone()),
+            ..HealthPlan::judged_by(Health::Command {
                 kind: ProbeKind::Command,
                 after: *after,
                 interval: *interval,
-            },
-            Some(cmd.clone()),
-            None,
-        ),
-        HealthCheck::Tcp { address, interval } => (
-            probe_health(ProbeKind::Tcp, *interval),
-            None,
-            Some(Check::Tcp(absolute(address))),
-        ),
+            })
+        },
+        HealthCheck::Tcp { address, interval } => {
+            probe(ProbeKind::Tcp, *interval, Check::Tcp(absolute(address)))
+        }
         HealthCheck::Http {
             url,
             status,
             interval,
-        } => (
-            probe_health(ProbeKind::Http, *interval),
-            None,
-            Some(Check::Http {
+        } => probe(
+            ProbeKind::Http,
+            *interval,
+            Check::Http {
                 url: url.clone(),
                 status: status.clone(),
-            }),
+            },
         ),
-    };
-    let settings = Settings {
-        generation: if predecessor.is_some() {
+    }
+}
+
+fn settings(config: &Config, successor: bool, health: Health) -> Settings {
+    Settings {
+        generation: if successor {
             Generation::Successor
         } else {
             Generation::First
@@ -661,17 +681,35 @@ fn run(
         shutdown_timeout: config.shutdown.timeout,
         health,
         pidfile: config.pidfile.is_some(),
+    }
+}
+
+fn run(
+    config: Config,
+    predecessor: Option<ToPredecessor>,
+    handoff: Option<Handoff>,
+    inherited: (Inherited, Inherited),
+    generation: u64,
+) -> ExitCode {
+    let opened = match open_all(&config, predecessor.as_ref(), inherited) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
+    let mut argv = std::env::args_os();
+    let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
+    let args: Vec<OsString> = argv.collect();
+    let exe = spawn::own_binary(&arg0);
+    let plan = health_plan(&config);
     let spec = RunSpec {
-        settings,
+        settings: settings(&config, predecessor.is_some(), plan.health),
         exe,
         arg0,
         args,
         cmd: config.cmd,
         env: config.env,
         workdir: config.workdir,
-        probe_cmd,
-        probe_check,
+        probe_cmd: plan.probe_cmd,
+        probe_check: plan.probe_check,
         pidfile: config.pidfile,
         quiet: config.quiet,
         generation,
@@ -683,11 +721,11 @@ fn run(
             .map(|h| h.history.clone())
             .unwrap_or_default(),
         predecessor,
-        proxy,
-        notify,
-        docker,
-        listen: activation,
-        control,
+        proxy: opened.proxy,
+        notify: plan.notify,
+        docker: plan.docker,
+        listen: opened.activation,
+        control: opened.control,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
