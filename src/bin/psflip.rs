@@ -30,6 +30,9 @@ use psflip::runtime::{self, RunSpec};
 
 /// Zero-downtime process flipper: supervises one child and, on the upgrade signal,
 /// replaces it with a fresh one once the new one is healthy.
+/// The configuration read when no `-c FILE` is given.
+const DEFAULT_CONFIG: &str = "psflip.toml";
+
 #[derive(Parser)]
 #[command(name = "psflip", version)]
 struct Cli {
@@ -38,7 +41,7 @@ struct Cli {
         short,
         long,
         global = true,
-        default_value = "psflip.toml",
+        default_value = DEFAULT_CONFIG,
         value_name = "FILE"
     )]
     config: PathBuf,
@@ -278,7 +281,7 @@ fn psflip_main() -> ExitCode {
 fn run_mode_args() -> Option<Cli> {
     let mut args = std::env::args_os().skip(1);
     let config = match (args.next(), args.next(), args.next()) {
-        (None, _, _) => PathBuf::from("psflip.toml"),
+        (None, _, _) => PathBuf::from(DEFAULT_CONFIG),
         (Some(flag), Some(file), None)
             if (flag == "-c" || flag == "--config")
                 && !file.is_empty()

@@ -280,13 +280,7 @@ impl Listener {
     }
 
     /// Bind a fresh socket beside `path` (mode 0600, non-blocking,
-    /// close-on-exec); [`Listener::take_name`] makes it the service's.
-    pub fn bind(path: &Path) -> io::Result<Listener> {
-        let mut l = Listener::planned(path);
-        l.bind_temp()?;
-        Ok(l)
-    }
-
+    /// close-on-exec) under a random temporary name.
     fn bind_temp(&mut self) -> io::Result<()> {
         let path = &self.path;
         let dir = path.parent().unwrap_or(Path::new("/"));
