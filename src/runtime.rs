@@ -59,6 +59,9 @@ pub trait Os {
     fn write_pidfile(&mut self) -> Result<(), String>;
     /// Remove the pidfile if it names this psflip or `exited_successor`.
     fn remove_pidfile(&mut self, exited_successor: Option<ProcId>);
+    /// Make the control socket's name this generation's (bind it first if need
+    /// be); leave a name already ours as it is.
+    fn claim_control(&mut self);
     fn report_ready(&mut self);
     /// (Successor) tell the old generation why we give up.
     fn report_failure(&mut self, _reason: &str) {}
@@ -118,11 +121,10 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
         }
         for effect in effects {
             match effect {
-                Effect::Spawn { id, role } => {
-                    if let Err(reason) = os.spawn(id, role) {
-                        queue.push_back(Event::SpawnFailed { id, reason });
-                    }
-                }
+                Effect::Spawn { id, role } => queue.push_back(match os.spawn(id, role) {
+                    Ok(()) => Event::Spawned { id },
+                    Err(reason) => Event::SpawnFailed { id, reason },
+                }),
                 Effect::Signal { id, signal, group } => os.signal(id, signal, group),
                 Effect::SignalRealtime { id, signo } => os.signal_realtime(id, signo),
                 Effect::WritePidfile => queue.push_back(match os.write_pidfile() {
@@ -130,6 +132,7 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
                     Err(reason) => Event::PidfileFailed { reason },
                 }),
                 Effect::RemovePidfile { exited_successor } => os.remove_pidfile(exited_successor),
+                Effect::ClaimControl => os.claim_control(),
                 Effect::ReportReady => os.report_ready(),
                 Effect::ReportFailure(reason) => os.report_failure(&reason),
                 Effect::Reply { client, reply } => os.reply(client, reply),
@@ -454,7 +457,8 @@ struct Refusals {
 }
 
 impl LinuxOs {
-    /// Bind the control socket (if not yet) and rename it over the service's name.
+    /// Bind the control socket (if not yet) and rename it over the service's name
+    /// ([`Effect::ClaimControl`]).
     fn take_control_name(&mut self) {
         if let Some(listener) = self.control.as_mut()
             && let Err(e) = listener.take_name()
@@ -638,10 +642,11 @@ impl Os for LinuxOs {
         }
     }
 
-    fn report_ready(&mut self) {
-        // We are the service now: the control socket's name is ours (a client
-        // then finds the previous generation's socket or ours, never none).
+    fn claim_control(&mut self) {
         self.take_control_name();
+    }
+
+    fn report_ready(&mut self) {
         if let Some(pipe) = self.spec.predecessor.as_ref()
             && let Err(e) = pipe.report_ready()
         {
@@ -1200,11 +1205,6 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
         &mut psflip.os,
     ) {
         return Ok(code);
-    }
-    // The first child is started: now the control socket (a successor's waits
-    // until it reports ready).
-    if psflip.os.spec.predecessor.is_none() {
-        psflip.os.take_control_name();
     }
     event_loop(&mut Psflip(psflip), &clock)
 }

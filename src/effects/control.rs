@@ -11,11 +11,13 @@
 //!    must be a real directory (no symlink), owned by psflip's user (or root, for
 //!    a configured path), writable by nobody else — or psflip refuses to start.
 //! 2. A generation binds a fresh, randomly named socket beside the final name and
-//!    renames it over that name when it becomes the service: the first generation
-//!    right after it started its first child, a successor once its pidfile is
-//!    written and it reports ready (neither binds anything before: a child is not
-//!    kept waiting for a socket nobody can reach yet, and a successor whose child
-//!    fails has nothing to remove). So there is never a moment without a socket
+//!    renames it over that name when it becomes the service (the machine decides
+//!    when: `Effect::ClaimControl`): the first generation right after its first
+//!    child started, a successor once its pidfile is written, right before it
+//!    reports ready (neither binds anything before: a child is not kept waiting for
+//!    a socket nobody can reach yet, and a successor whose child fails has nothing
+//!    to remove); an old generation that serves on after an upgrade takes the name
+//!    back if its successor took it before dying. So there is never a moment without a socket
 //!    once the service runs, a stale socket left by a killed instance is simply
 //!    replaced, and a live one is never stolen (the first generation refuses to
 //!    start beside it, before it starts a child). The directory is made or
@@ -317,9 +319,14 @@ impl Listener {
 
     /// Rename our socket over the service's name (atomically: a client finds
     /// the previous generation's socket or ours, never none), binding it first
-    /// if it is not bound yet.
+    /// if it is not bound yet. A name still ours is left alone; one another
+    /// generation took since (a successor that then died) is taken back with a
+    /// fresh socket (the old one has no name any more: nobody can reach it).
     pub fn take_name(&mut self) -> io::Result<()> {
-        if self.listener.is_none() {
+        if self.ours.is_some() && identity(&self.path) == self.ours {
+            return Ok(());
+        }
+        if self.temp.is_none() {
             self.bind_temp()?;
         }
         let Some(temp) = self.temp.take() else {
@@ -551,6 +558,43 @@ mod tests {
         assert_eq!(a, socket_name(Path::new("/etc/app/psflip.toml")));
         assert_ne!(a, socket_name(Path::new("/etc/other/psflip.toml")));
         assert!(a.starts_with("psflip-") && a.ends_with(".sock"), "{a}");
+    }
+
+    /// Whether a client connecting to `path` reaches `listener` (it accepts it).
+    fn reaches(path: &Path, listener: &Listener) -> bool {
+        let Ok(_client) = UnixStream::connect(path) else {
+            return false;
+        };
+        matches!(listener.accept(), Some(Accepted::Client(_)))
+    }
+
+    #[test]
+    fn a_name_taken_by_another_generation_is_taken_back() {
+        let dir = std::env::temp_dir().join(format!("psflip-ctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("svc.sock");
+        let mut old = Listener::planned(&path);
+        assert!(!path.exists(), "planned binds nothing");
+        old.take_name().unwrap();
+        assert!(reaches(&path, &old));
+        // Still ours: taking it again changes nothing.
+        let inode = identity(&path);
+        old.take_name().unwrap();
+        assert_eq!(identity(&path), inode);
+        // A successor takes the name, then dies (its drop removes the name).
+        let mut new = Listener::planned(&path);
+        new.take_name().unwrap();
+        assert!(reaches(&path, &new) && !reaches(&path, &old));
+        drop(new);
+        assert!(!path.exists());
+        // The old generation serves again: the name is its own once more.
+        old.take_name().unwrap();
+        assert!(reaches(&path, &old));
+        drop(old);
+        assert!(!path.exists(), "the name goes with its holder");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub enum Event {
     RealtimeSignalReceived(i32),
     /// A process this machine started has exited (it is not reaped yet).
     ProcessExited { id: ProcId, status: ExitStatus },
+    /// `Effect::Spawn` for this id succeeded: the process runs.
+    Spawned { id: ProcId },
     /// `Effect::Spawn` for this id failed; the process never ran.
     SpawnFailed { id: ProcId, reason: String },
     /// A control client asked something; `from`: its peer credentials.
@@ -172,7 +174,8 @@ pub enum Event {
 /// Something the runtime must do, in order.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Start a process in this role; answer with `SpawnFailed` if it cannot start.
+    /// Start a process in this role; answer with `Spawned`, or `SpawnFailed` if it
+    /// cannot start.
     Spawn { id: ProcId, role: Role },
     /// Send a signal to the process (or, with `group`, to the process group it leads).
     /// A process already gone is not an error.
@@ -191,6 +194,14 @@ pub enum Effect {
     /// successor of ours that has exited: an upgrade aborted just as the successor
     /// wrote it). Never a live process's pidfile.
     RemovePidfile { exited_successor: Option<ProcId> },
+    /// Make the control socket's name this generation's (binding the socket first
+    /// if it is not bound yet, and atomically: a client finds the previous
+    /// holder's socket or ours, never none). Emitted when this generation becomes
+    /// the service, or serves again: a first generation once its first child runs,
+    /// a successor right before `ReportReady`, an old generation that serves on
+    /// after an upgrade (the successor may have taken the name before it went). A
+    /// name already ours is left as it is.
+    ClaimControl,
     /// (Successor only) tell the old generation we are ready.
     ReportReady,
     /// (Successor only) tell the old generation why we give up, before exiting.

@@ -11,11 +11,12 @@
 //!    read from the monotonic clock once per event. `step` returns the [`Effect`]s
 //!    to carry out, in order.
 //! 3. The runtime carries out each effect. Effects that can fail report back:
-//!    a failed [`Effect::Spawn`] as [`Event::SpawnFailed`], [`Effect::WritePidfile`] as
-//!    [`Event::PidfileWritten`] or [`Event::PidfileFailed`]. Nothing else is decided by
-//!    the runtime: which probe to run and for how long, whose pidfile to remove,
-//!    which socket files go, whether a signal aborts an upgrade — all of it comes
-//!    out of here.
+//!    [`Effect::Spawn`] as [`Event::Spawned`] or [`Event::SpawnFailed`],
+//!    [`Effect::WritePidfile`] as [`Event::PidfileWritten`] or [`Event::PidfileFailed`].
+//!    Nothing else is decided by the runtime: which probe to run and for how long,
+//!    whose pidfile to remove, which socket files go, when the control socket's name
+//!    becomes this generation's ([`Effect::ClaimControl`]), whether a signal aborts
+//!    an upgrade — all of it comes out of here.
 //! 4. The runtime asks [`Machine::deadline`] for the next instant something is due and
 //!    delivers [`Event::Tick`] when it has passed. A tick when nothing is due is a
 //!    no-op, so a spurious wake-up is harmless.
@@ -310,6 +311,7 @@ impl Machine {
         let probe = health.probe();
         match event {
             E::ProcessExited { id, status } if id == child => self.on_unready_child_exit(status, o),
+            E::Spawned { id } if id == child => self.on_child_spawned(o),
             E::SpawnFailed { id, reason } if id == child => self.on_child_spawn_failed(reason, o),
             E::ProcessExited { id, status } if probe == Some(id) => {
                 self.on_probe_exit(now, Ok(status), o)
@@ -400,6 +402,7 @@ impl Machine {
         match event {
             E::PidfileFailed { reason } => log(o, format!("cannot write the pidfile: {reason}")),
             E::ProcessExited { .. }
+            | E::Spawned { .. }
             | E::SpawnFailed { .. }
             | E::SuccessorFailed { .. }
             | E::SuccessorReady { .. }

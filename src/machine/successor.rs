@@ -44,6 +44,9 @@ impl Machine {
         } else {
             Notify::MainPid
         }));
+        // The name first: the old generation, once it hears we are ready, stops
+        // serving; a client finds its socket or ours, never none.
+        out.push(Effect::ClaimControl);
         out.push(Effect::ReportReady);
     }
 

@@ -261,6 +261,16 @@ impl Machine {
         self.exit(code, out);
     }
 
+    /// The child runs. A first generation is the service from now on: the
+    /// control socket's name is its own (after the child, which is not kept
+    /// waiting for it; never when the child could not start, as psflip then
+    /// exits at once). A successor's waits until it takes over.
+    pub(super) fn on_child_spawned(&mut self, out: &mut Vec<Effect>) {
+        if self.lineage == Lineage::First {
+            out.push(Effect::ClaimControl);
+        }
+    }
+
     pub(super) fn on_child_spawn_failed(&mut self, reason: String, out: &mut Vec<Effect>) {
         note(
             out,

@@ -143,8 +143,9 @@ mod scenarios {
         let mut m = serving();
         m.step(t(2000), Event::signal(Signal::SIGHUP));
         let out = no_logs(m.step(t(2100), exited(ProcId(2), ExitStatus::Code(1))));
-        // The pidfile is made to name us again (the successor may have written it).
-        assert_eq!(out, vec![Effect::WritePidfile]);
+        // The control socket's name and the pidfile are made to name us again
+        // (the successor may have taken them).
+        assert_eq!(out, vec![Effect::ClaimControl, Effect::WritePidfile]);
         assert!(matches!(m.state(), State::Serving { .. }));
         assert_eq!(m.live_child(), Some(CHILD));
         // And a later upgrade can start.
@@ -602,6 +603,7 @@ mod proxy {
             vec![
                 Effect::ProxyAccept,
                 Effect::RemoveDroppedSockets,
+                Effect::ClaimControl,
                 Effect::ReportReady
             ]
         );
@@ -660,7 +662,11 @@ mod proxy {
     fn a_failed_upgrade_leaves_the_old_generation_accepting() {
         let mut m = upgrading();
         let out = act(&mut m, 3, exited(ProcId(2), ExitStatus::Code(1)));
-        assert_eq!(out, vec![], "no accept change, no socket removal");
+        assert_eq!(
+            out,
+            vec![Effect::ClaimControl],
+            "no accept change, no socket removal"
+        );
         assert!(matches!(m.state(), State::Serving { .. }));
         act(&mut m, 4, Event::signal(Signal::SIGHUP));
         assert_eq!(
@@ -978,7 +984,7 @@ mod readiness {
         // Another process's id (a probe, a stale child) does not count.
         assert!(no_logs(m.step(t(150), notified(ProcId(7), true, None))).is_empty());
         let out = no_logs(m.step(t(200), notified(CHILD, true, Some("up"))));
-        assert_eq!(out, vec![Effect::ReportReady]);
+        assert_eq!(out, vec![Effect::ClaimControl, Effect::ReportReady]);
         assert!(m.healthy());
         // A second READY=1 changes nothing.
         assert!(no_logs(m.step(t(300), notified(CHILD, true, None))).is_empty());
@@ -1850,5 +1856,240 @@ mod reasons {
                 .collect();
             assert_eq!(levels, vec![level], "{status:?}, asked {asked}: {out:?}");
         }
+    }
+}
+
+mod claim_control {
+    //! When the control socket's name becomes this generation's
+    //! ([`Effect::ClaimControl`]): when it becomes the service, or serves again,
+    //! and never on a path that does not.
+
+    use super::*;
+
+    fn claims(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|e| **e == Effect::ClaimControl)
+            .count()
+    }
+
+    /// Feed `events` at 1 s intervals from `from` s; every effect, in order.
+    fn run(m: &mut Machine, from: u64, events: Vec<Event>) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            out.extend(m.step(at(from + i as u64), e));
+        }
+        out
+    }
+
+    fn spawn_child() -> Effect {
+        Effect::Spawn {
+            id: CHILD,
+            role: Role::App,
+        }
+    }
+
+    #[test]
+    fn a_first_generation_claims_the_name_once_its_first_child_runs() {
+        let mut m = Machine::new(settings(Generation::First));
+        // Not with the spawn: the child may still fail to start.
+        let out = no_logs(m.step(t(0), Event::Started));
+        assert_eq!(out, vec![spawn_child()]);
+        let out = m.step(t(0), Event::Spawned { id: CHILD });
+        assert_eq!(out, vec![Effect::ClaimControl]);
+        // Once: becoming healthy, serving and upgrading claim nothing more.
+        let rest = run(
+            &mut m,
+            1,
+            vec![
+                Event::Tick,
+                Event::PidfileWritten,
+                Event::signal(Signal::SIGHUP),
+                Event::Spawned { id: ProcId(2) },
+                Event::SuccessorReady { id: ProcId(2) },
+                exited(CHILD, ExitStatus::Signaled(15)),
+            ],
+        );
+        assert_eq!(m.phase(), Phase::Done, "{rest:?}");
+        assert_eq!(claims(&rest), 0, "{rest:?}");
+    }
+
+    #[test]
+    fn a_spawned_probe_or_stranger_claims_nothing() {
+        let mut m = Machine::new(Settings {
+            health: Health::Command {
+                kind: ProbeKind::Command,
+                after: Duration::ZERO,
+                interval: SEC,
+            },
+            ..settings(Generation::First)
+        });
+        m.step(t(0), Event::Started);
+        let out = m.step(t(0), Event::Spawned { id: ProcId(99) });
+        assert_eq!(claims(&out), 0);
+        let out = m.step(t(0), Event::Tick);
+        assert!(out.contains(&Effect::Spawn {
+            id: ProcId(2),
+            role: Role::Probe {
+                kind: ProbeKind::Command,
+                timeout: ProbeKind::Command.timeout(SEC),
+            },
+        }));
+        let out = m.step(t(0), Event::Spawned { id: ProcId(2) });
+        assert_eq!(claims(&out), 0);
+        assert_eq!(claims(&m.step(t(0), Event::Spawned { id: CHILD })), 1);
+    }
+
+    #[test]
+    fn a_first_generation_whose_child_cannot_start_never_claims() {
+        let mut m = Machine::new(settings(Generation::First));
+        let mut out = m.step(t(0), Event::Started);
+        out.extend(m.step(
+            t(0),
+            Event::SpawnFailed {
+                id: CHILD,
+                reason: "ENOENT".into(),
+            },
+        ));
+        assert_eq!(out.last(), Some(&Effect::Exit(1)));
+        // A late "spawned" (never sent by the runtime) is ignored once done.
+        out.extend(m.step(t(0), Event::Spawned { id: CHILD }));
+        assert_eq!(claims(&out), 0, "{out:?}");
+    }
+
+    #[test]
+    fn a_successor_claims_the_name_right_before_it_reports_ready() {
+        let mut m = Machine::new(settings(Generation::Successor));
+        m.step(t(0), Event::Started);
+        // Its child running does not make it the service.
+        assert!(m.step(t(0), Event::Spawned { id: CHILD }).is_empty());
+        assert_eq!(
+            no_logs(m.step(t(1000), Event::Tick)),
+            vec![Effect::WritePidfile]
+        );
+        let out = m.step(t(1000), Event::PidfileWritten);
+        let ready = out.iter().position(|e| *e == Effect::ReportReady);
+        let claim = out.iter().position(|e| *e == Effect::ClaimControl);
+        assert_eq!(claims(&out), 1, "{out:?}");
+        assert!(
+            ready.is_some() && claim.map(|c| c + 1) == ready,
+            "the name first, then ready: {out:?}"
+        );
+    }
+
+    #[test]
+    fn a_successor_that_never_becomes_the_service_never_claims() {
+        let pidfile_failed = Event::PidfileFailed {
+            reason: "ENOSPC".into(),
+        };
+        let cases: Vec<(&str, Vec<Event>)> = vec![
+            (
+                "stopped while starting",
+                vec![
+                    Event::signal(Signal::SIGTERM),
+                    exited(CHILD, ExitStatus::Signaled(15)),
+                ],
+            ),
+            (
+                "child exited before healthy",
+                vec![exited(CHILD, ExitStatus::Code(3))],
+            ),
+            (
+                "pidfile not written",
+                vec![
+                    Event::Tick,
+                    pidfile_failed,
+                    exited(CHILD, ExitStatus::Signaled(9)),
+                ],
+            ),
+        ];
+        for (what, events) in cases {
+            let mut m = Machine::new(settings(Generation::Successor));
+            let mut all = m.step(at(0), Event::Started);
+            all.extend(m.step(at(0), Event::Spawned { id: CHILD }));
+            // The child becomes healthy at 1 s (the Tick above).
+            all.extend(run(&mut m, 1, events));
+            assert_eq!(m.phase(), Phase::Done, "{what}: {all:?}");
+            assert_eq!(claims(&all), 0, "{what}: {all:?}");
+        }
+        // Never healthy within upgrade.timeout.
+        let mut m = Machine::new(settings(Generation::Successor));
+        m.step(at(0), Event::Started);
+        m.step(at(0), Event::Spawned { id: CHILD });
+        let mut all = m.step(at(0), Event::Tick);
+        all.extend(m.step(at(10), Event::Tick));
+        assert_eq!(m.phase(), Phase::Stopping, "{all:?}");
+        assert_eq!(claims(&all), 0, "{all:?}");
+    }
+
+    /// A serving first generation with `shutdown.delay` 3 s, its upgrade to
+    /// successor #2 in flight.
+    fn upgrading() -> Machine {
+        let mut m = Machine::new(Settings {
+            shutdown_delay: 3 * SEC,
+            ..settings(Generation::First)
+        });
+        run(
+            &mut m,
+            0,
+            vec![
+                Event::Started,
+                Event::Tick,
+                Event::PidfileWritten,
+                Event::signal(Signal::SIGHUP),
+            ],
+        );
+        assert_eq!(m.successor(), Some(ProcId(2)));
+        m
+    }
+
+    #[test]
+    fn an_old_generation_serving_again_takes_the_name_back() {
+        // The new generation dies right after taking over, the old child not
+        // stopped yet: this generation serves again, under its own name.
+        let mut m = upgrading();
+        let out = m.step(at(4), Event::SuccessorReady { id: ProcId(2) });
+        assert_eq!(claims(&out), 0, "handing over claims nothing: {out:?}");
+        let out = m.step(at(5), exited(ProcId(2), ExitStatus::Code(1)));
+        assert_eq!(m.phase(), Phase::Serving);
+        assert_eq!(claims(&out), 1, "{out:?}");
+        // The successor died before reporting ready (it may have claimed the
+        // name an instant before).
+        let mut m = upgrading();
+        let out = m.step(at(4), exited(ProcId(2), ExitStatus::Code(1)));
+        assert_eq!(m.phase(), Phase::Serving);
+        assert_eq!(claims(&out), 1, "{out:?}");
+    }
+
+    #[test]
+    fn an_old_generation_that_does_not_serve_again_claims_nothing() {
+        // The old child was already stopped when the new generation died: the
+        // service ends with it.
+        let mut m = upgrading();
+        let mut out = run(
+            &mut m,
+            4,
+            vec![
+                Event::SuccessorReady { id: ProcId(2) },
+                Event::Tick,
+                Event::Tick,
+                Event::Tick,
+                exited(ProcId(2), ExitStatus::Code(1)),
+                exited(CHILD, ExitStatus::Signaled(15)),
+            ],
+        );
+        assert_eq!(m.phase(), Phase::Done, "{out:?}");
+        // The old child died during the upgrade, then the successor failed.
+        let mut m = upgrading();
+        out.extend(run(
+            &mut m,
+            4,
+            vec![
+                exited(CHILD, ExitStatus::Code(0)),
+                exited(ProcId(2), ExitStatus::Code(1)),
+            ],
+        ));
+        assert_eq!(m.phase(), Phase::Done, "{out:?}");
+        assert_eq!(claims(&out), 0, "{out:?}");
     }
 }

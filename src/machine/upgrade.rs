@@ -270,6 +270,9 @@ impl Machine {
             }
             OldChild::Running(child) => {
                 self.move_to_serving(child);
+                // The successor may have taken the control socket's name just
+                // before it went (it takes it right before reporting ready).
+                out.push(Effect::ClaimControl);
                 out.push(Effect::Notify(Notify::Ready {
                     status: format!("upgrade failed: {why}"),
                 }));
@@ -343,6 +346,8 @@ impl Machine {
         // Recorded as a second outcome of the same upgrade: it did hand over.
         out.push(Effect::UpgradeEnded(Err(why)));
         self.move_to_serving(child);
+        // The new generation took the control socket's name.
+        out.push(Effect::ClaimControl);
         if self.proxy {
             out.push(Effect::ProxyAccept);
         }

@@ -11,6 +11,10 @@
 //! 7. I7 — psflip's exit status is its child's.
 //! 8. I8 — with a proxy, no connection refused or cut because of an upgrade.
 //! 9. No busy loop: a due `Tick` makes progress.
+//! 10. K — the control socket's name leads to the service: a first generation
+//!     takes it only once its first child was started, a successor before it
+//!     reports ready, and while a generation serves or upgrades the name is its
+//!     own or its successor's: a client never finds no socket.
 //!
 //! Plus [`converged`] and [`ended`], the liveness checks of the heal phase, and the
 //! [`Cover`] outcomes the runner requires to have happened at least once.
@@ -19,7 +23,7 @@ use std::fmt;
 use std::time::Duration;
 
 use psflip::Signal;
-use psflip::machine::{ExitStatus, Generation, Health, Instant};
+use psflip::machine::{ExitStatus, Generation, Health, Instant, Phase};
 
 use crate::world::{End, Kind, Life, Pid, REAP_BOUND, World};
 
@@ -37,6 +41,19 @@ pub enum Fact {
         protected: bool,
         /// The generation had read a valid "ready" from its successor.
         ready_heard: bool,
+    },
+    /// A generation made the control socket's name its own; `child_started`: its
+    /// app child had been spawned (it runs, or ran).
+    ControlClaimed {
+        gpid: Pid,
+        first: bool,
+        child_started: bool,
+    },
+    /// A successor is writing "ready"; whose the control socket's name was at
+    /// that moment.
+    ReadyWritten {
+        gpid: Pid,
+        control_name: Option<Pid>,
     },
     /// A successor wrote "ready" to its predecessor.
     ReadyReported {
@@ -218,7 +235,7 @@ type Check = fn(&World) -> Vec<String>;
 
 /// Every property, after one step.
 pub fn check_step(w: &World) -> Vec<Violation> {
-    let checks: [(&'static str, Check); 12] = [
+    let checks: [(&'static str, Check); 13] = [
         ("I1 old child spared", i1_old_child_spared),
         ("I2 at most two", i2_at_most_two),
         ("I3 rollback restores", i3_rollback_restores),
@@ -233,6 +250,7 @@ pub fn check_step(w: &World) -> Vec<Violation> {
         ("listen sockets kept", listen_sockets_kept),
         ("no busy loop", no_busy_loop),
         ("C control clients answered", control_answered),
+        ("K control socket name", control_name_held),
         (
             "a stop passed on is waited for",
             stop_passed_on_is_waited_for,
@@ -253,6 +271,74 @@ pub fn check_step(w: &World) -> Vec<Violation> {
 
 fn gen_name(w: &World, gpid: Pid) -> String {
     format!("g{}[{gpid}]", w.gens[&gpid].ghost.number)
+}
+
+/// K — The control socket's name leads to the service, from world facts:
+///
+/// 1. A first generation takes the name only once its first child was started
+///    (spawned in the world), never before.
+/// 2. A successor's "ready" is written only while the name is its own: the old
+///    generation, once it hears it, may exit, and a client then finds the new
+///    generation's socket (before that, the old one's; never none).
+/// 3. While a generation's loop runs and it serves (Serving; a first generation
+///    whose child was started), the name is its own; while it upgrades
+///    (Upgrading, Aborting) and its successor runs, the name is its own or the
+///    successor's. A holder SIGKILLed by a fault leaves a stale socket, which
+///    is the crash's doing (its generation no longer runs, and is not checked).
+fn control_name_held(w: &World) -> Vec<String> {
+    let mut out = Vec::new();
+    for fact in &w.facts {
+        match fact {
+            Fact::ControlClaimed {
+                gpid,
+                first: true,
+                child_started: false,
+            } => out.push(format!(
+                "{} took the control socket's name before its first child was started",
+                gen_name(w, *gpid)
+            )),
+            Fact::ReadyWritten { gpid, control_name } if *control_name != Some(*gpid) => {
+                out.push(format!(
+                    "{} reported ready while the control socket's name led to {control_name:?}",
+                    gen_name(w, *gpid),
+                ))
+            }
+            _ => {}
+        }
+    }
+    for p in w.live_gens() {
+        let g = &w.gens[&p];
+        if !g.rt.booted {
+            continue;
+        }
+        let successor = g
+            .machine
+            .successor()
+            .and_then(|id| g.rt.pids.get(&id))
+            .copied();
+        let holders: Vec<Pid> = match g.machine.phase() {
+            Phase::Serving => vec![p],
+            Phase::Starting
+                if g.ghost.generation == Generation::First && g.ghost.child.is_some() =>
+            {
+                vec![p]
+            }
+            Phase::Upgrading | Phase::Aborting => match successor {
+                Some(s) if w.running(s) => vec![p, s],
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if !w.control_name.is_some_and(|n| holders.contains(&n)) {
+            out.push(format!(
+                "{} is {:?} and the control socket's name leads to {:?}, not to {holders:?}",
+                gen_name(w, p),
+                g.machine.phase(),
+                w.control_name
+            ));
+        }
+    }
+    out
 }
 
 /// I1 — The old child is never sent the shutdown signal nor SIGKILL before its

@@ -498,6 +498,8 @@ fn each_invariant_fires_on_a_broken_machine() {
         (Mutation::NeverAccept, "I8 proxy keeps connections"),
         (Mutation::DropTicks, "no busy loop"),
         (Mutation::NoReplies, "C control clients answered"),
+        (Mutation::NoControlClaim, "K control socket name"),
+        (Mutation::ClaimBeforeChild, "K control socket name"),
     ];
     let mut silent = Vec::new();
     for (mutation, invariant) in cases {

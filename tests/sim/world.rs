@@ -401,6 +401,11 @@ pub enum Mutation {
     DropTicks,
     /// Answers to control clients are lost (C).
     NoReplies,
+    /// `ClaimControl` is never carried out (K: the service has no socket).
+    NoControlClaim,
+    /// The control socket's name is claimed as the first child is spawned,
+    /// before it runs (K).
+    ClaimBeforeChild,
 }
 
 pub struct World {
@@ -424,6 +429,9 @@ pub struct World {
     pub listen: bool,
     /// Their Unix socket files exist (created once, by the first generation).
     pub listen_sockets: bool,
+    /// The generation whose control socket the service's name leads to, if a
+    /// socket file has the name (its holder may have died: a stale socket).
+    pub control_name: Option<Pid>,
     /// Control clients so far, by id.
     pub clients: BTreeMap<ClientId, Client>,
     control_rng: Rng,
@@ -501,6 +509,7 @@ impl World {
             proxy_sockets: proxy,
             listen,
             listen_sockets: listen,
+            control_name: None,
             clients: BTreeMap::new(),
             control_rng,
             clients_rng,
@@ -1258,6 +1267,12 @@ impl World {
     /// The machine asked to exit: the process exits with that code.
     fn machine_exit(&mut self, pid: Pid, code: i32) {
         self.facts.push(Fact::Exited { gpid: pid, code });
+        // As the real runtime's control listener does when dropped: the name
+        // goes with its holder (not when it was SIGKILLed: a stale socket stays).
+        if self.control_name == Some(pid) {
+            self.control_name = None;
+            self.log(format!("{}: control socket removed", self.name(pid)));
+        }
         if let Some(g) = self.gens.get_mut(&pid) {
             g.ghost.exit_code = Some(code);
         }
@@ -1975,6 +1990,10 @@ impl Os for SimOs<'_> {
             }
             return Err(format!("cannot start {role:?}: injected failure"));
         }
+        if role == Role::App && w.mutation == Some(Mutation::ClaimBeforeChild) {
+            self.claim_control();
+        }
+        let w = &mut *self.world;
         let pid = match role {
             Role::App => {
                 let behaviour = w.faults.app(&self.settings);
@@ -2266,8 +2285,30 @@ impl Os for SimOs<'_> {
         }
     }
 
+    fn claim_control(&mut self) {
+        let me = self.me();
+        let w = &mut *self.world;
+        w.effects += 1;
+        if w.mutation == Some(Mutation::NoControlClaim) {
+            return;
+        }
+        w.facts.push(Fact::ControlClaimed {
+            gpid: self.pid,
+            first: self.ghost.generation == Generation::First,
+            child_started: self.ghost.child.is_some(),
+        });
+        if w.control_name != Some(self.pid) {
+            w.control_name = Some(self.pid);
+            w.log(format!("{me}: control socket name <- {}", self.pid));
+        }
+    }
+
     fn report_ready(&mut self) {
         self.world.effects += 1;
+        self.world.facts.push(Fact::ReadyWritten {
+            gpid: self.pid,
+            control_name: self.world.control_name,
+        });
         *self.reported = true;
         self.ghost.ready_reported = true;
         let Some((pred, _)) = self.rt.predecessor else {
