@@ -1,6 +1,7 @@
 //! Supervision of one child (SPEC §4) and psflip's exit statuses (§1, I7).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -78,7 +79,16 @@ fn never_healthy_exits_1_and_stops_the_child() {
 #[test]
 fn command_not_found_exits_1() {
     let sb = Sandbox::new("command_not_found_exits_1");
-    sb.config(&Conf::cmd(&sb, &["/nonexistent/e2e-no-such-program"]));
+    // The control socket in a directory of the test's own: what psflip left
+    // there is all there is to see.
+    let ctl = sb.path("ctl");
+    fs::create_dir_all(&ctl).unwrap();
+    fs::set_permissions(&ctl, fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = ctl.join("psflip.sock");
+    sb.config(
+        &Conf::cmd(&sb, &["/nonexistent/e2e-no-such-program"])
+            .top(&format!("control_socket = {}", q(socket.to_str().unwrap()))),
+    );
     let mut p = sb.start();
     assert_eq!(sb.wait_exit(&mut p, T), 1, "{}", sb.diag());
     assert!(sb.logged(p.pid, "cannot start the child"), "{}", sb.diag());
@@ -87,6 +97,14 @@ fn command_not_found_exits_1() {
         "{}",
         sb.diag()
     );
+    // No child ran, so psflip never was the service: no socket file is left
+    // (not the name, not a temporary one beside it).
+    let left: Vec<_> = fs::read_dir(&ctl)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     sb.assert_clean();
 }
 
