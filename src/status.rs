@@ -180,7 +180,10 @@ impl Report {
 /// Parse a handed-over history; anything unreadable is no history (it is
 /// informational only).
 pub fn history_from_env(value: Option<&str>) -> Vec<Upgrade> {
+    // The first generation has none: not even parsed (an error's path costs
+    // a CPU feature probe, slow under a hypervisor).
     value
+        .filter(|v| !v.is_empty())
         .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default()
 }
