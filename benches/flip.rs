@@ -31,8 +31,10 @@
 //! for this bench, i.e. `target/release/psflip`), `PSFLIP_BENCH_RUNS` (timed
 //! iterations, default 40, after 3 warm-up ones), `PSFLIP_BENCH_IDLE_RUNS`
 //! (default 20), `PSFLIP_BENCH_PAUSE_MS` (idle time before each upgrade
-//! signal, default 50: a real upgrade meets an idle psflip, not one that has
-//! just logged its child healthy), `PSFLIP_BENCH_OUT` (a directory: the
+//! signal, default 400: a real upgrade meets an idle psflip, not one that has
+//! just logged its child healthy — one that has been quiet for longer than
+//! `psflip::runtime::SETTLE_AFTER` (250 ms) and so has given back the pages its
+//! start-up mapped, which the upgrade then faults in again), `PSFLIP_BENCH_OUT` (a directory: the
 //! `summary.md`, `details.md` and `medians.tsv` fragments that
 //! `scripts/bench.sh` assembles into `BENCHMARKS.md`), `PSFLIP_BENCH_ALSO`
 //! (`NAME=PATH` entries separated by `:`: other psflip binaries, measured in
@@ -372,7 +374,7 @@ impl Bench {
             reaped: HashSet::new(),
             trace: Vec::new(),
             origin: Instant::now(),
-            pause: Duration::from_millis(env_usize("PSFLIP_BENCH_PAUSE_MS", 50) as u64),
+            pause: Duration::from_millis(env_usize("PSFLIP_BENCH_PAUSE_MS", 400) as u64),
         })
     }
 
@@ -651,7 +653,8 @@ impl Bench {
     /// Idle footprint of psflip supervising `sleep`, and of its successor after one
     /// upgrade (figure 5).
     fn run_idle(&mut self, cfg: &Path, s: &mut Samples, smaps: &mut String) -> Result<(), String> {
-        let settle = Duration::from_millis(300);
+        // Quiet for well over psflip's SETTLE_AFTER (250 ms): settled.
+        let settle = Duration::from_millis(1000);
         let (ps, inst, _) = self.spawn_psflip(cfg)?;
         self.wait("\"child is healthy; serving\"", |e| {
             e.log_from(inst, Some(ps), "child is healthy; serving")

@@ -393,15 +393,17 @@ fi)
   child's \`started\` (2) and to the old child's \`term\` (3); psflip with
   \`cmd = [..., "{{ AB "ok" "fail" }}"]\` and \`[healthcheck.alive] timeout = "100ms"\`,
   timed from the SIGHUP to its stderr line \`upgrade failed…\` (4). Each upgrade
-  signal comes 50 ms after psflip logged its child healthy (\`PSFLIP_BENCH_PAUSE_MS\`),
-  so that it meets an idle psflip, as a real upgrade does.
+  signal comes 400 ms after psflip logged its child healthy (\`PSFLIP_BENCH_PAUSE_MS\`),
+  so that it meets an idle psflip, as a real upgrade does: one quiet for longer than
+  250 ms, which has given back the pages its start-up mapped and faults in again
+  those the upgrade needs (src/effects/resident.rs).
   Figure 1 is median(psflip) − median(direct); the paired difference per iteration
   is in the details. The other builds (\`PSFLIP_BENCH_ALSO\`) run in the same
   iterations: each runs the direct spawn once and every binary's upgrade and failed
   upgrade, in a rotating order, so that all columns share the machine's moments.
-- Figure 5 reads VmRSS and Threads from \`/proc/PID/status\` 300 ms after psflip,
+- Figure 5 reads VmRSS and Threads from \`/proc/PID/status\` 1 s after psflip,
   supervising \`sleep 1000\` with \`[healthcheck.alive] timeout = "100ms"\`, logged
-  that its child is healthy; and of the successor 300 ms after it took over.
+  that its child is healthy; and of the successor 1 s after it took over (quiet for over 250 ms, psflip has given back the pages its start-up mapped).
 - Figure 6 is \`stat -c %s target/release/psflip\`.
 - The harness is a child subreaper: every process psflip starts becomes its child
   once orphaned, all are reaped by pid, and it checks that none is left at the end.

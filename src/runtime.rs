@@ -36,7 +36,7 @@ use crate::effects::notify::{self, NotifySocket};
 use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
-use crate::effects::{EffectError, pidfile, reap, spawn, subreaper};
+use crate::effects::{EffectError, pidfile, reap, resident, spawn, subreaper};
 use crate::handoff::Handoff;
 use crate::log::{Level, Record};
 use crate::machine::{
@@ -951,19 +951,29 @@ fn reap_all(driver: &mut impl Driver, now: Instant) -> Option<i32> {
     exit
 }
 
+/// How long nothing must happen before an idle process gives back the pages
+/// its start-up touched ([`resident::release_startup_pages`]): long enough that
+/// a busy proxy or a burst of control requests never pays for the re-faults,
+/// short enough that a settled service is small whenever anyone looks.
+pub const SETTLE_AFTER: Duration = Duration::from_millis(250);
+
 /// Run `driver` until it asks to exit; returns the exit status. Signals must already
 /// be blocked ([`signals::block_all`]).
+///
+/// Once nothing has happened for [`SETTLE_AFTER`] (and no timer is due sooner),
+/// the process gives back the read-only file pages its start-up mapped, once per
+/// quiet stretch: the machine sees nothing of it.
 pub fn event_loop<D: Poll>(driver: &mut D, clock: &Clock) -> Result<i32, EffectError> {
+    let mut settled = false;
     loop {
         let now = clock.now();
-        let timeout = match driver.deadline() {
-            None => PollTimeout::NONE,
-            Some(t) => {
-                // Round up to whole milliseconds so we never wake just before it.
-                let wait = t.saturating_since(now);
-                let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
+        let wait = driver.deadline().map(|t| t.saturating_since(now));
+        let settling = !settled && wait.is_none_or(|w| w > SETTLE_AFTER);
+        let timeout = match (settling, wait) {
+            (true, _) => poll_timeout(SETTLE_AFTER),
+            (false, None) => PollTimeout::NONE,
+            // Round up to whole milliseconds so we never wake just before it.
+            (false, Some(w)) => poll_timeout(w),
         };
         let (sig_ready, ready_tags) = {
             let extra = driver.fds();
@@ -982,10 +992,22 @@ pub fn event_loop<D: Poll>(driver: &mut D, clock: &Clock) -> Result<i32, EffectE
                 .collect();
             (fired(0), tags)
         };
+        if settling && !sig_ready && ready_tags.is_empty() {
+            resident::release_startup_pages();
+            settled = true;
+            continue;
+        }
+        settled = false;
         if let Some(code) = turn(driver, clock.now(), &ready_tags, sig_ready) {
             return Ok(code);
         }
     }
+}
+
+/// A poll timeout of at least `wait`, in whole milliseconds.
+fn poll_timeout(wait: Duration) -> PollTimeout {
+    let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }
 
 /// psflip's generation over the real OS: the [`Machine`], the [`LinuxOs`] its

@@ -13,6 +13,7 @@ pub mod pidfile;
 pub mod procfs;
 pub mod readiness;
 pub mod reap;
+pub mod resident;
 pub mod sd_notify;
 pub mod signals;
 pub mod spawn;
