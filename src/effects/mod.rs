@@ -7,6 +7,7 @@
 pub mod control;
 pub mod docker;
 pub mod fds;
+pub mod filewatch;
 pub mod listen;
 pub mod notify;
 pub mod pidfile;
