@@ -4,9 +4,10 @@
 //!
 //! pidwatch keeps a foreground process for supervisors that treat the exit of the
 //! process they started as the service's death (SPEC §7). It starts CMD, forwards
-//! every signal to the process the pidfile names (re-read at each signal), and
-//! stays until that process is gone *and* CMD has exited: CMD's exit alone is not
-//! enough, since the pidfile may name a successor by then.
+//! every signal to the process the pidfile names (re-read at each signal, child
+//! exit and change, and every [`POLL_INTERVAL`]), and stays until that process
+//! is gone *and* CMD has exited: CMD's exit alone is not enough, since the
+//! pidfile may name a successor by then.
 //!
 //! A process once followed is followed until it is dead, even if the pidfile
 //! stops naming it (removed, garbled, or naming something pidwatch may not
@@ -24,7 +25,39 @@
 //! 3. `Tick` whenever `deadline()` has passed: the pidfile is re-read every
 //!    [`POLL_INTERVAL`], which is also how a watched process that is not our child
 //!    is seen to die.
+//! 4. `PidfileChanged` as soon as the pidfile's directory entry changes (inotify
+//!    on its directory), before any child exit that happened after the change
+//!    is reported: the pidfile is re-read at once, so a successor is followed
+//!    when it names itself, not up to [`POLL_INTERVAL`] later. Where the
+//!    directory cannot be watched (missing, unreadable, no inotify instance
+//!    left) the runtime sends none and the poll is all there is.
+//!
+//! # The service's final status (`--exit-status`)
+//!
+//! It is the status of the process the pidfile named last, known only if
+//! pidwatch reaped that process: it is CMD, or a generation re-parented to
+//! pidwatch (a subreaper) when its parent exited. The statuses of the last
+//! [`REAPED_KEPT`] processes reaped are kept, so a pidfile read after the
+//! process it names was reaped still tells whose status is final.
+//!
+//! What can still be missed, and is then said to be unknown (pidwatch logs so
+//! and exits 0), never relayed from a process the pidfile no longer named:
+//! - a pidfile written and removed again before pidwatch read it: a successor
+//!   whose service crashed between its write and pidwatch's next reading, which
+//!   is now pidwatch's wake-up latency after the inotify event (a scheduling
+//!   delay, e.g. pidwatch stopped or starved of CPU), no longer up to
+//!   [`POLL_INTERVAL`]. The change events say a write was not read (the reading
+//!   after them found no pidfile), so the process followed before is not taken
+//!   for the service; without inotify, the old window (up to [`POLL_INTERVAL`])
+//!   remains, unflagged;
+//! - a successor whose service ends after the old generation signalled its old
+//!   child and before the old psflip exited: the successor is still that
+//!   psflip's child, which reaps it, so its status never reaches pidwatch (one
+//!   that ends earlier, during `shutdown.delay`, hands the service back to the
+//!   old generation, which names itself again: nothing is missed);
+//! - any process followed with `--poll`, which is never pidwatch's child.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::Signal;
@@ -52,6 +85,9 @@ use crate::machine::{ExitStatus, Instant};
 
 /// How often the pidfile (and, when polling, the watched process) is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How many reaped processes' exit statuses are kept (see the module docs).
+pub const REAPED_KEPT: usize = 32;
 
 /// What the pidfile says, as judged by the runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +121,10 @@ pub enum Event {
     PidfileRead(Reading),
     /// The answer to `CheckPid`: the same judgement, of the pid it named.
     PidChecked(Reading),
+    /// The pidfile's directory entry changed. `written`: it was created, renamed
+    /// onto or written (it may name a new process), or change events were lost;
+    /// otherwise it was removed or renamed away.
+    PidfileChanged { written: bool },
     /// Time has passed.
     Tick,
 }
@@ -125,6 +165,9 @@ pub struct Watch {
     /// The process followed: the one the last followable reading named, for as
     /// long as it stays followable.
     watched: Option<u32>,
+    /// The service as last known: the process the pidfile named last that was
+    /// followed, or that had already been reaped when the pidfile was read.
+    named: Option<u32>,
     /// Whether the pidfile stopped naming `watched` (logged once).
     lingering: bool,
     /// Whether any reading was ever followable.
@@ -137,8 +180,13 @@ pub struct Watch {
     done: bool,
     /// `--exit-status`: exit with the service's final status, not 0.
     relay_status: bool,
-    /// How the process followed last ended, when we reaped it.
+    /// How `named` ended, when we reaped it.
     final_status: Option<(u32, ExitStatus)>,
+    /// The last [`REAPED_KEPT`] processes reaped, newest last.
+    reaped: VecDeque<(u32, ExitStatus)>,
+    /// The pidfile was written since it was last read naming a pid: whom it
+    /// names is not known yet (or ever, if it is gone by the next reading).
+    unread_write: bool,
 }
 
 impl Default for Watch {
@@ -152,6 +200,7 @@ impl Watch {
         Watch {
             cmd: Cmd::NotStarted,
             watched: None,
+            named: None,
             lingering: false,
             followed_once: false,
             last: None,
@@ -160,6 +209,8 @@ impl Watch {
             done: false,
             relay_status: false,
             final_status: None,
+            reaped: VecDeque::new(),
+            unread_write: false,
         }
     }
 
@@ -209,6 +260,10 @@ impl Watch {
                 self.note_exit(pid, status);
                 self.read(now, &mut out);
             }
+            Event::PidfileChanged { written } => {
+                self.unread_write |= written;
+                self.read(now, &mut out);
+            }
             Event::Tick => {
                 if self.next_read.is_some_and(|t| now >= t) {
                     self.read(now, &mut out);
@@ -220,12 +275,25 @@ impl Watch {
         out
     }
 
-    /// Keep the exit status of the process followed last: the service's final
+    /// Keep the exit status of a reaped process; the service's is its final
     /// status, for `--exit-status`.
     fn note_exit(&mut self, pid: u32, status: ExitStatus) {
-        if self.watched == Some(pid) {
+        if self.reaped.len() == REAPED_KEPT {
+            self.reaped.pop_front();
+        }
+        self.reaped.push_back((pid, status));
+        if self.named == Some(pid) {
             self.final_status = Some((pid, status));
         }
+    }
+
+    /// How `pid` ended, if we reaped it lately.
+    fn reaped_status(&self, pid: u32) -> Option<ExitStatus> {
+        self.reaped
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, status)| *status)
     }
 
     fn read(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -234,12 +302,19 @@ impl Watch {
     }
 
     fn on_reading(&mut self, reading: Reading, out: &mut Vec<Effect>) {
+        let ended = match reading {
+            Reading::Dead(pid) => self.reaped_status(pid).map(|status| (pid, status)),
+            _ => None,
+        };
         if self.last.as_ref() != Some(&reading) {
             let line = match &reading {
                 Reading::Followable(pid) => Some(format!("following pid {pid}")),
-                Reading::Dead(pid) => {
-                    Some(format!("the pidfile names pid {pid}, which is not running"))
-                }
+                Reading::Dead(pid) => Some(match ended {
+                    Some((_, status)) => {
+                        format!("the pidfile names pid {pid}, which ended ({status})")
+                    }
+                    None => format!("the pidfile names pid {pid}, which is not running"),
+                }),
                 Reading::Foreign(pid) => Some(format!(
                     "the pidfile names pid {pid}, which is not ours to signal; ignoring it"
                 )),
@@ -252,9 +327,24 @@ impl Watch {
             }
             self.last = Some(reading.clone());
         }
+        if reading != Reading::Missing {
+            // Whatever was written last is what this reading saw.
+            self.unread_write = false;
+        }
+        if let Some((pid, status)) = ended {
+            // The pidfile names a process we reaped: that is how the service ended.
+            self.named = Some(pid);
+            self.final_status = Some((pid, status));
+            self.followed_once = true;
+            if self.watched == Some(pid) {
+                self.watched = None;
+                self.lingering = false;
+            }
+        }
         match reading {
             Reading::Followable(pid) => {
-                if self.watched != Some(pid) {
+                if self.named != Some(pid) {
+                    self.named = Some(pid);
                     self.final_status = None;
                 }
                 self.followed_once = true;
@@ -305,6 +395,12 @@ impl Watch {
             let code = if !self.followed_once {
                 status.code()
             } else if !self.relay_status {
+                0
+            } else if self.unread_write {
+                out.push(Effect::Log(
+                    "the pidfile was written and gone before pidwatch could read it: the service's last process and its exit status are unknown; exiting 0"
+                        .to_string(),
+                ));
                 0
             } else {
                 match self.final_status {
@@ -593,6 +689,161 @@ mod tests {
         assert_eq!(out.last(), Some(&Effect::CheckPid(20)));
         let out = w.step(t(150), Event::PidChecked(Reading::Dead(20)));
         assert_eq!(out.last(), Some(&Effect::Exit(0)), "{out:?}");
+    }
+
+    /// The pidfile changed (inotify): it is read at once, not at the next poll.
+    #[test]
+    fn a_change_to_the_pidfile_is_read_at_once() {
+        let mut w = Watch::new();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        assert_eq!(w.deadline(), Some(t(100)));
+        for written in [true, false] {
+            assert_eq!(
+                w.step(t(30), Event::PidfileChanged { written }),
+                vec![Effect::ReadPidfile]
+            );
+        }
+        assert_eq!(
+            w.deadline(),
+            Some(t(130)),
+            "the poll counts from the last reading"
+        );
+    }
+
+    /// Regression (the race): a successor names itself, then its service
+    /// crashes before the next poll; it removes the pidfile and exits. Seen
+    /// through the change, it is followed, and its status is the service's,
+    /// not that of the first psflip (CMD), which exited 0 after handing over.
+    #[test]
+    fn a_successor_seen_through_a_change_gives_its_status() {
+        let mut w = Watch::new().relaying_status();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        assert_eq!(
+            w.step(t(20), Event::PidfileChanged { written: true }),
+            vec![Effect::ReadPidfile]
+        );
+        let out = w.step(t(20), Event::PidfileRead(Reading::Followable(20)));
+        assert_eq!(out, vec![Effect::Log("following pid 20".into())]);
+        w.step(t(25), cmd_exited(ExitStatus::Code(0)));
+        // The successor's child died: it removed its pidfile and exited.
+        w.step(t(25), Event::PidfileRead(Reading::Missing));
+        w.step(t(25), Event::PidChecked(Reading::Followable(20)));
+        w.step(t(26), Event::PidfileChanged { written: false });
+        w.step(t(26), Event::PidfileRead(Reading::Missing));
+        w.step(t(26), Event::PidChecked(Reading::Followable(20)));
+        w.step(t(27), other_exited(ExitStatus::Code(137)));
+        w.step(t(27), Event::PidfileRead(Reading::Missing));
+        let out = w.step(t(27), Event::PidChecked(Reading::Dead(20)));
+        assert_eq!(out.last(), Some(&Effect::Exit(137)), "{out:?}");
+    }
+
+    /// The pidfile was written, and gone by the reading the write caused: it
+    /// named a process pidwatch never saw, so the status of the one followed
+    /// before is not the service's — unknown, said so, never relayed as the
+    /// service's. A removal alone changes nothing.
+    #[test]
+    fn a_pidfile_written_and_gone_unread_makes_the_status_unknown() {
+        for written in [true, false] {
+            let mut w = Watch::new().relaying_status();
+            w.step(t(0), Event::Started);
+            w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+            w.step(t(20), Event::PidfileChanged { written });
+            w.step(t(20), Event::PidfileRead(Reading::Missing));
+            w.step(t(20), Event::PidChecked(Reading::Followable(10)));
+            w.step(t(25), cmd_exited(ExitStatus::Code(3)));
+            w.step(t(25), Event::PidfileRead(Reading::Missing));
+            let out = w.step(t(25), Event::PidChecked(Reading::Dead(10)));
+            let relayed = out
+                .iter()
+                .any(|e| matches!(e, Effect::Log(l) if l.contains("ended with")));
+            let unknown = out
+                .iter()
+                .any(|e| matches!(e, Effect::Log(l) if l.contains("unknown")));
+            if written {
+                assert_eq!(out.last(), Some(&Effect::Exit(0)), "{out:?}");
+                assert!(unknown && !relayed, "{out:?}");
+            } else {
+                assert_eq!(out.last(), Some(&Effect::Exit(3)), "{out:?}");
+                assert!(relayed && !unknown, "{out:?}");
+            }
+        }
+    }
+
+    /// A write whose reading found no pid yet (a file written in place, still
+    /// empty) is settled by a later reading that names one.
+    #[test]
+    fn a_later_reading_settles_a_write_read_too_early() {
+        let mut w = Watch::new().relaying_status();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Missing));
+        w.step(t(10), Event::PidfileChanged { written: true });
+        w.step(t(10), Event::PidfileRead(Reading::Missing));
+        w.step(t(11), Event::PidfileChanged { written: true });
+        w.step(t(11), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(50), cmd_exited(ExitStatus::Code(4)));
+        w.step(t(50), Event::PidfileRead(Reading::Missing));
+        let out = w.step(t(50), Event::PidChecked(Reading::Dead(10)));
+        assert_eq!(out.last(), Some(&Effect::Exit(4)), "{out:?}");
+    }
+
+    /// A pidfile read after the process it names was reaped (left behind by a
+    /// successor killed outright): that process's status is the service's,
+    /// not that of the process followed before (CMD, exited 0 after handing
+    /// over), which is still followed until it is gone.
+    #[test]
+    fn a_pidfile_naming_a_reaped_process_gives_its_status() {
+        let mut w = Watch::new().relaying_status();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(50), other_exited(ExitStatus::Signaled(9)));
+        let out = w.step(t(50), Event::PidfileRead(Reading::Dead(20)));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Log("the pidfile names pid 20, which ended (signal SIGKILL)".into()),
+                Effect::CheckPid(10)
+            ]
+        );
+        let out = w.step(t(50), Event::PidChecked(Reading::Followable(10)));
+        assert!(!out.iter().any(|e| matches!(e, Effect::Exit(_))), "{out:?}");
+        w.step(t(60), cmd_exited(ExitStatus::Code(0)));
+        w.step(t(60), Event::PidfileRead(Reading::Dead(20)));
+        let out = w.step(t(60), Event::PidChecked(Reading::Dead(10)));
+        assert_eq!(out.last(), Some(&Effect::Exit(137)), "{out:?}");
+    }
+
+    /// Only the last [`REAPED_KEPT`] statuses are kept: an older one is
+    /// forgotten, and a pidfile naming its pid then names a process that is
+    /// merely not running.
+    #[test]
+    fn reaped_statuses_are_kept_for_the_last_few_only() {
+        let mut w = Watch::new().relaying_status();
+        w.step(t(0), Event::Started);
+        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+        w.step(t(1), other_exited(ExitStatus::Code(9)));
+        w.step(t(1), Event::PidfileRead(Reading::Followable(10)));
+        for pid in 0..REAPED_KEPT as u32 {
+            w.step(
+                t(2),
+                Event::OtherExited {
+                    pid: 1000 + pid,
+                    status: ExitStatus::Code(1),
+                },
+            );
+            w.step(t(2), Event::PidfileRead(Reading::Followable(10)));
+        }
+        let out = w.step(t(3), Event::PidfileChanged { written: true });
+        assert_eq!(out, vec![Effect::ReadPidfile]);
+        let out = w.step(t(3), Event::PidfileRead(Reading::Dead(20)));
+        assert_eq!(
+            out,
+            vec![
+                Effect::Log("the pidfile names pid 20, which is not running".into()),
+                Effect::CheckPid(10)
+            ]
+        );
     }
 
     /// Signals are named in the log as the operator knows them; real-time
