@@ -1,7 +1,8 @@
 //! pidwatch's driver: the [`Watch`] machine over the real OS, run by the same
-//! [`event_loop`] as psflip (signalfd, reaping, timers).
+//! [`event_loop`] as psflip (signalfd, reaping, timers), plus an inotify watch
+//! on the pidfile's directory whose readiness becomes `PidfileChanged`.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 
 use nix::poll::PollFlags;
@@ -9,6 +10,7 @@ use nix::unistd::Pid;
 
 use super::{Clock, Driver, Poll, event_loop};
 use crate::Signal;
+use crate::effects::filewatch::FileWatch;
 use crate::effects::signals::Signals;
 use crate::effects::{EffectError, procfs, reap, spawn};
 use crate::log::{Level, Record};
@@ -33,6 +35,11 @@ struct Pidwatch {
     cmd: Option<Pid>,
     watch: Watch,
     signals: Signals,
+    /// Changes to the pidfile as they happen; `None` while no inotify instance
+    /// could be had (then the poll alone reads the pidfile).
+    changes: Option<FileWatch>,
+    /// Why the pidfile's directory is not watched was logged (once).
+    said_unwatched: bool,
 }
 
 impl Pidwatch {
@@ -43,6 +50,62 @@ impl Pidwatch {
     /// An error, logged even when quiet.
     fn shout(&self, line: &str) {
         crate::log::logger().shout(Record::new(Level::Error, "error", line));
+    }
+
+    /// Watch the pidfile's directory if it is not watched yet (at start, then at
+    /// every poll: it may appear later, or be replaced). The first failure is
+    /// logged; pidwatch carries on polling.
+    fn watch_pidfile(&mut self) {
+        let armed = match &mut self.changes {
+            Some(w) if w.armed() => return,
+            Some(w) => w.arm(),
+            None => FileWatch::new(&self.spec.pidfile).and_then(|mut w| {
+                let armed = w.arm();
+                self.changes = Some(w);
+                armed
+            }),
+        };
+        if let Err(e) = armed
+            && !self.said_unwatched
+        {
+            self.said_unwatched = true;
+            crate::log::logger().warn(
+                "pidfile_unwatched",
+                format!(
+                    "cannot watch for changes to {} ({e}); reading it every {} ms instead",
+                    self.spec.pidfile.display(),
+                    crate::watch::POLL_INTERVAL.as_millis()
+                ),
+            );
+        }
+    }
+
+    /// Hand the queued changes to the pidfile, if any, to the machine.
+    fn pidfile_changes(&mut self, now: Instant) -> Option<i32> {
+        let drained = self.changes.as_mut()?.drain();
+        match drained {
+            Ok(Some(change)) => self.drive(
+                now,
+                Event::PidfileChanged {
+                    written: change.written,
+                },
+            ),
+            Ok(None) => None,
+            Err(e) => {
+                // Unreadable (it should not be): polling alone is better than a
+                // busy loop on an fd that stays ready.
+                self.changes = None;
+                self.said_unwatched = true;
+                crate::log::logger().warn(
+                    "pidfile_unwatched",
+                    format!(
+                        "{e}; reading the pidfile every {} ms instead",
+                        crate::watch::POLL_INTERVAL.as_millis()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// Judge what the pidfile names: only a live process we may signal is followed.
@@ -143,8 +206,8 @@ impl Driver for Pidwatch {
         self.watch.deadline()
     }
 
-    fn on_fd(&mut self, _now: Instant, _tag: ()) -> Option<i32> {
-        None
+    fn on_fd(&mut self, now: Instant, _tag: ()) -> Option<i32> {
+        self.pidfile_changes(now)
     }
 
     fn next_signal(&mut self) -> Option<(i32, u32, u32)> {
@@ -164,6 +227,12 @@ impl Driver for Pidwatch {
     }
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
+        // A change queued before this exit is told first, even if it arrived
+        // after poll returned: a successor that named itself and then died is
+        // followed before its exit is seen.
+        if let Some(code) = self.pidfile_changes(now) {
+            return Some(code);
+        }
         let raw = pid.as_raw() as u32;
         if self.cmd == Some(pid) {
             self.drive(now, Event::CmdExited { pid: raw, status })
@@ -180,6 +249,7 @@ impl Driver for Pidwatch {
     }
 
     fn on_tick(&mut self, now: Instant) -> Option<i32> {
+        self.watch_pidfile();
         self.drive(now, Event::Tick)
     }
 }
@@ -190,7 +260,10 @@ impl Poll for Pidwatch {
     }
 
     fn fds(&self) -> Vec<((), BorrowedFd<'_>, PollFlags)> {
-        Vec::new()
+        self.changes
+            .iter()
+            .map(|w| ((), w.as_fd(), PollFlags::POLLIN))
+            .collect()
     }
 }
 
@@ -219,7 +292,11 @@ pub fn run(mut spec: WatchSpec) -> Result<i32, EffectError> {
             Watch::new()
         },
         signals,
+        changes: None,
+        said_unwatched: false,
     };
+    // Before CMD starts, so no write of the pidfile goes unseen.
+    driver.watch_pidfile();
     if let Some(code) = driver.drive(clock.now(), Event::Started) {
         return Ok(code);
     }
