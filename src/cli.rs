@@ -25,7 +25,8 @@ pub mod pidwatch {
         /// Exit with the watched service's final status (its exit code, or 128 +
         /// the signal that killed it) instead of 0, so runit or OpenRC can tell a
         /// crash from a stop. Known when pidwatch reaped the service (the default,
-        /// as a child subreaper); 0 when it could not (--poll).
+        /// as a child subreaper); when it could not (--poll, and the few cases the
+        /// README lists), pidwatch says the status is unknown and exits 0.
         #[arg(long)]
         pub exit_status: bool,
         /// The command to start, usually `psflip -c FILE`.

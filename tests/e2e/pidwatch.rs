@@ -487,14 +487,11 @@ fn exit_status_relays_how_the_service_ended(
     sb.must_name(p1);
     let s = upgrade_via(&sb, pw.pid, p1);
     let child = sb.child_of(s);
-    sb.must(T, "the successor is re-parented to pidwatch", || {
-        ppid(s) == Some(pw.pid)
-    });
-    // The service is the successor once pidwatch follows it: a crash before
-    // that reading ends a process pidwatch never followed (its exit and the
-    // old generation's reach pidwatch together, and the pidfile is gone by
-    // its next reading), which `--exit-status` does not relay.
-    sb.must_pidwatch_log(pw.pid, &format!("following pid {s}"));
+    // The old psflip is dead (a zombie maybe, not yet reaped): the successor
+    // was re-parented as it died, so its status will be pidwatch's to reap.
+    assert_eq!(ppid(s), Some(pw.pid), "{}", sb.diag());
+    // Crashed at once: pidwatch learnt of the successor when it wrote the
+    // pidfile, not at a reading that would come too late (the crash removes it).
     match how {
         // A crash of the service: its child dies, psflip exits 128 + 9.
         Signal::SIGKILL => signal(child, Signal::SIGKILL),
@@ -502,5 +499,114 @@ fn exit_status_relays_how_the_service_ended(
         _ => signal(pw.pid, how),
     }
     assert_eq!(sb.wait_exit(&mut pw, T), expected, "{}", sb.diag());
+    sb.assert_clean();
+}
+
+/// pidwatch learns that a successor named itself in the pidfile as it
+/// happens, not at its next poll: before it learns of anything that happened
+/// after — here the old psflip's exit, which follows the successor's write (the
+/// successor writes, then reports ready; only then does the old one stop).
+#[test]
+fn pidwatch_follows_a_successor_as_soon_as_it_names_itself() {
+    let sb = Sandbox::new("pidwatch_follows_a_successor_at_once");
+    let mut pw = pidwatch_psflip(&sb, &[], &quick(&sb));
+    let p1 = first_psflip(&sb, pw.pid);
+    sb.must_name(p1);
+    sb.must_pidwatch_log(pw.pid, &format!("following pid {p1}"));
+    let s = upgrade_via(&sb, pw.pid, p1);
+    sb.must_pidwatch_log(pw.pid, "the command exited (exit code 0)");
+    let log = sb.pidwatch_log_of(pw.pid);
+    let at = |needle: &str| log.iter().position(|l| l.contains(needle));
+    let followed = at(&format!("following pid {s}"));
+    let exited = at("the command exited");
+    assert!(
+        followed.is_some() && followed < exited,
+        "the successor {s} is followed before the old psflip's exit is seen\n{}",
+        sb.diag()
+    );
+    assert!(!sb.pidwatch_logged(pw.pid, "cannot watch"), "{}", sb.diag());
+    signal(pw.pid, Signal::SIGTERM);
+    assert_eq!(sb.wait_exit(&mut pw, T), 0, "{}", sb.diag());
+    sb.assert_clean();
+}
+
+/// The successor's child crashes right after the successor wrote the
+/// pidfile, while the old psflip still waits `shutdown.delay` (long here, so
+/// the crash lands within it whatever the machine's load): the old psflip
+/// takes the service back and names itself again. pidwatch, which may have
+/// followed the successor meanwhile, stays, follows the old psflip again, and
+/// relays how the service finally ends.
+#[test]
+fn a_successor_crashing_right_after_naming_itself_hands_the_service_back() {
+    let sb = Sandbox::new("pidwatch_successor_crashes_at_once");
+    let mut pw = pidwatch_psflip(&sb, &["--exit-status"], &quick(&sb).shutdown_delay("60s"));
+    let p1 = first_psflip(&sb, pw.pid);
+    sb.must_name(p1);
+    let old_child = sb.child_of(p1);
+    signal(pw.pid, Signal::SIGHUP);
+    let s = sb.successor_of(p1);
+    let new_child = sb.child_of(s);
+    sb.must_name(s);
+    signal(new_child, Signal::SIGKILL);
+    sb.must_die(s, "the successor");
+    sb.must_name(p1);
+    sb.assert_alive(old_child, "the old child, never signalled");
+    assert!(
+        pw.running(),
+        "pidwatch stays: the service lives on\n{}",
+        sb.diag()
+    );
+
+    // The service ends: SIGUSR1 through pidwatch reaches the old child (a
+    // `sleep`, which dies of it), so psflip exits 128 + 10.
+    signal(pw.pid, Signal::SIGUSR1);
+    assert_eq!(sb.wait_exit(&mut pw, T), 138, "{}", sb.diag());
+    assert!(
+        sb.pidwatch_logged(
+            pw.pid,
+            &format!("the service (pid {p1}) ended with exit code 138")
+        ),
+        "{}",
+        sb.diag()
+    );
+    sb.assert_clean();
+}
+
+/// What pidwatch cannot know it does not relay: stopped (SIGSTOP: starved of
+/// CPU, to the extreme) while a successor names itself, crashes, removes the
+/// pidfile and exits, it never reads whom the pidfile named. It does not take
+/// the old psflip's clean exit (0, after handing over) for the service's: it
+/// says the status is unknown.
+#[test]
+fn a_pidfile_gone_before_pidwatch_could_read_it_tells_no_lie() {
+    let sb = Sandbox::new("pidwatch_pidfile_gone_unread");
+    let mut pw = pidwatch_psflip(&sb, &["--exit-status"], &quick(&sb));
+    let p1 = first_psflip(&sb, pw.pid);
+    sb.must_name(p1);
+    sb.must_pidwatch_log(pw.pid, &format!("following pid {p1}"));
+
+    signal(pw.pid, Signal::SIGSTOP);
+    sb.must(T, "pidwatch is stopped", || {
+        stat(pw.pid).is_some_and(|st| st.state == 'T')
+    });
+    let s = sb.upgrade(p1);
+    let child = sb.child_of(s);
+    signal(child, Signal::SIGKILL);
+    sb.must(T, "the successor has exited, unreaped", || zombie(s));
+    assert!(!sb.pidfile().exists(), "the successor removed its pidfile");
+    assert!(zombie(p1), "the old psflip is not reaped yet");
+    signal(pw.pid, Signal::SIGCONT);
+
+    assert_eq!(sb.wait_exit(&mut pw, T), 0, "{}", sb.diag());
+    assert!(
+        sb.pidwatch_logged(pw.pid, "exit status are unknown"),
+        "{}",
+        sb.diag()
+    );
+    assert!(
+        !sb.pidwatch_logged(pw.pid, "ended with"),
+        "no status relayed as the service's\n{}",
+        sb.diag()
+    );
     sb.assert_clean();
 }
