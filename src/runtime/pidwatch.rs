@@ -53,8 +53,8 @@ impl Pidwatch {
     }
 
     /// Watch the pidfile's directory if it is not watched yet (at start, then at
-    /// every poll: it may appear later, or be replaced). The first failure is
-    /// logged; pidwatch carries on polling.
+    /// every poll: it may appear later, or be replaced). pidwatch carries on
+    /// polling meanwhile.
     fn watch_pidfile(&mut self) {
         let armed = match &mut self.changes {
             Some(w) if w.armed() => return,
@@ -65,14 +65,20 @@ impl Pidwatch {
                 armed
             }),
         };
-        if let Err(e) = armed
-            && !self.said_unwatched
-        {
+        if let Err(e) = armed {
+            self.unwatched(&e);
+        }
+    }
+
+    /// The pidfile cannot be watched: said the first time only (it is tried
+    /// again at every poll).
+    fn unwatched(&mut self, e: &EffectError) {
+        if !self.said_unwatched {
             self.said_unwatched = true;
             crate::log::logger().warn(
                 "pidfile_unwatched",
                 format!(
-                    "cannot watch for changes to {} ({e}); reading it every {} ms instead",
+                    "cannot watch for changes to {} ({e}); reading it every {} ms until it can be",
                     self.spec.pidfile.display(),
                     crate::watch::POLL_INTERVAL.as_millis()
                 ),
@@ -92,17 +98,10 @@ impl Pidwatch {
             ),
             Ok(None) => None,
             Err(e) => {
-                // Unreadable (it should not be): polling alone is better than a
-                // busy loop on an fd that stays ready.
+                // Unreadable (it should not be): a fresh instance at the next
+                // poll, rather than a busy loop on an fd that stays ready.
                 self.changes = None;
-                self.said_unwatched = true;
-                crate::log::logger().warn(
-                    "pidfile_unwatched",
-                    format!(
-                        "{e}; reading the pidfile every {} ms instead",
-                        crate::watch::POLL_INTERVAL.as_millis()
-                    ),
-                );
+                self.unwatched(&e);
                 None
             }
         }

@@ -524,7 +524,11 @@ fn pidwatch_follows_a_successor_as_soon_as_it_names_itself() {
         "the successor {s} is followed before the old psflip's exit is seen\n{}",
         sb.diag()
     );
-    assert!(!sb.pidwatch_logged(pw.pid, "cannot watch"), "{}", sb.diag());
+    assert!(
+        !sb.pidwatch_logged(pw.pid, "cannot watch for changes"),
+        "{}",
+        sb.diag()
+    );
     signal(pw.pid, Signal::SIGTERM);
     assert_eq!(sb.wait_exit(&mut pw, T), 0, "{}", sb.diag());
     sb.assert_clean();
@@ -608,5 +612,68 @@ fn a_pidfile_gone_before_pidwatch_could_read_it_tells_no_lie() {
         "no status relayed as the service's\n{}",
         sb.diag()
     );
+    sb.assert_clean();
+}
+
+/// The pidfile's directory does not exist when pidwatch starts (CMD creates
+/// it): pidwatch says once that it cannot watch it and reads the pidfile
+/// every 100 ms meanwhile; once the directory exists it is watched after all —
+/// by the time pidwatch follows the first psflip (a reading at a poll, which
+/// first tries the watch again, or at a change, which needs it), so a
+/// successor is then followed as soon as it names itself.
+#[test]
+fn a_pidfile_directory_created_later_is_watched_once_it_exists() {
+    let sb = Sandbox::new("pidwatch_pidfile_directory_created_later");
+    let pidfile = sb.path("later/psflip.pid");
+    let mut conf = quick(&sb);
+    conf.pidfile = Some(pidfile.clone());
+    sb.config(&conf);
+    let psflip = bin();
+    let mut pw = sb.spawn(sb.pidwatch_cmd(&[
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "mkdir later && exec \"$0\" -c psflip.toml",
+        psflip.to_str().unwrap(),
+    ]));
+    let named = |pid: i32| {
+        fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            == Some(pid)
+    };
+    let p1 = first_psflip(&sb, pw.pid);
+    sb.must(T, "the pidfile names the first psflip", || named(p1));
+    sb.must_pidwatch_log(pw.pid, &format!("following pid {p1}"));
+    let unwatched: Vec<String> = sb
+        .pidwatch_log_of(pw.pid)
+        .into_iter()
+        .filter(|l| l.contains("cannot watch for changes"))
+        .collect();
+    assert_eq!(unwatched.len(), 1, "said once\n{}", sb.diag());
+    assert!(
+        unwatched[0].contains("later/psflip.pid"),
+        "names the pidfile\n{}",
+        sb.diag()
+    );
+
+    signal(pw.pid, Signal::SIGHUP);
+    let s = sb.successor_of(p1);
+    sb.must(T, "the pidfile names the successor", || named(s));
+    sb.must_die(p1, "the old psflip");
+    sb.must_pidwatch_log(pw.pid, "the command exited (exit code 0)");
+    let log = sb.pidwatch_log_of(pw.pid);
+    let at = |needle: &str| log.iter().position(|l| l.contains(needle));
+    let followed = at(&format!("following pid {s}"));
+    assert!(
+        followed.is_some() && followed < at("the command exited"),
+        "the successor {s} is followed before the old psflip's exit is seen\n{}",
+        sb.diag()
+    );
+    signal(pw.pid, Signal::SIGTERM);
+    assert_eq!(sb.wait_exit(&mut pw, T), 0, "{}", sb.diag());
+    assert!(!pidfile.exists(), "psflip removed its pidfile");
     sb.assert_clean();
 }
