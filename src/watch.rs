@@ -46,9 +46,10 @@
 //!   whose service crashed between its write and pidwatch's next reading, which
 //!   is now pidwatch's wake-up latency after the inotify event (a scheduling
 //!   delay, e.g. pidwatch stopped or starved of CPU), no longer up to
-//!   [`POLL_INTERVAL`]. The change events say a write was not read (the reading
-//!   after them found no pidfile), so the process followed before is not taken
-//!   for the service; without inotify, the old window (up to [`POLL_INTERVAL`])
+//!   [`POLL_INTERVAL`]. The change events say a write was not read (no reading
+//!   since found the service in the pidfile: it was gone, or held garbage or a
+//!   pid that is no service), so the process followed before is not taken for
+//!   the service; without inotify, the old window (up to [`POLL_INTERVAL`])
 //!   remains, unflagged;
 //! - a successor whose service ends after the old generation signalled its old
 //!   child and before the old psflip exited: the successor is still that
@@ -184,8 +185,9 @@ pub struct Watch {
     final_status: Option<(u32, ExitStatus)>,
     /// The last [`REAPED_KEPT`] processes reaped, newest last.
     reaped: VecDeque<(u32, ExitStatus)>,
-    /// The pidfile was written since it was last read naming a pid: whom it
-    /// names is not known yet (or ever, if it is gone by the next reading).
+    /// The pidfile was written since a reading last found the service in it:
+    /// whom it named is not known yet (or ever, if it is gone by the next
+    /// reading).
     unread_write: bool,
 }
 
@@ -327,8 +329,10 @@ impl Watch {
             }
             self.last = Some(reading.clone());
         }
-        if reading != Reading::Missing {
-            // Whatever was written last is what this reading saw.
+        if matches!(reading, Reading::Followable(_)) || ended.is_some() {
+            // The service as written last: whatever was written unread before
+            // is superseded. Anything else (garbage, a stranger, a dead pid of
+            // unknown end) names no service, and cannot say what went unread.
             self.unread_write = false;
         }
         if let Some((pid, status)) = ended {
@@ -742,16 +746,29 @@ mod tests {
     /// The pidfile was written, and gone by the reading the write caused: it
     /// named a process pidwatch never saw, so the status of the one followed
     /// before is not the service's — unknown, said so, never relayed as the
-    /// service's. A removal alone changes nothing.
+    /// service's; nor once something that names no service (garbage, a
+    /// stranger, a dead pid of unknown end) is written in its place. A removal
+    /// alone changes nothing.
     #[test]
     fn a_pidfile_written_and_gone_unread_makes_the_status_unknown() {
-        for written in [true, false] {
+        for (written, then) in [
+            (true, None),
+            (true, Some(Reading::Garbage)),
+            (true, Some(Reading::Foreign(4242))),
+            (true, Some(Reading::Dead(4242))),
+            (false, None),
+        ] {
             let mut w = Watch::new().relaying_status();
             w.step(t(0), Event::Started);
             w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
             w.step(t(20), Event::PidfileChanged { written });
             w.step(t(20), Event::PidfileRead(Reading::Missing));
             w.step(t(20), Event::PidChecked(Reading::Followable(10)));
+            if let Some(then) = then.clone() {
+                w.step(t(21), Event::PidfileChanged { written: true });
+                w.step(t(21), Event::PidfileRead(then));
+                w.step(t(21), Event::PidChecked(Reading::Followable(10)));
+            }
             w.step(t(25), cmd_exited(ExitStatus::Code(3)));
             w.step(t(25), Event::PidfileRead(Reading::Missing));
             let out = w.step(t(25), Event::PidChecked(Reading::Dead(10)));
@@ -762,7 +779,7 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Effect::Log(l) if l.contains("unknown")));
             if written {
-                assert_eq!(out.last(), Some(&Effect::Exit(0)), "{out:?}");
+                assert_eq!(out.last(), Some(&Effect::Exit(0)), "{then:?}: {out:?}");
                 assert!(unknown && !relayed, "{out:?}");
             } else {
                 assert_eq!(out.last(), Some(&Effect::Exit(3)), "{out:?}");
