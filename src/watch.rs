@@ -831,36 +831,45 @@ mod tests {
         assert_eq!(out.last(), Some(&Effect::Exit(137)), "{out:?}");
     }
 
-    /// Only the last [`REAPED_KEPT`] statuses are kept: an older one is
-    /// forgotten, and a pidfile naming its pid then names a process that is
-    /// merely not running.
+    /// Exactly the last [`REAPED_KEPT`] statuses are kept: one more exit and
+    /// the oldest is forgotten, and a pidfile naming its pid then names a
+    /// process that is merely not running.
     #[test]
     fn reaped_statuses_are_kept_for_the_last_few_only() {
-        let mut w = Watch::new().relaying_status();
-        w.step(t(0), Event::Started);
-        w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
-        w.step(t(1), other_exited(ExitStatus::Code(9)));
-        w.step(t(1), Event::PidfileRead(Reading::Followable(10)));
-        for pid in 0..REAPED_KEPT as u32 {
-            w.step(
-                t(2),
-                Event::OtherExited {
-                    pid: 1000 + pid,
-                    status: ExitStatus::Code(1),
-                },
+        for (later, line) in [
+            (
+                REAPED_KEPT - 1,
+                "the pidfile names pid 20, which ended (exit code 9)",
+            ),
+            (
+                REAPED_KEPT,
+                "the pidfile names pid 20, which is not running",
+            ),
+        ] {
+            let mut w = Watch::new().relaying_status();
+            w.step(t(0), Event::Started);
+            w.step(t(0), Event::PidfileRead(Reading::Followable(10)));
+            w.step(t(1), other_exited(ExitStatus::Code(9)));
+            w.step(t(1), Event::PidfileRead(Reading::Followable(10)));
+            for pid in 0..later as u32 {
+                w.step(
+                    t(2),
+                    Event::OtherExited {
+                        pid: 1000 + pid,
+                        status: ExitStatus::Code(1),
+                    },
+                );
+                w.step(t(2), Event::PidfileRead(Reading::Followable(10)));
+            }
+            let out = w.step(t(3), Event::PidfileChanged { written: true });
+            assert_eq!(out, vec![Effect::ReadPidfile]);
+            let out = w.step(t(3), Event::PidfileRead(Reading::Dead(20)));
+            assert_eq!(
+                out,
+                vec![Effect::Log(line.into()), Effect::CheckPid(10)],
+                "{later} later exits"
             );
-            w.step(t(2), Event::PidfileRead(Reading::Followable(10)));
         }
-        let out = w.step(t(3), Event::PidfileChanged { written: true });
-        assert_eq!(out, vec![Effect::ReadPidfile]);
-        let out = w.step(t(3), Event::PidfileRead(Reading::Dead(20)));
-        assert_eq!(
-            out,
-            vec![
-                Effect::Log("the pidfile names pid 20, which is not running".into()),
-                Effect::CheckPid(10)
-            ]
-        );
     }
 
     /// Signals are named in the log as the operator knows them; real-time
