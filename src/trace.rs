@@ -168,6 +168,9 @@ pub fn replay(text: &str) -> Result<Replayed, String> {
 /// 2. Every signalled id was spawned before.
 /// 3. `Exit` ends its batch, and nothing follows it.
 /// 4. At most one successor in flight.
+/// 5. The control socket's name is claimed by a first generation only once its
+///    first child runs (after `Spawned` of it), and by a successor right before
+///    it reports ready (`ClaimControl` immediately before `ReportReady`).
 pub fn check(header: &Header, steps: &[(Instant, Event, Vec<Effect>)]) -> Vec<String> {
     let mut out = Vec::new();
     let mut spawned: Vec<(ProcId, bool)> = Vec::new(); // (id, is a successor)
@@ -176,6 +179,8 @@ pub fn check(header: &Header, steps: &[(Instant, Event, Vec<Effect>)]) -> Vec<St
     let mut serving = false;
     let mut ready_heard = false;
     let mut exited = false;
+    let mut child_ran = false;
+    let first = header.settings.generation == crate::machine::Generation::First;
     let shutdown = header.settings.shutdown_signal;
     for (i, (_, event, effects)) in steps.iter().enumerate() {
         let at = format!("step {} ({event:?})", i + 1);
@@ -185,6 +190,7 @@ pub fn check(header: &Header, steps: &[(Instant, Event, Vec<Effect>)]) -> Vec<St
         match event {
             Event::ProcessExited { id, .. } | Event::SpawnFailed { id, .. } => gone.push(*id),
             Event::SuccessorReady { id } if spawned.contains(&(*id, true)) => ready_heard = true,
+            Event::Spawned { id } if Some(*id) == child => child_ran = true,
             _ => {}
         }
         let forwarded = match event {
@@ -222,9 +228,18 @@ pub fn check(header: &Header, steps: &[(Instant, Event, Vec<Effect>)]) -> Vec<St
                         ));
                     }
                 }
-                Effect::ReportReady | Effect::Notify(crate::machine::Notify::Ready { .. }) => {
+                Effect::ClaimControl if first && !child_ran => out.push(format!(
+                    "{at}: the control socket claimed before the child ran"
+                )),
+                Effect::ReportReady => {
+                    if j == 0 || effects[j - 1] != Effect::ClaimControl {
+                        out.push(format!(
+                            "{at}: ready reported without claiming the control socket first: {effects:?}"
+                        ));
+                    }
                     serving = true
                 }
+                Effect::Notify(crate::machine::Notify::Ready { .. }) => serving = true,
                 Effect::Exit(_) => {
                     exited = true;
                     if j + 1 != effects.len() {
@@ -323,7 +338,16 @@ mod tests {
                     role: Role::App,
                 }],
             ),
-            (t, Event::PidfileWritten, vec![Effect::ReportReady]),
+            (
+                t,
+                Event::Spawned { id: ProcId(1) },
+                vec![Effect::ClaimControl],
+            ),
+            (
+                t,
+                Event::PidfileWritten,
+                vec![Effect::ClaimControl, Effect::ReportReady],
+            ),
             (
                 t,
                 Event::Tick,
@@ -337,5 +361,30 @@ mod tests {
         let problems = check(&h, &steps);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("I1"));
+    }
+
+    #[test]
+    fn the_checker_sees_the_control_socket_claimed_out_of_place() {
+        let h = header();
+        let t = Instant::ZERO;
+        let spawn = Effect::Spawn {
+            id: ProcId(1),
+            role: Role::App,
+        };
+        // Claimed with the spawn (the child may not start), and a ready
+        // reported before the claim.
+        let steps = vec![
+            (t, Event::Started, vec![spawn, Effect::ClaimControl]),
+            (t, Event::Spawned { id: ProcId(1) }, vec![]),
+            (
+                t,
+                Event::PidfileWritten,
+                vec![Effect::ReportReady, Effect::ClaimControl],
+            ),
+        ];
+        let problems = check(&h, &steps);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("step 1") && problems[0].contains("before the child ran"));
+        assert!(problems[1].contains("step 3") && problems[1].contains("without claiming"));
     }
 }
