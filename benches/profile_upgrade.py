@@ -5,9 +5,11 @@
 
 Starts PSFLIP_BIN supervising `sleep 1000` with `[healthcheck.command] cmd =
 ["true"], after = "0s"`, sends it RUNS upgrade signals (each to the current
-generation, 100 ms after the previous one took over) while `perf record -a`
+generation, 400 ms after the previous one took over) while `perf record -a`
 records scheduler and syscall tracepoints, then splits each upgrade signal →
-new child running into phases and prints a Markdown table of their medians.
+new child running into phases, and the rest of the handoff (the probe, the
+successor's pidfile and control socket, the old psflip's SIGTERM to its child)
+into more, and prints a Markdown table of their medians.
 
 The phases of the successor (exec → main → config → signalfd → clone of the
 child) are also what a first launch costs, so the table explains figure 1 too.
@@ -39,6 +41,9 @@ EVENTS = [
     "syscalls:sys_enter_getcwd",
     "syscalls:sys_enter_signalfd4",
     "syscalls:sys_enter_clock_nanosleep",
+    "sched:sched_process_exit",
+    "syscalls:sys_enter_bind",
+    "syscalls:sys_enter_rename",
 ]
 PHASES = [
     ("a", "old psflip: kill(SIGHUP) → clone of the successor (wake-up, event loop, machine step, log line, spawn plan: argv, envp)"),
@@ -50,6 +55,12 @@ PHASES = [
     ("e", "clone → child's execve done (close_range unshare, setpgid, prctl, getppid, sigprocmask, execve)"),
     ("f", "child: execve done → running (`sleep`'s own start-up: not psflip's)"),
     ("total", "kill(SIGHUP) → new child running"),
+    ("g", "successor: clone of the child → clone of the probe (`true`, the command check, after = 0s)"),
+    ("h", "probe: clone → exit (its execve and run)"),
+    ("i1", "successor: probe exit → bind of the control socket (SIGCHLD, reaping, machine step, pidfile written and renamed)"),
+    ("i2", "successor: bind → its last rename (the control socket's name claimed)"),
+    ("i3", "successor's rename → old psflip's SIGTERM to the old child (ready written, the old psflip's wake-up and machine step)"),
+    ("handoff", "kill(SIGHUP) → old child signalled"),
 ]
 
 
@@ -112,7 +123,9 @@ def upgrade(binary, cfg, runs):
     try:
         wait_line(rf"psflip\[{cur}\]: child is healthy; serving")
         for _ in range(runs):
-            time.sleep(0.1)
+            # Longer than psflip's SETTLE_AFTER (250 ms): a settled psflip, as a
+            # real upgrade meets it.
+            time.sleep(0.4)
             os.kill(cur, signal.SIGHUP)
             succ = int(wait_line(rf"psflip\[{cur}\]: started successor \(pid (\d+)\)").group(1))
             wait_line(rf"psflip\[{succ}\]: the previous generation has exited")
@@ -162,8 +175,24 @@ def report(events, targets):
                           ("c2", main_[0], cwd[0]), ("c3", cwd[0], sfd[0]), ("d", sfd[0], cfork[0]),
                           ("e", cfork[0], cexe[0]), ("f", cexe[0], run[0]), ("total", t0, run[0])]:
             phases[key].append(b - a)
+        # The handoff's phases, when every event of them was recorded.
+        try:
+            pfork = first(succ, "sched:sched_process_fork", cfork[0] + 1e-6)
+            probe = int(re.search(r"child_pid=(\d+)", pfork[3]).group(1))
+            pexit = first(probe, "sched:sched_process_exit", pfork[0])
+            bind = first(succ, "syscalls:sys_enter_bind", pexit[0])
+            term = next(e for e in after if e[1] == old and e[2] == "syscalls:sys_enter_kill"
+                        and e[0] > pexit[0] and re.search(r"sig: (0x)?0*(f|15)\b", e[3]))
+            renames = [e for e in after if e[1] == succ and e[2] == "syscalls:sys_enter_rename"
+                       and bind[0] <= e[0] <= term[0]]
+            claimed = renames[-1] if renames else bind
+        except (StopIteration, AttributeError):
+            continue
+        for key, a, b in [("g", cfork[0], pfork[0]), ("h", pfork[0], pexit[0]), ("i1", pexit[0], bind[0]),
+                          ("i2", bind[0], claimed[0]), ("i3", claimed[0], term[0]), ("handoff", t0, term[0])]:
+            phases[key].append(b - a)
     n = len(phases["total"])
-    print(f"Upgrades traced: {n} of {len(targets)}.\n")
+    print(f"Upgrades traced: {n} of {len(targets)} (handoff phases g–i: {len(phases['handoff'])}).\n")
     print("| phase | median | min | max |\n|---|---|---|---|")
     for key, label in PHASES:
         v = sorted(phases[key])
