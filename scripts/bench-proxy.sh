@@ -2,13 +2,16 @@
 # Proxy benchmarks (issues #4 and #11; results in BENCHMARKS.md, "Proxy").
 #
 # In one run, alternating round by round: direct to nginx; through psflip's
-# [[proxy]]; through HAProxy in TCP mode with one thread (nbthread 1). All three go
-# to the same nginx (one worker, `return 200`, and a 1 GiB sparse file). Measures:
+# [[proxy]]; through HAProxy in TCP mode with one thread (nbthread 1); through the
+# C floor proxy (benches/floor-proxy.c, built with `cc -O2` into the run's temp
+# dir; skipped with a note without cc): the smallest correct one-thread TCP proxy,
+# what any single-threaded userspace proxy reaches here. All go to the same nginx
+# (one worker, `return 200`, and a 1 GiB sparse file). Measures:
 #   - requests/s, p50 and p99 latency: wrk -t2 -c20 -d$DURATION (medians of rounds),
 #     with keep-alive, and with one connection per request (Connection: close);
 #   - CPU time the proxy spends per request (utime+stime over the wrk run);
 #   - bulk: 1 GiB through one connection, counted by a recv_into client;
-#   - system calls per proxied request of psflip and HAProxy (strace -c -f over a
+#   - system calls per proxied request of each proxy (strace -c -f over a
 #     3 s wrk run in each mode, after the rounds: strace slows them, so these runs
 #     count calls and time nothing);
 #   - RSS of psflip (and HAProxy) holding $IDLE idle proxied connections.
@@ -75,6 +78,14 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 NGINX_PORT=$(port)
 PSFLIP_PORT=$(port)
 HAPROXY_PORT=$(port)
+FLOOR_PORT=$(port)
+
+FLOOR=0
+if have cc && cc -O2 -o "$W/floor-proxy" benches/floor-proxy.c; then
+  FLOOR=1
+else
+  echo "bench-proxy: no C compiler (cc) that builds benches/floor-proxy.c; the C floor proxy is skipped" >&2
+fi
 
 mkdir -p "$W/tmp"
 truncate -s 1G "$W/1g.bin"
@@ -134,22 +145,30 @@ PIDS+=($!)
 "$PSFLIP_BIN" -c "$W/psflip.toml" 2>"$W/psflip.log" &
 PSFLIP_PID=$!
 PIDS+=($!)
+FLOOR_PID=""
+if [ "$FLOOR" = 1 ]; then
+  "$W/floor-proxy" "$FLOOR_PORT" "$NGINX_PORT" 2>"$W/floor.log" &
+  FLOOR_PID=$!
+  PIDS+=($!)
+fi
 
-for p in $NGINX_PORT $PSFLIP_PORT $HAPROXY_PORT; do
+for p in $NGINX_PORT $PSFLIP_PORT $HAPROXY_PORT $([ "$FLOOR" = 1 ] && echo "$FLOOR_PORT"); do
   for _ in $(seq 100); do
     curl -fs -o /dev/null "http://127.0.0.1:$p/" && break
     sleep 0.05
   done
   curl -fs -o /dev/null "http://127.0.0.1:$p/" || {
     echo "bench-proxy: nothing answers on port $p" >&2
-    cat "$W/haproxy.log" "$W/psflip.log" >&2
+    cat "$W/haproxy.log" "$W/psflip.log" "$W/floor.log" >&2 2>/dev/null
     exit 1
   }
 done
 
-declare -A PORT=([direct]=$NGINX_PORT [psflip]=$PSFLIP_PORT [haproxy]=$HAPROXY_PORT)
-declare -A PID=([direct]="" [psflip]=$PSFLIP_PID [haproxy]=$HAPROXY_PID)
+declare -A PORT=([direct]=$NGINX_PORT [psflip]=$PSFLIP_PORT [haproxy]=$HAPROXY_PORT [floor]=$FLOOR_PORT)
+declare -A PID=([direct]="" [psflip]=$PSFLIP_PID [haproxy]=$HAPROXY_PID [floor]=$FLOOR_PID)
 VARIANTS=(direct psflip haproxy)
+[ "$FLOOR" = 1 ] && VARIANTS+=(floor)
+NV=${#VARIANTS[@]}
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 
@@ -238,8 +257,8 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_START=$(loadavg)
 echo "bench-proxy: $ROUNDS rounds, wrk -d$DURATION; load average $LOAD_START" >&2
 for r in $(seq "$ROUNDS"); do
-  for i in 0 1 2; do
-    v=${VARIANTS[$(((i + r) % 3))]}
+  for i in $(seq 0 $((NV - 1))); do
+    v=${VARIANTS[$(((i + r) % NV))]}
     line="round $r $v:"
     for mode in ka close; do
       t0=$(cpu_ticks "${PID[$v]}")
@@ -262,6 +281,10 @@ SYS_psflip_ka=$(syscalls "$PSFLIP_PID" "$PSFLIP_PORT" ka)
 SYS_psflip_close=$(syscalls "$PSFLIP_PID" "$PSFLIP_PORT" close)
 SYS_haproxy_ka=$(syscalls "$HAPROXY_PID" "$HAPROXY_PORT" ka)
 SYS_haproxy_close=$(syscalls "$HAPROXY_PID" "$HAPROXY_PORT" close)
+if [ "$FLOOR" = 1 ]; then
+  SYS_floor_ka=$(syscalls "$FLOOR_PID" "$FLOOR_PORT" ka)
+  SYS_floor_close=$(syscalls "$FLOOR_PID" "$FLOOR_PORT" close)
+fi
 for v in "${VARIANTS[@]}"; do
   for mode in ka close; do
     eval "SEG_${v}_$mode=$(segments "${PORT[$v]}" "$mode")"
@@ -300,18 +323,47 @@ row() { # VARIANT LABEL
   echo "| $2 | $rk | $(ratio "$rk" "$rps_ka_haproxy") | $(ms "$p5k") | $(ms "$pk") | $rc | $(ratio "$rc" "$rps_close_haproxy") | $(ms "$p5c") | $(ms "$pc") | $ck / $cc µs | $b MB/s | $(ratio "$b" "$bulk_haproxy") |"
 }
 times() { awk -v a="$1" -v k="$2" 'BEGIN { print a * k }'; }
+
+# The C floor proxy's rows and cells, or a note that it was skipped.
+if [ "$FLOOR" = 1 ]; then
+  FLOOR_TEXT="The C floor proxy (\`benches/floor-proxy.c\`, \`cc -O2\`) is the smallest correct
+single-threaded TCP proxy: one edge-triggered epoll loop, accept4 until EAGAIN, a
+nonblocking connect, TCP_NODELAY on both sides, recv/send through a 16 KiB buffer each
+way, half-close passed on, and nothing else (no configuration, logging, timeouts,
+limits or splice). It is the floor for the per-connection target: what any
+single-threaded userspace proxy reaches on this machine. Where it does not reach 1.10 ×
+HAProxy's requests/s with one connection per request, no proxy of that shape does:
+the cost is the kernel's (accept, connect, handshakes and FINs), not the proxy's."
+  FLOOR_ROW=$'\n'"$(row floor "C floor proxy")"
+  FLOOR_SYS=$'\n'"| C floor proxy | $SYS_floor_ka | $SYS_floor_close |"
+  FLOOR_SEG=$'\n'"| C floor proxy | $SEG_floor_ka | $SEG_floor_close |"
+else
+  FLOOR_TEXT="The C floor proxy (\`benches/floor-proxy.c\`) was skipped: no C compiler (cc) built it."
+  FLOOR_ROW="" FLOOR_SYS="" FLOOR_SEG=""
+fi
+# floorcell VALUE HAPROXY_VALUE [ms|MB/s] → the floor's figure and its ratio to HAProxy's.
+floorcell() {
+  [ "$FLOOR" = 1 ] || { echo "skipped"; return; }
+  case "${3:-}" in
+    ms) echo "$(ms "$1") ($(ratio "$1" "$2"))" ;;
+    MB/s) echo "$1 MB/s ($(ratio "$1" "$2"))" ;;
+    *) echo "$1 ($(ratio "$1" "$2"))" ;;
+  esac
+}
 cat >"$SECTION" <<EOF
 ## Proxy
 
 \`scripts/bench-proxy.sh\` (issues #4 and #11): the same nginx (one worker, \`return 200\`, a
-1 GiB file) reached directly, through psflip's \`[[proxy]]\`, and through HAProxy in
-TCP mode with one thread, alternating in one run. On these 2-core machines every
-proxy shares the CPU with the load generator and the backend, so the ratio to
-direct cannot reach 1; the reference is HAProxy in the same run.
+1 GiB file) reached directly, through psflip's \`[[proxy]]\`, through HAProxy in
+TCP mode with one thread, and through a C floor proxy, alternating in one run. On
+these 2-core machines every proxy shares the CPU with the load generator and the
+backend, so the ratio to direct cannot reach 1; the reference is HAProxy in the same run.
+
+$FLOOR_TEXT
 
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r);
 nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}') (\`mode tcp\`, \`nbthread 1\`, default buffers), wrk -t2 -c20 -d$DURATION;
-psflip $(git describe --always --dirty 2>/dev/null || echo '?') (release). $ROUNDS rounds, the three variants in a rotating order in
+psflip $(git describe --always --dirty 2>/dev/null || echo '?') (release). $ROUNDS rounds, the $NV variants in a rotating order in
 each (keep-alive, then one connection per request, then bulk); medians. Run at nice $(nice) (every process measured inherits it). Load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end
 (other work shared the machine: compare within a run, not across runs).
 
@@ -319,14 +371,14 @@ each (keep-alive, then one connection per request, then bulk); medians. Run at n
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $(row direct "direct to nginx")
 $(row psflip "psflip \`[[proxy]]\`")
-$(row haproxy "HAProxy")
+$(row haproxy "HAProxy")$FLOOR_ROW
 
 System calls per proxied request (strace -c -f during 3 s of wrk in each mode, after the rounds; the calls made at least 0.05 times per request in brackets):
 
 | | keep-alive | one connection per request |
 |---|---|---|
 | psflip | $SYS_psflip_ka | $SYS_psflip_close |
-| HAProxy | $SYS_haproxy_ka | $SYS_haproxy_close |
+| HAProxy | $SYS_haproxy_ka | $SYS_haproxy_close |$FLOOR_SYS
 
 TCP segments sent per request, every socket counted (the client's, the proxy's two, nginx's), in a network namespace of the benchmark's own (3 s of wrk in each mode):
 
@@ -334,20 +386,20 @@ TCP segments sent per request, every socket counted (the client's, the proxy's t
 |---|---:|---:|
 | direct to nginx | $SEG_direct_ka | $SEG_direct_close |
 | psflip | $SEG_psflip_ka | $SEG_psflip_close |
-| HAProxy | $SEG_haproxy_ka | $SEG_haproxy_close |
+| HAProxy | $SEG_haproxy_ka | $SEG_haproxy_close |$FLOOR_SEG
 
 Idle connections$IDLE_NOTE: psflip holding $IDLE idle proxied connections
 ($PS_FDS fds) has an RSS of $(mib "$PS_AFTER") ($(mib "$PS_BEFORE") before they were opened);
 HAProxy with the same: $(mib "$HA_AFTER") ($(mib "$HA_BEFORE") before).
 
-| target | psflip | HAProxy | ratio | per round: median ratio, psflip ahead in | met? |
-|---|---:|---:|---:|---:|---|
-| #11: requests/s ≥ 1.10 × HAProxy's, keep-alive | $rps_ka_psflip | $rps_ka_haproxy | $(ratio "$rps_ka_psflip" "$rps_ka_haproxy") | $(paired rps_ka ge) | $(met "$rps_ka_psflip" "$(times "$rps_ka_haproxy" 1.1)" ge) |
-| #11: requests/s ≥ 1.10 × HAProxy's, one connection per request | $rps_close_psflip | $rps_close_haproxy | $(ratio "$rps_close_psflip" "$rps_close_haproxy") | $(paired rps_close ge) | $(met "$rps_close_psflip" "$(times "$rps_close_haproxy" 1.1)" ge) |
-| #11: p99 ≤ HAProxy's, keep-alive | $(ms "$p99_ka_psflip") | $(ms "$p99_ka_haproxy") | $(ratio "$p99_ka_psflip" "$p99_ka_haproxy") | $(paired p99_ka le) | $(met "$p99_ka_psflip" "$p99_ka_haproxy" le) |
-| #11: p99 ≤ HAProxy's, one connection per request | $(ms "$p99_close_psflip") | $(ms "$p99_close_haproxy") | $(ratio "$p99_close_psflip" "$p99_close_haproxy") | $(paired p99_close le) | $(met "$p99_close_psflip" "$p99_close_haproxy" le) |
-| #11: bulk ≥ 1.5 × HAProxy's | $bulk_psflip MB/s | $bulk_haproxy MB/s | $(ratio "$bulk_psflip" "$bulk_haproxy") | $(paired bulk ge) | $(met "$bulk_psflip" "$(times "$bulk_haproxy" 1.5)" ge) |
-| #4: idle connections ≤ 64 MiB | $(mib "$PS_AFTER") | $(mib "$HA_AFTER") | | | $(met "$PS_AFTER" 65536 le) |
+| target | psflip | HAProxy | ratio | per round: median ratio, psflip ahead in | met? | C floor proxy (× HAProxy) |
+|---|---:|---:|---:|---:|---|---:|
+| #11: requests/s ≥ 1.10 × HAProxy's, keep-alive | $rps_ka_psflip | $rps_ka_haproxy | $(ratio "$rps_ka_psflip" "$rps_ka_haproxy") | $(paired rps_ka ge) | $(met "$rps_ka_psflip" "$(times "$rps_ka_haproxy" 1.1)" ge) | $(floorcell "${rps_ka_floor:-}" "$rps_ka_haproxy") |
+| #11: requests/s ≥ 1.10 × HAProxy's, one connection per request | $rps_close_psflip | $rps_close_haproxy | $(ratio "$rps_close_psflip" "$rps_close_haproxy") | $(paired rps_close ge) | $(met "$rps_close_psflip" "$(times "$rps_close_haproxy" 1.1)" ge) | $(floorcell "${rps_close_floor:-}" "$rps_close_haproxy") |
+| #11: p99 ≤ HAProxy's, keep-alive | $(ms "$p99_ka_psflip") | $(ms "$p99_ka_haproxy") | $(ratio "$p99_ka_psflip" "$p99_ka_haproxy") | $(paired p99_ka le) | $(met "$p99_ka_psflip" "$p99_ka_haproxy" le) | $(floorcell "${p99_ka_floor:-}" "$p99_ka_haproxy" ms) |
+| #11: p99 ≤ HAProxy's, one connection per request | $(ms "$p99_close_psflip") | $(ms "$p99_close_haproxy") | $(ratio "$p99_close_psflip" "$p99_close_haproxy") | $(paired p99_close le) | $(met "$p99_close_psflip" "$p99_close_haproxy" le) | $(floorcell "${p99_close_floor:-}" "$p99_close_haproxy" ms) |
+| #11: bulk ≥ 1.5 × HAProxy's | $bulk_psflip MB/s | $bulk_haproxy MB/s | $(ratio "$bulk_psflip" "$bulk_haproxy") | $(paired bulk ge) | $(met "$bulk_psflip" "$(times "$bulk_haproxy" 1.5)" ge) | $(floorcell "${bulk_floor:-}" "$bulk_haproxy" MB/s) |
+| #4: idle connections ≤ 64 MiB | $(mib "$PS_AFTER") | $(mib "$HA_AFTER") | | | $(met "$PS_AFTER" 65536 le) | |
 
 Per round (in the order run):
 
