@@ -240,7 +240,8 @@ comparison() {
     [ -n "$baseline" ] && cols+=("baseline (\`$(basename "$baseline")\`)|$work/flip/baseline|$baseline")
     [ -n "$static_bin" ] && cols+=("crt-static (glibc linked in)|$work/flip/static|$static_bin")
     local item
-    for item in ${BENCH_ALSO//:/ }; do
+    local also_items=${BENCH_ALSO:-}
+    for item in ${also_items//:/ }; do
         cols+=("\`${item%%=*}\`|$work/flip/${item%%=*}|${item#*=}")
     done
     local head="| figure |" rule="|---|" c
