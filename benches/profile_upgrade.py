@@ -47,7 +47,7 @@ EVENTS = [
 ]
 PHASES = [
     ("a", "old psflip: kill(SIGHUP) → clone of the successor (wake-up, event loop, machine step, log line, spawn plan: argv, envp)"),
-    ("b", "clone → successor's execve done (clone(CLONE_VM|CLONE_VFORK|CLONE_FILES), fds kept, execve of psflip)"),
+    ("b", "clone → successor's execve done (clone(CLONE_VM + CLONE_VFORK + CLONE_FILES), fds kept, execve of psflip)"),
     ("c1", "successor: execve → main() (loading: ld.so mapping and relocating libc.so, or a static binary relocating itself; no Rust runtime init: C main)"),
     ("c2", "successor: main() → config load (signal mask, dispositions, fd sweep, arguments: clap only for other command lines than -c FILE)"),
     ("c3", "successor: config load → signalfd (read + parse TOML, templates, control socket directory, own_binary)"),
