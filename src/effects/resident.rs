@@ -21,13 +21,24 @@ const PAGE: usize = 4096;
 /// libc, ld.so); returns how much address space that covered (not all of it
 /// was resident).
 pub fn release_startup_pages() -> usize {
-    let mut covered: usize = 0;
+    let mut walk = Walk {
+        // SAFETY: getauxval has no preconditions.
+        vdso: unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize,
+        covered: 0,
+    };
     // SAFETY: `each_object` only reads the headers it is handed and madvises
     // read-only, never-written private file mappings (see the module docs).
     unsafe {
-        libc::dl_iterate_phdr(Some(each_object), (&raw mut covered).cast::<c_void>());
+        libc::dl_iterate_phdr(Some(each_object), (&raw mut walk).cast::<c_void>());
     }
-    covered
+    walk.covered
+}
+
+/// What `each_object` is handed: the vDSO's address, to skip it, and the
+/// address space released so far.
+struct Walk {
+    vdso: usize,
+    covered: usize,
 }
 
 /// The whole pages inside `[start, start + len)`.
@@ -43,11 +54,9 @@ unsafe extern "C" fn each_object(
     data: *mut c_void,
 ) -> libc::c_int {
     // SAFETY: dl_iterate_phdr hands a valid `info` for the call's duration, and
-    // `data` is the `usize` `release_startup_pages` passed.
-    let (info, covered) = unsafe { (&*info, &mut *data.cast::<usize>()) };
-    // SAFETY: getauxval has no preconditions.
-    let vdso = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
-    if info.dlpi_phdr.is_null() || info.dlpi_addr as usize == vdso {
+    // `data` is the `Walk` `release_startup_pages` passed.
+    let (info, walk) = unsafe { (&*info, &mut *data.cast::<Walk>()) };
+    if info.dlpi_phdr.is_null() || info.dlpi_addr as usize == walk.vdso {
         return 0;
     }
     // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers.
@@ -61,7 +70,7 @@ unsafe extern "C" fn each_object(
             // SAFETY: see the module docs; a failure (nothing mapped there)
             // changes nothing.
             unsafe { libc::madvise(first as *mut c_void, len, libc::MADV_DONTNEED) };
-            *covered += len;
+            walk.covered += len;
         }
     }
     0
