@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where the time of an upgrade goes, from kernel tracepoints (perf record -a).
 
-    benches/profile_upgrade.py PSFLIP_BIN [RUNS]      (as root, with perf)
+    benches/profile_upgrade.py PSFLIP_BIN [RUNS]            (as root, with perf)
+    benches/profile_upgrade.py --failed PSFLIP_BIN [RUNS]   failed upgrades instead
 
 Starts PSFLIP_BIN supervising `sleep 1000` with `[healthcheck.command] cmd =
 ["true"], after = "0s"`, sends it RUNS upgrade signals (each to the current
@@ -13,6 +14,12 @@ into more, and prints a Markdown table of their medians.
 
 The phases of the successor (exec → main → config → signalfd → clone of the
 child) are also what a first launch costs, so the table explains figure 1 too.
+With --failed, the new child is `false` (`{{ AB "sleep" "false" }}`, checked by
+`[healthcheck.alive]`) and each failed upgrade signal → the old psflip's "upgrade
+failed" line is split instead: the successor's start, the failing child, the
+successor's way out, and the old psflip's reaction to its exit (figure 4 of
+benches/flip.rs).
+
 Children are started with clone(CLONE_VM|CLONE_VFORK), which the kernel reports
 as sched_process_fork like a fork.
 Tracing adds a few microseconds per event: compare phases with one another,
@@ -42,6 +49,8 @@ EVENTS = [
     "syscalls:sys_enter_signalfd4",
     "syscalls:sys_enter_clock_nanosleep",
     "sched:sched_process_exit",
+    "syscalls:sys_enter_exit_group",
+    "syscalls:sys_enter_write",
     "syscalls:sys_enter_bind",
     "syscalls:sys_enter_rename",
 ]
@@ -62,31 +71,49 @@ PHASES = [
     ("i3", "successor's rename → old psflip's SIGTERM to the old child (ready written, the old psflip's wake-up and machine step)"),
     ("handoff", "kill(SIGHUP) → old child signalled"),
 ]
+FAILED_PHASES = [
+    ("a", "old psflip: kill(SIGHUP) → clone of the successor"),
+    ("b–d", "successor: clone → clone of its child (exec, loading, configuration, spawn plan)"),
+    ("e", "child: clone → execve done"),
+    ("f", "child (`false`): execve done → exit"),
+    ("g", "successor: child's exit → its exit_group (SIGCHLD, reaping, machine step, log line, failure reported to the old psflip, sweep for escaped processes, fds closed)"),
+    ("h", "successor: exit_group → exited (the kernel's teardown)"),
+    ("i", "old psflip: successor exited → its \"upgrade failed\" line written (SIGCHLD, reaping, machine step)"),
+    ("total", "kill(SIGHUP) → \"upgrade failed\" written"),
+]
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 30
+    args = sys.argv[1:]
+    failed = args[:1] == ["--failed"]
+    if failed:
+        args = args[1:]
+    binary = os.path.abspath(args[0])
+    runs = int(args[1]) if len(args) > 1 else 30
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     with tempfile.TemporaryDirectory(prefix="psflip-profile.") as d:
         cfg = os.path.join(d, "p.toml")
         with open(cfg, "w") as f:
-            f.write('cmd = ["sleep", "1000"]\n\n[healthcheck.command]\ncmd = ["true"]\n'
-                    'after = "0s"\n\n[shutdown]\ntimeout = "1s"\n')
+            if failed:
+                f.write('cmd = ["{{ AB \\"sleep\\" \\"false\\" }}", "1000"]\n\n'
+                        '[healthcheck.alive]\ntimeout = "100ms"\n\n[shutdown]\ntimeout = "1s"\n')
+            else:
+                f.write('cmd = ["sleep", "1000"]\n\n[healthcheck.command]\ncmd = ["true"]\n'
+                        'after = "0s"\n\n[shutdown]\ntimeout = "1s"\n')
         data = os.path.join(d, "perf.data")
         perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", ",".join(EVENTS), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         try:
-            targets = upgrade(binary, cfg, runs)
+            targets = upgrade(binary, cfg, runs, failed)
         finally:
             perf.send_signal(signal.SIGINT)
             perf.wait()
             reap(wait=True)
         out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace"],
                              capture_output=True, text=True, check=True).stdout
-    report(parse(out), targets)
+    (report_failed if failed else report)(parse(out), targets)
 
 
 def reap(wait=False):
@@ -100,8 +127,9 @@ def reap(wait=False):
             return
 
 
-def upgrade(binary, cfg, runs):
-    """Run the upgrades; return the pids the upgrade signals went to."""
+def upgrade(binary, cfg, runs, failed=False):
+    """Run the upgrades; return the pids the upgrade signals went to (each
+    failed upgrade's: the same pid every time)."""
     p = subprocess.Popen([binary, "-c", cfg], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     lines = queue.Queue()
@@ -127,6 +155,11 @@ def upgrade(binary, cfg, runs):
             # real upgrade meets it.
             time.sleep(0.4)
             os.kill(cur, signal.SIGHUP)
+            if failed:
+                wait_line(rf"psflip\[{cur}\]: upgrade failed")
+                targets.append(cur)
+                reap()
+                continue
             succ = int(wait_line(rf"psflip\[{cur}\]: started successor \(pid (\d+)\)").group(1))
             wait_line(rf"psflip\[{succ}\]: the previous generation has exited")
             targets.append(cur)
@@ -135,6 +168,42 @@ def upgrade(binary, cfg, runs):
     finally:
         os.kill(cur, signal.SIGTERM)
     return targets
+
+
+def report_failed(events, targets):
+    """The failed upgrades' phases: every upgrade signal went to the same psflip."""
+    old = targets[0] if targets else 0
+    phases = {k: [] for k, _ in FAILED_PHASES}
+    kills = [e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
+             and re.search(r"pid: (0x)?0*%x\b" % old, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3])]
+    for t0 in kills:
+        after = [e for e in events if t0 <= e[0] < t0 + 1000]
+
+        def first(pid, name, since=t0):
+            return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+
+        try:
+            fork = first(old, "sched:sched_process_fork")
+            succ = int(re.search(r"child_pid=(\d+)", fork[3]).group(1))
+            cfork = first(succ, "sched:sched_process_fork", fork[0])
+            child = int(re.search(r"child_pid=(\d+)", cfork[3]).group(1))
+            cexe = first(child, "sched:sched_process_exec")
+            cend = first(child, "sched:sched_process_exit", cexe[0])
+            sexit = first(succ, "syscalls:sys_enter_exit_group", cend[0])
+            send = first(succ, "sched:sched_process_exit", sexit[0])
+            logged = first(old, "syscalls:sys_enter_write", send[0])
+        except (StopIteration, AttributeError):
+            continue
+        for key, a, b in [("a", t0, fork[0]), ("b–d", fork[0], cfork[0]), ("e", cfork[0], cexe[0]),
+                          ("f", cexe[0], cend[0]), ("g", cend[0], sexit[0]), ("h", sexit[0], send[0]),
+                          ("i", send[0], logged[0]), ("total", t0, logged[0])]:
+            phases[key].append(b - a)
+    print(f"Failed upgrades traced: {len(phases['total'])} of {len(kills)}.\n")
+    print("| phase | median | min | max |\n|---|---|---|---|")
+    for key, label in FAILED_PHASES:
+        v = sorted(phases[key])
+        if v:
+            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
 
 
 def parse(out):

@@ -11,7 +11,7 @@
 #   BENCH_OUTPUT=BENCHMARKS.md
 #   BENCH_STATIC=1          also build psflip with glibc linked statically (crt-static,
 #                           in target/bench-static) and measure it, for comparison
-#   BENCH_PROFILE=1         also trace 30 upgrades with perf (benches/profile_upgrade.py),
+#   BENCH_PROFILE=1         also trace 30 upgrades and 30 failed ones with perf (benches/profile_upgrade.py),
 #                           when perf and python3 are there and we are root
 #   BENCH_BASELINE=PATH     also measure another psflip binary (e.g. an older commit's
 #                           release build) with the same benches, for a before/after
@@ -122,6 +122,7 @@ PSFLIP_BENCH_ALSO=$also PSFLIP_BENCH_OUT=$work/flip cargo bench --bench flip 2>&
 if [ "$do_profile" = 1 ]; then
     log "profiling 30 upgrades"
     python3 benches/profile_upgrade.py "$bin" 30 >"$work/profile.md" || do_profile=0
+    python3 benches/profile_upgrade.py --failed "$bin" 30 >"$work/profile-failed.md" || true
     if [ -n "$static_bin" ] && [ "$do_profile" = 1 ]; then
         python3 benches/profile_upgrade.py "$static_bin" 30 >"$work/profile-static.md" || true
     fi
@@ -374,6 +375,7 @@ Shipped build:
 
 $(cat "$work/profile.md")
 $(if [ -s "$work/profile-static.md" ]; then printf '\ncrt-static variant:\n\n'; cat "$work/profile-static.md"; fi)
+$(if [ -s "$work/profile-failed.md" ]; then printf '\nFailed upgrades (\`--failed\`: the new child is \`false\`; figure 4), shipped build:\n\n'; cat "$work/profile-failed.md"; fi)
 EOT
 fi)
 
