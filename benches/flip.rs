@@ -229,6 +229,14 @@ fn kib(status: &BTreeMap<String, String>, key: &str) -> Option<f64> {
     status.get(key)?.trim_end_matches("kB").trim().parse().ok()
 }
 
+/// The VmRSS of `pid`'s standby successor, if it has one.
+fn standby_rss(pid: u32) -> Option<f64> {
+    children_of(pid)
+        .into_iter()
+        .find(|(_, name)| name == "psflip-standby")
+        .and_then(|(p, _)| kib(&proc_status(p), "VmRSS"))
+}
+
 fn children_of(me: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -661,6 +669,7 @@ impl Bench {
         })?;
         std::thread::sleep(settle);
         let st = proc_status(ps);
+        let standby = standby_rss(ps);
         if smaps.is_empty() {
             *smaps =
                 std::fs::read_to_string(format!("/proc/{ps}/smaps_rollup")).unwrap_or_default();
@@ -682,12 +691,17 @@ impl Bench {
         self.wait_exit(ps)?;
         std::thread::sleep(settle);
         let st2 = proc_status(successor);
+        let standby2 = standby_rss(successor);
         kill(successor, libc::SIGTERM);
         self.wait_exit(successor)?;
 
-        for (key, from) in [("rss", &st), ("rss_successor", &st2)] {
+        // A standby successor (`[upgrade] standby`) is part of the footprint.
+        for (key, from, extra) in [("rss", &st, standby), ("rss_successor", &st2, standby2)] {
             let rss = kib(from, "VmRSS").ok_or("no VmRSS")?;
-            s.push(key, rss);
+            s.push(key, rss + extra.unwrap_or(0.0));
+        }
+        if let Some(v) = standby {
+            s.push("rss_standby", v);
         }
         for (key, from) in [("rss_anon", &st), ("rss_file", &st), ("rss_shmem", &st)] {
             let field = match key {
@@ -768,38 +782,53 @@ fn bench_main() -> Result<(), String> {
     println!("child:  {}", b.exe.display());
     println!("runs: {runs} (+{WARMUP} warm-up), idle runs: {idle_runs}");
 
-    let upgrade_cfg = b.write_config(
-        "upgrade.toml",
-        &format!(
-            "cmd = {}\n\n[healthcheck.command]\ncmd = [\"true\"]\nafter = \"0s\"\n\n[shutdown]\ntimeout = \"2s\"\n",
-            b.child_cmd("ok")
-        ),
-    )?;
-    let failed_cfg = b.write_config(
-        "failed.toml",
-        &format!(
-            "cmd = {}\n\n[healthcheck.alive]\ntimeout = \"100ms\"\n\n[shutdown]\ntimeout = \"2s\"\n",
-            b.child_cmd("{{ AB \"ok\" \"fail\" }}")
-        ),
-    )?;
-    let idle_cfg = b.write_config(
-        "idle.toml",
-        "cmd = [\"sleep\", \"1000\"]\n\n[healthcheck.alive]\ntimeout = \"100ms\"\n\n[shutdown]\ntimeout = \"2s\"\n",
-    )?;
+    // The three configurations, without and with `[upgrade] standby = true`.
+    let mut configs = Vec::new();
+    for (suffix, extra) in [("", ""), ("-standby", "\n[upgrade]\nstandby = true\n")] {
+        let upgrade_cfg = b.write_config(
+            &format!("upgrade{suffix}.toml"),
+            &format!(
+                "cmd = {}\n\n[healthcheck.command]\ncmd = [\"true\"]\nafter = \"0s\"\n\n[shutdown]\ntimeout = \"2s\"\n{extra}",
+                b.child_cmd("ok")
+            ),
+        )?;
+        let failed_cfg = b.write_config(
+            &format!("failed{suffix}.toml"),
+            &format!(
+                "cmd = {}\n\n[healthcheck.alive]\ntimeout = \"100ms\"\n\n[shutdown]\ntimeout = \"2s\"\n{extra}",
+                b.child_cmd("{{ AB \"ok\" \"fail\" }}")
+            ),
+        )?;
+        let idle_cfg = b.write_config(
+            &format!("idle{suffix}.toml"),
+            &format!("cmd = [\"sleep\", \"1000\"]\n\n[healthcheck.alive]\ntimeout = \"100ms\"\n\n[shutdown]\ntimeout = \"2s\"\n{extra}"),
+        )?;
+        configs.push([upgrade_cfg, failed_cfg, idle_cfg]);
+    }
 
     // Other binaries measured in the same iterations (`PSFLIP_BENCH_ALSO`,
     // `NAME=PATH` separated by `:`): their runs interleave with the shipped
     // one's, so that a comparison is not a comparison of two moments of a
     // shared machine.
-    let mut bins: Vec<(String, PathBuf)> = vec![(String::new(), b.psflip.clone())];
+    // (name, binary, with a standby successor)
+    let mut bins: Vec<(String, PathBuf, bool)> = vec![(String::new(), b.psflip.clone(), false)];
     if let Ok(also) = std::env::var("PSFLIP_BENCH_ALSO") {
         for item in also.split(':').filter(|i| !i.is_empty()) {
             let (name, path) = item
                 .split_once('=')
                 .ok_or_else(|| format!("PSFLIP_BENCH_ALSO: {item:?} is not NAME=PATH"))?;
             println!("also:   {name} = {path}");
-            bins.push((name.to_string(), PathBuf::from(path)));
+            bins.push((name.to_string(), PathBuf::from(path), false));
         }
+    }
+    // `PSFLIP_BENCH_STANDBY=1`: the shipped binary again, configured with
+    // `[upgrade] standby = true`, in the same iterations.
+    if std::env::var("PSFLIP_BENCH_STANDBY").is_ok_and(|v| v == "1") {
+        println!(
+            "also:   standby = {} with [upgrade] standby = true",
+            b.psflip.display()
+        );
+        bins.push(("standby".to_string(), b.psflip.clone(), true));
     }
     let mut s: Vec<Samples> = bins.iter().map(|_| Samples::default()).collect();
     let mut warm: Vec<Samples> = bins.iter().map(|_| Samples::default()).collect();
@@ -814,8 +843,9 @@ fn bench_main() -> Result<(), String> {
             let (name, j, step) = steps[(i + k) % steps.len()];
             let target = if i < WARMUP { &mut warm[j] } else { &mut s[j] };
             b.psflip = bins[j].1.clone();
+            let [upgrade_cfg, failed_cfg, _] = &configs[usize::from(bins[j].2)];
             b.begin_iteration();
-            if let Err(e) = step(&mut b, &upgrade_cfg, &failed_cfg, target) {
+            if let Err(e) = step(&mut b, upgrade_cfg, failed_cfg, target) {
                 eprintln!("iteration {i} ({name} {}) given up: {e}", bins[j].0);
                 for line in &b.trace {
                     eprintln!("  {line}");
@@ -835,8 +865,9 @@ fn bench_main() -> Result<(), String> {
         for k in 0..bins.len() {
             let j = (i + k) % bins.len();
             b.psflip = bins[j].1.clone();
+            let idle_cfg = &configs[usize::from(bins[j].2)][2];
             b.begin_iteration();
-            if let Err(e) = b.run_idle(&idle_cfg, &mut s[j], &mut smaps[j]) {
+            if let Err(e) = b.run_idle(idle_cfg, &mut s[j], &mut smaps[j]) {
                 eprintln!("idle run {i} ({}) given up: {e}", bins[j].0);
                 for line in &b.trace {
                     eprintln!("  {line}");
@@ -862,7 +893,7 @@ fn bench_main() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&b.dir);
 
     let leftover = left.len() + strays.len();
-    for (j, (name, path)) in bins.iter().enumerate() {
+    for (j, (name, path, _)) in bins.iter().enumerate() {
         let report = Report::new(&s[j], &warm[j], leftover);
         if j > 0 {
             print!("\n{name} ({}):\n", path.display());
@@ -877,7 +908,7 @@ fn bench_main() -> Result<(), String> {
         println!("processes left over: none");
     }
     if let Some(out) = std::env::var_os("PSFLIP_BENCH_OUT") {
-        for (j, (name, _)) in bins.iter().enumerate() {
+        for (j, (name, _, _)) in bins.iter().enumerate() {
             // The shipped binary's files in the directory itself, the others' in
             // a subdirectory each.
             let out = PathBuf::from(&out).join(name);
@@ -1014,7 +1045,16 @@ impl Report<'_> {
                 "4. upgrade signal → \"upgrade failed\" logged",
                 true,
             ),
-            ("rss", "5. idle VmRSS, first generation", false),
+            (
+                "rss",
+                "5. idle VmRSS, first generation (with its standby's, if any)",
+                false,
+            ),
+            (
+                "rss_standby",
+                "5. idle VmRSS of the standby successor alone",
+                false,
+            ),
             ("rss_anon", "5. idle RssAnon, first generation", false),
             ("rss_file", "5. idle RssFile, first generation", false),
             ("rss_shmem", "5. idle RssShmem, first generation", false),

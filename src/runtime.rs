@@ -36,6 +36,7 @@ use crate::effects::notify::{self, NotifySocket};
 use crate::effects::readiness::{self, ToPredecessor};
 use crate::effects::sd_notify;
 use crate::effects::signals::Signals;
+use crate::effects::standby::{self, Standby};
 use crate::effects::{EffectError, pidfile, reap, resident, spawn, subreaper};
 use crate::handoff::Handoff;
 use crate::log::{Level, Record};
@@ -206,6 +207,9 @@ pub struct RunSpec {
     /// takes the service's name once its first child is started, a successor
     /// when it reports ready.
     pub control: Option<control::Listener>,
+    /// `[upgrade] standby`: keep a successor started ahead of time
+    /// ([`standby`]), which an upgrade wakes instead of starting one.
+    pub standby: bool,
 }
 
 /// The real OS.
@@ -246,6 +250,15 @@ pub struct LinuxOs {
     trace: Option<Recorder>,
     /// (`[healthcheck.notify]`) the app child's notify socket, until it is reaped.
     child_notify: Option<(ProcId, NotifySocket)>,
+    /// The standby successor waiting (`[upgrade] standby`): how an upgrade's
+    /// `Spawn` of the successor is carried out when there is one. The machine
+    /// never hears of it: it is the successor once woken, nothing before.
+    standby: Option<Standby>,
+    /// No more standbys in this generation: one could not start, or exited
+    /// while it waited (upgrades start their successor cold).
+    standby_off: bool,
+    /// Standbys given up on (gone, or let go), until they are reaped.
+    dismissed: std::collections::BTreeSet<Pid>,
 }
 
 impl LinuxOs {
@@ -278,6 +291,9 @@ impl LinuxOs {
             successors: BTreeMap::new(),
             trace: None,
             child_notify: None,
+            standby: None,
+            standby_off: false,
+            dismissed: std::collections::BTreeSet::new(),
         }
     }
 
@@ -356,6 +372,28 @@ impl LinuxOs {
     /// The next generation, with its readiness pipe, the listeners it inherits
     /// and the handoff.
     fn spawn_successor(&mut self, id: ProcId) -> Result<Pid, EffectError> {
+        if let Some(standby) = self.standby.take() {
+            let handoff = self.handoff(standby.ready_fd());
+            match standby.wake(&handoff.env()) {
+                Ok((pid, r)) => {
+                    self.successor_pipe = Some((id, r));
+                    self.successor_said.clear();
+                    self.successors.insert(id, pid);
+                    return Ok(pid);
+                }
+                Err((standby, e)) => {
+                    self.warn(
+                        "standby_gone",
+                        &format!(
+                            "the standby successor (pid {}) is gone ({e}); starting the successor cold",
+                            standby.pid
+                        ),
+                    );
+                    self.dismissed.insert(standby.pid);
+                    drop(standby);
+                }
+            }
+        }
         // The pipe made at start-up, when its fds were low numbers: the
         // successor's spawn then copies only the fds below them (see
         // effects::spawn), however many connections the proxy holds.
@@ -363,36 +401,14 @@ impl LinuxOs {
             Some(pipe) => pipe,
             None => readiness::pipe()?,
         };
-        let (mut listeners, named) = self
-            .spec
-            .proxy
-            .as_ref()
-            .map(Proxy::handoff)
-            .unwrap_or_default();
-        listeners.extend(self.spec.listen.iter().map(|(l, _)| l.fd.as_raw_fd()));
-        let activation_named = self
-            .spec
-            .listen
-            .iter()
-            .map(|(l, _)| format!("{}={}", l.fd.as_raw_fd(), l.key))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let handoff = Handoff::to_successor(
-            self.spec.generation,
-            self.spec.ab_second,
-            self.spec.settings.upgrade_timeout,
-            w.as_raw_fd(),
-            named,
-            activation_named,
-        )
-        .with_history(self.history.to_env());
+        let handoff = self.handoff(w.as_raw_fd());
         let pid = spawn::successor(
             &self.spec.exe,
             &self.spec.arg0,
             &self.spec.args,
             &w,
             &handoff.env(),
-            &listeners,
+            &self.inherited_fds(),
         )?;
         // Our copy of the write end goes now, or we would never see EOF.
         drop(w);
@@ -400,6 +416,122 @@ impl LinuxOs {
         self.successor_said.clear();
         self.successors.insert(id, pid);
         Ok(pid)
+    }
+
+    /// The fds a successor inherits at their numbers: the proxy listeners and
+    /// the `[[listen]]` sockets.
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        let (mut listeners, _) = self
+            .spec
+            .proxy
+            .as_ref()
+            .map(Proxy::handoff)
+            .unwrap_or_default();
+        listeners.extend(self.spec.listen.iter().map(|(l, _)| l.fd.as_raw_fd()));
+        listeners
+    }
+
+    /// What this generation tells its successor, whose readiness pipe's write
+    /// end is `ready_fd`.
+    fn handoff(&self, ready_fd: RawFd) -> Handoff {
+        let (_, named) = self
+            .spec
+            .proxy
+            .as_ref()
+            .map(Proxy::handoff)
+            .unwrap_or_default();
+        let activation_named = self
+            .spec
+            .listen
+            .iter()
+            .map(|(l, _)| format!("{}={}", l.fd.as_raw_fd(), l.key))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Handoff::to_successor(
+            self.spec.generation,
+            self.spec.ab_second,
+            self.spec.settings.upgrade_timeout,
+            ready_fd,
+            named,
+            activation_named,
+        )
+        .with_history(self.history.to_env())
+    }
+
+    /// (`[upgrade] standby`, once settled) start a standby successor if this
+    /// generation serves and has none. `serving`: the machine's phase is
+    /// Serving (a standby started while an upgrade or a stop is in flight
+    /// would only be let go again).
+    fn settle_standby(&mut self, serving: bool) {
+        if !self.spec.standby || self.standby_off || self.standby.is_some() || !serving {
+            return;
+        }
+        let started = readiness::pipe().and_then(|ready| {
+            standby::start(
+                &self.spec.exe,
+                &self.spec.arg0,
+                &self.spec.args,
+                ready,
+                &self.inherited_fds(),
+            )
+        });
+        match started {
+            Ok(standby) => {
+                self.say(&format!(
+                    "standby successor started (pid {}): the next upgrade wakes it",
+                    standby.pid
+                ));
+                self.standby = Some(standby);
+            }
+            Err(e) => {
+                self.standby_off = true;
+                self.warn(
+                    "standby_failed",
+                    &format!(
+                        "cannot start a standby successor: {e}; upgrades start their successor cold"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A child that is none of the machine's exited: a standby of ours? Then
+    /// it is handled here (and reaped by the caller) and the machine never
+    /// hears of it.
+    fn standby_exited(&mut self, pid: Pid, status: ExitStatus) -> bool {
+        if self.dismissed.remove(&pid) {
+            return true;
+        }
+        if self.standby.as_ref().is_none_or(|s| s.pid != pid) {
+            return false;
+        }
+        self.standby = None;
+        self.standby_off = true;
+        self.warn(
+            "standby_exited",
+            &format!(
+                "the standby successor (pid {pid}) exited ({status}); upgrades start their successor cold"
+            ),
+        );
+        true
+    }
+
+    /// Every child this generation started and has not reaped: the machine's,
+    /// and its standby (never an escaped process).
+    fn started_here(&self) -> std::collections::BTreeSet<i32> {
+        self.ids
+            .keys()
+            .chain(self.standby.as_ref().map(|s| &s.pid))
+            .chain(&self.dismissed)
+            .map(|p| p.as_raw())
+            .collect()
+    }
+
+    /// Before this generation exits: kill and reap its standby, if any.
+    fn dismiss_standby(&mut self) {
+        if let Some(standby) = self.standby.take() {
+            standby.dismiss();
+        }
     }
 
     /// `psflip status`: the machine's view, with pids, numbers and clocks.
@@ -707,8 +839,7 @@ impl Os for LinuxOs {
     }
 
     fn signal_escaped(&mut self, signal: Signal) -> usize {
-        let ours = self.ids.keys().map(|p| p.as_raw()).collect();
-        subreaper::signal_all(&subreaper::adopted(&ours), signal)
+        subreaper::signal_all(&subreaper::adopted(&self.started_here()), signal)
     }
 
     fn record(&mut self, log: &Log) {
@@ -898,6 +1029,9 @@ pub trait Poll: Driver {
     fn signalfd(&self) -> BorrowedFd<'_>;
     /// Extra fds to poll beside the signalfd, in the order they are handled.
     fn fds(&self) -> Vec<(Self::Tag, BorrowedFd<'_>, PollFlags)>;
+    /// Nothing has happened for [`SETTLE_AFTER`]: right before the pages
+    /// start-up touched are given back.
+    fn on_settle(&mut self) {}
 }
 
 /// One turn of the loop once poll returned (`ready`: the fds that fired, in
@@ -993,6 +1127,7 @@ pub fn event_loop<D: Poll>(driver: &mut D, clock: &Clock) -> Result<i32, EffectE
             (fired(0), tags)
         };
         if settling && !sig_ready && ready_tags.is_empty() {
+            driver.on_settle();
             resident::release_startup_pages();
             settled = true;
             continue;
@@ -1049,8 +1184,12 @@ impl Source for Live {
         self.os.ids.get(&pid).copied()
     }
 
+    fn own_exited(&mut self, pid: Pid, status: ExitStatus) -> bool {
+        self.os.standby_exited(pid, status)
+    }
+
     fn adopted(&self) -> usize {
-        let ours = self.os.ids.keys().map(|p| p.as_raw()).collect();
+        let ours = self.os.started_here();
         subreaper::adopted(&ours).len()
     }
 
@@ -1150,6 +1289,11 @@ impl Poll for Psflip<Live> {
         self.0.signals.as_fd()
     }
 
+    fn on_settle(&mut self) {
+        let serving = self.0.machine.phase() == crate::machine::Phase::Serving;
+        self.0.os.settle_standby(serving);
+    }
+
     fn fds(&self) -> Vec<(PsflipFd, BorrowedFd<'_>, PollFlags)> {
         // In the order of `PsflipFd`'s variants.
         let os = &self.0.os;
@@ -1228,7 +1372,10 @@ pub fn run(spec: RunSpec) -> Result<i32, EffectError> {
     ) {
         return Ok(code);
     }
-    event_loop(&mut Psflip(psflip), &clock)
+    let mut psflip = Psflip(psflip);
+    let code = event_loop(&mut psflip, &clock);
+    psflip.0.os.dismiss_standby();
+    code
 }
 
 pub mod pidwatch;

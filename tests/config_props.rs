@@ -228,6 +228,7 @@ fn configs() -> impl Strategy<Value = Config> {
                     upgrade: UpgradeConfig {
                         signal: up_signal,
                         timeout: up_timeout,
+                        standby: !quiet,
                     },
                     shutdown: ShutdownConfig {
                         delay: shutdown.0,

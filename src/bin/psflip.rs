@@ -20,7 +20,7 @@ use psflip::config::{self, Config, HealthCheck};
 use psflip::effects::docker::Inspector;
 use psflip::effects::listen::{self, Inherited};
 use psflip::effects::readiness::ToPredecessor;
-use psflip::effects::{control, fds, notify, pidfile, signals, spawn};
+use psflip::effects::{control, fds, notify, pidfile, signals, spawn, standby};
 use psflip::handoff::Handoff;
 use psflip::log::{self, Level, Logger, Record};
 use psflip::machine::{Generation, Health, ProbeKind, Settings};
@@ -218,8 +218,21 @@ fn psflip_main() -> ExitCode {
         eprintln!("psflip: {e}");
         return ExitCode::from(1);
     }
+    // A standby successor waits here, its inherited fds still without
+    // close-on-exec in case it must exec a new binary (effects::standby).
+    let woken = standby::wait_if_standby();
+    if woken == standby::Woken::LetGo {
+        return ExitCode::SUCCESS;
+    }
     fds::cloexec_from_3();
     let (handoff, predecessor, inherited) = inherit();
+    if let standby::Woken::ExecFailed(reason) = woken {
+        match &predecessor {
+            Some(p) => p.report_failure(&reason),
+            None => eprintln!("psflip: {reason}"),
+        }
+        return ExitCode::from(1);
+    }
     let cli = match run_mode_args().map_or_else(Cli::try_parse, Ok) {
         Ok(cli) => cli,
         Err(e) => {
@@ -729,6 +742,7 @@ fn run(
         docker: plan.docker,
         listen: opened.activation,
         control: opened.control,
+        standby: config.upgrade.standby,
     };
     match runtime::run(spec) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

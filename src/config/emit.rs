@@ -62,6 +62,9 @@ struct Listen {
 struct Upgrade {
     signal: &'static str,
     timeout: String,
+    /// Shown only when on: the default is off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    standby: bool,
 }
 
 #[derive(Serialize)]
@@ -136,6 +139,7 @@ impl From<&Config> for Document {
             upgrade: Upgrade {
                 signal: c.upgrade.signal.as_str(),
                 timeout: format_duration(c.upgrade.timeout),
+                standby: c.upgrade.standby,
             },
             shutdown: Shutdown {
                 delay: format_duration(c.shutdown.delay),

@@ -150,6 +150,8 @@ pub struct UpgradeConfig {
     pub signal: Signal,
     /// The new child must be healthy within this, counted from its spawn; > 0.
     pub timeout: Duration,
+    /// Keep a successor started ahead of time, waiting (`effects::standby`).
+    pub standby: bool,
 }
 
 impl Default for UpgradeConfig {
@@ -157,6 +159,7 @@ impl Default for UpgradeConfig {
         Self {
             signal: DEFAULT_UPGRADE_SIGNAL,
             timeout: DEFAULT_UPGRADE_TIMEOUT,
+            standby: false,
         }
     }
 }

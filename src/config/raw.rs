@@ -52,6 +52,7 @@ pub(super) struct RawProxy {
 pub(super) struct RawUpgrade {
     pub(super) signal: Option<Spanned<String>>,
     pub(super) timeout: Option<Spanned<String>>,
+    pub(super) standby: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

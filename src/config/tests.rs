@@ -51,6 +51,7 @@ fn minimal_config_gets_every_default() {
             upgrade: UpgradeConfig {
                 signal: Signal::SIGHUP,
                 timeout: Duration::from_secs(60),
+                standby: false,
             },
             shutdown: ShutdownConfig {
                 delay: Duration::ZERO,
@@ -119,7 +120,8 @@ fn full_config_expands_every_template() {
         config.upgrade,
         UpgradeConfig {
             signal: Signal::SIGUSR2,
-            timeout: Duration::from_secs(90)
+            timeout: Duration::from_secs(90),
+            standby: false,
         }
     );
     assert_eq!(
@@ -262,6 +264,10 @@ fn env_list_keeps_order_and_duplicates() {
 #[case::quiet_type(
     "cmd = [\"a\"]\nquiet = \"yes\"\n",
     "psflip.toml:2:9: quiet: invalid type: string \"yes\", expected a boolean"
+)]
+#[case::standby_type(
+    "cmd = [\"a\"]\n[upgrade]\nstandby = \"yes\"\n",
+    "psflip.toml:3:11: upgrade.standby: invalid type: string \"yes\", expected a boolean"
 )]
 #[case::template_unknown(
     "cmd = [\"a\", \"{{ Foo }}\"]\n",
@@ -587,7 +593,7 @@ fn notify_docker_and_listen_errors_name_the_key(#[case] text: &str, #[case] expe
 )]
 #[case::upgrade(
     "cmd = [\"a\"]\n[upgrade]\nsignl = \"HUP\"\n",
-    "psflip.toml:3:1: unknown key `signl` in [upgrade] (expected `signal` or `timeout`)"
+    "psflip.toml:3:1: unknown key `signl` in [upgrade] (expected one of `signal`, `timeout`, `standby`)"
 )]
 #[case::shutdown(
     "cmd = [\"a\"]\n[shutdown]\ntimeot = \"1s\"\n",
@@ -1072,4 +1078,19 @@ fn load_options_debug_hides_the_environment() {
         text,
         "LoadOptions { ab_second: true, now_unix_secs: 5, base_dir: \"/srv\", .. }"
     );
+}
+
+#[test]
+fn standby_is_off_unless_asked_and_shown_only_when_on() {
+    let off = ok("cmd = [\"a\"]\n");
+    assert!(!off.upgrade.standby);
+    assert!(!off.to_resolved_toml().contains("standby"));
+    let on = ok("cmd = [\"a\"]\n[upgrade]\nstandby = true\n");
+    assert!(on.upgrade.standby);
+    let resolved = on.to_resolved_toml();
+    assert!(
+        resolved.contains("[upgrade]\nsignal = \"SIGHUP\"\ntimeout = \"1m0s\"\nstandby = true\n"),
+        "{resolved}"
+    );
+    assert_eq!(parse_with(&resolved, true), Ok(on));
 }

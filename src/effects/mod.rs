@@ -18,6 +18,7 @@ pub mod resident;
 pub mod sd_notify;
 pub mod signals;
 pub mod spawn;
+pub mod standby;
 pub mod subreaper;
 
 use thiserror::Error;

@@ -21,24 +21,42 @@ const PAGE: usize = 4096;
 /// libc, ld.so); returns how much address space that covered (not all of it
 /// was resident).
 pub fn release_startup_pages() -> usize {
+    let ranges = text_ranges();
+    release(&ranges);
+    ranges.iter().map(|(_, len)| len).sum()
+}
+
+/// The whole pages of every loaded object's read-only segments, but the
+/// vDSO's: (start, length).
+pub fn text_ranges() -> Vec<(usize, usize)> {
     let mut walk = Walk {
         // SAFETY: getauxval has no preconditions.
         vdso: unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize,
-        covered: 0,
+        ranges: Vec::with_capacity(16),
     };
-    // SAFETY: `each_object` only reads the headers it is handed and madvises
-    // read-only, never-written private file mappings (see the module docs).
+    // SAFETY: `each_object` only reads the headers it is handed.
     unsafe {
         libc::dl_iterate_phdr(Some(each_object), (&raw mut walk).cast::<c_void>());
     }
-    walk.covered
+    walk.ranges
+}
+
+/// `MADV_DONTNEED` on `ranges` (from [`text_ranges`]), with nothing but the
+/// system calls in between: code run after a release maps its pages back,
+/// with the kernel's fault-around 64 KiB at a time.
+pub fn release(ranges: &[(usize, usize)]) {
+    for &(start, len) in ranges {
+        // SAFETY: read-only, never-written private file mappings (see the
+        // module docs); a failure (nothing mapped there) changes nothing.
+        unsafe { libc::syscall(libc::SYS_madvise, start, len, libc::MADV_DONTNEED) };
+    }
 }
 
 /// What `each_object` is handed: the vDSO's address, to skip it, and the
-/// address space released so far.
+/// ranges found so far.
 struct Walk {
     vdso: usize,
-    covered: usize,
+    ranges: Vec<(usize, usize)>,
 }
 
 /// The whole pages inside `[start, start + len)`.
@@ -54,7 +72,7 @@ unsafe extern "C" fn each_object(
     data: *mut c_void,
 ) -> libc::c_int {
     // SAFETY: dl_iterate_phdr hands a valid `info` for the call's duration, and
-    // `data` is the `Walk` `release_startup_pages` passed.
+    // `data` is the `Walk` `text_ranges` passed.
     let (info, walk) = unsafe { (&*info, &mut *data.cast::<Walk>()) };
     if info.dlpi_phdr.is_null() || info.dlpi_addr as usize == walk.vdso {
         return 0;
@@ -66,11 +84,8 @@ unsafe extern "C" fn each_object(
             continue;
         }
         let start = (info.dlpi_addr as usize).wrapping_add(h.p_vaddr as usize);
-        if let Some((first, len)) = whole_pages(start, h.p_memsz as usize) {
-            // SAFETY: see the module docs; a failure (nothing mapped there)
-            // changes nothing.
-            unsafe { libc::madvise(first as *mut c_void, len, libc::MADV_DONTNEED) };
-            walk.covered += len;
+        if let Some(range) = whole_pages(start, h.p_memsz as usize) {
+            walk.ranges.push(range);
         }
     }
     0

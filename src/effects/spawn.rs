@@ -50,6 +50,8 @@ pub const INTERNAL_ENV: &[&str] = &[
     handoff::LISTEN_FDS,
     crate::trace::ENV,
     handoff::HISTORY,
+    super::standby::FD,
+    super::standby::EXE,
 ];
 
 /// What an app child or probe is started with.

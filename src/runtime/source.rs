@@ -67,6 +67,12 @@ pub trait Source {
     fn id_of(&self, pid: Pid) -> Option<ProcId>;
     /// How many processes that re-parented to us (not started by us) still run.
     fn adopted(&self) -> usize;
+    /// A child none of the machine's exited: if it is one the runtime keeps
+    /// for itself (a standby successor), handle it and say so; the machine
+    /// never hears of it.
+    fn own_exited(&mut self, _pid: Pid, _status: ExitStatus) -> bool {
+        false
+    }
     /// (Successor) the pid of the generation that started us.
     fn predecessor_pid(&self) -> Option<u32>;
     /// The process `pid` of user `uid` that sent a signal, as the machine sees it.
@@ -216,6 +222,9 @@ impl<S: Source> Driver for Psflip<S> {
 
     fn on_exit(&mut self, now: Instant, pid: Pid, status: ExitStatus) -> Option<i32> {
         let Some(id) = self.0.id_of(pid) else {
+            if self.0.own_exited(pid, status) {
+                return None;
+            }
             // Not ours: a process that re-parented to us (we are a subreaper).
             // While the exit waits for those, say how many still run.
             if !self.0.sweeping() {

@@ -146,7 +146,12 @@ impl Resolver<'_, '_> {
                 "must be longer than 0s: the new child needs time to become healthy",
             ));
         }
-        Ok((UpgradeConfig { signal, timeout }, Limit { timeout, span }))
+        let upgrade = UpgradeConfig {
+            signal,
+            timeout,
+            standby: raw.standby.unwrap_or(false),
+        };
+        Ok((upgrade, Limit { timeout, span }))
     }
 
     /// `[shutdown]`; its signal must differ from the upgrade signal.
