@@ -16,6 +16,8 @@
 #   BENCH_BASELINE=PATH     also measure another psflip binary (e.g. an older commit's
 #                           release build) with the same benches, for a before/after
 #   BENCH_ALSO=NAME=PATH:…  more binaries to measure alongside (one column each)
+#   BENCH_STANDBY=1         also measure the shipped binary configured with
+#                           `[upgrade] standby = true`, in the same iterations
 #   BENCH_GROW=1            also run benches/grow.py (proxied connections during an
 #                           upgrade, accepts during handovers, configuration size;
 #                           root and nginx), BENCH_GROW_ROUNDS=5 upgrades per row
@@ -33,6 +35,7 @@ do_static=${BENCH_STATIC:-1}
 do_profile=${BENCH_PROFILE:-1}
 do_grow=${BENCH_GROW:-1}
 do_floor=${BENCH_FLOOR:-1}
+do_standby=${BENCH_STANDBY:-1}
 baseline=${BENCH_BASELINE:-}
 load_wait=${BENCH_LOAD_WAIT:-900}
 output=${BENCH_OUTPUT:-BENCHMARKS.md}
@@ -116,7 +119,7 @@ also=""
 [ -n "$baseline" ] && also+="baseline=$baseline:"
 also+=${BENCH_ALSO:-}
 log "cargo bench --bench flip${also:+ (also: $also)}"
-PSFLIP_BENCH_ALSO=$also PSFLIP_BENCH_OUT=$work/flip cargo bench --bench flip 2>&1 | tee "$work/flip.log"
+PSFLIP_BENCH_STANDBY=$do_standby PSFLIP_BENCH_ALSO=$also PSFLIP_BENCH_OUT=$work/flip cargo bench --bench flip 2>&1 | tee "$work/flip.log"
 
 # --- profile (perf tracepoints) --------------------------------------------------------
 if [ "$do_profile" = 1 ]; then
@@ -238,6 +241,7 @@ comparison() {
     col() { [ -f "$1/medians.tsv" ] && median "$1" "$2"; }
     # name|directory|binary
     local cols=("shipped (glibc dynamic)|$work/flip|$bin")
+    [ "$do_standby" = 1 ] && cols+=("shipped, \`[upgrade] standby = true\`|$work/flip/standby|$bin")
     [ -n "$baseline" ] && cols+=("baseline (\`$(basename "$baseline")\`)|$work/flip/baseline|$baseline")
     [ -n "$static_bin" ] && cols+=("crt-static (glibc linked in)|$work/flip/static|$static_bin")
     local item
@@ -277,6 +281,10 @@ fi
 if [ -n "$static_bin" ]; then
     others_note+="; the same sources built with \`RUSTFLAGS=\"-C target-feature=+crt-static\"\`"
     others_note+=" (glibc linked in, no dynamic loader at start-up; not what the project ships)"
+fi
+if [ "$do_standby" = 1 ]; then
+    others_note+="; the shipped build again, configured with \`[upgrade] standby = true\` (a successor started"
+    others_note+=" ahead of time and woken by the upgrade; its idle RSS counts the standby's too)"
 fi
 others_note+="."
 
@@ -332,7 +340,7 @@ $(cat "$work/hyperfine.md")
 ### Binary
 
 \`$bin\`: $size bytes; $file_desc.
-$(if [ -n "$static_bin" ] || [ -n "$baseline" ] || [ -n "${BENCH_ALSO:-}" ]; then cat <<EOT
+$(if [ -n "$static_bin" ] || [ -n "$baseline" ] || [ -n "${BENCH_ALSO:-}" ] || [ "$do_standby" = 1 ]; then cat <<EOT
 
 ## Other builds, measured by the same benches in the same run, interleaved
 

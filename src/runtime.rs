@@ -385,10 +385,13 @@ impl LinuxOs {
                     self.warn(
                         "standby_gone",
                         &format!(
-                            "the standby successor (pid {}) is gone ({e}); starting the successor cold",
+                            "cannot wake the standby successor (pid {}): {e}; starting the successor cold",
                             standby.pid
                         ),
                     );
+                    // Let go: it reads no whole handoff and exits (SIGKILL if
+                    // it is stopped); reaped as one of ours.
+                    let _ = kill(standby.pid, nix::sys::signal::Signal::SIGKILL);
                     self.dismissed.insert(standby.pid);
                     drop(standby);
                 }
@@ -477,10 +480,13 @@ impl LinuxOs {
         });
         match started {
             Ok(standby) => {
-                self.say(&format!(
-                    "standby successor started (pid {}): the next upgrade wakes it",
-                    standby.pid
-                ));
+                crate::log::logger().info(
+                    "standby_started",
+                    format!(
+                        "standby successor started (pid {}): the next upgrade wakes it",
+                        standby.pid
+                    ),
+                );
                 self.standby = Some(standby);
             }
             Err(e) => {

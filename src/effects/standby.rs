@@ -67,6 +67,14 @@ pub fn start(
     inherit: &[RawFd],
 ) -> Result<Standby, EffectError> {
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| EffectError::sys("pipe2", e))?;
+    // Our end never blocks (a standby that stopped reading must not stop
+    // psflip); room for any handoff (10 upgrades of history) where the
+    // kernel allows it, 64 KiB where it does not.
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        libc::fcntl(go_w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::fcntl(go_w.as_raw_fd(), libc::F_SETPIPE_SZ, 256 * 1024);
+    }
     let (ready_r, ready_w) = ready;
     let mut keep = inherit.to_vec();
     keep.push(go_r.as_raw_fd());
@@ -95,7 +103,8 @@ impl Standby {
 
     /// Hand it `env` (the handoff's variables) and let it go on as the successor;
     /// returns its pid and the readiness pipe's read end. Fails (and gives the
-    /// standby back) if it is gone already.
+    /// standby back, to be let go) if it is gone already, or if the handoff
+    /// does not fit in the pipe at once (it never blocks).
     pub fn wake(self, env: &[(&str, String)]) -> Result<(Pid, OwnedFd), (Standby, std::io::Error)> {
         let mut message = Vec::new();
         for (key, value) in env {
@@ -105,17 +114,18 @@ impl Standby {
             message.push(0);
         }
         message.push(0);
-        // Blocking: a handoff longer than the pipe's buffer waits for the
-        // standby, which is reading. A standby gone makes it EPIPE (the SIGPIPE
-        // that comes with it is blocked, read from the signalfd and ignored, like
-        // any raised by psflip's own writes).
-        let written = nix::unistd::write(&self.go, &message).and_then(|n| {
-            let mut done = n;
-            while done < message.len() {
-                done += nix::unistd::write(&self.go, &message[done..])?;
+        // A standby gone makes it EPIPE (the SIGPIPE that comes with it is
+        // blocked, read from the signalfd and ignored, like any raised by
+        // psflip's own writes); a full pipe EAGAIN. A partial write is no
+        // handoff: the standby, lacking the final empty entry, exits.
+        let written = loop {
+            match nix::unistd::write(&self.go, &message) {
+                Ok(n) if n == message.len() => break Ok(()),
+                Ok(_) => break Err(nix::errno::Errno::EAGAIN),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break Err(e),
             }
-            Ok(())
-        });
+        };
         match written {
             Ok(()) => Ok((self.pid, self.ready)),
             Err(e) => Err((self, std::io::Error::from(e))),
