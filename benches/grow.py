@@ -3,6 +3,8 @@
 
     benches/grow.py PSFLIP_BIN [ROUNDS]        (as root: nginx, RLIMIT_NOFILE)
     benches/grow.py --accepts PSFLIP_BIN [ROUNDS]   only item 2 (4 × ROUNDS upgrades)
+    --standby: every configuration with `[upgrade] standby = true` (each
+    upgrade then waits until the generation has started its standby)
 
 1. Handoff with 0, 1,000 and 9,900 idle proxied connections open during the
    upgrade: upgrade signal → the old generation's "stopping the old child" line
@@ -44,6 +46,8 @@ import threading
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
+# `--standby`: the [upgrade] table every configuration gets.
+UPGRADE = ""
 
 
 def status(pid, key):
@@ -285,7 +289,7 @@ def accepts(binary, d, backend, upgrades):
     """Item 2: connect → answer latency around takeovers."""
     port = free_port()
     cfg = write_config(d, "accepts.toml", f'cmd = ["sleep", "1000"]\n\n{HEALTH}\n[[proxy]]\n'
-                       f'listen = "127.0.0.1:{port}"\nforward = "127.0.0.1:{backend}"\n')
+                       f'listen = "127.0.0.1:{port}"\nforward = "127.0.0.1:{backend}"\n{UPGRADE}')
     ps = Psflip(binary, cfg, d)
     client = subprocess.Popen([sys.executable, "-c", ACCEPT_CLIENT, str(port), str(backend)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -295,6 +299,8 @@ def accepts(binary, d, backend, upgrades):
         time.sleep(0.3)
         for _ in range(upgrades):
             old = ps.pid
+            if UPGRADE:
+                ps.wait_line(rf"psflip\[{old}\]: standby successor started")
             hup = time.monotonic()
             _, _, new = ps.upgrade()
             t, _ = ps.wait_line(rf"psflip\[{new}\]: new child is healthy; taking over")
@@ -450,10 +456,14 @@ def config_sizes(binary, d, sizes):
 
 
 def main():
+    global UPGRADE
     args = sys.argv[1:]
     only_accepts = "--accepts" in args
     if only_accepts:
         args.remove("--accepts")
+    if "--standby" in args:
+        args.remove("--standby")
+        UPGRADE = "\n[upgrade]\nstandby = true\n"
     binary = os.path.abspath(args[0])
     rounds = int(args[1]) if len(args) > 1 else 5
     libc = ctypes.CDLL(None, use_errno=True)
