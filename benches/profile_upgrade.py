@@ -3,6 +3,7 @@
 
     benches/profile_upgrade.py PSFLIP_BIN [RUNS]            (as root, with perf)
     benches/profile_upgrade.py --failed PSFLIP_BIN [RUNS]   failed upgrades instead
+    benches/profile_upgrade.py --standby PSFLIP_BIN [RUNS]  with `[upgrade] standby = true`
 
 Starts PSFLIP_BIN supervising `sleep 1000` with `[healthcheck.command] cmd =
 ["true"], after = "0s"`, sends it RUNS upgrade signals (each to the current
@@ -83,10 +84,24 @@ FAILED_PHASES = [
 ]
 
 
+STANDBY_PHASES = [
+    ("a", "old psflip: kill(SIGHUP) → handoff written to the standby (wake-up, event loop, machine step, log line, the handoff)"),
+    ("w", "standby: woken → configuration load (its read returns, pages mapped back, environment, binary check, fd sweep, arguments)"),
+    ("c3", "successor: config load → signalfd (read + parse TOML, templates, control socket directory, own_binary)"),
+    ("d", "successor: signalfd → clone of the child"),
+    ("e", "clone → child's execve done"),
+    ("f", "child: execve done → running (`sleep`'s own start-up: not psflip's)"),
+    ("total", "kill(SIGHUP) → new child running"),
+]
+
+
 def main():
     args = sys.argv[1:]
     failed = args[:1] == ["--failed"]
     if failed:
+        args = args[1:]
+    standby = args[:1] == ["--standby"]
+    if standby:
         args = args[1:]
     binary = os.path.abspath(args[0])
     runs = int(args[1]) if len(args) > 1 else 30
@@ -101,19 +116,21 @@ def main():
             else:
                 f.write('cmd = ["sleep", "1000"]\n\n[healthcheck.command]\ncmd = ["true"]\n'
                         'after = "0s"\n\n[shutdown]\ntimeout = "1s"\n')
+            if standby:
+                f.write('\n[upgrade]\nstandby = true\n')
         data = os.path.join(d, "perf.data")
         perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", ",".join(EVENTS), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         try:
-            targets = upgrade(binary, cfg, runs, failed)
+            targets = upgrade(binary, cfg, runs, failed, standby)
         finally:
             perf.send_signal(signal.SIGINT)
             perf.wait()
             reap(wait=True)
         out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,tid,time,event,trace"],
                              capture_output=True, text=True, check=True).stdout
-    (report_failed if failed else report)(parse(out), targets)
+    (report_failed if failed else report_standby if standby else report)(parse(out), targets)
 
 
 def reap(wait=False):
@@ -127,7 +144,7 @@ def reap(wait=False):
             return
 
 
-def upgrade(binary, cfg, runs, failed=False):
+def upgrade(binary, cfg, runs, failed=False, standby=False):
     """Run the upgrades; return the pids the upgrade signals went to (each
     failed upgrade's: the same pid every time)."""
     p = subprocess.Popen([binary, "-c", cfg], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -154,6 +171,8 @@ def upgrade(binary, cfg, runs, failed=False):
             # Longer than psflip's SETTLE_AFTER (250 ms): a settled psflip, as a
             # real upgrade meets it.
             time.sleep(0.4)
+            if standby:
+                wait_line(rf"psflip\[{cur}\]: standby successor started")
             os.kill(cur, signal.SIGHUP)
             if failed:
                 wait_line(rf"psflip\[{cur}\]: upgrade failed")
@@ -201,6 +220,45 @@ def report_failed(events, targets):
     print(f"Failed upgrades traced: {len(phases['total'])} of {len(kills)}.\n")
     print("| phase | median | min | max |\n|---|---|---|---|")
     for key, label in FAILED_PHASES:
+        v = sorted(phases[key])
+        if v:
+            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
+
+
+def report_standby(events, targets):
+    """Upgrades that woke a standby: the successor is a process that already ran."""
+    phases = {k: [] for k, _ in STANDBY_PHASES}
+    for old in targets:
+        try:
+            t0 = next(e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
+                      and re.search(r"pid: (0x)?0*%x\b" % old, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3]))
+            after = [e for e in events if e[0] >= t0]
+
+            def first(pid, name, since=t0):
+                return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+
+            # The handoff: the old psflip's first write that is not a log line (fd 2).
+            go = next(e for e in after if e[1] == old and e[2] == "syscalls:sys_enter_write"
+                      and not re.search(r"fd: (0x)?0*2\b", e[3]))
+            # The successor: whoever clones the new child after the handoff
+            # and is not the old psflip.
+            cfork = next(e for e in after if e[2] == "sched:sched_process_fork" and e[0] > go[0]
+                         and e[1] != old)
+            succ = cfork[1]
+            cwd = first(succ, "syscalls:sys_enter_getcwd", go[0])
+            sfd = first(succ, "syscalls:sys_enter_signalfd4", cwd[0])
+            child = int(re.search(r"child_pid=(\d+)", cfork[3]).group(1))
+            cexe = first(child, "sched:sched_process_exec")
+            run = first(child, "syscalls:sys_enter_clock_nanosleep", cexe[0])
+        except (StopIteration, AttributeError):
+            continue
+        for key, a, b in [("a", t0, go[0]), ("w", go[0], cwd[0]), ("c3", cwd[0], sfd[0]),
+                          ("d", sfd[0], cfork[0]), ("e", cfork[0], cexe[0]), ("f", cexe[0], run[0]),
+                          ("total", t0, run[0])]:
+            phases[key].append(b - a)
+    print(f"Upgrades traced (standby woken): {len(phases['total'])} of {len(targets)}.\n")
+    print("| phase | median | min | max |\n|---|---|---|---|")
+    for key, label in STANDBY_PHASES:
         v = sorted(phases[key])
         if v:
             print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")

@@ -193,7 +193,8 @@ pub fn wait_if_standby() -> Woken {
         Ok(n) => unsafe { message.set_len(n) },
         Err(_) => return Woken::LetGo,
     }
-    if first > 0 && go.read_to_end(&mut message).is_err() {
+    // Whole at once (it ends with the empty entry), or read on to the end.
+    if first > 0 && !message.ends_with(b"\0\0") && go.read_to_end(&mut message).is_err() {
         return Woken::LetGo;
     }
     drop(go);
