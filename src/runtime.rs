@@ -533,10 +533,15 @@ impl LinuxOs {
             .collect()
     }
 
-    /// Before this generation exits: kill and reap its standby, if any.
+    /// Before this generation exits: kill and reap its standby, if any, and
+    /// reap those let go already (SIGKILLed, maybe not reaped yet): none is
+    /// left for whoever adopts them.
     fn dismiss_standby(&mut self) {
         if let Some(standby) = self.standby.take() {
             standby.dismiss();
+        }
+        for pid in std::mem::take(&mut self.dismissed) {
+            standby::reap(pid);
         }
     }
 

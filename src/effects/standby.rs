@@ -138,13 +138,18 @@ impl Standby {
         let pid = self.pid;
         drop(self);
         let _ = kill(pid, Signal::SIGKILL);
-        loop {
-            // SAFETY: waitpid on our own child's pid.
-            let rc = unsafe { libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0) };
-            if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-            {
-                break;
-            }
+        reap(pid);
+    }
+}
+
+/// Wait for our child `pid` to exit (already SIGKILLed) and reap it; nothing
+/// if it was reaped already.
+pub fn reap(pid: Pid) {
+    loop {
+        // SAFETY: waitpid on our own child's pid.
+        let rc = unsafe { libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0) };
+        if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
         }
     }
 }
