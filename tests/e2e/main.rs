@@ -20,6 +20,7 @@ mod pidwatch;
 mod readiness;
 mod security;
 mod selfupgrade;
+mod standby;
 mod status;
 mod supervision;
 mod traces;

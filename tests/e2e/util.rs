@@ -223,6 +223,8 @@ pub struct Conf {
     pub top: Vec<String>,
     pub upgrade_signal: Option<String>,
     pub upgrade_timeout: String,
+    /// `[upgrade] standby = true` (rendered only when on).
+    pub standby: bool,
     pub shutdown_delay: Option<String>,
     pub shutdown_timeout: String,
     /// The healthcheck table, verbatim.
@@ -254,6 +256,7 @@ impl Conf {
             top: Vec::new(),
             upgrade_signal: None,
             upgrade_timeout: "3s".into(),
+            standby: false,
             shutdown_delay: None,
             shutdown_timeout: "3s".into(),
             health: alive_table("200ms"),
@@ -297,6 +300,12 @@ impl Conf {
         self
     }
 
+    /// `[upgrade] standby = true`: a standby successor waits for the next upgrade.
+    pub fn standby(mut self) -> Conf {
+        self.standby = true;
+        self
+    }
+
     pub fn shutdown_timeout(mut self, t: &str) -> Conf {
         self.shutdown_timeout = t.into();
         self
@@ -333,6 +342,9 @@ impl Conf {
             s += &format!("signal = {}\n", q(sig));
         }
         s += &format!("timeout = {}\n", q(&self.upgrade_timeout));
+        if self.standby {
+            s += "standby = true\n";
+        }
         s += "\n[shutdown]\n";
         if let Some(d) = &self.shutdown_delay {
             s += &format!("delay = {}\n", q(d));
