@@ -206,6 +206,7 @@ pub fn wait_if_standby() -> Woken {
     let Some(vars) = parse(&message) else {
         return Woken::LetGo;
     };
+    discard_stale_signals();
     set_name(b"psflip\0");
     for (key, value) in vars {
         // SAFETY: still one thread.
@@ -233,6 +234,50 @@ fn release_then_read(
         if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return n;
         }
+    }
+}
+
+/// Once woken: discard the signals that reached the standby while it waited
+/// (blocked, so pending). They were sent to psflip's process group (a
+/// terminal's SIGHUP, SIGWINCH or SIGTSTP, `kill -- -PGID`) and are the old
+/// generation's business, which got them too; a successor started cold at the
+/// upgrade never sees them, and the new generation would otherwise act on them
+/// (pass them on to its new child right after starting it). The generation
+/// that woke us may already have signalled us as its successor (an upgrade
+/// aborted at once): those signals are queued again with their sender.
+fn discard_stale_signals() {
+    let parent = nix::unistd::getppid().as_raw();
+    let all = nix::sys::signal::SigSet::all();
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut keep = Vec::new();
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: every signal is blocked (main's first act); a zero timeout
+        // only takes what is pending.
+        let sig = unsafe { libc::sigtimedwait(all.as_ref(), &mut info, &now) };
+        if sig <= 0 {
+            break;
+        }
+        // SAFETY: filled in by sigtimedwait for this signal.
+        if unsafe { info.si_pid() } == parent {
+            keep.push((sig, info));
+        }
+    }
+    for (sig, mut info) in keep {
+        // SAFETY: queueing a signal to ourselves with the siginfo the kernel
+        // gave us for it (allowed for any si_code when the target is us).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigqueueinfo,
+                libc::getpid(),
+                sig,
+                &raw mut info,
+            )
+        };
     }
 }
 

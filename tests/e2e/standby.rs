@@ -472,3 +472,48 @@ fn a_child_that_exits_on_its_own_ends_psflip_and_its_standby() {
     );
     sb.assert_clean();
 }
+
+/// A signal sent to psflip's process group (a terminal's SIGHUP, SIGWINCH,
+/// SIGTSTP; `kill -- -PGID`) reaches the standby too, which keeps it blocked,
+/// pending. Once woken it must behave as a successor started cold would: one
+/// started after the signal never sees it. Here the group signal is sent to
+/// psflip and its standby by pid (the test shares psflip's process group).
+#[test]
+fn signals_that_reached_the_waiting_standby_are_not_acted_on_once_it_is_woken() {
+    let sb = Sandbox::new("standby_stale_signals");
+    let (mut p, c1) = serve(&sb, &Conf::fixture(&sb, &[]).standby());
+    let s = must_stand_by(&sb, p.pid, 1);
+
+    // SIGUSR1 to the group: psflip passes it on to its child.
+    signal(s, Signal::SIGUSR1);
+    p.signal(Signal::SIGUSR1);
+    sb.must_get_signal(c1, "USR1");
+    sb.must(T, "the standby holds SIGUSR1 pending", || {
+        status_field(s, "ShdPnd")
+            .and_then(|m| u64::from_str_radix(&m, 16).ok())
+            .is_some_and(|m| m & (1 << (Signal::SIGUSR1 as i32 - 1)) != 0)
+    });
+    // SIGHUP to the group: the upgrade.
+    signal(s, Signal::SIGHUP);
+    let successor = sb.upgrade(p.pid);
+    assert_eq!(successor, s, "{}", sb.diag());
+    assert_eq!(sb.wait_exit(&mut p, T), 0, "{}", sb.diag());
+    assert_eq!(sb.signals_of(c1), ["USR1", "TERM"]);
+    let c2 = sb.child_of(s);
+    sb.must_start(c2);
+    // Once it has settled, anything it read at its start is long handled.
+    must_stand_by(&sb, s, 1);
+    assert_eq!(
+        sb.signals_of(c2),
+        Vec::<String>::new(),
+        "the new child got a signal sent before the upgrade\n{}",
+        sb.diag()
+    );
+    sb.assert_alive(c2, "the new child");
+    assert!(
+        !sb.logged(s, "SIGHUP"),
+        "the new generation heard the SIGHUP that caused its own upgrade\n{}",
+        sb.diag()
+    );
+    finish(&sb, s);
+}
