@@ -567,7 +567,19 @@ pub fn deploy(sb: &Sandbox) -> PathBuf {
 pub fn start_installed(sb: &Sandbox, installed: &Path) -> Psflip {
     let mut cmd = sb.command(installed);
     cmd.args(["-c", "psflip.toml"]);
-    sb.spawn(cmd)
+    // [`deploy`] has just written the file: a process another test forks
+    // meanwhile holds it open for writing until it execs, and exec'ing the
+    // file fails with ETXTBSY until then.
+    let child = sb.wait_for(
+        T,
+        &format!("{} starts", installed.display()),
+        || match cmd.spawn() {
+            Ok(child) => Some(child),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32) => None,
+            Err(e) => panic!("spawn {}: {e}", installed.display()),
+        },
+    );
+    Psflip::new(child)
 }
 
 /// I3 after a failed upgrade: the old psflip and its child run as before, the
