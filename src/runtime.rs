@@ -1040,9 +1040,11 @@ pub trait Poll: Driver {
     fn signalfd(&self) -> BorrowedFd<'_>;
     /// Extra fds to poll beside the signalfd, in the order they are handled.
     fn fds(&self) -> Vec<(Self::Tag, BorrowedFd<'_>, PollFlags)>;
-    /// Nothing has happened for [`SETTLE_AFTER`]: right before the pages
-    /// start-up touched are given back.
-    fn on_settle(&mut self) {}
+    /// Nothing has happened for [`SETTLE_AFTER`]: give back the pages start-up
+    /// touched.
+    fn on_settle(&mut self) {
+        resident::release_startup_pages();
+    }
 }
 
 /// One turn of the loop once poll returned (`ready`: the fds that fired, in
@@ -1139,7 +1141,6 @@ pub fn event_loop<D: Poll>(driver: &mut D, clock: &Clock) -> Result<i32, EffectE
         };
         if settling && !sig_ready && ready_tags.is_empty() {
             driver.on_settle();
-            resident::release_startup_pages();
             settled = true;
             continue;
         }
@@ -1303,6 +1304,14 @@ impl Poll for Psflip<Live> {
     fn on_settle(&mut self) {
         let serving = self.0.machine.phase() == crate::machine::Phase::Serving;
         self.0.os.settle_standby(serving);
+        if self.0.os.spec.standby {
+            // An upgrade that wakes a standby runs little here (the handoff
+            // is written, nothing is spawned): every page goes back, and the
+            // service's footprint with its standby stays that of one psflip.
+            resident::release(&resident::text_ranges());
+        } else {
+            resident::release_startup_pages();
+        }
     }
 
     fn fds(&self) -> Vec<(PsflipFd, BorrowedFd<'_>, PollFlags)> {

@@ -18,23 +18,37 @@ use std::ffi::c_void;
 const PAGE: usize = 4096;
 
 /// Unmap the whole pages of every loaded object's read-only segments (psflip,
-/// libc, ld.so); returns how much address space that covered (not all of it
-/// was resident).
+/// libc, ld.so), each as the walk over them finds it; returns how much address
+/// space that covered (not all of it was resident).
+///
+/// The code the walk runs after a range is released, and the event loop's,
+/// comes back at once, 64 KiB around each page: about 0.3 MiB of psflip's
+/// and libc's text that the next event (an upgrade's spawn above all) would
+/// otherwise fault in on its path (0.2 ms on a cold upgrade's first phase,
+/// measured; BENCHMARKS.md). [`release`] with [`text_ranges`] gives back
+/// everything instead.
 pub fn release_startup_pages() -> usize {
-    let ranges = text_ranges();
-    release(&ranges);
-    ranges.iter().map(|(_, len)| len).sum()
+    walk(true).iter().map(|(_, len)| len).sum()
 }
 
 /// The whole pages of every loaded object's read-only segments, but the
 /// vDSO's: (start, length).
 pub fn text_ranges() -> Vec<(usize, usize)> {
+    walk(false)
+}
+
+/// Walk the loaded objects' read-only segments; with `release`, release each
+/// range as it is found.
+fn walk(release: bool) -> Vec<(usize, usize)> {
     let mut walk = Walk {
         // SAFETY: getauxval has no preconditions.
         vdso: unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize,
         ranges: Vec::with_capacity(16),
+        release,
     };
-    // SAFETY: `each_object` only reads the headers it is handed.
+    // SAFETY: `each_object` only reads the headers it is handed, and with
+    // `release` madvises read-only, never-written private file mappings (see
+    // the module docs).
     unsafe {
         libc::dl_iterate_phdr(Some(each_object), (&raw mut walk).cast::<c_void>());
     }
@@ -57,6 +71,7 @@ pub fn release(ranges: &[(usize, usize)]) {
 struct Walk {
     vdso: usize,
     ranges: Vec<(usize, usize)>,
+    release: bool,
 }
 
 /// The whole pages inside `[start, start + len)`.
@@ -85,6 +100,9 @@ unsafe extern "C" fn each_object(
         }
         let start = (info.dlpi_addr as usize).wrapping_add(h.p_vaddr as usize);
         if let Some(range) = whole_pages(start, h.p_memsz as usize) {
+            if walk.release {
+                release(&[range]);
+            }
             walk.ranges.push(range);
         }
     }
@@ -118,6 +136,14 @@ mod tests {
         assert_eq!(TABLE.iter().sum::<u64>(), before);
         assert_eq!(written[12345], 42);
         assert_eq!(format!("{:?}", std::path::Path::new("/x")), "\"/x\"");
+        release(&text_ranges());
+        let everything = rss_file_kib();
+        assert!(
+            everything < mapped,
+            "RssFile {mapped} KiB -> {everything} KiB"
+        );
+        assert_eq!(TABLE.iter().sum::<u64>(), before);
+        assert_eq!(written[12345], 42);
     }
 
     /// The kernel's count of this process's resident file pages.
