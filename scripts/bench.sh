@@ -126,6 +126,9 @@ if [ "$do_profile" = 1 ]; then
     log "profiling 30 upgrades"
     python3 benches/profile_upgrade.py "$bin" 30 >"$work/profile.md" || do_profile=0
     python3 benches/profile_upgrade.py --failed "$bin" 30 >"$work/profile-failed.md" || true
+    if [ "$do_standby" = 1 ]; then
+        python3 benches/profile_upgrade.py --standby "$bin" 30 >"$work/profile-standby.md" || true
+    fi
     if [ -n "$static_bin" ] && [ "$do_profile" = 1 ]; then
         python3 benches/profile_upgrade.py "$static_bin" 30 >"$work/profile-static.md" || true
     fi
@@ -384,6 +387,7 @@ Shipped build:
 $(cat "$work/profile.md")
 $(if [ -s "$work/profile-static.md" ]; then printf '\ncrt-static variant:\n\n'; cat "$work/profile-static.md"; fi)
 $(if [ -s "$work/profile-failed.md" ]; then printf '\nFailed upgrades (\`--failed\`: the new child is \`false\`; figure 4), shipped build:\n\n'; cat "$work/profile-failed.md"; fi)
+$(if [ -s "$work/profile-standby.md" ]; then printf '\nUpgrades that wake a standby (\`--standby\`: \`[upgrade] standby = true\`), shipped build:\n\n'; cat "$work/profile-standby.md"; fi)
 EOT
 fi)
 
@@ -412,6 +416,10 @@ fi)
   is in the details. The other builds (\`PSFLIP_BENCH_ALSO\`) run in the same
   iterations: each runs the direct spawn once and every binary's upgrade and failed
   upgrade, in a rotating order, so that all columns share the machine's moments.
+- The \`standby\` column is the shipped build again, its three configurations with
+  \`[upgrade] standby = true\` added (\`PSFLIP_BENCH_STANDBY=1\`): 400 ms after the
+  child is healthy its standby has started (250 ms) and waits. Its figure 5 is
+  psflip's VmRSS plus its standby's.
 - Figure 5 reads VmRSS and Threads from \`/proc/PID/status\` 1 s after psflip,
   supervising \`sleep 1000\` with \`[healthcheck.alive] timeout = "100ms"\`, logged
   that its child is healthy; and of the successor 1 s after it took over (quiet for over 250 ms, psflip has given back the pages its start-up mapped).
