@@ -1002,7 +1002,7 @@ impl Report<'_> {
                 r.n,
                 fmt_mib(r.median),
                 t.median,
-                met(r.median <= 1.5 * 1024.0 && t.median <= 1.0)
+                met(r.median * 1024.0 <= 1.5e6 && t.median <= 1.0)
             );
         }
         out
