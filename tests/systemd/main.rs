@@ -388,6 +388,9 @@ struct Unit<'a> {
     record: PathBuf,
     pidfile: String,
     conf: PathBuf,
+    /// The configuration has `[upgrade] standby = true`: a serving psflip has a
+    /// `psflip-standby` child too, and a reload wakes it.
+    standby: bool,
 }
 
 impl Unit<'_> {
@@ -437,11 +440,14 @@ impl Unit<'_> {
             self.diag()
         );
         let main = self.sd.main_pid(&self.name);
+        if self.standby {
+            self.standby_of(main, what);
+        }
         let procs = self.sd.procs(&self.name);
         assert_eq!(
             procs.len(),
-            2,
-            "{what}: psflip and its child\n{}",
+            if self.standby { 3 } else { 2 },
+            "{what}: psflip and its child (and its standby)\n{}",
             self.diag()
         );
         let psflip = procs.iter().find(|p| p.ns == main).unwrap_or_else(|| {
@@ -450,7 +456,7 @@ impl Unit<'_> {
         assert_eq!(psflip.comm, "psflip", "{what}\n{}", self.diag());
         let child = procs
             .iter()
-            .find(|p| p.ppid == psflip.host)
+            .find(|p| p.ppid == psflip.host && p.comm != "psflip-standby")
             .unwrap_or_else(|| panic!("{what}: no child of psflip\n{}", self.diag()));
         assert_eq!(
             self.sd.read_inside(&self.pidfile).as_deref(),
@@ -490,11 +496,41 @@ impl Unit<'_> {
         );
     }
 
+    /// (`standby`) the standby of the psflip `main` (pids inside), once it has
+    /// started one (250 ms after it is quiet).
+    fn standby_of(&self, main: i32, what: &str) -> i32 {
+        let host = |ns: i32| {
+            self.sd
+                .procs(&self.name)
+                .into_iter()
+                .find(|p| p.ns == ns)
+                .map(|p| p.host)
+        };
+        wait_for(T, || {
+            let parent = host(main)?;
+            self.sd
+                .procs(&self.name)
+                .into_iter()
+                .find(|p| p.ppid == parent && p.comm == "psflip-standby")
+                .map(|p| p.ns)
+        })
+        .unwrap_or_else(|| panic!("{what}: psflip {main} has no standby\n{}", self.diag()))
+    }
+
     fn reload_ok(&self, what: &str, before: (i32, i32)) -> (i32, i32) {
+        let standby = self.standby.then(|| self.standby_of(before.0, what));
         let (code, err) = self.ctl("reload");
         assert_eq!(code, 0, "{what}: systemctl reload: {err}\n{}", self.diag());
         let now = self.serving(what);
         assert_ne!(now.0, before.0, "{what}: MainPID is the new psflip");
+        if let Some(standby) = standby {
+            assert_eq!(
+                now.0,
+                standby,
+                "{what}: the reload woke the standby, now MainPID\n{}",
+                self.diag()
+            );
+        }
         assert_ne!(now.1, before.1, "{what}: a new child serves");
         self.stopped_gracefully(what, before.1);
         now
@@ -723,16 +759,32 @@ fn every_shipped_unit_under_a_private_systemd() {
             );
             continue;
         }
-        eprintln!("unit {name}");
-        Unit {
-            sd: &sd,
-            name,
-            record,
-            pidfile,
-            conf,
+        // Each unit as shipped, then with `[upgrade] standby = true`.
+        for standby in [false, true] {
+            eprintln!(
+                "unit {name}{}",
+                if standby { ", standby = true" } else { "" }
+            );
+            let text = config(conf.parent().unwrap(), &record, &pidfile);
+            let text = if standby {
+                text.replace("[upgrade]\n", "[upgrade]\nstandby = true\n")
+            } else {
+                text
+            };
+            fs::write(&conf, text).unwrap();
+            // Each pass counts its own children's events.
+            let _ = fs::remove_file(&record);
+            Unit {
+                sd: &sd,
+                name: name.clone(),
+                record: record.clone(),
+                pidfile: pidfile.clone(),
+                conf: conf.clone(),
+                standby,
+            }
+            .run();
+            ran += 1;
         }
-        .run();
-        ran += 1;
     }
     assert!(ran > 0, "no shipped unit runs on systemd {}", sd.version);
     sd.shut_down();
