@@ -36,6 +36,21 @@ fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The process's name (`/proc/PID/comm`).
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// (`[upgrade] standby = true`) the standby of psflip `p`, once it has one.
+fn standby_of(p: i32) -> Option<i32> {
+    children(p)
+        .into_iter()
+        .find(|c| comm(*c) == "psflip-standby")
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -106,7 +121,9 @@ impl Service {
         let found = wait_for(T, || {
             let p = read_pid(&self.dir.join("myapp.pid"))?;
             (alive(p) && ppid(p) == Some(pidwatch)).then_some(())?;
-            let c = *children(p).first()?;
+            let c = children(p)
+                .into_iter()
+                .find(|c| comm(*c) != "psflip-standby")?;
             (self.count("start", c) == 1).then_some((p, c))
         });
         let (p, c) = found.unwrap_or_else(|| panic!("{what}: not serving\n{}", self.diag()));
@@ -175,6 +192,12 @@ fn install(src: &Path, dst: &Path, dir: &Path) {
 
 #[test]
 fn the_runit_example_under_a_real_runsv() {
+    scenario(false);
+    // The same with `[upgrade] standby = true`: each `sv hup` wakes the standby.
+    scenario(true);
+}
+
+fn scenario(standby: bool) {
     let missing: Vec<&str> = ["runsv", "sv", "svlogd"]
         .into_iter()
         .filter(|t| {
@@ -190,7 +213,11 @@ fn the_runit_example_under_a_real_runsv() {
         common::skipped("the runit test", &why);
         return;
     }
-    let dir = std::env::temp_dir().join(format!("psflip-runit-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "psflip-runit-{}{}",
+        std::process::id(),
+        if standby { "-standby" } else { "" }
+    ));
     let _ = fs::remove_dir_all(&dir);
     let svc = dir.join("myapp");
     fs::create_dir_all(svc.join("log")).unwrap();
@@ -218,10 +245,11 @@ fn the_runit_example_under_a_real_runsv() {
     fs::write(
         dir.join("psflip.toml"),
         format!(
-            "cmd = [\"/bin/bash\", \"{}\", \"{}\"]\npidfile = \"{}\"\n\n[shutdown]\ntimeout = \"5s\"\n\n[healthcheck.alive]\ntimeout = \"300ms\"\n",
+            "cmd = [\"/bin/bash\", \"{}\", \"{}\"]\npidfile = \"{}\"\n\n[shutdown]\ntimeout = \"5s\"\n\n[healthcheck.alive]\ntimeout = \"300ms\"\n{}",
             dir.join("child.sh").display(),
             dir.join("record").display(),
-            dir.join("myapp.pid").display()
+            dir.join("myapp.pid").display(),
+            if standby { "\n[upgrade]\nstandby = true\n" } else { "" }
         ),
     )
     .unwrap();
@@ -254,6 +282,12 @@ fn the_runit_example_under_a_real_runsv() {
     // Upgrades: `sv hup`.
     for i in 1..=2 {
         let what = format!("sv hup {i}");
+        let sb = standby.then(|| {
+            let sb = wait_for(T, || standby_of(current.0))
+                .unwrap_or_else(|| panic!("{what}: psflip has no standby\n{}", s.diag()));
+            s.seen.push(sb);
+            sb
+        });
         let (ok, out) = s.sv(&["hup"]);
         assert!(ok, "{what}: {out}");
         let found = wait_for(T, || {
@@ -262,6 +296,9 @@ fn the_runit_example_under_a_real_runsv() {
         assert!(found.is_some(), "{what}: no new generation\n{}", s.diag());
         let next = s.serving(&what, pw);
         assert_ne!(next.1, current.1, "{what}: a new child");
+        if let Some(sb) = sb {
+            assert_eq!(next.0, sb, "{what}: the upgrade woke the standby");
+        }
         s.stopped_gracefully(&what, current.1);
         assert!(
             wait_for(T, || (!alive(current.0)).then_some(())).is_some(),
@@ -283,7 +320,12 @@ fn the_runit_example_under_a_real_runsv() {
         current = next;
     }
 
-    // Stop: `sv down`.
+    // Stop: `sv down` (with a standby waiting, in the standby pass).
+    if standby {
+        let sb = wait_for(T, || standby_of(current.0))
+            .unwrap_or_else(|| panic!("before sv down: psflip has no standby\n{}", s.diag()));
+        s.seen.push(sb);
+    }
     let (ok, out) = s.sv(&["down"]);
     assert!(ok, "sv down: {out}");
     s.stopped_gracefully("sv down", current.1);
