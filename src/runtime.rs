@@ -389,11 +389,8 @@ impl LinuxOs {
                             standby.pid
                         ),
                     );
-                    // Let go: it reads no whole handoff and exits (SIGKILL if
-                    // it is stopped); reaped as one of ours.
-                    let _ = kill(standby.pid, nix::sys::signal::Signal::SIGKILL);
-                    self.dismissed.insert(standby.pid);
-                    drop(standby);
+                    // Reaped as one of ours when it has gone.
+                    self.dismissed.insert(standby.let_go());
                 }
             }
         }
@@ -541,7 +538,7 @@ impl LinuxOs {
             standby.dismiss();
         }
         for pid in std::mem::take(&mut self.dismissed) {
-            standby::reap(pid);
+            reap::wait(pid);
         }
     }
 

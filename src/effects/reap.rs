@@ -37,6 +37,18 @@ pub fn peek() -> Option<(Pid, ExitStatus)> {
     }
 }
 
+/// Wait for our child `pid` to exit and reap it, blocking (for a child that
+/// is ending now: one that failed before its exec, or was SIGKILLed); nothing
+/// if it was reaped already.
+pub fn wait(pid: Pid) {
+    loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
 /// Reap `pid`, which `peek` reported.
 pub fn reap(pid: Pid) {
     loop {

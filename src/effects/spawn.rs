@@ -425,15 +425,7 @@ impl Plan {
             None => Ok(Pid::from_raw(pid)),
             Some(stage) => {
                 // It exited (127): reap it here, it was never anyone's child.
-                loop {
-                    // SAFETY: waitpid on our own child's pid.
-                    let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-                    if rc >= 0
-                        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-                    {
-                        break;
-                    }
-                }
+                super::reap::wait(Pid::from_raw(pid));
                 Err((stage, std::io::Error::from_raw_os_error(errno)))
             }
         }

@@ -37,7 +37,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, pipe2};
 
-use super::{EffectError, resident, spawn};
+use super::{EffectError, reap, resident, spawn};
 
 /// The standby's end of the go pipe, as its fd number.
 pub const FD: &str = "PSFLIP_STANDBY_FD";
@@ -132,25 +132,19 @@ impl Standby {
         }
     }
 
-    /// Let it go and make sure it is gone: SIGKILL, then wait for it (it is our
-    /// child; nothing else reaps it once we have exited).
-    pub fn dismiss(self) {
+    /// Let it go: SIGKILL (it may be stopped, or past reading), our ends of
+    /// its pipes closed; returns its pid, for whoever reaps it.
+    pub fn let_go(self) -> Pid {
         let pid = self.pid;
         drop(self);
         let _ = kill(pid, Signal::SIGKILL);
-        reap(pid);
+        pid
     }
-}
 
-/// Wait for our child `pid` to exit (already SIGKILLed) and reap it; nothing
-/// if it was reaped already.
-pub fn reap(pid: Pid) {
-    loop {
-        // SAFETY: waitpid on our own child's pid.
-        let rc = unsafe { libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0) };
-        if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            break;
-        }
+    /// Let it go and make sure it is gone: wait for it too (it is our child;
+    /// nothing else reaps it once we have exited).
+    pub fn dismiss(self) {
+        reap::wait(self.let_go());
     }
 }
 
