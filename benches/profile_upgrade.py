@@ -189,17 +189,36 @@ def upgrade(binary, cfg, runs, failed=False, standby=False):
     return targets
 
 
+def sighups(events, pid):
+    """When each upgrade signal (SIGHUP) was sent to `pid`: its kill's entry, in order."""
+    return [e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
+            and re.search(r"pid: (0x)?0*%x\b" % pid, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3])]
+
+
+def finder(after, t0):
+    """first(pid, name, since=t0): the first event `name` of `pid` in `after` from `since` on."""
+    def first(pid, name, since=t0):
+        return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+    return first
+
+
+def print_phases(labels, phases):
+    """The Markdown table of each phase's median, min and max."""
+    print("| phase | median | min | max |\n|---|---|---|---|")
+    for key, label in labels:
+        v = sorted(phases[key])
+        if v:
+            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
+
+
 def report_failed(events, targets):
     """The failed upgrades' phases: every upgrade signal went to the same psflip."""
     old = targets[0] if targets else 0
     phases = {k: [] for k, _ in FAILED_PHASES}
-    kills = [e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
-             and re.search(r"pid: (0x)?0*%x\b" % old, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3])]
+    kills = sighups(events, old)
     for t0 in kills:
         after = [e for e in events if t0 <= e[0] < t0 + 1000]
-
-        def first(pid, name, since=t0):
-            return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+        first = finder(after, t0)
 
         try:
             fork = first(old, "sched:sched_process_fork")
@@ -218,11 +237,7 @@ def report_failed(events, targets):
                           ("i", send[0], logged[0]), ("total", t0, logged[0])]:
             phases[key].append(b - a)
     print(f"Failed upgrades traced: {len(phases['total'])} of {len(kills)}.\n")
-    print("| phase | median | min | max |\n|---|---|---|---|")
-    for key, label in FAILED_PHASES:
-        v = sorted(phases[key])
-        if v:
-            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
+    print_phases(FAILED_PHASES, phases)
 
 
 def report_standby(events, targets):
@@ -230,12 +245,9 @@ def report_standby(events, targets):
     phases = {k: [] for k, _ in STANDBY_PHASES}
     for old in targets:
         try:
-            t0 = next(e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
-                      and re.search(r"pid: (0x)?0*%x\b" % old, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3]))
+            t0 = next(iter(sighups(events, old)))
             after = [e for e in events if e[0] >= t0]
-
-            def first(pid, name, since=t0):
-                return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+            first = finder(after, t0)
 
             # The handoff: the old psflip's first write that is not a log line (fd 2).
             go = next(e for e in after if e[1] == old and e[2] == "syscalls:sys_enter_write"
@@ -257,11 +269,7 @@ def report_standby(events, targets):
                           ("total", t0, run[0])]:
             phases[key].append(b - a)
     print(f"Upgrades traced (standby woken): {len(phases['total'])} of {len(targets)}.\n")
-    print("| phase | median | min | max |\n|---|---|---|---|")
-    for key, label in STANDBY_PHASES:
-        v = sorted(phases[key])
-        if v:
-            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
+    print_phases(STANDBY_PHASES, phases)
 
 
 def parse(out):
@@ -279,12 +287,9 @@ def report(events, targets):
     phases = {k: [] for k, _ in PHASES}
     for old in targets:
         try:
-            t0 = next(e[0] for e in events if e[2] == "syscalls:sys_enter_kill"
-                      and re.search(r"pid: (0x)?0*%x\b" % old, e[3]) and re.search(r"sig: (0x)?0*1\b", e[3]))
+            t0 = next(iter(sighups(events, old)))
             after = [e for e in events if e[0] >= t0]
-
-            def first(pid, name, since=t0):
-                return next(e for e in after if e[1] == pid and e[2] == name and e[0] >= since)
+            first = finder(after, t0)
 
             fork = first(old, "sched:sched_process_fork")
             succ = int(re.search(r"child_pid=(\d+)", fork[3]).group(1))
@@ -320,11 +325,7 @@ def report(events, targets):
             phases[key].append(b - a)
     n = len(phases["total"])
     print(f"Upgrades traced: {n} of {len(targets)} (handoff phases g–i: {len(phases['handoff'])}).\n")
-    print("| phase | median | min | max |\n|---|---|---|---|")
-    for key, label in PHASES:
-        v = sorted(phases[key])
-        if v:
-            print(f"| {key}. {label} | {statistics.median(v):.3f} ms | {v[0]:.3f} ms | {v[-1]:.3f} ms |")
+    print_phases(PHASES, phases)
 
 
 if __name__ == "__main__":
