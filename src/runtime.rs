@@ -254,9 +254,11 @@ pub struct LinuxOs {
     /// `Spawn` of the successor is carried out when there is one. The machine
     /// never hears of it: it is the successor once woken, nothing before.
     standby: Option<Standby>,
-    /// No more standbys in this generation: one could not start, or exited
-    /// while it waited (upgrades start their successor cold).
-    standby_off: bool,
+    /// No more standbys in this generation, and why: one could not start, or
+    /// exited while it waited (upgrades start their successor cold).
+    standby_off: Option<String>,
+    /// The standby last woken as a successor (for `psflip status`).
+    standby_woken: Option<Pid>,
     /// Standbys given up on (gone, or let go), until they are reaped.
     dismissed: std::collections::BTreeSet<Pid>,
 }
@@ -292,7 +294,8 @@ impl LinuxOs {
             trace: None,
             child_notify: None,
             standby: None,
-            standby_off: false,
+            standby_off: None,
+            standby_woken: None,
             dismissed: std::collections::BTreeSet::new(),
         }
     }
@@ -376,6 +379,7 @@ impl LinuxOs {
             let handoff = self.handoff(standby.ready_fd());
             match standby.wake(&handoff.env()) {
                 Ok((pid, r)) => {
+                    self.standby_woken = Some(pid);
                     self.successor_pipe = Some((id, r));
                     self.successor_said.clear();
                     self.successors.insert(id, pid);
@@ -463,7 +467,7 @@ impl LinuxOs {
     /// Serving (a standby started while an upgrade or a stop is in flight
     /// would only be let go again).
     fn settle_standby(&mut self, serving: bool) {
-        if !self.spec.standby || self.standby_off || self.standby.is_some() || !serving {
+        if !self.spec.standby || self.standby_off.is_some() || self.standby.is_some() || !serving {
             return;
         }
         let started = readiness::pipe().and_then(|ready| {
@@ -487,7 +491,7 @@ impl LinuxOs {
                 self.standby = Some(standby);
             }
             Err(e) => {
-                self.standby_off = true;
+                self.standby_off = Some(format!("a standby could not start: {e}"));
                 self.warn(
                     "standby_failed",
                     &format!(
@@ -509,7 +513,7 @@ impl LinuxOs {
             return false;
         }
         self.standby = None;
-        self.standby_off = true;
+        self.standby_off = Some(format!("the standby (pid {pid}) exited ({status})"));
         self.warn(
             "standby_exited",
             &format!(
@@ -559,6 +563,24 @@ impl LinuxOs {
             ab: if self.spec.ab_second { "b" } else { "a" }.to_string(),
             last_upgrade: status.last_upgrade.clone(),
             upgrades: self.history.entries().to_vec(),
+            standby: self
+                .spec
+                .standby
+                .then(|| match (&self.standby, &self.standby_off) {
+                    (Some(_), _) => "waiting".to_string(),
+                    (None, Some(why)) => format!("off in this generation: {why}"),
+                    (None, None) if status.upgrade_in_flight && self.standby_woken.is_some() => {
+                        format!(
+                            "woken: it is this upgrade's successor (pid {})",
+                            self.standby_woken.map_or(0, |p| p.as_raw())
+                        )
+                    }
+                    (None, None) => format!(
+                        "not started yet: one starts once this generation has been quiet for {} ms",
+                        SETTLE_AFTER.as_millis()
+                    ),
+                }),
+            standby_pid: self.standby.as_ref().map(|s| s.pid.as_raw() as u32),
         }
     }
 

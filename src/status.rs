@@ -124,6 +124,13 @@ pub struct Report {
     pub last_upgrade: Option<String>,
     /// The last upgrades, oldest first.
     pub upgrades: Vec<Upgrade>,
+    /// With `[upgrade] standby = true` (absent otherwise): `waiting`, `not
+    /// started yet: …` or `off in this generation: <why>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    /// The waiting standby's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_pid: Option<u32>,
 }
 
 impl Upgrade {
@@ -163,6 +170,12 @@ impl Report {
             self.ab,
             self.last_upgrade.clone().unwrap_or_else(none),
         );
+        if let Some(standby) = &self.standby {
+            out.push_str(&format!("standby: {standby}\n"));
+        }
+        if let Some(pid) = self.standby_pid {
+            out.push_str(&format!("standby_pid: {pid}\n"));
+        }
         for (i, u) in self.upgrades.iter().rev().enumerate() {
             out.push_str(&format!("upgrade_{}: {}\n", i + 1, u.describe()));
         }
@@ -257,6 +270,8 @@ mod tests {
             ab: "b".into(),
             last_upgrade: Some("succeeded".into()),
             upgrades: vec![upgrade(1), upgrade(2)],
+            standby: None,
+            standby_pid: None,
         };
         let json = r.to_json_line();
         assert_eq!(json.lines().count(), 1);
@@ -270,6 +285,32 @@ mod tests {
             "{lines}"
         );
         assert!(lines.contains("upgrade_2: 2026-11-30T15:04:05.123Z generation 1 -> 2"));
+        // Without a standby configured, no word of one, in either form.
+        assert!(
+            !lines.contains("standby") && !json.contains("standby"),
+            "{lines}{json}"
+        );
+        let with = Report {
+            standby: Some("waiting".into()),
+            standby_pid: Some(44),
+            ..r
+        };
+        let json = with.to_json_line();
+        assert!(
+            json.contains(r#""standby":"waiting","standby_pid":44"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), with);
+        assert!(with.to_lines().contains(
+            "ab: b\nlast_upgrade: succeeded\nstandby: waiting\nstandby_pid: 44\nupgrade_1: "
+        ));
+    }
+
+    #[test]
+    fn a_report_from_a_generation_that_knows_no_standby_still_reads() {
+        let old = r#"{"psflip_pid":1,"generation":1,"phase":"serving","child_pid":2,"child_healthy":true,"uptime_seconds":0,"upgrade_in_flight":false,"upgrade_timeout_ms":60000,"ab":"a","last_upgrade":null,"upgrades":[]}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!((r.standby, r.standby_pid), (None, None));
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn run(sb: &Sandbox, args: &[&str]) -> Ran {
 }
 
 /// `psflip status`, which must succeed: its `key: value` lines.
-fn status(sb: &Sandbox) -> BTreeMap<String, String> {
+pub(crate) fn status(sb: &Sandbox) -> BTreeMap<String, String> {
     let r = run(sb, &["status"]);
     assert_eq!(r.code, 0, "status: {r:?}\n{}", sb.diag());
     assert!(r.stderr.is_empty(), "status: {r:?}");
@@ -100,7 +100,7 @@ fn status(sb: &Sandbox) -> BTreeMap<String, String> {
 }
 
 /// `psflip status --json`, which must succeed: the object.
-fn status_json(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn status_json(sb: &Sandbox) -> serde_json::Map<String, serde_json::Value> {
     let r = run(sb, &["status", "--json"]);
     assert_eq!(r.code, 0, "status --json: {r:?}\n{}", sb.diag());
     assert!(

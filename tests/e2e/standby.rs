@@ -517,3 +517,37 @@ fn signals_that_reached_the_waiting_standby_are_not_acted_on_once_it_is_woken() 
     );
     finish(&sb, s);
 }
+
+#[test]
+fn status_shows_the_standby_waiting_then_why_there_is_none() {
+    use crate::control::{status, status_json};
+    let sb = Sandbox::new("standby_status");
+    let (mut p, c1) = serve(&sb, &Conf::fixture(&sb, &[]).standby());
+    sb.must_start(c1);
+    let s = must_stand_by(&sb, p.pid, 1);
+    let lines = status(&sb);
+    assert_eq!(
+        lines.get("standby").map(String::as_str),
+        Some("waiting"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.get("standby_pid"), Some(&s.to_string()), "{lines:?}");
+    let json = status_json(&sb);
+    assert_eq!(json.get("standby"), Some(&"waiting".into()), "{json:?}");
+    assert_eq!(json.get("standby_pid"), Some(&s.into()), "{json:?}");
+
+    signal(s, Signal::SIGKILL);
+    sb.must(T, "psflip reaps its dead standby", || stat(s).is_none());
+    let lines = status(&sb);
+    assert_eq!(
+        lines.get("standby").map(String::as_str),
+        Some(
+            format!("off in this generation: the standby (pid {s}) exited (signal SIGKILL)")
+                .as_str()
+        ),
+        "{lines:?}"
+    );
+    assert_eq!(lines.get("standby_pid"), None, "{lines:?}");
+    assert_serves_untouched(&sb, &mut p, c1);
+    stop(&sb, &mut p);
+}
