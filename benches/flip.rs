@@ -39,7 +39,8 @@
 //! `scripts/bench.sh` assembles into `BENCHMARKS.md`), `PSFLIP_BENCH_ALSO`
 //! (`NAME=PATH` entries separated by `:`: other psflip binaries, measured in
 //! the same iterations, interleaved with the first; their fragments go to
-//! `PSFLIP_BENCH_OUT/NAME/`).
+//! `PSFLIP_BENCH_OUT/NAME/`; `NAME=PATH@standby` runs that binary with
+//! `[upgrade] standby = true`).
 //!
 //! The harness makes itself a child subreaper, so every process psflip starts
 //! ends up as its child once its parent is gone: all are reaped by pid, and at
@@ -817,8 +818,20 @@ fn bench_main() -> Result<(), String> {
             let (name, path) = item
                 .split_once('=')
                 .ok_or_else(|| format!("PSFLIP_BENCH_ALSO: {item:?} is not NAME=PATH"))?;
-            println!("also:   {name} = {path}");
-            bins.push((name.to_string(), PathBuf::from(path), false));
+            // `PATH@standby`: that binary with `[upgrade] standby = true`.
+            let (path, standby) = match path.strip_suffix("@standby") {
+                Some(path) => (path, true),
+                None => (path, false),
+            };
+            println!(
+                "also:   {name} = {path}{}",
+                if standby {
+                    " with [upgrade] standby = true"
+                } else {
+                    ""
+                }
+            );
+            bins.push((name.to_string(), PathBuf::from(path), standby));
         }
     }
     // `PSFLIP_BENCH_STANDBY=1`: the shipped binary again, configured with
