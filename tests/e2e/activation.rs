@@ -108,10 +108,18 @@ fn assert_every_child_activated_as_itself(sb: &Sandbox, names: &str) -> usize {
     all.len()
 }
 
-#[test]
-fn listen_sockets_reach_every_child_as_fds_3_up_with_its_own_listen_pid() {
+/// Cold, and with `[upgrade] standby = true`: the standby holds the sockets
+/// from its start, and the woken standby passes them on as a cold successor would.
+#[rstest::rstest]
+fn listen_sockets_reach_every_child_as_fds_3_up_with_its_own_listen_pid(
+    #[values(false, true)] standby: bool,
+) {
     let sb = Sandbox::with_deadline(
-        "listen_sockets_reach_every_child_as_fds_3_up",
+        if standby {
+            "listen_sockets_reach_every_child_as_fds_3_up_standby"
+        } else {
+            "listen_sockets_reach_every_child_as_fds_3_up"
+        },
         Duration::from_secs(40),
     );
     let v4 = format!("127.0.0.1:{}", free_port());
@@ -126,6 +134,7 @@ fn listen_sockets_reach_every_child_as_fds_3_up_with_its_own_listen_pid() {
             (&unix, "local"),
         ],
     );
+    let conf = if standby { conf.standby() } else { conf };
     let (mut p, c1) = {
         sb.config(&conf);
         let p = sb.start();
@@ -145,7 +154,11 @@ fn listen_sockets_reach_every_child_as_fds_3_up_with_its_own_listen_pid() {
     // new child, and the Unix socket file stays.
     let mut psflip = p.pid;
     for _ in 0..2 {
+        let waiting = standby.then(|| crate::standby::must_stand_by(&sb, psflip, 1));
         psflip = sb.upgrade(psflip);
+        if let Some(s) = waiting {
+            assert_eq!(psflip, s, "the upgrade woke the standby\n{}", sb.diag());
+        }
         let c = sb.child_of(psflip);
         sb.wait_for(T, "the new child answers", || {
             get_tcp(&v4).ok().filter(|b| *b == format!("{c} web"))

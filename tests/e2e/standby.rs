@@ -29,7 +29,7 @@ fn standbys_of(sb: &Sandbox, pid: i32) -> Vec<i32> {
 
 /// Wait until psflip `pid` has started its `nth` standby (from 1) and that
 /// standby waits: a live child of `pid` named `psflip-standby`. Returns it.
-fn must_stand_by(sb: &Sandbox, pid: i32, nth: usize) -> i32 {
+pub(crate) fn must_stand_by(sb: &Sandbox, pid: i32, nth: usize) -> i32 {
     let s = sb.wait_for(T, &format!("psflip[{pid}] starts standby #{nth}"), || {
         standbys_of(sb, pid).get(nth - 1).copied()
     });

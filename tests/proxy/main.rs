@@ -19,10 +19,15 @@ use util::*;
 
 /// A configuration: `pidfile = "psflip.pid"`, quick health, the given proxies.
 fn conf(cmd: &[&str], proxies: &[(String, String)]) -> String {
+    conf_standby(cmd, proxies, false)
+}
+
+/// [`conf`], with `[upgrade] standby = true` if `standby`.
+fn conf_standby(cmd: &[&str], proxies: &[(String, String)], standby: bool) -> String {
     let cmd: Vec<String> = cmd.iter().map(|a| format!("{a:?}")).collect();
     let mut text = format!(
         "cmd = [{}]\npidfile = \"psflip.pid\"\n\
-         [upgrade]\ntimeout = \"10s\"\n\
+         [upgrade]\ntimeout = \"10s\"\nstandby = {standby}\n\
          [shutdown]\ndelay = \"5s\"\ntimeout = \"2s\"\n\
          [healthcheck.alive]\ntimeout = \"100ms\"\n",
         cmd.join(", ")
@@ -60,6 +65,35 @@ fn upgrade(sb: &Sandbox, succeed: bool) -> i32 {
         assert_eq!(sb.service(), old);
         old
     }
+}
+
+/// With `[upgrade] standby = true`: wait until psflip `service` has logged
+/// starting a standby (`standby successor started (pid N)`, the last such line:
+/// after a failed upgrade the one before is the woken, dead one) and that
+/// process waits as its child named `psflip-standby`; returns its pid.
+fn standby_of(sb: &Sandbox, service: i32) -> i32 {
+    let needle = format!("psflip[{service}]: standby successor started (pid ");
+    let waits = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            return false;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        comm.ends_with("(psflip-standby") && ppid == Some(service)
+    };
+    sb.wait_for(
+        T,
+        &format!("psflip {service}'s last logged standby waits as its child"),
+        || {
+            let log = sb.log();
+            let rest = &log[log.rfind(&needle)? + needle.len()..];
+            let pid = rest[..rest.find(')')?].parse::<i32>().ok()?;
+            waits(pid).then_some(pid)
+        },
+    )
 }
 
 fn started(sb: &mut Sandbox) -> i32 {
@@ -290,10 +324,25 @@ fn both_sockets_of_a_tcp_connection_have_nodelay() {
     sb.stop_and_check();
 }
 
-#[test]
-fn listener_survives_upgrades_without_refusing_a_connection() {
-    let mut sb = Sandbox::new("survive");
-    let (_backend, port) = echo_proxy(&sb);
+/// Cold, and with `[upgrade] standby = true` (each upgrade wakes the standby,
+/// which holds the listener from its start, unused, until then).
+#[rstest::rstest]
+fn listener_survives_upgrades_without_refusing_a_connection(#[values(false, true)] standby: bool) {
+    let mut sb = Sandbox::new(if standby {
+        "survive-standby"
+    } else {
+        "survive"
+    });
+    let backend = Backend::echo_tcp();
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf_standby(
+            APP,
+            &[(Addr::Tcp(port).config(), backend.addr.config())],
+            standby,
+        ),
+    );
     let first = started(&mut sb);
     let inode = tcp_listener_inode(port).expect("the listener is in /proc/net/tcp");
     assert!(socket_inodes(first).contains(&inode));
@@ -333,7 +382,27 @@ fn listener_survives_upgrades_without_refusing_a_connection() {
         } else {
             let _ = std::fs::remove_file(sb.path("fail"));
         }
+        let waiting = standby.then(|| standby_of(&sb, service));
+        if let Some(s) = waiting {
+            assert!(
+                socket_inodes(s).contains(&inode),
+                "round {round}: the standby {s} holds the listener while it waits"
+            );
+        }
+        let before = sb.count(": started successor (pid ");
+        let old = service;
         service = upgrade(&sb, !fail);
+        if let Some(s) = waiting {
+            let needle = format!("psflip[{old}]: started successor (pid {s})\n");
+            assert!(
+                sb.count(": started successor (pid ") == before + 1 && sb.log().contains(&needle),
+                "round {round}: the upgrade woke the standby {s}; log:\n{}",
+                sb.log()
+            );
+            if !fail {
+                assert_eq!(service, s, "round {round}: the woken standby serves");
+            }
+        }
         assert_eq!(
             tcp_listener_inode(port),
             Some(inode),
