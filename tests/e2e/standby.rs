@@ -551,3 +551,26 @@ fn status_shows_the_standby_waiting_then_why_there_is_none() {
     assert_serves_untouched(&sb, &mut p, c1);
     stop(&sb, &mut p);
 }
+
+#[test]
+fn status_during_an_upgrade_that_woke_the_standby_names_it() {
+    use crate::control::status;
+    let sb = Sandbox::new("standby_status_woken");
+    // A new child counts as healthy after 1 s: the upgrade is in flight that long.
+    let (mut p, c1) = serve(&sb, &Conf::fixture(&sb, &[]).standby().alive("1s"));
+    sb.must_start(c1);
+    let s = must_stand_by(&sb, p.pid, 1);
+    p.signal(Signal::SIGHUP);
+    let lines = sb.wait_for(T, "psflip status says an upgrade is in flight", || {
+        let lines = status(&sb);
+        (lines.get("upgrade_in_flight").map(String::as_str) == Some("true")).then_some(lines)
+    });
+    assert_eq!(
+        lines.get("standby"),
+        Some(&format!("woken: it is this upgrade's successor (pid {s})")),
+        "{lines:?}"
+    );
+    assert_eq!(lines.get("standby_pid"), None, "{lines:?}");
+    assert_took_over(&sb, &mut p, c1, s);
+    finish(&sb, s);
+}
