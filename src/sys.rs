@@ -309,6 +309,20 @@ fn socket_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
     .map(|_| value)
 }
 
+/// What `fd` is ready for right now (`poll` with a zero timeout): `events`'
+/// bits that are set, and POLLERR / POLLHUP; 0 if nothing (or poll failed).
+/// The bits are those of epoll (POLLOUT == EPOLLOUT, …).
+pub fn ready_now(fd: RawFd, events: libc::c_short) -> u32 {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n == 1 { p.revents as u16 as u32 } else { 0 }
+}
+
 /// The pending error of a socket (the outcome of a non-blocking connect), 0 if none.
 pub fn take_error(fd: RawFd) -> i32 {
     socket_option(fd, libc::SO_ERROR).unwrap_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO))

@@ -525,7 +525,18 @@ impl Engine {
                 }
                 Err(libc::EINPROGRESS) => {
                     conn.connecting = true;
+                    let fd = sock.as_raw_fd();
                     conn.fds[BACKEND] = Some(sock);
+                    // The handshake is often over by now (on loopback always: it
+                    // ran inside connect). Then the client's request goes out at
+                    // once, as HAProxy does, not one turn of the loop later; a
+                    // refusal moves on to the next target as the event would.
+                    // Else the backend's EPOLLOUT (or error) comes as usual.
+                    let now = sys::ready_now(fd, libc::POLLOUT);
+                    if now != 0 {
+                        let generation = conn.generation;
+                        return self.on_conn(slot, generation, BACKEND, now);
+                    }
                     return;
                 }
                 Err(libc::EAGAIN) if !tcp => {
