@@ -8,7 +8,8 @@
  *   floor-proxy LISTEN_PORT BACKEND_PORT        # both on 127.0.0.1
  *
  * One thread, one epoll loop. Per connection: accept4 (NONBLOCK|CLOEXEC, in a
- * loop until EAGAIN), a nonblocking connect to the backend, TCP_NODELAY on both
+ * loop until EAGAIN), a nonblocking connect to the backend and, right after
+ * it, one attempt to pass the request on (below), TCP_NODELAY on both
  * sides, recv/send through a 16 KiB buffer each way, half-close propagation (a
  * FIN read on one side becomes shutdown(SHUT_WR) on the other once everything
  * read before it is sent), and both closed once both directions are done or on
@@ -29,6 +30,19 @@
  * needs no such bookkeeping, and accept4 runs until EAGAIN anyway (if accept4
  * fails otherwise, e.g. EMFILE, the loop spins until an fd is free: a floor,
  * not a server).
+ *
+ * Right after the backend's connect (which on loopback has done the handshake
+ * by the time it returns), one attempt to read the client's request and send
+ * it on, before waiting for any event, as HAProxy does: if the connection is
+ * not up yet the send says EAGAIN and the backend's EPOLLOUT follows.
+ *
+ * Two variants, for scripts/bench-proxy-pattern.sh:
+ *   -DWAIT_FOR_CONNECT    no such attempt: the request waits for the backend's
+ *                         EPOLLOUT (this file's behaviour until session 6, and
+ *                         psflip's);
+ *   -DNO_CLIENT_EPOLLOUT  the client socket is registered without EPOLLOUT and
+ *                         taken as writable; EPOLLOUT is added (EPOLL_CTL_MOD)
+ *                         only once a send to it comes up short, as HAProxy does.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -63,6 +77,7 @@ struct conn {
 };
 
 static int one = 1;
+static int epfd; /* for the EPOLL_CTL_MOD of NO_CLIENT_EPOLLOUT */
 
 static int again(void) { return errno == EAGAIN || errno == EWOULDBLOCK; }
 
@@ -103,6 +118,13 @@ static int pump(struct conn *c) {
           if ((size_t)n < want) c->wr[!i] = 0;
         } else if (n < 0 && again()) {
           c->wr[!i] = 0;
+#ifdef NO_CLIENT_EPOLLOUT
+          if (!i == 0) { /* the client's send buffer is full: now watch it */
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+            ev.data.u64 = (uintptr_t)c;
+            epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd[0], &ev);
+          }
+#endif
         } else if (n < 0 && errno != EINTR) {
           return 1;
         }
@@ -155,10 +177,20 @@ static void accept_all(int ep, int lfd, const struct sockaddr_in *backend) {
     c->dead = 0;
     /* The side (0 or 1) rides in the low bit of the pointer (malloc aligns it). */
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+#ifdef NO_CLIENT_EPOLLOUT
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+    c->wr[0] = 1;
+#endif
     ev.data.u64 = (uintptr_t)c;
     if (epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &ev) < 0) goto fail;
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.u64 = (uintptr_t)c | 1;
     if (epoll_ctl(ep, EPOLL_CTL_ADD, bfd, &ev) < 0) goto fail;
+#ifndef WAIT_FOR_CONNECT
+    /* The request, if there, goes out at once (see the top of the file). */
+    c->rd[0] = c->wr[1] = 1;
+    if (pump(c)) kill_conn(c);
+#endif
     continue;
   fail:
     close(cfd);
@@ -189,6 +221,7 @@ int main(int argc, char **argv) {
 
   int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int ep = epoll_create1(EPOLL_CLOEXEC);
+  epfd = ep;
   struct epoll_event lev = {.events = EPOLLIN, .data.u64 = 0};
   if (lfd < 0 || ep < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
       setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||

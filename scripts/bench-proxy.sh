@@ -328,7 +328,8 @@ times() { awk -v a="$1" -v k="$2" 'BEGIN { print a * k }'; }
 if [ "$FLOOR" = 1 ]; then
   FLOOR_TEXT="The C floor proxy (\`benches/floor-proxy.c\`, \`cc -O2\`) is the smallest correct
 single-threaded TCP proxy: one edge-triggered epoll loop, accept4 until EAGAIN, a
-nonblocking connect, TCP_NODELAY on both sides, recv/send through a 16 KiB buffer each
+nonblocking connect and the request sent on right after it when the handshake is
+already done (as HAProxy does; since session 6), TCP_NODELAY on both sides, recv/send through a 16 KiB buffer each
 way, half-close passed on, and nothing else (no configuration, logging, timeouts,
 limits or splice). It is the floor for the per-connection target: what any
 single-threaded userspace proxy reaches on this machine. Where it does not reach 1.10 ×
