@@ -331,10 +331,11 @@ single-threaded TCP proxy: one edge-triggered epoll loop, accept4 until EAGAIN, 
 nonblocking connect and the request sent on right after it when the handshake is
 already done (as HAProxy does; since session 6), TCP_NODELAY on both sides, recv/send through a 16 KiB buffer each
 way, half-close passed on, and nothing else (no configuration, logging, timeouts,
-limits or splice). It is the floor for the per-connection target: what any
-single-threaded userspace proxy reaches on this machine. Where it does not reach 1.10 ×
-HAProxy's requests/s with one connection per request, no proxy of that shape does:
-the cost is the kernel's (accept, connect, handshakes and FINs), not the proxy's."
+limits or splice). It stands for what a one-thread userspace proxy of this shape
+reaches on this machine: what is left is the kernel's (accept, connect, handshakes
+and FINs). It is a floor only as far as what was tried: until session 6 it waited
+for the backend's EPOLLOUT before sending the request, and HAProxy's way (send at
+once) turned out faster (scripts/bench-proxy-pattern.sh)."
   FLOOR_ROW=$'\n'"$(row floor "C floor proxy")"
   FLOOR_SYS=$'\n'"| C floor proxy | $SYS_floor_ka | $SYS_floor_close |"
   FLOOR_SEG=$'\n'"| C floor proxy | $SEG_floor_ka | $SEG_floor_close |"
