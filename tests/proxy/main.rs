@@ -712,3 +712,80 @@ fn a_generation_that_takes_the_service_back_accepts_again() {
     sb.wait_log("the proxied connections have all closed", drained + 1, T);
     sb.stop_and_check();
 }
+
+/// The TCP sockets (local port, remote port, state) in /proc/net/tcp.
+fn tcp_sockets() -> Vec<(u16, u16, String)> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |f: &str| {
+        f.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some((port(f.get(1)?)?, port(f.get(2)?)?, f.get(3)?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_backend_whose_handshake_is_late_still_gets_the_request() {
+    use std::os::fd::AsRawFd;
+    // A backend whose accept queue holds one connection (listen backlog 0,
+    // set again on std's listener), and holds one already: the kernel drops
+    // the proxy's SYN, so its connect is still in progress when connect
+    // returns, and until the SYN is sent again (1 s later) after the backend
+    // made room. The proxy must wait for the handshake, then pass the request.
+    let mut sb = Sandbox::new("late-handshake");
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen on a listening socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(backend.as_raw_fd(), 0) }, 0);
+    let bport = backend.local_addr().unwrap().port();
+    let filler = TcpStream::connect(("127.0.0.1", bport)).unwrap();
+    let port = free_port();
+    sb.write(
+        "psflip.toml",
+        &conf(
+            APP,
+            &[(Addr::Tcp(port).config(), format!("127.0.0.1:{bport}"))],
+        ),
+    );
+    started(&mut sb);
+
+    let client = thread::spawn(move || exchange(&Addr::Tcp(port), b"late"));
+    // The kernel's word that the proxy's connect to the backend is pending:
+    // a socket to it in SYN_SENT (02).
+    assert!(
+        wait_until(T, || tcp_sockets()
+            .iter()
+            .any(|(_, remote, st)| *remote == bport && st == "02")),
+        "no connect to the backend in SYN_SENT; log:\n{}",
+        sb.log()
+    );
+    // Make room, then take the proxy's connection once its SYN is sent again.
+    let (first, _) = backend.accept().unwrap();
+    assert_eq!(
+        first.peer_addr().unwrap(),
+        filler.local_addr().unwrap(),
+        "the queued connection comes first"
+    );
+    backend.set_nonblocking(true).unwrap();
+    let (mut conn, _) = wait_for(T, || backend.accept().ok())
+        .unwrap_or_else(|| panic!("the proxy's connection never came; log:\n{}", sb.log()));
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    let mut request = Vec::new();
+    conn.read_to_end(&mut request).unwrap();
+    assert_eq!(
+        request, b"late",
+        "the request, whole, once the handshake is done"
+    );
+    conn.write_all(b"echo:late").unwrap();
+    drop(conn);
+    assert_eq!(client.join().unwrap().unwrap(), b"echo:late");
+    assert_eq!(sb.count("cannot connect"), 0, "{}", sb.log());
+    drop((first, filler));
+    sb.stop_and_check();
+}
