@@ -563,23 +563,19 @@ impl LinuxOs {
             ab: if self.spec.ab_second { "b" } else { "a" }.to_string(),
             last_upgrade: status.last_upgrade.clone(),
             upgrades: self.history.entries().to_vec(),
-            standby: self
-                .spec
-                .standby
-                .then(|| match (&self.standby, &self.standby_off) {
-                    (Some(_), _) => "waiting".to_string(),
-                    (None, Some(why)) => format!("off in this generation: {why}"),
-                    (None, None) if status.upgrade_in_flight && self.standby_woken.is_some() => {
-                        format!(
-                            "woken: it is this upgrade's successor (pid {})",
-                            self.standby_woken.map_or(0, |p| p.as_raw())
-                        )
+            standby: self.spec.standby.then(|| {
+                match (&self.standby, &self.standby_off, self.standby_woken) {
+                    (Some(_), _, _) => "waiting".to_string(),
+                    (None, Some(why), _) => format!("off in this generation: {why}"),
+                    (None, None, Some(pid)) if status.upgrade_in_flight => {
+                        format!("woken: it is this upgrade's successor (pid {pid})")
                     }
-                    (None, None) => format!(
+                    (None, None, _) => format!(
                         "not started yet: one starts once this generation has been quiet for {} ms",
                         SETTLE_AFTER.as_millis()
                     ),
-                }),
+                }
+            }),
             standby_pid: self.standby.as_ref().map(|s| s.pid.as_raw() as u32),
         }
     }

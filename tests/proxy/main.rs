@@ -73,17 +73,7 @@ fn upgrade(sb: &Sandbox, succeed: bool) -> i32 {
 /// process waits as its child named `psflip-standby`; returns its pid.
 fn standby_of(sb: &Sandbox, service: i32) -> i32 {
     let needle = format!("psflip[{service}]: standby successor started (pid ");
-    let waits = |pid: i32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some((comm, rest)) = stat.split_once(") ") else {
-            return false;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok());
-        comm.ends_with("(psflip-standby") && ppid == Some(service)
-    };
+    let waits = |pid: i32| comm(pid) == "psflip-standby" && ppid(pid) == Some(service);
     sb.wait_for(
         T,
         &format!("psflip {service}'s last logged standby waits as its child"),
@@ -713,23 +703,6 @@ fn a_generation_that_takes_the_service_back_accepts_again() {
     sb.stop_and_check();
 }
 
-/// The TCP sockets (local port, remote port, state) in /proc/net/tcp.
-fn tcp_sockets() -> Vec<(u16, u16, String)> {
-    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let port = |f: &str| {
-        f.rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            Some((port(f.get(1)?)?, port(f.get(2)?)?, f.get(3)?.to_string()))
-        })
-        .collect()
-}
-
 #[test]
 fn a_backend_whose_handshake_is_late_still_gets_the_request() {
     use std::os::fd::AsRawFd;
@@ -760,7 +733,7 @@ fn a_backend_whose_handshake_is_late_still_gets_the_request() {
     assert!(
         wait_until(T, || tcp_sockets()
             .iter()
-            .any(|(_, remote, st)| *remote == bport && st == "02")),
+            .any(|t| t.remote_port == bport && t.state == "02")),
         "no connect to the backend in SYN_SENT; log:\n{}",
         sb.log()
     );

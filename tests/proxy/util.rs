@@ -20,25 +20,44 @@ pub use crate::common::*;
 /// Tests that load the machine run one at a time, so that their deadlines hold.
 pub static HEAVY: Mutex<()> = Mutex::new(());
 
-/// The inode of the TCP socket listening on `port` (from /proc/net/tcp{,6}).
-pub fn tcp_listener_inode(port: u16) -> Option<u64> {
+/// One row of /proc/net/tcp{,6}.
+pub struct TcpSocket {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state, in hex: `0A` listening, `02` SYN_SENT, …
+    pub state: String,
+    pub inode: u64,
+}
+
+/// Every TCP socket of this network namespace (/proc/net/tcp and tcp6).
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    let port = |f: &str| {
+        f.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut all = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
+        all.extend(text.lines().skip(1).filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                continue;
-            }
-            let local_port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                return f[9].parse().ok();
-            }
-        }
+            Some(TcpSocket {
+                local_port: port(f.get(1)?)?,
+                remote_port: port(f.get(2)?)?,
+                state: f.get(3)?.to_string(),
+                inode: f.get(9)?.parse().ok()?,
+            })
+        }));
     }
-    None
+    all
+}
+
+/// The inode of the TCP socket listening on `port` (from /proc/net/tcp{,6}).
+pub fn tcp_listener_inode(port: u16) -> Option<u64> {
+    tcp_sockets()
+        .into_iter()
+        .find(|t| t.state == "0A" && t.local_port == port)
+        .map(|t| t.inode)
 }
 
 /// The inode of the Unix socket listening at `path` (from /proc/net/unix).
