@@ -36,7 +36,7 @@
  * it on, before waiting for any event, as HAProxy does: if the connection is
  * not up yet the send says EAGAIN and the backend's EPOLLOUT follows.
  *
- * Two variants, for scripts/bench-proxy-pattern.sh:
+ * Two variants, for `scripts/bench-proxy.sh --pattern`:
  *   -DWAIT_FOR_CONNECT    no such attempt: the request waits for the backend's
  *                         EPOLLOUT (this file's behaviour until session 6, and
  *                         psflip's);

@@ -18,7 +18,18 @@
 # Prints the "## Proxy" section of BENCHMARKS.md; with --write, also replaces that
 # section in BENCHMARKS.md (appends it if absent), leaving the rest alone.
 #
+# With --pattern instead: is HAProxy's lead, with one connection per request, its
+# event pattern? An strace of HAProxy in `mode tcp` showed two differences from
+# psflip's proxy and the floor proxy as they were before session 6: it registers
+# the client socket without EPOLLOUT, and it sends the request right after its
+# connect, without waiting for the backend's EPOLLOUT (both do that now). This
+# adds the floor proxy built without the latter (-DWAIT_FOR_CONNECT) and with the
+# former (-DNO_CLIENT_EPOLLOUT), runs only wrk with one connection per request
+# (ROUNDS rounds, rotating), and prints requests/s per round, the medians and the
+# median of each one's per-round ratio to HAProxy.
+#
 #   sudo scripts/bench-proxy.sh [--write]        # ROUNDS=7 DURATION=5s IDLE=10000
+#   sudo scripts/bench-proxy.sh --pattern        # ROUNDS=10 DURATION=4s
 #   sudo nice -n -10 scripts/bench-proxy.sh      # on a shared machine: everything
 #                                                # measured (wrk, nginx, the proxies)
 #                                                # inherits the priority, builds do not
@@ -28,10 +39,14 @@ set -euo pipefail
 SELF=$(realpath "$0")
 cd "$(dirname "$SELF")/.."
 
-ROUNDS=${ROUNDS:-7}
-WRITE=0
+WRITE=0 PATTERN=0
 [ "${1:-}" = --write ] && WRITE=1
-DURATION=${DURATION:-5s}
+[ "${1:-}" = --pattern ] && PATTERN=1
+if [ "$PATTERN" = 1 ]; then
+  ROUNDS=${ROUNDS:-10} DURATION=${DURATION:-4s}
+else
+  ROUNDS=${ROUNDS:-7} DURATION=${DURATION:-5s}
+fi
 IDLE=${IDLE:-10000}
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -172,6 +187,7 @@ NV=${#VARIANTS[@]}
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 
+
 # wrk PORT MODE → "requests/s p50_us p99_us requests"; MODE ka (keep-alive) or
 # close (one connection per request).
 wrk_run() {
@@ -183,6 +199,46 @@ wrk_run() {
     /requests in/ { n = $1 } /^Requests\/sec/ { rps = $2 }
     END { printf "%.0f %.0f %.0f %d\n", rps, p50, p99, n }'
 }
+
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+# --pattern: the floor proxy's variants against psflip and HAProxy, one
+# connection per request only; then exit.
+if [ "$PATTERN" = 1 ]; then
+  [ "$FLOOR" = 1 ] || { echo "bench-proxy: --pattern needs cc for the floor proxy" >&2; exit 1; }
+  declare -A FLAGS=([wait_for_connect]=-DWAIT_FOR_CONNECT [no_client_epollout]=-DNO_CLIENT_EPOLLOUT)
+  for v in wait_for_connect no_client_epollout; do
+    cc -O2 "${FLAGS[$v]}" -o "$W/$v" benches/floor-proxy.c
+    PORT[$v]=$(port)
+    "$W/$v" "${PORT[$v]}" "$NGINX_PORT" 2>"$W/$v.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
+      sleep 0.05
+    done
+  done
+  VARIANTS=(haproxy psflip floor wait_for_connect no_client_epollout)
+  NV=${#VARIANTS[@]}
+  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r); psflip $(git describe --always --dirty 2>/dev/null || echo '?'); wrk -t2 -c20 -d$DURATION -H 'Connection: close'; $ROUNDS rounds, rotating order; load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
+  for r in $(seq "$ROUNDS"); do
+    line="round $r:"
+    for i in $(seq 0 $((NV - 1))); do
+      v=${VARIANTS[$(((i + r) % NV))]}
+      read -r rps _ < <(wrk_run "${PORT[$v]}" close)
+      echo "$rps" >>"$W/pattern.$v"
+      line="$line $v $rps;"
+    done
+    echo "$line load $(cut -d' ' -f1-3 /proc/loadavg)"
+  done
+  echo
+  echo "| one connection per request | requests/s (median) | × HAProxy, median of the per-round ratios |"
+  echo "|---|---:|---:|"
+  for v in "${VARIANTS[@]}"; do
+    ratio=$(paste "$W/pattern.$v" "$W/pattern.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
+    printf "| %s | %.0f | %.2f× |\n" "$v" "$(median <"$W/pattern.$v")" "$ratio"
+  done
+  exit 0
+fi
 
 # syscalls PID PORT MODE → "N (name n, …)": system calls of PID per request during
 # a 3 s wrk run on PORT in MODE (the calls made ≥ 0.05 times per request).
@@ -251,7 +307,6 @@ EOF
 # The 1 GiB file is sparse: the first read fills the page cache. Not in a round.
 python3 "$W/bulk.py" "$NGINX_PORT" >/dev/null
 
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 LOAD_START=$(loadavg)
@@ -335,7 +390,7 @@ limits or splice). It stands for what a one-thread userspace proxy of this shape
 reaches on this machine: what is left is the kernel's (accept, connect, handshakes
 and FINs). It is a floor only as far as what was tried: until session 6 it waited
 for the backend's EPOLLOUT before sending the request, and HAProxy's way (send at
-once) turned out faster (scripts/bench-proxy-pattern.sh)."
+once) turned out faster (scripts/bench-proxy.sh --pattern)."
   FLOOR_ROW=$'\n'"$(row floor "C floor proxy")"
   FLOOR_SYS=$'\n'"| C floor proxy | $SYS_floor_ka | $SYS_floor_close |"
   FLOOR_SEG=$'\n'"| C floor proxy | $SEG_floor_ka | $SEG_floor_close |"
