@@ -5,6 +5,9 @@
     benches/grow.py --accepts PSFLIP_BIN [ROUNDS]   only item 2 (4 × ROUNDS upgrades)
     --standby: every configuration with `[upgrade] standby = true` (each
     upgrade then waits until the generation has started its standby)
+    --queue: with item 2, also time each proxied connection's wait in the
+    listener's accept queue, by the kernel's own clock (ftrace, below);
+    GROW_DEBUG=1 prints each wait over 0.5 ms and when it was
 
 1. Handoff with 0, 1,000 and 9,900 idle proxied connections open during the
    upgrade: upgrade signal → the old generation's "stopping the old child" line
@@ -17,6 +20,15 @@
    the takeover) against the same outside them (median, p99, p99.9, max), and
    the longest time without an answer. Run it as `chrt -f 1 benches/grow.py
    --accepts …` on a shared machine: other work cannot preempt what is measured.
+   With --queue, also each connection's time in the proxy listener's accept
+   queue, from the kernel's trace events, not from psflip or the client: the
+   handshake's last ACK (tracepoint sock:inet_sock_set_state, SYN_RECV →
+   ESTABLISHED on the listener's port) to the accept4 that took it (psflip's
+   syscalls:sys_exit_accept4 on the fd it accepts proxied connections on).
+   One listener socket, shared by every generation, is one FIFO queue: the
+   n-th connection established is the n-th accepted. That is the accept stall
+   itself, without the client's and the network stack's own delays; a run
+   whose counts disagree says so and prints no figure.
 3. Configuration size: `psflip check` (parse, templates, print) and an upgrade
    with 1 kB, 1 MB and 10 MB configurations (the bulk is an [env] table, whose
    variables every child gets; execve takes at most 6 MB of environment, so the
@@ -48,6 +60,11 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 # `--standby`: the [upgrade] table every configuration gets.
 UPGRADE = ""
+# `--queue`: trace the accept queue during item 2.
+QUEUE = False
+# GROW_DEBUG=1: print each long wait, and with --queue what the CPUs ran meanwhile.
+DEBUG = bool(os.environ.get("GROW_DEBUG"))
+TRACING = "/sys/kernel/tracing"
 
 
 def status(pid, key):
@@ -150,6 +167,107 @@ def gone(pid):
             return f.read().split(") ")[1][0] == "Z"
     except FileNotFoundError:
         return True
+
+
+class QueueTrace:
+    """Kernel trace events for the accept queue of the listener on `port`, in a
+    tracing instance of our own (CLOCK_MONOTONIC, as time.monotonic()). Enabling
+    is synchronous: nothing that happens after __init__ returns is missed."""
+
+    EVENTS = ("sock/inet_sock_set_state", "syscalls/sys_enter_accept4",
+              "syscalls/sys_exit_accept4")
+
+    def __init__(self, port):
+        self.dir = f"{TRACING}/instances/psflip-grow-{os.getpid()}"
+        os.mkdir(self.dir)
+        self._w("tracing_on", "0")
+        self._w("trace_clock", "mono")
+        self._w("buffer_size_kb", "32768")
+        # TCP_SYN_RECV = 3, TCP_ESTABLISHED = 1: a passive connection completed.
+        self._w("events/sock/inet_sock_set_state/filter",
+                f"sport == {port} && oldstate == 3 && newstate == 1")
+        for e in self.EVENTS[1:]:
+            self._w(f"events/{e}/filter", 'comm ~ "psflip*"')
+        if DEBUG:
+            self.EVENTS += ("sched/sched_switch", "sched/sched_wakeup")
+            self._w("buffer_size_kb", "262144")
+        for e in self.EVENTS:
+            self._w(f"events/{e}/enable", "1")
+        self._w("tracing_on", "1")
+
+    def _w(self, name, value):
+        with open(f"{self.dir}/{name}", "w") as f:
+            f.write(value)
+
+    def stop(self):
+        """Stops tracing, removes the instance; returns (trace lines, events lost)."""
+        self._w("tracing_on", "0")
+        for e in self.EVENTS:
+            self._w(f"events/{e}/enable", "0")
+        with open(f"{self.dir}/trace") as f:
+            lines = f.read().splitlines()
+        lost = 0
+        for cpu in os.listdir(f"{self.dir}/per_cpu"):
+            with open(f"{self.dir}/per_cpu/{cpu}/stats") as f:
+                for line in f:
+                    if line.startswith(("overrun:", "dropped events:")):
+                        lost += int(line.split(":")[1])
+        os.rmdir(self.dir)
+        return lines, lost
+
+
+TRACE_LINE = re.compile(r"^\s*(.+)-(\d+)\s+\[\d+\]\s+\S+\s+([\d.]+):\s+(.*)$")
+
+
+def queue_waits(lines):
+    """(established time, wait in the accept queue) of each proxied connection,
+    or a reason there are none. The events print as `inet_sock_set_state: …`,
+    `sys_accept4(fd: N, …)` and `sys_accept4 -> 0xRET`."""
+    established, accepted, pending = [], {}, {}
+    for line in lines:
+        m = TRACE_LINE.match(line)
+        if not m:
+            continue
+        tid, ts, rest = int(m.group(2)), float(m.group(3)), m.group(4)
+        if rest.startswith("inet_sock_set_state:"):
+            established.append(ts)
+        elif rest.startswith("sys_accept4("):
+            pending[tid] = int(re.search(r"fd: (\w+)", rest).group(1), 0)
+        elif rest.startswith("sys_accept4 -> ") and tid in pending:
+            fd = pending.pop(tid)
+            ret = int(rest.split()[2], 0)
+            if 0 <= ret < 1 << 63:
+                accepted.setdefault((tid, fd), []).append((ts, tid))
+    # A thread takes proxied connections on one fd (its listener); its other
+    # accepts, if any, are the control socket's.
+    takes = []
+    for tid in {t for t, _ in accepted}:
+        fds = sorted(((len(v), fd) for (t, fd), v in accepted.items() if t == tid), reverse=True)
+        takes += accepted[(tid, fds[0][1])]
+    takes.sort()
+    # The last connection may be established and not yet accepted when the
+    # client stops; any other difference means the pairing cannot be trusted.
+    if not 0 <= len(established) - len(takes) <= 1:
+        return None, (f"{len(established)} connections established on the listener's port, "
+                      f"{len(takes)} accepted by psflip: not paired")
+    waits = [(e, a - e, tid) for e, (a, tid) in zip(established, takes)]
+    if any(w < 0 for _, w, _ in waits):
+        return None, "an accept before its connection was established: not paired"
+    return waits, None
+
+
+def print_cpus(lines, t0, t1):
+    """What each CPU switched to between t0 and t1 (GROW_DEBUG, sched events)."""
+    cpu_re = re.compile(r"\[(\d+)\]")
+    for line in lines:
+        m = TRACE_LINE.match(line)
+        if not m or not t0 - 0.0005 <= float(m.group(3)) <= t1:
+            continue
+        rest = m.group(4)
+        if rest.startswith(("sched_switch:", "sched_wakeup:", "sys_accept4 ->", "inet_sock")):
+            cpu = cpu_re.search(line).group(1)
+            print(f"  {(float(m.group(3)) - t0) * 1e3:+8.3f} ms cpu{cpu} {m.group(1).strip()}-"
+                  f"{m.group(2)}: {rest[:150]}", file=sys.stderr)
 
 
 def sched():
@@ -283,6 +401,9 @@ sys.stdout.buffer.write(out.tobytes())
 # successor's "taking over" line reached this script (the old generation stops
 # its child and exits within about 2 ms of that line, by its own log).
 AFTER_TAKEOVER = 0.010
+# With --queue, "at the switch": a connection in the accept queue at some time
+# within this long of a successor's first accept.
+SWITCH = 0.001
 
 
 def accepts(binary, d, backend, upgrades):
@@ -290,7 +411,13 @@ def accepts(binary, d, backend, upgrades):
     port = free_port()
     cfg = write_config(d, "accepts.toml", f'cmd = ["sleep", "1000"]\n\n{HEALTH}\n[[proxy]]\n'
                        f'listen = "127.0.0.1:{port}"\nforward = "127.0.0.1:{backend}"\n{UPGRADE}')
-    ps = Psflip(binary, cfg, d)
+    trace = QueueTrace(port) if QUEUE else None
+    try:
+        ps = Psflip(binary, cfg, d)
+    except BaseException:
+        if trace is not None:
+            trace.stop()
+        raise
     client = subprocess.Popen([sys.executable, "-c", ACCEPT_CLIENT, str(port), str(backend)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
@@ -311,6 +438,8 @@ def accepts(binary, d, backend, upgrades):
         client.send_signal(signal.SIGTERM)
         raw, err = client.communicate()
         ps.stop()
+        if trace is not None:
+            trace_lines, lost = trace.stop()
     flat = array.array("d")
     flat.frombytes(raw)
     rows = [tuple(flat[i:i + 4]) for i in range(0, len(flat) - 3, 4)]
@@ -330,7 +459,42 @@ def accepts(binary, d, backend, upgrades):
     gaps, far_gaps = [], []
     for a, b in zip(ends, ends[1:]):
         (gaps if near_any(a, b) else far_gaps).append(b - a)
+    qstats = None
+    if trace is not None:
+        waits, why = queue_waits(trace_lines)
+        if lost:
+            waits, why = None, f"{lost} trace events lost"
+        # The switch: a successor's proxy thread takes its first connection
+        # (the first generation's took its first before any upgrade signal).
+        first = {}
+        for e, w, tid in waits or []:
+            first.setdefault(tid, e + w)
+        switches = sorted(a for a in first.values() if near_any(a, a))
+
+        def at_switch(a, b):
+            return any(a <= sw + SWITCH and sw - SWITCH <= b for sw in switches)
+
+        near_q, far_q, switch_q = [], [], []
+        for e, w, tid in waits or []:
+            if at_switch(e, e + w):
+                switch_q.append(w)
+                if w > 0.0005 and DEBUG:
+                    sw = min(switches, key=lambda x: abs(x - e))
+                    who = "the successor" if first[tid] == sw else "another thread"
+                    print(f"at a switch: wait {w * 1e3:.3f} ms, established {(e - sw) * 1e3:+.3f} ms "
+                          f"from the successor's first accept, taken by {who} (thread {tid})",
+                          file=sys.stderr)
+            (near_q if near_any(e, e) else far_q).append(w)
+            if w > 0.0005 and DEBUG:
+                since = min((e - h for h, _ in takeovers if h <= e), default=float("nan"))
+                print(f"queue wait {w * 1e3:.3f} ms (accepted by thread {tid}), established "
+                      f"{since * 1e3:.1f} ms after the last upgrade signal", file=sys.stderr)
+                if w > 0.001:
+                    print_cpus(trace_lines, e, e + w)
+        qstats = {"near": sorted(near_q), "far": sorted(far_q), "switch": sorted(switch_q),
+                  "switches": len(switches), "why": why}
     return {
+        "queue": qstats,
         "requests": len(samples), "errors": len(errors), "error_lines": errors[:3],
         "takeovers": len(takeovers), "near": sorted(near), "far": sorted(far),
         "near_direct": sorted(near_direct), "far_direct": sorted(far_direct),
@@ -376,6 +540,30 @@ def print_accepts(acc):
           f"than 1 ms when the successor takes over (longest connect → answer during a handover; "
           f"p99.9 {pct(near, 0.999):.3f} ms) | {stall:.3f} ms | "
           f"{'yes' if stall <= 1.0 else '**no**'} |")
+    q = acc.get("queue")
+    if q is None:
+        return
+    print("\n**Time in the accept queue** (kernel trace events: the handshake's last ACK on the "
+          "listener's port → the accept4 of psflip that took the connection; one shared "
+          "listener, so the n-th established is the n-th accepted):\n")
+    if q["why"]:
+        print(f"No figure: {q['why']}.")
+        return
+    print("| connections | n | median | p99 | p99.9 | max | over 1 ms |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for label, v in (("in the queue within 1 ms of a successor's first accept (the switch)",
+                      q["switch"]),
+                     ("established during a handover", q["near"]),
+                     ("established the rest of the time", q["far"])):
+        print(f"| {label} | {len(v)} | {pct(v, 0.5):.3f} ms | {pct(v, 0.99):.3f} ms | "
+              f"{pct(v, 0.999):.3f} ms | {top(v):.3f} ms | {sum(x > 0.001 for x in v)} |")
+    print(f"\nSwitches found in the trace: {q['switches']} of {acc['takeovers']} upgrades.")
+    qstall, qnear = top(q["switch"]), top(q["near"])
+    print(f"\n| target (#11) | measured | met? |\n|---|---:|---|\n| no accept stall longer than "
+          f"1 ms when the successor takes over (longest wait in the accept queue at the switch) "
+          f"| {qstall:.3f} ms | {'yes' if qstall <= 1.0 else '**no**'} |\n| the same, over the "
+          f"whole handover (upgrade signal to 10 ms after the takeover) | {qnear:.3f} ms | "
+          f"{'yes' if qnear <= 1.0 else '**no**'} |")
 
 
 def env_config(size, comments=0):
@@ -456,7 +644,7 @@ def config_sizes(binary, d, sizes):
 
 
 def main():
-    global UPGRADE
+    global UPGRADE, QUEUE
     args = sys.argv[1:]
     only_accepts = "--accepts" in args
     if only_accepts:
@@ -464,6 +652,9 @@ def main():
     if "--standby" in args:
         args.remove("--standby")
         UPGRADE = "\n[upgrade]\nstandby = true\n"
+    if "--queue" in args:
+        args.remove("--queue")
+        QUEUE = True
     binary = os.path.abspath(args[0])
     rounds = int(args[1]) if len(args) > 1 else 5
     libc = ctypes.CDLL(None, use_errno=True)

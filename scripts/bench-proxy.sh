@@ -26,7 +26,11 @@
 # adds the floor proxy built without the latter (-DWAIT_FOR_CONNECT) and with the
 # former (-DNO_CLIENT_EPOLLOUT), runs only wrk with one connection per request
 # (ROUNDS rounds, rotating), and prints requests/s per round, the medians and the
-# median of each one's per-round ratio to HAProxy.
+# median of each one's per-round ratio to HAProxy (and the same for p99
+# latency). PATTERN_MODE=ka measures
+# keep-alive instead; PSFLIP_ALSO="name=/path/to/psflip …" adds other psflip
+# builds (an A/B in the same rounds); PATTERN_VARIANTS="haproxy psflip …" measures
+# only those.
 #
 #   sudo scripts/bench-proxy.sh [--write]        # ROUNDS=7 DURATION=5s IDLE=10000
 #   sudo scripts/bench-proxy.sh --pattern        # ROUNDS=10 DURATION=4s
@@ -218,24 +222,44 @@ if [ "$PATTERN" = 1 ]; then
     done
   done
   VARIANTS=(haproxy psflip floor wait_for_connect no_client_epollout)
+  for also in ${PSFLIP_ALSO:-}; do
+    v=${also%%=*}
+    PORT[$v]=$(port)
+    sed "s/127.0.0.1:$PSFLIP_PORT/127.0.0.1:${PORT[$v]}/" "$W/psflip.toml" >"$W/$v.toml"
+    "${also#*=}" -c "$W/$v.toml" 2>"$W/$v.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
+      sleep 0.05
+    done
+    VARIANTS+=("$v")
+  done
+  [ -n "${PATTERN_VARIANTS:-}" ] && read -r -a VARIANTS <<<"$PATTERN_VARIANTS"
   NV=${#VARIANTS[@]}
-  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r); psflip $(git describe --always --dirty 2>/dev/null || echo '?'); wrk -t2 -c20 -d$DURATION -H 'Connection: close'; $ROUNDS rounds, rotating order; load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
+  MODE=${PATTERN_MODE:-close}
+  HOW="-H 'Connection: close'"
+  [ "$MODE" = ka ] && HOW="(keep-alive)"
+  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r); psflip $(git describe --always --dirty 2>/dev/null || echo '?')${PSFLIP_ALSO:+; also $PSFLIP_ALSO}; wrk -t2 -c20 -d$DURATION $HOW; $ROUNDS rounds, rotating order; load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
   for r in $(seq "$ROUNDS"); do
     line="round $r:"
     for i in $(seq 0 $((NV - 1))); do
       v=${VARIANTS[$(((i + r) % NV))]}
-      read -r rps _ < <(wrk_run "${PORT[$v]}" close)
+      read -r rps _ p99 _ < <(wrk_run "${PORT[$v]}" "$MODE")
       echo "$rps" >>"$W/pattern.$v"
+      echo "$p99" >>"$W/pattern_p99.$v"
       line="$line $v $rps;"
     done
     echo "$line load $(cut -d' ' -f1-3 /proc/loadavg)"
   done
   echo
-  echo "| one connection per request | requests/s (median) | × HAProxy, median of the per-round ratios |"
-  echo "|---|---:|---:|"
+  label="one connection per request"
+  [ "$MODE" = ka ] && label="keep-alive"
+  echo "| $label | requests/s (median) | × HAProxy, median of the per-round ratios | p99 (median) | × HAProxy's p99, median of the per-round ratios |"
+  echo "|---|---:|---:|---:|---:|"
   for v in "${VARIANTS[@]}"; do
     ratio=$(paste "$W/pattern.$v" "$W/pattern.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
-    printf "| %s | %.0f | %.2f× |\n" "$v" "$(median <"$W/pattern.$v")" "$ratio"
+    p99r=$(paste "$W/pattern_p99.$v" "$W/pattern_p99.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
+    printf "| %s | %.0f | %.2f× | %d µs | %.2f× |\n" "$v" "$(median <"$W/pattern.$v")" "$ratio" "$(median <"$W/pattern_p99.$v")" "$p99r"
   done
   exit 0
 fi
