@@ -900,6 +900,11 @@ impl Os for LinuxOs {
     }
 
     fn upgrade_began(&mut self, trigger: Trigger) {
+        // A successor, its health checks and its child start now, on the
+        // CPUs the proxy thread accepts on (until the settle below).
+        if let Some(proxy) = self.spec.proxy.as_ref() {
+            proxy.prompt(true);
+        }
         let now = std::time::SystemTime::now();
         self.history
             .begin(now, trigger.to_string(), self.spec.generation);
@@ -1319,6 +1324,9 @@ impl Poll for Psflip<Live> {
     fn on_settle(&mut self) {
         let serving = self.0.machine.phase() == crate::machine::Phase::Serving;
         self.0.os.settle_standby(serving);
+        if let (true, Some(proxy)) = (serving, self.0.os.spec.proxy.as_ref()) {
+            proxy.prompt(false);
+        }
         if self.0.os.spec.standby {
             // An upgrade that wakes a standby runs little here (the handoff
             // is written, nothing is spawned): every page goes back, and the

@@ -309,6 +309,70 @@ fn socket_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
     .map(|_| value)
 }
 
+/// The time slice the proxy thread asks for while it must be prompt: the
+/// shortest the kernel takes.
+pub const SHORT_SLICE_NS: u64 = 100_000;
+
+/// The scheduling attributes of thread `tid` (0: the calling thread), or None
+/// where the kernel has no `sched_getattr` (before 3.14).
+fn sched_attr(tid: libc::pid_t) -> Option<libc::sched_attr> {
+    // SAFETY: sched_attr is plain data; all-zero is a valid value.
+    let mut attr: libc::sched_attr = unsafe { zeroed() };
+    let size = size_of::<libc::sched_attr>() as libc::c_uint;
+    // SAFETY: `attr` is valid for `size` bytes.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getattr, tid, &raw mut attr, size, 0) };
+    (r == 0).then_some(attr)
+}
+
+/// The time slice of the calling thread, in ns, as the kernel reports it
+/// (`sched_getattr`'s `sched_runtime`); None for a policy other than
+/// `SCHED_OTHER` or `SCHED_BATCH`, or a kernel that reports no slice.
+pub fn own_slice() -> Option<u64> {
+    let attr = sched_attr(0)?;
+    let fair = matches!(
+        attr.sched_policy as libc::c_int,
+        libc::SCHED_OTHER | libc::SCHED_BATCH
+    );
+    (fair && attr.sched_runtime > 0).then_some(attr.sched_runtime)
+}
+
+/// Give thread `tid` (0: the calling thread) of this process a time slice of
+/// `ns` (`sched_setattr`'s `sched_runtime`: Linux's EEVDF scheduler, 6.6 and
+/// later, takes it from any fair-class task without privilege, and from 6.12
+/// a woken task with a shorter slice preempts the one running). Only a thread
+/// of `SCHED_OTHER` or `SCHED_BATCH`; its policy and nice value are kept.
+/// Returns whether the kernel took it; where it does not, nothing changes
+/// but timing.
+pub fn set_slice(tid: libc::pid_t, ns: u64) -> bool {
+    /// `SCHED_FLAG_KEEP_POLICY` (linux/sched.h). Not `KEEP_PARAMS`: for a
+    /// fair task that keeps the slice too; the nice value read is written back.
+    const KEEP_POLICY: u64 = 0x08;
+    let Some(mut attr) = sched_attr(tid) else {
+        return false;
+    };
+    let fair = matches!(
+        attr.sched_policy as libc::c_int,
+        libc::SCHED_OTHER | libc::SCHED_BATCH
+    );
+    if !fair {
+        return false;
+    }
+    if attr.sched_runtime == ns {
+        return true;
+    }
+    attr.size = size_of::<libc::sched_attr>() as u32;
+    attr.sched_flags = KEEP_POLICY;
+    attr.sched_runtime = ns;
+    // SAFETY: a valid sched_attr for a thread of this process.
+    unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &raw const attr, 0) == 0 }
+}
+
+/// The calling thread's kernel thread id.
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
 /// What `fd` is ready for right now (`poll` with a zero timeout): `events`'
 /// bits that are set, and POLLERR / POLLHUP; 0 if nothing (or poll failed).
 /// The bits are those of epoll (POLLOUT == EPOLLOUT, …).

@@ -27,6 +27,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::effects::EffectError;
 use crate::effects::listen::{self, Listener, SocketFile};
@@ -65,6 +67,19 @@ pub struct Proxy {
     /// `None` once the thread closed its end (it never does while we run).
     events: Option<OwnedFd>,
     quiet: bool,
+    /// The proxy thread's kernel thread id, once it runs (0 before).
+    tid: Arc<AtomicI32>,
+    /// Its time slices, None where the kernel reports none.
+    slice: Option<Slice>,
+}
+
+/// The proxy thread's two time slices, in ns.
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    /// The one psflip has (the kernel's default unless psflip was given one).
+    normal: u64,
+    /// [`sys::SHORT_SLICE_NS`], or `normal` if that is shorter.
+    short: u64,
 }
 
 impl Proxy {
@@ -86,9 +101,25 @@ impl Proxy {
             quiet,
         )
         .map_err(|e| EffectError::io("proxy epoll", e))?;
+        // The slice this thread has (the proxy thread inherits it) and the
+        // short one; None where the kernel reports none.
+        let prompt = sys::own_slice().map(|normal| Slice {
+            normal,
+            short: normal.min(sys::SHORT_SLICE_NS),
+        });
+        let tid = Arc::new(AtomicI32::new(0));
+        let tid_out = Arc::clone(&tid);
         std::thread::Builder::new()
             .name("psflip-proxy".to_owned())
-            .spawn(move || engine.run())
+            .spawn(move || {
+                // Prompt from the start: a generation's first moments are its
+                // children's start-up (see `Proxy::prompt`).
+                if let Some(slice) = prompt {
+                    sys::set_slice(0, slice.short);
+                }
+                tid_out.store(sys::gettid(), Ordering::Release);
+                engine.run()
+            })
             .map_err(|e| EffectError::io("cannot start the proxy thread", e))?;
         for l in &listeners {
             let how = if l.inherited { "inherited" } else { "bound" };
@@ -102,7 +133,25 @@ impl Proxy {
             commands: cmd_w,
             events: Some(evt_r),
             quiet,
+            tid,
+            slice: prompt,
         })
+    }
+
+    /// Whether the proxy thread must be prompt: with a short time slice
+    /// ([`sys::SHORT_SLICE_NS`]), woken by a connection it preempts whatever
+    /// runs on its CPU, above all this service's new processes starting up
+    /// (a successor's exec, its health check, its child), instead of waiting
+    /// up to a whole slice (1.4 ms here) behind them: the accept stall of a
+    /// handover (BENCHMARKS.md, session 7). Prompt from the thread's start
+    /// and from each upgrade's start, until the generation serves and has
+    /// been quiet ([`crate::runtime::SETTLE_AFTER`]): in steady state the
+    /// normal slice keeps its batching (keep-alive requests/s 2–3 % higher).
+    pub fn prompt(&self, on: bool) {
+        let tid = self.tid.load(Ordering::Acquire);
+        if let (Some(slice), true) = (self.slice, tid > 0) {
+            sys::set_slice(tid, if on { slice.short } else { slice.normal });
+        }
     }
 
     fn send(&self, cmd: u8) {

@@ -9,6 +9,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::thread;
 use std::time::Duration;
 
@@ -760,5 +761,124 @@ fn a_backend_whose_handshake_is_late_still_gets_the_request() {
     assert_eq!(client.join().unwrap().unwrap(), b"echo:late");
     assert_eq!(sb.count("cannot connect"), 0, "{}", sb.log());
     drop((first, filler));
+    sb.stop_and_check();
+}
+
+/// A thread's time slice and nice value as the kernel reports them: `se.slice`
+/// in /proc/PID/task/TID/sched (None on a kernel without it, before 6.6), and
+/// field 19 of its stat.
+fn slice_and_nice(pid: i32, tid: i32) -> Option<(Option<u64>, i32)> {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    let slice = sched.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "se.slice").then(|| v.trim().parse().ok())?
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some((slice, fields.get(19 - 3)?.parse().ok()?))
+}
+
+/// The thread of `pid` named `name` (its comm), if any.
+fn thread_named(pid: i32, name: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim_end() == name)
+        })
+}
+
+#[test]
+fn the_proxy_thread_is_prompt_while_a_generation_starts_and_during_an_upgrade() {
+    // The proxy thread has a 0.1 ms time slice (EEVDF's sched_runtime) while
+    // new processes of the service start on the CPUs it accepts on: from its
+    // generation's start, and from an upgrade's start, until the generation
+    // serves and has been quiet for a while. Otherwise, and always for the main
+    // thread and the children, the kernel's default. Read from the kernel's own
+    // accounts (/proc/…/sched, /proc/…/stat), psflip started at nice 5; the
+    // child's health check passes only once the file `go` exists.
+    let mut sb = Sandbox::new("slice");
+    let backend = Backend::echo_tcp();
+    let mut text = conf(
+        APP,
+        &[(Addr::Tcp(free_port()).config(), backend.addr.config())],
+    );
+    text = text.replace(
+        "[healthcheck.alive]\ntimeout = \"100ms\"\n",
+        "[healthcheck.command]\ncmd = [\"test\", \"-e\", \"go\"]\ninterval = \"50ms\"\n",
+    );
+    sb.write("psflip.toml", &text);
+    let mut cmd = sb.psflip_cmd(&["-c", "psflip.toml"]);
+    // SAFETY: setpriority is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, 5) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let first = sb.keep(cmd);
+    sb.wait_log("proxy: bound", 1, T);
+    let default = match slice_and_nice(first, first) {
+        Some((Some(default), 5)) => default,
+        Some((None, 5)) => {
+            eprintln!("this kernel reports no se.slice (before Linux 6.6); skipped");
+            sb.write("go", "");
+            sb.stop_and_check();
+            return;
+        }
+        other => panic!("psflip's main thread at nice 5: {other:?}"),
+    };
+    assert!(
+        default > 100_000,
+        "the kernel's default slice: {default} ns"
+    );
+    let proxy_slice = |pid: i32| {
+        let tid = thread_named(pid, "psflip-proxy")?;
+        slice_and_nice(pid, tid)
+    };
+    let short = Some((Some(100_000), 5));
+    let normal = Some((Some(default), 5));
+    sb.must(
+        T,
+        "the starting generation's proxy thread is prompt",
+        || proxy_slice(first) == short,
+    );
+    sb.write("go", "");
+    sb.wait_log("child is healthy; serving", 1, T);
+    sb.must(T, "once it serves and is quiet, the default slice", || {
+        proxy_slice(first) == normal
+    });
+    let children = common::procfs::children_of(first);
+    assert_eq!(children.len(), 1, "one child: {children:?}");
+    assert_eq!(
+        slice_and_nice(children[0], children[0]),
+        normal,
+        "the child"
+    );
+    assert_eq!(slice_and_nice(first, first), normal, "the main thread");
+
+    // An upgrade whose new child is not healthy until `go` exists again.
+    std::fs::remove_file(sb.path("go")).unwrap();
+    signal(first, Signal::SIGHUP);
+    sb.wait_log("started successor", 1, T);
+    sb.must(
+        T,
+        "during the upgrade, the old generation's proxy thread is prompt",
+        || proxy_slice(first) == short,
+    );
+    assert_eq!(slice_and_nice(first, first), normal, "the old main thread");
+    sb.write("go", "");
+    sb.wait_log("upgrade: the successor is ready", 1, T);
+    assert!(wait_until(T, || !alive(first)), "the old generation exits");
+    let second = sb.service();
+    assert_ne!(second, first);
+    sb.must(
+        T,
+        "the new generation serves, quiet: the default slice",
+        || proxy_slice(second) == normal,
+    );
     sb.stop_and_check();
 }
