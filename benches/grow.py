@@ -180,20 +180,24 @@ class QueueTrace:
     def __init__(self, port):
         self.dir = f"{TRACING}/instances/psflip-grow-{os.getpid()}"
         os.mkdir(self.dir)
-        self._w("tracing_on", "0")
-        self._w("trace_clock", "mono")
-        self._w("buffer_size_kb", "32768")
-        # TCP_SYN_RECV = 3, TCP_ESTABLISHED = 1: a passive connection completed.
-        self._w("events/sock/inet_sock_set_state/filter",
-                f"sport == {port} && oldstate == 3 && newstate == 1")
-        for e in self.EVENTS[1:]:
-            self._w(f"events/{e}/filter", 'comm ~ "psflip*"')
-        if DEBUG:
-            self.EVENTS += ("sched/sched_switch", "sched/sched_wakeup")
-            self._w("buffer_size_kb", "262144")
-        for e in self.EVENTS:
-            self._w(f"events/{e}/enable", "1")
-        self._w("tracing_on", "1")
+        try:
+            self._w("tracing_on", "0")
+            self._w("trace_clock", "mono")
+            self._w("buffer_size_kb", "32768")
+            # TCP_SYN_RECV = 3, TCP_ESTABLISHED = 1: a passive connection completed.
+            self._w("events/sock/inet_sock_set_state/filter",
+                    f"sport == {port} && oldstate == 3 && newstate == 1")
+            for e in self.EVENTS[1:]:
+                self._w(f"events/{e}/filter", 'comm ~ "psflip*"')
+            if DEBUG:
+                self.EVENTS += ("sched/sched_switch", "sched/sched_wakeup")
+                self._w("buffer_size_kb", "262144")
+            for e in self.EVENTS:
+                self._w(f"events/{e}/enable", "1")
+            self._w("tracing_on", "1")
+        except OSError:
+            self.stop()
+            raise
 
     def _w(self, name, value):
         with open(f"{self.dir}/{name}", "w") as f:
@@ -201,9 +205,11 @@ class QueueTrace:
 
     def stop(self):
         """Stops tracing, removes the instance; returns (trace lines, events lost)."""
-        self._w("tracing_on", "0")
-        for e in self.EVENTS:
-            self._w(f"events/{e}/enable", "0")
+        for name in ["tracing_on"] + [f"events/{e}/enable" for e in self.EVENTS]:
+            try:
+                self._w(name, "0")
+            except OSError:
+                pass
         with open(f"{self.dir}/trace") as f:
             lines = f.read().splitlines()
         lost = 0
@@ -411,7 +417,12 @@ def accepts(binary, d, backend, upgrades):
     port = free_port()
     cfg = write_config(d, "accepts.toml", f'cmd = ["sleep", "1000"]\n\n{HEALTH}\n[[proxy]]\n'
                        f'listen = "127.0.0.1:{port}"\nforward = "127.0.0.1:{backend}"\n{UPGRADE}')
-    trace = QueueTrace(port) if QUEUE else None
+    trace, no_trace = None, None
+    if QUEUE:
+        try:
+            trace = QueueTrace(port)
+        except OSError as e:
+            no_trace = f"no kernel tracing here ({e})"
     try:
         ps = Psflip(binary, cfg, d)
     except BaseException:
@@ -460,6 +471,8 @@ def accepts(binary, d, backend, upgrades):
     for a, b in zip(ends, ends[1:]):
         (gaps if near_any(a, b) else far_gaps).append(b - a)
     qstats = None
+    if no_trace:
+        qstats = {"why": no_trace}
     if trace is not None:
         waits, why = queue_waits(trace_lines)
         if lost:

@@ -19,8 +19,9 @@
 #   BENCH_STANDBY=1         also measure the shipped binary configured with
 #                           `[upgrade] standby = true`, in the same iterations
 #   BENCH_GROW=1            also run benches/grow.py (proxied connections during an
-#                           upgrade, accepts during handovers, configuration size;
-#                           root and nginx), BENCH_GROW_ROUNDS=5 upgrades per row
+#                           upgrade, accepts during handovers with their time in the
+#                           accept queue, configuration size; root and nginx),
+#                           BENCH_GROW_ROUNDS=5 upgrades per row
 #   BENCH_FLOOR=1           also measure programs that do nothing (C, Rust; dynamic,
 #                           static): the floor under the RSS figure
 #
@@ -220,7 +221,7 @@ fi
 if [ "$do_grow" = 1 ]; then
     if [ "$(id -u)" = 0 ] && command -v nginx >/dev/null; then
         log "benches/grow.py: connections, accepts during handovers, configuration size"
-        python3 benches/grow.py "$bin" "${BENCH_GROW_ROUNDS:-5}" >"$work/grow.md" || do_grow=0
+        python3 benches/grow.py --queue "$bin" "${BENCH_GROW_ROUNDS:-5}" >"$work/grow.md" || do_grow=0
     else
         log "no grow bench: it needs root and nginx"
         do_grow=0
