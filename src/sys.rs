@@ -337,9 +337,9 @@ pub fn own_slice() -> Option<u64> {
 }
 
 /// Give thread `tid` (0: the calling thread) of this process a time slice of
-/// `ns` (`sched_setattr`'s `sched_runtime`: Linux's EEVDF scheduler, 6.6 and
-/// later, takes it from any fair-class task without privilege, and from 6.12
-/// a woken task with a shorter slice preempts the one running). Only a thread
+/// `ns` (`sched_setattr`'s `sched_runtime`: Linux's EEVDF scheduler, 6.12 and
+/// later, takes it from any fair-class task without privilege, and a woken
+/// task with a shorter slice preempts the one running; older kernels ignore it). Only a thread
 /// of `SCHED_OTHER` or `SCHED_BATCH`; its policy and nice value are kept.
 /// Returns whether the kernel took it; where it does not, nothing changes
 /// but timing.
