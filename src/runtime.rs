@@ -466,9 +466,11 @@ impl LinuxOs {
     /// generation serves and has none. `serving`: the machine's phase is
     /// Serving (a standby started while an upgrade or a stop is in flight
     /// would only be let go again).
-    fn settle_standby(&mut self, serving: bool) {
+    /// Start a standby if one is wanted and there is none; returns whether
+    /// one was started.
+    fn settle_standby(&mut self, serving: bool) -> bool {
         if !self.spec.standby || self.standby_off.is_some() || self.standby.is_some() || !serving {
-            return;
+            return false;
         }
         let started = readiness::pipe().and_then(|ready| {
             standby::start(
@@ -489,6 +491,7 @@ impl LinuxOs {
                     ),
                 );
                 self.standby = Some(standby);
+                true
             }
             Err(e) => {
                 self.standby_off = Some(format!("a standby could not start: {e}"));
@@ -498,6 +501,7 @@ impl LinuxOs {
                         "cannot start a standby successor: {e}; upgrades start their successor cold"
                     ),
                 );
+                false
             }
         }
     }
@@ -1061,9 +1065,11 @@ pub trait Poll: Driver {
     /// Extra fds to poll beside the signalfd, in the order they are handled.
     fn fds(&self) -> Vec<(Self::Tag, BorrowedFd<'_>, PollFlags)>;
     /// Nothing has happened for [`SETTLE_AFTER`]: give back the pages start-up
-    /// touched.
-    fn on_settle(&mut self) {
+    /// touched. Returns whether to settle once more after another quiet
+    /// stretch (something was started that is not quiet yet).
+    fn on_settle(&mut self) -> bool {
         resident::release_startup_pages();
+        false
     }
 }
 
@@ -1160,8 +1166,7 @@ pub fn event_loop<D: Poll>(driver: &mut D, clock: &Clock) -> Result<i32, EffectE
             (fired(0), tags)
         };
         if settling && !sig_ready && ready_tags.is_empty() {
-            driver.on_settle();
-            settled = true;
+            settled = !driver.on_settle();
             continue;
         }
         settled = false;
@@ -1321,10 +1326,15 @@ impl Poll for Psflip<Live> {
         self.0.signals.as_fd()
     }
 
-    fn on_settle(&mut self) {
+    fn on_settle(&mut self) -> bool {
         let serving = self.0.machine.phase() == crate::machine::Phase::Serving;
-        self.0.os.settle_standby(serving);
-        if let (true, Some(proxy)) = (serving, self.0.os.spec.proxy.as_ref()) {
+        // A standby starting now is one more new process of the service: the
+        // proxy thread stays prompt until the next quiet stretch, by when the
+        // standby has loaded and waits.
+        let standby_started = self.0.os.settle_standby(serving);
+        if let (true, false, Some(proxy)) =
+            (serving, standby_started, self.0.os.spec.proxy.as_ref())
+        {
             proxy.prompt(false);
         }
         if self.0.os.spec.standby {
@@ -1335,6 +1345,7 @@ impl Poll for Psflip<Live> {
         } else {
             resident::release_startup_pages();
         }
+        standby_started
     }
 
     fn fds(&self) -> Vec<(PsflipFd, BorrowedFd<'_>, PollFlags)> {
