@@ -118,7 +118,10 @@ impl Proxy {
                     sys::set_slice(0, slice.short);
                 }
                 tid_out.store(sys::gettid(), Ordering::Release);
-                engine.run()
+                engine.run();
+                // A thread id is recycled once the thread is gone: never set
+                // the slice of another process's thread.
+                tid_out.store(0, Ordering::Release);
             })
             .map_err(|e| EffectError::io("cannot start the proxy thread", e))?;
         for l in &listeners {
