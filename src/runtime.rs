@@ -1332,8 +1332,9 @@ impl Poll for Psflip<Live> {
         // proxy thread stays prompt until the next quiet stretch, by when the
         // standby has loaded and waits.
         let standby_started = self.0.os.settle_standby(serving);
-        if let (true, false, Some(proxy)) =
-            (serving, standby_started, self.0.os.spec.proxy.as_ref())
+        if serving
+            && !standby_started
+            && let Some(proxy) = self.0.os.spec.proxy.as_ref()
         {
             proxy.prompt(false);
         }

@@ -324,47 +324,45 @@ fn sched_attr(tid: libc::pid_t) -> Option<libc::sched_attr> {
     (r == 0).then_some(attr)
 }
 
+/// Whether `attr` is of a fair-class policy (`SCHED_OTHER`, `SCHED_BATCH`):
+/// the only ones with a time slice to ask for.
+fn fair(attr: &libc::sched_attr) -> bool {
+    matches!(
+        attr.sched_policy as libc::c_int,
+        libc::SCHED_OTHER | libc::SCHED_BATCH
+    )
+}
+
 /// The time slice of the calling thread, in ns, as the kernel reports it
 /// (`sched_getattr`'s `sched_runtime`); None for a policy other than
 /// `SCHED_OTHER` or `SCHED_BATCH`, or a kernel that reports no slice.
 pub fn own_slice() -> Option<u64> {
     let attr = sched_attr(0)?;
-    let fair = matches!(
-        attr.sched_policy as libc::c_int,
-        libc::SCHED_OTHER | libc::SCHED_BATCH
-    );
-    (fair && attr.sched_runtime > 0).then_some(attr.sched_runtime)
+    (fair(&attr) && attr.sched_runtime > 0).then_some(attr.sched_runtime)
 }
 
 /// Give thread `tid` (0: the calling thread) of this process a time slice of
 /// `ns` (`sched_setattr`'s `sched_runtime`: Linux's EEVDF scheduler, 6.12 and
 /// later, takes it from any fair-class task without privilege, and a woken
-/// task with a shorter slice preempts the one running; older kernels ignore it). Only a thread
-/// of `SCHED_OTHER` or `SCHED_BATCH`; its policy and nice value are kept.
-/// Returns whether the kernel took it; where it does not, nothing changes
-/// but timing.
-pub fn set_slice(tid: libc::pid_t, ns: u64) -> bool {
+/// task with a shorter slice preempts the one running; older kernels ignore
+/// it). Only a thread of `SCHED_OTHER` or `SCHED_BATCH`; its policy and nice
+/// value are kept. Where the kernel does not take it, nothing changes but
+/// timing.
+pub fn set_slice(tid: libc::pid_t, ns: u64) {
     /// `SCHED_FLAG_KEEP_POLICY` (linux/sched.h). Not `KEEP_PARAMS`: for a
     /// fair task that keeps the slice too; the nice value read is written back.
     const KEEP_POLICY: u64 = 0x08;
     let Some(mut attr) = sched_attr(tid) else {
-        return false;
+        return;
     };
-    let fair = matches!(
-        attr.sched_policy as libc::c_int,
-        libc::SCHED_OTHER | libc::SCHED_BATCH
-    );
-    if !fair {
-        return false;
-    }
-    if attr.sched_runtime == ns {
-        return true;
+    if !fair(&attr) || attr.sched_runtime == ns {
+        return;
     }
     attr.size = size_of::<libc::sched_attr>() as u32;
     attr.sched_flags = KEEP_POLICY;
     attr.sched_runtime = ns;
     // SAFETY: a valid sched_attr for a thread of this process.
-    unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &raw const attr, 0) == 0 }
+    unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &raw const attr, 0) };
 }
 
 /// The calling thread's kernel thread id.
