@@ -105,12 +105,29 @@ pub fn teardown_on_drop<T: std::fmt::Debug>(
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, and that nothing else in
+/// this run is handed before the test binds it: it lies below the kernel's
+/// ephemeral range, which `bind(…:0)` and outgoing connects draw from (a
+/// backend, a client or another test's port 0 started meanwhile took a port
+/// picked from that range in one run), and successive calls in this process
+/// never return the same one (a counter; the pid spreads test processes apart).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOW).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOW + (start + i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + span);
 }
 
 // ---------------------------------------------------------------------------
