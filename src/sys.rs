@@ -483,3 +483,34 @@ pub fn tcp_listener(addr: &SocketAddr) -> io::Result<OwnedFd> {
     listen_max(fd.as_raw_fd())?;
     Ok(fd)
 }
+
+/// The command line a C `main` was handed (`set_args`), or else std's.
+static ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// Record the command line handed to a C `main` (`#![no_main]`). std reads it by
+/// itself only under glibc, which passes it to the initialisers; a static musl
+/// build runs no such initialiser, and `std::env::args` is then empty there.
+///
+/// # Safety
+/// `argv` holds `argc` valid NUL-terminated strings, as `main` is given.
+pub unsafe fn set_args(argc: libc::c_int, argv: *const *const libc::c_char) {
+    use std::os::unix::ffi::OsStrExt;
+    let n = usize::try_from(argc).unwrap_or(0);
+    let args = (0..n)
+        .map(|i| {
+            // SAFETY: the caller's contract: argv[0..argc] are valid C strings.
+            let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned()
+        })
+        .collect();
+    let _ = ARGS.set(args);
+}
+
+/// This process's arguments, as `std::env::args_os`, including under a C `main`
+/// that called `set_args`.
+pub fn args_os() -> Vec<std::ffi::OsString> {
+    match ARGS.get() {
+        Some(args) => args.clone(),
+        None => std::env::args_os().collect(),
+    }
+}

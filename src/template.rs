@@ -481,6 +481,8 @@ fn strftime(format: &str, unix_secs: i64, utc: bool) -> Result<String, String> {
     // means both "empty result" and "buffer too small".
     let c_format =
         CString::new(format + " ").map_err(|_| "format contains a NUL byte".to_owned())?;
+    // (libc marks time_t deprecated for musl only, where it is 64 bits as here.)
+    #[allow(deprecated)]
     let time = libc::time_t::try_from(unix_secs).map_err(|_| "time out of range".to_owned())?;
     // SAFETY: `tm` is plain data; all-zero is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

@@ -150,13 +150,18 @@ fn parse_log_format(s: &str) -> Result<log::Format, String> {
 // from libgcc_s.so meant one more library to map and relocate against at every
 // start. Listed here, in the binary, it comes before std's `-lgcc_s` on the link
 // line, and `--as-needed` then drops libgcc_s. (Part of gcc, which links us.)
+// (musl builds are static and take the unwinder from Rust's own libunwind.)
+#[cfg(target_env = "gnu")]
 #[link(name = "gcc_eh", kind = "static", modifiers = "-bundle")]
 unsafe extern "C" {}
 
-/// The C entry point; std's `env::args` still works (glibc hands the arguments to
-/// std's initialiser).
+/// The C entry point. The arguments are read through `psflip::sys::args_os`:
+/// std's `env::args` sees them under glibc only (which hands them to std's
+/// initialiser), not in a static musl build.
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: argc and argv are what the C runtime hands to main.
+    unsafe { psflip::sys::set_args(argc, argv) };
     let ExitCode(code) = psflip_main();
     // std flushes stdout at exit only when its own `main` ran.
     let _ = std::io::stdout().flush();
@@ -233,7 +238,8 @@ fn psflip_main() -> ExitCode {
         }
         return ExitCode::from(1);
     }
-    let cli = match run_mode_args().map_or_else(Cli::try_parse, Ok) {
+    let cli = match run_mode_args().map_or_else(|| Cli::try_parse_from(psflip::sys::args_os()), Ok)
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -292,7 +298,7 @@ fn psflip_main() -> ExitCode {
 /// otherwise keep mapped. Anything else (`-cFILE`, a subcommand, `--help`, an
 /// error) goes to clap, which gives the same result for these forms.
 fn run_mode_args() -> Option<Cli> {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = psflip::sys::args_os().into_iter().skip(1);
     let config = match (args.next(), args.next(), args.next()) {
         (None, _, _) => PathBuf::from(DEFAULT_CONFIG),
         (Some(flag), Some(file), None)
@@ -711,7 +717,7 @@ fn run(
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let mut argv = std::env::args_os();
+    let mut argv = psflip::sys::args_os().into_iter();
     let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
     let args: Vec<OsString> = argv.collect();
     let exe = spawn::own_binary(&arg0);

@@ -311,7 +311,10 @@ fn reexec(exe: &Path) -> Woken {
     use std::ffi::CString;
     let to_c = |b: Vec<u8>| CString::new(b).ok();
     let path = to_c(exe.as_os_str().as_bytes().to_vec());
-    let argv: Option<Vec<CString>> = std::env::args_os().map(|a| to_c(a.into_vec())).collect();
+    let argv: Option<Vec<CString>> = crate::sys::args_os()
+        .into_iter()
+        .map(|a| to_c(a.into_vec()))
+        .collect();
     let envp: Option<Vec<CString>> = std::env::vars_os()
         .map(|(k, v)| {
             let mut kv = k.into_vec();

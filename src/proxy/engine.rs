@@ -382,8 +382,19 @@ impl Engine {
             .is_none_or(|t| now.duration_since(t) >= PAUSE_LOG_EVERY)
         {
             self.last_pause_log = Some(now);
+            // Named here, not by libc's text: musl says "No file descriptors
+            // available" for EMFILE, which does not point at the limit to raise.
+            let why = match e.raw_os_error() {
+                Some(libc::EMFILE) => "too many open files (EMFILE: psflip's limit, \
+                                       RLIMIT_NOFILE / ulimit -n, is reached)"
+                    .to_owned(),
+                Some(libc::ENFILE) => "too many open files in the system (ENFILE: \
+                                       fs.file-max is reached)"
+                    .to_owned(),
+                _ => e.to_string(),
+            };
             self.say(&format!(
-                "proxy: {}: {e}; pausing accepts for {}ms",
+                "proxy: {}: {why}; pausing accepts for {}ms",
                 self.listeners[listener].1.listen,
                 ACCEPT_PAUSE.as_millis()
             ));

@@ -571,7 +571,11 @@ fn out_of_fds_pauses_accepting_instead_of_spinning_or_dropping() {
     let mut clients: Vec<_> = (0..30)
         .map(|_| Addr::Tcp(port).connect().unwrap())
         .collect();
-    sb.wait_log("Too many open files (os error 24); pausing accepts", 1, T);
+    sb.wait_log(
+        "too many open files (EMFILE: psflip's limit, RLIMIT_NOFILE / ulimit -n, is reached); pausing accepts",
+        1,
+        T,
+    );
     let before = cpu_ticks(psflip);
     thread::sleep(Duration::from_millis(500));
     let spent = cpu_ticks(psflip) - before;
