@@ -9,8 +9,9 @@
 #   PSFLIP_BENCH_RUNS=40    timed iterations of the latency benches (after 3 warm-ups)
 #   PSFLIP_BENCH_IDLE_RUNS=20
 #   BENCH_OUTPUT=BENCHMARKS.md
-#   BENCH_STATIC=1          also build psflip with glibc linked statically (crt-static,
-#                           in target/bench-static) and measure it, for comparison
+#   BENCH_STATIC=1          also build the static musl psflip (what scripts/package-deb.sh
+#                           ships when the x86_64-unknown-linux-musl target is installed)
+#                           and measure it, cold and (with BENCH_STANDBY) with a standby
 #   BENCH_PROFILE=1         also trace 30 upgrades and 30 failed ones with perf (benches/profile_upgrade.py),
 #                           when perf and python3 are there and we are root
 #   BENCH_BASELINE=PATH     also measure another psflip binary (e.g. an older commit's
@@ -74,13 +75,15 @@ cargo bench --bench flip --no-run
 static_bin=""
 static_note=""
 if [ "$do_static" = 1 ]; then
-    host=$(rustc -vV | sed -n 's/^host: //p')
-    log "building a crt-static variant for comparison (target/bench-static)"
-    if RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --bin psflip \
-        --target "$host" --target-dir "$root/target/bench-static"; then
-        static_bin=$root/target/bench-static/$host/release/psflip
+    musl=x86_64-unknown-linux-musl
+    log "building the static musl build (target/$musl)"
+    if [ ! -d "$(rustc --print sysroot)/lib/rustlib/$musl/lib" ]; then
+        static_note="the $musl target is not installed (rustup target add $musl)"
+        log "$static_note"
+    elif cargo build --release --bin psflip --target "$musl"; then
+        static_bin=$root/target/$musl/release/psflip
     else
-        static_note="the crt-static variant did not build (is the static libc, libc6-dev's libc.a, installed?)"
+        static_note="the static musl build failed"
         log "$static_note"
     fi
 fi
@@ -112,11 +115,12 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average at start: $load_before"
 
 # --- latency and footprint (benches/flip.rs) ------------------------------------
-# The other binaries (crt-static, baseline, BENCH_ALSO) run in the same
+# The other binaries (static musl, baseline, BENCH_ALSO) run in the same
 # iterations as the shipped one, interleaved, not one after the other: on a
 # shared machine, two runs minutes apart compare two loads, not two builds.
 also=""
 [ -n "$static_bin" ] && also+="static=$static_bin:"
+[ -n "$static_bin" ] && [ "$do_standby" = 1 ] && also+="staticsb=$static_bin@standby:"
 [ -n "$baseline" ] && also+="baseline=$baseline:"
 also+=${BENCH_ALSO:-}
 log "cargo bench --bench flip${also:+ (also: $also)}"
@@ -159,8 +163,14 @@ EOT
     if cc -O2 -static -o "$work/launch-static" "$work/launch.c" 2>/dev/null &&
         cc -O2 -o "$work/launch-dynamic" "$work/launch.c"; then
         hf_cmds+=("$work/launch-static true" "$work/launch-dynamic true")
+        hf_c=1
         hf_names+=(--command-name 'launch true (C, static)' --command-name 'launch true (C, dynamic)')
     fi
+fi
+# Last, so that the indexes above stay.
+if [ -n "$static_bin" ]; then
+    hf_cmds+=("$static_bin -c $work/true.toml")
+    hf_names+=(--command-name 'psflip -c true.toml (static musl)')
 fi
 log "hyperfine: psflip -c true.toml vs true (and the C launcher floor)"
 hyperfine -N -i --warmup 5 --runs 50 "${hf_names[@]}" \
@@ -173,11 +183,16 @@ hf_true=$(to_ms "$(hf 1 median)")
 hf_over=$(awk -v a="$hf_psflip" -v b="$hf_true" 'BEGIN { printf "%.3f", a - b }')
 hf_n=$(jq -r '.results[0].times | length' "$work/hyperfine.json")
 hf_floor=""
-if [ "${#hf_cmds[@]}" = 4 ]; then
+if [ "${hf_c:-0}" = 1 ]; then
     ls_ms=$(to_ms "$(hf 2 median)")
     ld_ms=$(to_ms "$(hf 3 median)")
     hf_floor=$(awk -v s="$ls_ms" -v d="$ld_ms" -v t="$hf_true" 'BEGIN {
         printf "The floor of figure 1, a C launcher that only starts its child (vfork, execvp, waitpid), takes %.3f ms statically linked (+%.3f ms over `true`) and %.3f ms dynamically linked (+%.3f ms).", s, s - t, d, d - t }')
+fi
+if [ -n "$static_bin" ]; then
+    hs_ms=$(to_ms "$(hf $((${#hf_cmds[@]} - 1)) median)")
+    hf_floor+=$(awk -v m="$hs_ms" -v t="$hf_true" 'BEGIN {
+        printf " The static musl psflip takes %.3f ms (+%.3f ms over `true`).", m, m - t }')
 fi
 
 # --- floors: the RSS and size of programs that do nothing -------------------------
@@ -236,7 +251,7 @@ file_desc=$(file -b "$bin" 2>/dev/null || echo "?")
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# The dynamic (shipped) build against the crt-static variant.
+# The glibc build against the static musl one.
 median() { awk -F'\t' -v k="$2" '$1 == k { print $3 }' "$1/medians.tsv"; }
 comparison() {
     fmt_ms() { awk -v v="$1" 'BEGIN { if (v == "") print "–"; else printf "%.3f ms", v }'; }
@@ -244,10 +259,11 @@ comparison() {
     fmt_size() { [ -n "$1" ] && [ -f "$1" ] && awk -v s="$(stat -c %s "$1")" 'BEGIN { printf "%.2f MiB", s / 1048576 }' || echo "–"; }
     col() { [ -f "$1/medians.tsv" ] && median "$1" "$2"; }
     # name|directory|binary
-    local cols=("shipped (glibc dynamic)|$work/flip|$bin")
-    [ "$do_standby" = 1 ] && cols+=("shipped, \`[upgrade] standby = true\`|$work/flip/standby|$bin")
+    local cols=("glibc dynamic|$work/flip|$bin")
+    [ "$do_standby" = 1 ] && cols+=("glibc, \`[upgrade] standby = true\`|$work/flip/standby|$bin")
     [ -n "$baseline" ] && cols+=("baseline (\`$(basename "$baseline")\`)|$work/flip/baseline|$baseline")
-    [ -n "$static_bin" ] && cols+=("crt-static (glibc linked in)|$work/flip/static|$static_bin")
+    [ -n "$static_bin" ] && cols+=("static musl|$work/flip/static|$static_bin")
+    [ -n "$static_bin" ] && [ "$do_standby" = 1 ] && cols+=("static musl, \`standby = true\`|$work/flip/staticsb|$static_bin")
     local item
     local also_items=${BENCH_ALSO:-}
     for item in ${also_items//:/ }; do
@@ -278,16 +294,16 @@ comparison() {
     echo "$sz"
 }
 
-others_note="The shipped build"
+others_note="The glibc build (\`cargo build --release\`)"
 if [ -n "$baseline" ]; then
     others_note+="; the baseline \`$baseline\`, an earlier commit's release build (before/after)"
 fi
 if [ -n "$static_bin" ]; then
-    others_note+="; the same sources built with \`RUSTFLAGS=\"-C target-feature=+crt-static\"\`"
-    others_note+=" (glibc linked in, no dynamic loader at start-up; not what the project ships)"
+    others_note+="; the same sources built for x86_64-unknown-linux-musl, static (what the Debian package ships),"
+    others_note+=" cold and with \`[upgrade] standby = true\`"
 fi
 if [ "$do_standby" = 1 ]; then
-    others_note+="; the shipped build again, configured with \`[upgrade] standby = true\` (a successor started"
+    others_note+="; the glibc build again, configured with \`[upgrade] standby = true\` (a successor started"
     others_note+=" ahead of time and woken by the upgrade; its idle RSS counts the standby's too)"
 fi
 others_note+="."
@@ -352,7 +368,7 @@ $others_note
 
 $(comparison)
 EOT
-elif [ -n "$static_note" ]; then printf '\nNo crt-static comparison: %s.\n' "$static_note"; fi)
+elif [ -n "$static_note" ]; then printf '\nNo static musl comparison: %s.\n' "$static_note"; fi)
 $(if [ -n "$floor_rows" ]; then cat <<EOT
 
 ## The floor: programs that do nothing
@@ -386,7 +402,7 @@ every phase: compare phases with one another, not with the targets.
 Shipped build:
 
 $(cat "$work/profile.md")
-$(if [ -s "$work/profile-static.md" ]; then printf '\ncrt-static variant:\n\n'; cat "$work/profile-static.md"; fi)
+$(if [ -s "$work/profile-static.md" ]; then printf '\nThe static musl build:\n\n'; cat "$work/profile-static.md"; fi)
 $(if [ -s "$work/profile-failed.md" ]; then printf '\nFailed upgrades (\`--failed\`: the new child is \`false\`; figure 4), shipped build:\n\n'; cat "$work/profile-failed.md"; fi)
 $(if [ -s "$work/profile-standby.md" ]; then printf '\nUpgrades that wake a standby (\`--standby\`: \`[upgrade] standby = true\`), shipped build:\n\n'; cat "$work/profile-standby.md"; fi)
 EOT
