@@ -54,9 +54,12 @@ EVENTS = [
     "syscalls:sys_enter_write",
     "syscalls:sys_enter_bind",
     "syscalls:sys_enter_rename",
+    "sched:sched_switch",
 ]
 PHASES = [
     ("a", "old psflip: kill(SIGHUP) → clone of the successor (wake-up, event loop, machine step, log line, spawn plan: argv, envp)"),
+    ("a1", "of a: kill(SIGHUP) → the old psflip on a CPU (the kernel's wake-up: signal, signalfd, epoll, scheduler)"),
+    ("a2", "of a: on a CPU → clone of the successor (psflip's own work: event loop, machine step, log line, spawn plan)"),
     ("b", "clone → successor's execve done (clone(CLONE_VM + CLONE_VFORK + CLONE_FILES), fds kept, execve of psflip)"),
     ("c1", "successor: execve → main() (loading: ld.so mapping and relocating libc.so, or a static binary relocating itself; no Rust runtime init: C main)"),
     ("c2", "successor: main() → config load (signal mask, dispositions, fd sweep, arguments: clap only for other command lines than -c FILE)"),
@@ -303,6 +306,13 @@ def report(events, targets):
             run = first(child, "syscalls:sys_enter_clock_nanosleep", cexe[0])
         except (StopIteration, AttributeError):
             continue
+        # The old psflip's first time on a CPU after the signal (sched_switch
+        # is recorded by the task going off the CPU; the one coming on is in it).
+        oncpu = next((e for e in after if e[2] == "sched:sched_switch" and e[0] <= fork[0]
+                      and re.search(r"next_pid=%d\b" % old, e[3])), None)
+        if oncpu is not None:
+            phases["a1"].append(oncpu[0] - t0)
+            phases["a2"].append(fork[0] - oncpu[0])
         for key, a, b in [("a", t0, fork[0]), ("b", fork[0], exe[0]), ("c1", exe[0], main_[0]),
                           ("c2", main_[0], cwd[0]), ("c3", cwd[0], sfd[0]), ("d", sfd[0], cfork[0]),
                           ("e", cfork[0], cexe[0]), ("f", cexe[0], run[0]), ("total", t0, run[0])]:
