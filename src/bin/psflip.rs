@@ -155,6 +155,15 @@ fn parse_log_format(s: &str) -> Result<log::Format, String> {
 #[link(name = "gcc_eh", kind = "static", modifiers = "-bundle")]
 unsafe extern "C" {}
 
+// The static musl build allocates with dlmalloc: musl's own allocator maps and
+// unmaps single pages as small allocations come and go (an upgrade's old
+// psflip made 8 mmap and 5 munmap calls before its clone), and with the unmaps'
+// page-table work it was a fifth of psflip's CPU time in an upgrade (perf,
+// BENCHMARKS.md session 8). glibc's malloc keeps its arena, as dlmalloc does.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 /// The C entry point. The arguments are read through `psflip::sys::args_os`:
 /// std's `env::args` sees them under glibc only (which hands them to std's
 /// initialiser), not in a static musl build.
