@@ -5,8 +5,9 @@
 //! text, which is what a running psflip keeps mapped (its RSS) and what faults
 //! in at every start. Only with rust-lld (the default linker of Rust 1.90 and
 //! later on x86_64-unknown-linux-gnu) or, for the static musl build, GNU ld
-//! (BENCHMARKS.md, session 8: idle RSS 0.95 → 0.73 MiB there); a name the file lists that the build does
-//! not have is skipped, so a stale file only costs pages, never correctness.
+//! (BENCHMARKS.md, session 8: idle RSS 0.95 → 0.73 MiB there); a name the file
+//! lists that the build does not have is skipped, so a stale file only costs
+//! pages, never correctness.
 //! `PSFLIP_NO_SYMBOL_ORDER=1` turns it off.
 
 use std::process::Command;

@@ -163,8 +163,8 @@ EOT
     if cc -O2 -static -o "$work/launch-static" "$work/launch.c" 2>/dev/null &&
         cc -O2 -o "$work/launch-dynamic" "$work/launch.c"; then
         hf_cmds+=("$work/launch-static true" "$work/launch-dynamic true")
-        hf_c=1
         hf_names+=(--command-name 'launch true (C, static)' --command-name 'launch true (C, dynamic)')
+        hf_c=1
     fi
 fi
 # Last, so that the indexes above stay.

@@ -622,7 +622,7 @@ pub fn flush() {
 }
 
 fn program_name() -> &'static str {
-    let arg0 = crate::sys::args_os().into_iter().next().unwrap_or_default();
+    let arg0 = crate::sys::args_os().first().cloned().unwrap_or_default();
     match std::path::Path::new(&arg0)
         .file_name()
         .and_then(|n| n.to_str())

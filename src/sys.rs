@@ -484,7 +484,7 @@ pub fn tcp_listener(addr: &SocketAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The command line a C `main` was handed (`set_args`), or else std's.
+/// The command line: what a C `main` recorded (`set_args`), or else std's.
 static ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
 
 /// Record the command line handed to a C `main` (`#![no_main]`). std reads it by
@@ -506,11 +506,8 @@ pub unsafe fn set_args(argc: libc::c_int, argv: *const *const libc::c_char) {
     let _ = ARGS.set(args);
 }
 
-/// This process's arguments, as `std::env::args_os`, including under a C `main`
-/// that called `set_args`.
-pub fn args_os() -> Vec<std::ffi::OsString> {
-    match ARGS.get() {
-        Some(args) => args.clone(),
-        None => std::env::args_os().collect(),
-    }
+/// This process's arguments, as `std::env::args_os` gives them, including under
+/// a C `main` that called `set_args`.
+pub fn args_os() -> &'static [std::ffi::OsString] {
+    ARGS.get_or_init(|| std::env::args_os().collect())
 }

@@ -307,7 +307,7 @@ fn psflip_main() -> ExitCode {
 /// otherwise keep mapped. Anything else (`-cFILE`, a subcommand, `--help`, an
 /// error) goes to clap, which gives the same result for these forms.
 fn run_mode_args() -> Option<Cli> {
-    let mut args = psflip::sys::args_os().into_iter().skip(1);
+    let mut args = psflip::sys::args_os().iter().skip(1).cloned();
     let config = match (args.next(), args.next(), args.next()) {
         (None, _, _) => PathBuf::from(DEFAULT_CONFIG),
         (Some(flag), Some(file), None)
@@ -726,7 +726,7 @@ fn run(
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let mut argv = psflip::sys::args_os().into_iter();
+    let mut argv = psflip::sys::args_os().iter().cloned();
     let arg0 = argv.next().unwrap_or_else(|| OsString::from("psflip"));
     let args: Vec<OsString> = argv.collect();
     let exe = spawn::own_binary(&arg0);

@@ -312,8 +312,8 @@ fn reexec(exe: &Path) -> Woken {
     let to_c = |b: Vec<u8>| CString::new(b).ok();
     let path = to_c(exe.as_os_str().as_bytes().to_vec());
     let argv: Option<Vec<CString>> = crate::sys::args_os()
-        .into_iter()
-        .map(|a| to_c(a.into_vec()))
+        .iter()
+        .map(|a| to_c(a.as_bytes().to_vec()))
         .collect();
     let envp: Option<Vec<CString>> = std::env::vars_os()
         .map(|(k, v)| {
