@@ -63,8 +63,16 @@ if ! have nginx || ! have haproxy || ! have wrk || ! have strace; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk strace >/dev/null
 fi
 have python3 || { echo "bench-proxy: python3 is needed (bulk and idle clients)" >&2; exit 1; }
-[ -n "${BENCH_PROXY_NETNS:-}" ] || cargo build --release --quiet
-PSFLIP_BIN=$PWD/target/release/psflip
+# PSFLIP_BIN=/path/to/psflip measures that build (the static musl one, say:
+# target/x86_64-unknown-linux-musl/release/psflip, what the package ships);
+# otherwise `cargo build --release` and target/release/psflip.
+if [ -z "${PSFLIP_BIN:-}" ]; then
+  [ -n "${BENCH_PROXY_NETNS:-}" ] || cargo build --release --quiet
+  PSFLIP_BIN=$PWD/target/release/psflip
+fi
+PSFLIP_BIN=$(realpath "$PSFLIP_BIN")
+export PSFLIP_BIN
+PSFLIP_BUILD="$(git describe --always --dirty 2>/dev/null || echo '?') ($(file -b "$PSFLIP_BIN" 2>/dev/null | grep -q 'static' && echo 'release, static' || echo release); $PSFLIP_BIN)"
 
 # As root, everything measured runs in a network namespace of its own, whose
 # loopback carries nothing else: the TCP segments counted are the benchmark's.
@@ -444,7 +452,7 @@ $FLOOR_TEXT
 
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r);
 nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}') (\`mode tcp\`, \`nbthread 1\`, default buffers), wrk -t2 -c20 -d$DURATION;
-psflip $(git describe --always --dirty 2>/dev/null || echo '?') (release). $ROUNDS rounds, the $NV variants in a rotating order in
+psflip $PSFLIP_BUILD. $ROUNDS rounds, the $NV variants in a rotating order in
 each (keep-alive, then one connection per request, then bulk); medians. Run at nice $(nice) (every process measured inherits it). Load average (1/5/15 min): $LOAD_START at the start, $LOAD_END at the end
 (other work shared the machine: compare within a run, not across runs).
 
