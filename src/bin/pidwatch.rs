@@ -15,6 +15,8 @@ fn main() -> ExitCode {
         eprintln!("pidwatch: {e}");
         return ExitCode::from(1);
     }
+    // The command (psflip) must not inherit an ignored signal.
+    signals::default_dispositions();
     fds::cloexec_from_3();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

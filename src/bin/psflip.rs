@@ -284,6 +284,12 @@ fn psflip_main() -> ExitCode {
         Some(Command::Upgrade { wait_old }) => answer(client::upgrade(&config, wait_old)),
         Some(Command::Status { json }) => answer(client::status(&config, json)),
         None => {
+            // A first generation may have been started with signals ignored; a
+            // successor (or a woken standby) was started by a psflip whose
+            // dispositions were all default, and exec kept them so.
+            if predecessor.is_none() {
+                signals::default_dispositions();
+            }
             // This generation's number: 1, or what the previous generation told us.
             let generation = handoff.as_ref().map_or(1, |h| h.generation);
             log::init(

@@ -465,8 +465,8 @@ extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
         }
         if plan.app {
             // Signals stay blocked until right before exec: none can act meanwhile.
-            // Dispositions need no reset: psflip's are all SIG_DFL since
-            // `signals::block_all`, and exec would reset a handler anyway.
+            // Dispositions need no reset: psflip's are all SIG_DFL (see
+            // `signals::default_dispositions`), and exec would reset a handler.
             if libc::setpgid(0, 0) != 0 {
                 fail(plan, Stage::Group);
             }

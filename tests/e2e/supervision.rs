@@ -260,6 +260,13 @@ fn child_has_an_empty_signal_mask_and_default_dispositions() {
     // must still start clean.
     let s = sb.upgrade(p.pid);
     assert_eq!(sb.wait_exit(&mut p, T), 0);
+    // The successor resets no disposition: it inherits default ones.
+    assert_eq!(
+        status_field(s, "SigIgn").as_deref(),
+        Some(EMPTY_MASK),
+        "successor {s} SigIgn\n{}",
+        sb.diag()
+    );
     let c2 = sb.child_of(s);
     assert_clean_signal_state(&sb, c2);
     // The blocked TERM did not stick either: it stops the service.
