@@ -124,6 +124,8 @@ struct Queue {
     busy: bool,
     /// Whether the writer thread runs (or could not be started).
     writer: Writer,
+    /// Lines wait in the queue until [`Logger::hold`] lets them go.
+    held: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -371,7 +373,10 @@ impl Logger {
             None => write_all(line.as_bytes()),
             Some(shared) => {
                 let mut q = lock(&shared.queue);
-                if q.writer != Writer::Running && self.drain_without_blocking(shared, &mut q) {
+                if q.writer != Writer::Running
+                    && !q.held
+                    && self.drain_without_blocking(shared, &mut q)
+                {
                     let n = shared.sink.try_write(line.as_bytes());
                     if n == line.len() {
                         return;
@@ -405,6 +410,22 @@ impl Logger {
                 q.lines.push_back(line.into_bytes());
                 shared.changed.notify_all();
             }
+        }
+    }
+
+    /// Keep lines back (`true`: they queue, as when stderr would block) or let
+    /// them go (`false`: written now, in order, without blocking; what stderr
+    /// does not take waits for the writer thread). The runtime holds them while
+    /// it starts a process. Nothing changes once the writer thread runs.
+    pub fn hold(&self, on: bool) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut q = lock(&shared.queue);
+        q.held = on;
+        if !on && q.writer != Writer::Running && !self.drain_without_blocking(shared, &mut q) {
+            self.start_writer(shared, &mut q);
+            shared.changed.notify_all();
         }
     }
 

@@ -2,7 +2,9 @@
 //! machine's effects. It makes no protocol decision of its own.
 //!
 //! 1. Before anything else (in `main`), every signal is blocked
-//!    ([`effects::signals::block_all`]) and inherited fds are made close-on-exec.
+//!    ([`effects::signals::block_all`]) and inherited fds are made close-on-exec;
+//!    a first generation gives every signal its default disposition
+//!    ([`effects::signals::default_dispositions`]).
 //! 2. [`run`] opens the signalfd, resolves nothing further, and feeds
 //!    `Event::Started` to the machine.
 //! 3. Each loop turn polls the signalfd, the readiness pipe of a successor in flight
@@ -71,6 +73,9 @@ pub trait Os {
     /// Tell the service manager (sd_notify), if one listens.
     fn notify(&mut self, _message: Notify) {}
     fn log(&mut self, line: &str);
+    /// Keep log lines back (`true`) until told otherwise (`false`), then write
+    /// them, in order.
+    fn hold_logs(&mut self, _on: bool) {}
     /// Send `signal` to every process that re-parented to this psflip and still
     /// runs (never one it started); how many it signalled.
     fn signal_escaped(&mut self, _signal: Signal) -> usize {
@@ -120,12 +125,29 @@ pub fn drive(machine: &mut Machine, now: Instant, event: Event, os: &mut impl Os
         if let Some(event) = traced {
             os.trace(now, &event, &effects);
         }
+        // While a step starts processes, its log lines (the machine's and the
+        // spawns' own, in their order) wait until the last one is started: a
+        // write to stderr can wake the log's reader on this CPU, which would
+        // then run before our clone.
+        let mut spawns_left = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Spawn { .. }))
+            .count();
+        if spawns_left > 0 {
+            os.hold_logs(true);
+        }
         for effect in effects {
             match effect {
-                Effect::Spawn { id, role } => queue.push_back(match os.spawn(id, role) {
-                    Ok(()) => Event::Spawned { id },
-                    Err(reason) => Event::SpawnFailed { id, reason },
-                }),
+                Effect::Spawn { id, role } => {
+                    queue.push_back(match os.spawn(id, role) {
+                        Ok(()) => Event::Spawned { id },
+                        Err(reason) => Event::SpawnFailed { id, reason },
+                    });
+                    spawns_left -= 1;
+                    if spawns_left == 0 {
+                        os.hold_logs(false);
+                    }
+                }
                 Effect::Signal { id, signal, group } => os.signal(id, signal, group),
                 Effect::SignalRealtime { id, signo } => os.signal_realtime(id, signo),
                 Effect::WritePidfile => queue.push_back(match os.write_pidfile() {
@@ -868,6 +890,10 @@ impl Os for LinuxOs {
         self.say(line);
     }
 
+    fn hold_logs(&mut self, on: bool) {
+        crate::log::logger().hold(on);
+    }
+
     fn signal_escaped(&mut self, signal: Signal) -> usize {
         subreaper::signal_all(&subreaper::adopted(&self.started_here()), signal)
     }
@@ -1437,3 +1463,72 @@ pub mod pidwatch;
 pub mod source;
 
 pub use source::{Psflip, PsflipFd, Source};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::tests::settings;
+    use crate::machine::{Generation, Role};
+
+    /// Records what the runtime asked of the OS, in order, and which log
+    /// lines it would have written when (held ones once released).
+    #[derive(Default)]
+    struct Recorder(Vec<String>, Vec<String>, bool);
+
+    impl Os for Recorder {
+        fn spawn(&mut self, id: ProcId, role: Role) -> Result<(), String> {
+            self.0.push(format!("spawn {} {role:?}", id.0));
+            // As LinuxOs does: the line saying so comes from the spawn itself.
+            self.log(&format!("started {role:?}"));
+            Ok(())
+        }
+        fn signal(&mut self, id: ProcId, signal: Signal, _group: bool) {
+            self.0.push(format!("signal {} {signal:?}", id.0));
+        }
+        fn write_pidfile(&mut self) -> Result<(), String> {
+            self.0.push("pidfile".into());
+            Ok(())
+        }
+        fn remove_pidfile(&mut self, _exited_successor: Option<ProcId>) {}
+        fn claim_control(&mut self) {}
+        fn report_ready(&mut self) {}
+        fn log(&mut self, line: &str) {
+            if self.2 {
+                self.1.push(format!("log {line}"));
+            } else {
+                self.0.push(format!("log {line}"));
+            }
+        }
+        fn hold_logs(&mut self, on: bool) {
+            self.2 = on;
+            if !on {
+                self.0.append(&mut self.1);
+            }
+        }
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(std::time::Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn a_step_starts_its_processes_before_writing_its_log_lines() {
+        let mut m = Machine::new(settings(Generation::First));
+        let mut os = Recorder::default();
+        drive(&mut m, at(0), Event::Started, &mut os);
+        drive(&mut m, at(1000), Event::Tick, &mut os);
+        os.0.clear();
+        // The machine says "starting the successor" before it asks for it
+        // (machine::tests: successful_upgrade_…); the OS hears it after.
+        drive(&mut m, at(2000), Event::signal(Signal::SIGHUP), &mut os);
+        assert_eq!(
+            os.0,
+            [
+                "spawn 2 Successor",
+                "log upgrade: starting the successor (asked by SIGHUP)",
+                "log started Successor",
+            ],
+        );
+        assert!(!os.2, "logs are held no longer");
+    }
+}
