@@ -75,9 +75,10 @@ cargo bench --bench flip --no-run
 static_bin=""
 static_note=""
 if [ "$do_static" = 1 ]; then
-    musl=x86_64-unknown-linux-musl
+    musl_ok=1
+    musl=$(scripts/musl-target.sh) || musl_ok=0
     log "building the static musl build (target/$musl)"
-    if [ ! -d "$(rustc --print sysroot)/lib/rustlib/$musl/lib" ]; then
+    if [ "$musl_ok" = 0 ]; then
         static_note="the $musl target is not installed (rustup target add $musl)"
         log "$static_note"
     elif cargo build --release --bin psflip --target "$musl"; then

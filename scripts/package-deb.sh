@@ -10,10 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
-musl=x86_64-unknown-linux-musl
 target_args=() deb_args=() bindir=target/release
-if [ "${PSFLIP_DEB_TARGET:-musl}" = musl ] && [ "$(uname -m)" = x86_64 ] &&
-    [ -d "$(rustc --print sysroot)/lib/rustlib/$musl/lib" ]; then
+musl_ok=1
+musl=$(scripts/musl-target.sh) || musl_ok=0
+if [ "${PSFLIP_DEB_TARGET:-musl}" = musl ] && [ "$musl_ok" = 1 ]; then
     target_args=(--target "$musl") deb_args=(--variant static) bindir=target/$musl/release
 else
     echo "package-deb: building for glibc (dynamic); the static build needs" \
