@@ -30,7 +30,11 @@
 # latency). PATTERN_MODE=ka measures
 # keep-alive instead; PSFLIP_ALSO="name=/path/to/psflip …" adds other psflip
 # builds (an A/B in the same rounds); PATTERN_VARIANTS="haproxy psflip …" measures
-# only those.
+# only those. It also adds `uring`, benches/floor-proxy-uring.c: the floor proxy's
+# job through io_uring, one io_uring_enter per turn of its loop (built with
+# liburing; installed as root when missing, skipped with a note otherwise), and
+# reports each proxy's CPU time per request; PATTERN_SYSCALLS=1 adds its system
+# calls per request (strace -c, after the rounds).
 #
 #   sudo scripts/bench-proxy.sh [--write]        # ROUNDS=7 DURATION=5s IDLE=10000
 #   sudo scripts/bench-proxy.sh --pattern        # ROUNDS=10 DURATION=4s
@@ -61,6 +65,11 @@ if ! have nginx || ! have haproxy || ! have wrk || ! have strace; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk strace >/dev/null
+fi
+# --pattern also measures the io_uring floor proxy, which needs liburing's headers.
+if [ "$PATTERN" = 1 ] && [ ! -e /usr/include/liburing.h ] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liburing-dev >/dev/null || true
 fi
 have python3 || { echo "bench-proxy: python3 is needed (bulk and idle clients)" >&2; exit 1; }
 # PSFLIP_BIN=/path/to/psflip measures that build (the static musl one, say:
@@ -198,6 +207,7 @@ VARIANTS=(direct psflip haproxy)
 NV=${#VARIANTS[@]}
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
 
 
 # wrk PORT MODE → "requests/s p50_us p99_us requests"; MODE ka (keep-alive) or
@@ -213,64 +223,6 @@ wrk_run() {
 }
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-
-# --pattern: the floor proxy's variants against psflip and HAProxy, one
-# connection per request only; then exit.
-if [ "$PATTERN" = 1 ]; then
-  [ "$FLOOR" = 1 ] || { echo "bench-proxy: --pattern needs cc for the floor proxy" >&2; exit 1; }
-  declare -A FLAGS=([wait_for_connect]=-DWAIT_FOR_CONNECT [no_client_epollout]=-DNO_CLIENT_EPOLLOUT)
-  for v in wait_for_connect no_client_epollout; do
-    cc -O2 "${FLAGS[$v]}" -o "$W/$v" benches/floor-proxy.c
-    PORT[$v]=$(port)
-    "$W/$v" "${PORT[$v]}" "$NGINX_PORT" 2>"$W/$v.log" &
-    PIDS+=($!)
-    for _ in $(seq 100); do
-      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
-      sleep 0.05
-    done
-  done
-  VARIANTS=(haproxy psflip floor wait_for_connect no_client_epollout)
-  for also in ${PSFLIP_ALSO:-}; do
-    v=${also%%=*}
-    PORT[$v]=$(port)
-    sed "s/127.0.0.1:$PSFLIP_PORT/127.0.0.1:${PORT[$v]}/" "$W/psflip.toml" >"$W/$v.toml"
-    "${also#*=}" -c "$W/$v.toml" 2>"$W/$v.log" &
-    PIDS+=($!)
-    for _ in $(seq 100); do
-      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
-      sleep 0.05
-    done
-    VARIANTS+=("$v")
-  done
-  [ -n "${PATTERN_VARIANTS:-}" ] && read -r -a VARIANTS <<<"$PATTERN_VARIANTS"
-  NV=${#VARIANTS[@]}
-  MODE=${PATTERN_MODE:-close}
-  HOW="-H 'Connection: close'"
-  [ "$MODE" = ka ] && HOW="(keep-alive)"
-  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r); psflip $(git describe --always --dirty 2>/dev/null || echo '?')${PSFLIP_ALSO:+; also $PSFLIP_ALSO}; wrk -t2 -c20 -d$DURATION $HOW; $ROUNDS rounds, rotating order; load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
-  for r in $(seq "$ROUNDS"); do
-    line="round $r:"
-    for i in $(seq 0 $((NV - 1))); do
-      v=${VARIANTS[$(((i + r) % NV))]}
-      read -r rps _ p99 _ < <(wrk_run "${PORT[$v]}" "$MODE")
-      echo "$rps" >>"$W/pattern.$v"
-      echo "$p99" >>"$W/pattern_p99.$v"
-      line="$line $v $rps;"
-    done
-    echo "$line load $(cut -d' ' -f1-3 /proc/loadavg)"
-  done
-  echo
-  label="one connection per request"
-  [ "$MODE" = ka ] && label="keep-alive"
-  echo "| $label | requests/s (median) | × HAProxy, median of the per-round ratios | p99 (median) | × HAProxy's p99, median of the per-round ratios |"
-  echo "|---|---:|---:|---:|---:|"
-  for v in "${VARIANTS[@]}"; do
-    ratio=$(paste "$W/pattern.$v" "$W/pattern.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
-    p99r=$(paste "$W/pattern_p99.$v" "$W/pattern_p99.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
-    printf "| %s | %.0f | %.2f× | %d µs | %.2f× |\n" "$v" "$(median <"$W/pattern.$v")" "$ratio" "$(median <"$W/pattern_p99.$v")" "$p99r"
-  done
-  exit 0
-fi
 
 # syscalls PID PORT MODE → "N (name n, …)": system calls of PID per request during
 # a 3 s wrk run on PORT in MODE (the calls made ≥ 0.05 times per request).
@@ -304,6 +256,89 @@ segments() {
   s1=$(outsegs)
   awk -v d=$((s1 - s0)) -v n="$n" 'BEGIN { printf "%.2f\n", d / n }'
 }
+
+# --pattern: the floor proxy's variants against psflip and HAProxy, one
+# connection per request only; then exit.
+if [ "$PATTERN" = 1 ]; then
+  [ "$FLOOR" = 1 ] || { echo "bench-proxy: --pattern needs cc for the floor proxy" >&2; exit 1; }
+  declare -A FLAGS=([wait_for_connect]=-DWAIT_FOR_CONNECT [no_client_epollout]=-DNO_CLIENT_EPOLLOUT)
+  for v in wait_for_connect no_client_epollout; do
+    cc -O2 "${FLAGS[$v]}" -o "$W/$v" benches/floor-proxy.c
+    PORT[$v]=$(port)
+    "$W/$v" "${PORT[$v]}" "$NGINX_PORT" 2>"$W/$v.log" &
+    PID[$v]=$!
+    PIDS+=($!)
+    for _ in $(seq 100); do
+      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
+      sleep 0.05
+    done
+  done
+  VARIANTS=(haproxy psflip floor wait_for_connect no_client_epollout)
+  # The io_uring floor (benches/floor-proxy-uring.c), where liburing builds it.
+  if cc -O2 -o "$W/uring" benches/floor-proxy-uring.c -luring 2>/dev/null; then
+    PORT[uring]=$(port)
+    "$W/uring" "${PORT[uring]}" "$NGINX_PORT" 2>"$W/uring.log" &
+    PID[uring]=$!
+    PIDS+=($!)
+    for _ in $(seq 100); do
+      curl -fs -o /dev/null "http://127.0.0.1:${PORT[uring]}/" && break
+      sleep 0.05
+    done
+    VARIANTS+=(uring)
+  else
+    echo "bench-proxy: liburing-dev missing; the io_uring floor proxy is skipped" >&2
+  fi
+  for also in ${PSFLIP_ALSO:-}; do
+    v=${also%%=*}
+    PORT[$v]=$(port)
+    sed "s/127.0.0.1:$PSFLIP_PORT/127.0.0.1:${PORT[$v]}/" "$W/psflip.toml" >"$W/$v.toml"
+    "${also#*=}" -c "$W/$v.toml" 2>"$W/$v.log" &
+    PID[$v]=$!
+    PIDS+=($!)
+    for _ in $(seq 100); do
+      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
+      sleep 0.05
+    done
+    VARIANTS+=("$v")
+  done
+  [ -n "${PATTERN_VARIANTS:-}" ] && read -r -a VARIANTS <<<"$PATTERN_VARIANTS"
+  NV=${#VARIANTS[@]}
+  MODE=${PATTERN_MODE:-close}
+  HOW="-H 'Connection: close'"
+  [ "$MODE" = ka ] && HOW="(keep-alive)"
+  echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) × $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r); psflip $(git describe --always --dirty 2>/dev/null || echo '?')${PSFLIP_ALSO:+; also $PSFLIP_ALSO}; wrk -t2 -c20 -d$DURATION $HOW; $ROUNDS rounds, rotating order; load average $(cut -d' ' -f1-3 /proc/loadavg) at the start."
+  for r in $(seq "$ROUNDS"); do
+    line="round $r:"
+    for i in $(seq 0 $((NV - 1))); do
+      v=${VARIANTS[$(((i + r) % NV))]}
+      t0=$(cpu_ticks "${PID[$v]}") u0=$(user_ticks "${PID[$v]}")
+      read -r rps _ p99 nreq < <(wrk_run "${PORT[$v]}" "$MODE")
+      t1=$(cpu_ticks "${PID[$v]}") u1=$(user_ticks "${PID[$v]}")
+      # clock ticks (1/100 s) → µs per request: all, and in user space
+      awk -v d=$((t1 - t0)) -v n="$nreq" 'BEGIN { printf "%.2f\n", d * 10000 / n }' >>"$W/pattern_cpu.$v"
+      awk -v d=$((u1 - u0)) -v n="$nreq" 'BEGIN { printf "%.2f\n", d * 10000 / n }' >>"$W/pattern_user.$v"
+      echo "$rps" >>"$W/pattern.$v"
+      echo "$p99" >>"$W/pattern_p99.$v"
+      line="$line $v $rps;"
+    done
+    echo "$line load $(cut -d' ' -f1-3 /proc/loadavg)"
+  done
+  echo
+  label="one connection per request"
+  [ "$MODE" = ka ] && label="keep-alive"
+  echo "| $label | requests/s (median) | × HAProxy, median of the per-round ratios | p99 (median) | × HAProxy's p99, median of the per-round ratios | proxy CPU / request, median (of it in user space) | system calls / request |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
+  for v in "${VARIANTS[@]}"; do
+    ratio=$(paste "$W/pattern.$v" "$W/pattern.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
+    p99r=$(paste "$W/pattern_p99.$v" "$W/pattern_p99.haproxy" | awk '{ printf "%.4f\n", $1 / $2 }' | median)
+    cpu="–" sys="–"
+    [ -n "${PID[$v]:-}" ] && cpu="$(median <"$W/pattern_cpu.$v") µs ($(median <"$W/pattern_user.$v") µs)"
+    # After the rounds (strace slows the proxy): counted, not timed.
+    [ -n "${PID[$v]:-}" ] && [ "${PATTERN_SYSCALLS:-0}" = 1 ] && sys=$(syscalls "${PID[$v]}" "${PORT[$v]}" "$MODE")
+    printf "| %s | %.0f | %.2f× | %d µs | %.2f× | %s | %s |\n" "$v" "$(median <"$W/pattern.$v")" "$ratio" "$(median <"$W/pattern_p99.$v")" "$p99r" "$cpu" "$sys"
+  done
+  exit 0
+fi
 
 cat >"$W/bulk.py" <<'EOF'
 import socket, sys, time
