@@ -34,6 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ring::{Sends, Sent};
 use super::{CMD_ACCEPT, CMD_STOP, EVT_DRAINED, Route, Target};
 use crate::sys::{self, SockAddr};
 
@@ -47,6 +48,8 @@ const ET: u32 = libc::EPOLLET as u32;
 const CONN_EVENTS: u32 = IN | OUT | RDHUP | ET;
 
 const TOKEN_COMMANDS: u64 = u64::MAX;
+/// The send ring's fd ([`Sends`]): an answer came after its submit.
+const TOKEN_RING: u64 = u64::MAX - 1;
 /// Listener `i` is `TOKEN_LISTENER | i`; a connection's side is
 /// `generation << 32 | slot << 1 | side`, the generation below bit 61.
 const TOKEN_LISTENER: u64 = 1 << 62;
@@ -77,6 +80,8 @@ const RETRY_FOR: Duration = Duration::from_secs(5);
 /// Empty pipes kept for reuse.
 const POOL_MAX: usize = 64;
 const MAX_EVENTS: usize = 256;
+/// Rounds of submit and answers after a batch of events (see `flush_sends`).
+const FLUSH_TURNS: usize = 8;
 
 struct Pipe {
     r: OwnedFd,
@@ -97,6 +102,15 @@ struct Half {
     /// A read once filled the copy buffer: this is a bulk transfer, moved with
     /// splice from now on (see [`pump`]).
     bulk: bool,
+    /// A send of what this half read is in the send ring ([`Sends`]): the half
+    /// waits for its answer before it reads or writes again.
+    queued: bool,
+    /// This half has sent before. Its first message goes out at once, with
+    /// `send(2)`: a new connection's request and response are what its peers
+    /// wait on, and with one connection per request, sending them at the end
+    /// of the batch instead cost 8 % of the requests/s (BENCHMARKS.md,
+    /// session 10). Later messages go through the ring.
+    sent_before: bool,
 }
 
 impl Half {
@@ -159,6 +173,13 @@ pub(super) struct Engine {
     /// Connections that stopped reading after MAX_ROUNDS with data left: served
     /// again after this batch, before waiting.
     again: Vec<(usize, u32)>,
+    /// Where small messages are sent from, a batch at a time; None: each with
+    /// `send(2)` at once (see `ring.rs`). Set up by the thread itself.
+    sends: Option<Sends>,
+    sent: Vec<Sent>,
+    /// Sockets of connections closed while a send to them was queued: closed
+    /// after the batch's submit, which names them by number.
+    closing: Vec<OwnedFd>,
     next_generation: u32,
     quiet: bool,
 }
@@ -210,6 +231,9 @@ impl Engine {
             last_pause_log: None,
             retries: Vec::new(),
             again: Vec::new(),
+            sends: None,
+            sent: Vec::new(),
+            closing: Vec::new(),
             next_generation: 0,
             quiet,
         })
@@ -224,6 +248,9 @@ impl Engine {
     /// The thread's body: runs until the main thread drops its command pipe.
     pub(super) fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        self.sends = Sends::new().filter(|s| {
+            sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, s.fd(), IN, TOKEN_RING).is_ok()
+        });
         loop {
             let timeout = if self.again.is_empty() {
                 self.timeout_ms(Instant::now())
@@ -254,6 +281,8 @@ impl Engine {
                         None => return,
                         Some(stop) => stopped |= stop,
                     }
+                } else if token == TOKEN_RING {
+                    // Its answers are collected below.
                 } else if token & TOKEN_LISTENER != 0 {
                     self.on_listener((token & !TOKEN_LISTENER) as usize);
                 } else {
@@ -263,6 +292,7 @@ impl Engine {
                 }
             }
             self.on_timers(Instant::now());
+            self.flush_sends();
             self.free.append(&mut self.closed);
             if self.idle() && (stopped || !idle_before) {
                 let _ = sys::write(self.events.as_raw_fd(), &[EVT_DRAINED]);
@@ -621,7 +651,14 @@ impl Engine {
         }
         let mut result = Ok(false);
         for h in [CLIENT, BACKEND] {
-            result = match pump(conn, h, &mut self.pool, &mut self.scratch) {
+            let mut out = Out {
+                pool: &mut self.pool,
+                scratch: &mut self.scratch,
+                sends: self.sends.as_mut(),
+                sent: &mut self.sent,
+                token: conn_token(conn.generation, slot, h),
+            };
+            result = match pump(conn, h, &mut out) {
                 Ok(more) => result.map(|m| m || more),
                 Err(e) => Err(e),
             };
@@ -637,6 +674,91 @@ impl Engine {
         }
     }
 
+    /// Hand the batch's queued sends to the kernel, take in the answers, and let
+    /// each answered half go on (which may queue more), a few turns; then close
+    /// what waited for the submit.
+    fn flush_sends(&mut self) {
+        for turn in 0..FLUSH_TURNS {
+            let Some(sends) = self.sends.as_mut() else {
+                break;
+            };
+            if sends.idle() && self.sent.is_empty() {
+                break;
+            }
+            sends.flush(&mut self.sent);
+            for sent in std::mem::take(&mut self.sent) {
+                // The last turn answers without going on: those halves are
+                // served again after this batch (`again`), before waiting.
+                self.on_sent(sent, turn + 1 < FLUSH_TURNS);
+            }
+        }
+        if let Some(sends) = self.sends.as_mut()
+            && !sends.idle()
+        {
+            // Queued in the last turn: handed over now, answered in the next.
+            sends.flush(&mut self.sent);
+            for sent in std::mem::take(&mut self.sent) {
+                self.on_sent(sent, false);
+            }
+        }
+        if self.sends.as_ref().is_some_and(|s| s.failed() && s.idle()) {
+            self.say("proxy: the send ring failed; sending with send(2) from now on");
+            self.sends = None;
+        }
+        self.closing.clear();
+    }
+
+    /// A send from the ring was answered: the rest, if any, waits in a pipe
+    /// for the destination's EPOLLOUT, as after a short `send`.
+    fn on_sent(&mut self, sent: Sent, go_on: bool) {
+        let Sent { token, buf, result } = sent;
+        let (slot, generation, h) = (
+            (token as u32 >> 1) as usize,
+            (token >> 32) as u32,
+            (token & 1) as usize,
+        );
+        let len = buf.len();
+        let current = self.is_current(slot, generation);
+        let mut abort = false;
+        if current {
+            let conn = self.conns[slot].as_mut().expect("current");
+            let d = 1 - h;
+            conn.half[h].queued = false;
+            match result {
+                Ok(n) if n == len => conn.half[h].bulk = len == self.scratch.len(),
+                Ok(_) | Err(libc::EAGAIN) => {
+                    let n = result.unwrap_or(0);
+                    conn.writable[d] = false;
+                    match take_pipe(&mut self.pool) {
+                        Ok(pipe) => match sys::write(pipe.w.as_raw_fd(), &buf[n..]) {
+                            Ok(w) if w == len - n => {
+                                conn.half[h].pipe = Some(pipe);
+                                conn.half[h].pending = len - n;
+                            }
+                            _ => abort = true,
+                        },
+                        Err(_) => abort = true,
+                    }
+                }
+                // The destination is gone: this direction is over.
+                Err(_) => conn.half[h].broken = true,
+            }
+        }
+        if let Some(sends) = self.sends.as_mut() {
+            sends.give_back(buf);
+        }
+        if !current {
+            return;
+        }
+        if abort {
+            self.close(slot, None);
+        } else if go_on {
+            self.progress(slot);
+        } else {
+            self.again.push((slot, generation));
+        }
+    }
+
     /// Close both sockets; `reset`: that side's peer gets a reset, not a FIN.
     fn close(&mut self, slot: usize, reset: Option<usize>) {
         let Some(mut conn) = self.conns[slot].take() else {
@@ -646,7 +768,12 @@ impl Engine {
             sys::set_linger_zero(fd);
         }
         // Closing a socket takes it out of epoll; should a child still hold it
-        // (between clone and exec), its events carry a stale generation.
+        // (between clone and exec), its events carry a stale generation. A
+        // socket a queued send names is closed after the batch's submit.
+        if conn.half.iter().any(|h| h.queued) {
+            self.closing
+                .extend(conn.fds.iter_mut().filter_map(Option::take));
+        }
         conn.fds = [None, None];
         for half in &mut conn.half {
             // A pipe still holding bytes is dropped, never reused.
@@ -683,6 +810,17 @@ fn would_block(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EAGAIN)
 }
 
+/// What [`pump`] works with besides the connection: the pipe pool, the copy
+/// buffer, the send ring if any (and where it answers early), and the token
+/// of the half being pumped, for the ring's answers.
+struct Out<'a> {
+    pool: &'a mut Vec<Pipe>,
+    scratch: &'a mut [u8],
+    sends: Option<&'a mut Sends>,
+    sent: &'a mut Vec<Sent>,
+    token: u64,
+}
+
 /// What a step of [`pump`] says: go on with the loop, or stop with this answer
 /// (whether the source may still hold data).
 enum Flow {
@@ -695,13 +833,12 @@ enum Flow {
 /// writable, then read the source while it is readable, until one of them says
 /// EAGAIN (or a short read or write says it would). Returns whether the source
 /// may still hold data after MAX_ROUNDS reads in a row (serve it again soon).
-fn pump(
-    conn: &mut Conn,
-    h: usize,
-    pool: &mut Vec<Pipe>,
-    scratch: &mut [u8],
-) -> Result<bool, Abort> {
+fn pump(conn: &mut Conn, h: usize, out: &mut Out) -> Result<bool, Abort> {
     let d = 1 - h;
+    if conn.half[h].queued {
+        // Resumed once the ring answers (`Engine::on_sent`).
+        return Ok(false);
+    }
     let (Some(src), Some(dst)) = (conn.raw(h), conn.raw(d)) else {
         return Ok(false);
     };
@@ -718,7 +855,7 @@ fn pump(
         }
         let half = &mut conn.half[h];
         if let Some(pipe) = half.pipe.take() {
-            give_back(pool, pipe);
+            give_back(out.pool, pipe);
         }
         if half.eof {
             if !half.shut {
@@ -739,9 +876,9 @@ fn pump(
         }
         rounds += 1;
         let flow = if conn.half[h].bulk {
-            splice_in(conn, h, src, pool)?
+            splice_in(conn, h, src, out.pool)?
         } else {
-            copy(conn, h, (src, dst), pool, scratch)?
+            copy(conn, h, (src, dst), out)?
         };
         if let Flow::Stop(more) = flow {
             return Ok(more);
@@ -791,10 +928,10 @@ fn copy(
     conn: &mut Conn,
     h: usize,
     (src, dst): (RawFd, RawFd),
-    pool: &mut Vec<Pipe>,
-    scratch: &mut [u8],
+    out: &mut Out,
 ) -> Result<Flow, Abort> {
     let d = 1 - h;
+    let scratch = &mut *out.scratch;
     let n = match sys::recv(src, scratch) {
         Ok(0) => {
             conn.half[h].eof = true;
@@ -821,6 +958,19 @@ fn copy(
     }
     let half = &mut conn.half[h];
     half.eof = fin;
+    let sent_before = std::mem::replace(&mut half.sent_before, true);
+    if conn.writable[d]
+        && sent_before
+        && let Some(sends) = out.sends.as_deref_mut()
+    {
+        // Into the ring, handed to the kernel with the batch's other sends;
+        // this half waits for the answer (`Engine::on_sent`).
+        let mut buf = sends.buffer();
+        buf.extend_from_slice(&scratch[..n]);
+        sends.queue(dst, buf, fin && conn.tcp[d], out.token, out.sent);
+        half.queued = true;
+        return Ok(Flow::Stop(false));
+    }
     let sent = if conn.writable[d] {
         match sys::send(dst, &scratch[..n], fin && conn.tcp[d]) {
             Ok(m) => m,
@@ -835,7 +985,7 @@ fn copy(
     };
     if sent < n {
         conn.writable[d] = false;
-        let pipe = take_pipe(pool)?;
+        let pipe = take_pipe(out.pool)?;
         // An empty pipe holds 64 KiB: the rest of one read always fits.
         match sys::write(pipe.w.as_raw_fd(), &scratch[sent..n]) {
             Ok(w) if w == n - sent => {}

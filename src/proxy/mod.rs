@@ -19,6 +19,7 @@
 //! "Architecture — the proxy".
 
 mod engine;
+mod ring;
 
 /// The endpoint values now live in the leaf [`crate::values`].
 pub use crate::values::endpoint;

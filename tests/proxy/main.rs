@@ -954,3 +954,200 @@ fn the_proxy_thread_is_prompt_while_a_generation_starts_and_during_an_upgrade(
     );
     sb.stop_and_check();
 }
+
+/// A backend that sends back whatever it reads, as it reads it.
+fn mirror() -> Backend {
+    Backend::tcp(|mut s| {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// The fds of `pid` that are io_uring instances.
+fn io_urings(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[io_uring]")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether this test process could have a ring: no seccomp filter on it, and
+/// `kernel.io_uring_disabled` (where the kernel has it) 0.
+fn io_uring_allowed_here() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let no_filter = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .is_some_and(|v| v.trim() == "0");
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|v| v.trim() == "0")
+        .unwrap_or(true);
+    no_filter && sysctl
+}
+
+/// Installs, in the process about to exec, a seccomp filter that kills it
+/// (SIGSYS) the moment it calls io_uring_setup: as a systemd unit does whose
+/// `SystemCallFilter=` leaves out `@aio`.
+fn kill_on_io_uring_setup(cmd: &mut std::process::Command) {
+    // SAFETY: prctl with a filter on the stack; async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            let filter = [
+                // A = seccomp_data.nr
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == io_uring_setup: kill the process, else allow
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: libc::SYS_io_uring_setup as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_KILL_PROCESS,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &raw const prog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Where it can, the proxy hands its sends to the kernel through an io_uring
+/// (BENCHMARKS.md, session 10); with `PSFLIP_NO_IO_URING` set, or under any
+/// seccomp filter, it has none and never calls io_uring_setup (a filter that
+/// kills the process calling it leaves psflip running). Either way a stream of
+/// small messages each way arrives whole and in order: 400 round trips on one
+/// connection, each message after the first going through the ring if any.
+#[rstest::rstest]
+#[case::default("default")]
+#[case::switched_off("no_io_uring")]
+#[case::seccomp_kills_io_uring_setup("seccomp")]
+fn sends_go_through_an_io_uring_only_where_nothing_forbids_it(#[case] how: &str) {
+    let mut sb = Sandbox::new(&format!("ring-{how}"));
+    let backend = mirror();
+    let port = proxy_to(&sb, &backend);
+    let mut cmd = sb.psflip_cmd(&["-c", "psflip.toml"]);
+    match how {
+        "no_io_uring" => {
+            cmd.env("PSFLIP_NO_IO_URING", "1");
+        }
+        "seccomp" => kill_on_io_uring_setup(&mut cmd),
+        _ => {}
+    }
+    let pid = sb.keep(cmd);
+    sb.wait_log("child is healthy; serving", 1, T);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    for i in 0..400 {
+        let msg = format!("<{i}:{}>", "y".repeat(i % 300));
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes(), "round trip {i}");
+    }
+    assert!(alive(pid), "psflip died; log:\n{}", sb.log());
+    let rings = io_urings(pid);
+    match how {
+        "default" if io_uring_allowed_here() => assert_eq!(rings, 1, "the proxy thread's ring"),
+        "default" => eprintln!("io_uring is not allowed to this test process: not asserted"),
+        _ => assert_eq!(rings, 0, "no ring: {how}"),
+    }
+    drop(s);
+    sb.stop_and_check();
+}
+
+/// A client, on a Unix socket, that sends small requests one at a time and
+/// reads none of the answers until the end. Each answer reaches the proxy on
+/// its own (the next request goes out only once the backend has answered the
+/// last), so each is a small read, sent on through the ring if any; once the
+/// client's socket holds what a Unix socket buffers (about 200 KiB) the
+/// proxy's send comes up short or says EAGAIN, and the rest waits in a pipe
+/// for EPOLLOUT while the requests go on. Then everything is read: every byte
+/// arrives, in order, once.
+#[rstest::rstest]
+fn small_answers_to_a_client_that_lags_arrive_whole_and_in_order(
+    #[values(false, true)] ring: bool,
+) {
+    let mut sb = Sandbox::new(if ring { "lag-ring" } else { "lag-plain" });
+    let answered = Arc::new(AtomicUsize::new(0));
+    let backend = {
+        let answered = Arc::clone(&answered);
+        Backend::tcp(move |mut s| {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+                answered.fetch_add(n, Ordering::Release);
+            }
+        })
+    };
+    let client = Addr::Unix(sb.path("c.sock"));
+    sb.write(
+        "psflip.toml",
+        &conf(APP, &[(client.config(), backend.addr.config())]),
+    );
+    let mut cmd = sb.psflip_cmd(&["-c", "psflip.toml"]);
+    if !ring {
+        cmd.env("PSFLIP_NO_IO_URING", "1");
+    }
+    sb.keep(cmd);
+    sb.wait_log("child is healthy; serving", 1, T);
+    // Answers of 4-8 KiB, 1.2 MB in all: small reads still (the copy buffer
+    // is 16 KiB), and far more than the client's socket buffers.
+    let msgs: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("[{i:03}{}]", "z".repeat(4096 + i * 20)).into_bytes())
+        .collect();
+    let mut s = client.connect().unwrap();
+    s.set_timeout(T);
+    let mut total = 0;
+    for m in &msgs {
+        s.write_all(m).unwrap();
+        total += m.len();
+        sb.must(T, &format!("the backend answered {total} bytes"), || {
+            answered.load(Ordering::Acquire) >= total
+        });
+    }
+    let expected = msgs.concat();
+    let mut out = vec![0u8; expected.len()];
+    s.read_exact(&mut out).unwrap();
+    assert!(out == expected, "the bytes differ from what was sent");
+    drop(s);
+    sb.stop_and_check();
+}
