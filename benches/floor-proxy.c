@@ -43,6 +43,14 @@
  *   -DNO_CLIENT_EPOLLOUT  the client socket is registered without EPOLLOUT and
  *                         taken as writable; EPOLLOUT is added (EPOLL_CTL_MOD)
  *                         only once a send to it comes up short, as HAProxy does.
+ *   -DSEND_RING -luring   epoll and recv as above, but each send is queued on an
+ *                         io_uring and all of a batch's sends go to the kernel in
+ *                         one io_uring_submit after the batch: what psflip's
+ *                         engine could do without leaving epoll (session 10).
+ *                         A half sends one buffer at a time and reads again once
+ *                         it is sent; a send the ring could not finish at once
+ *                         (-EAGAIN, or short) waits for the socket's EPOLLOUT.
+ *                         The ring's fd is in epoll, for sends that complete later.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -55,6 +63,10 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef SEND_RING
+#include <liburing.h>
+static struct io_uring ring;
+#endif
 
 #define BUF 16384
 #define EVENTS 512
@@ -63,6 +75,7 @@ struct half { /* bytes read from fd[i], to be sent to fd[!i] */
   size_t start, end;
   int eof;  /* recv returned 0 on fd[i] */
   int shut; /* shutdown(fd[!i], SHUT_WR) done */
+  int inflight; /* SEND_RING: a send of buf[start..end) is in the ring */
   char buf[BUF];
 };
 
@@ -72,6 +85,7 @@ struct conn {
   int wr[2];     /* fd may take more bytes */
   int rdhup[2];  /* EPOLLRDHUP seen on fd: a short recv is the end of stream */
   int dead;      /* closed in this batch of events; reused after it */
+  int inflight;  /* SEND_RING: sends of this connection in the ring */
   struct conn *next; /* on the dead list, then on the free list */
   struct half h[2]; /* h[0]: client → backend, h[1]: backend → client */
 };
@@ -88,7 +102,7 @@ static int pump(struct conn *c) {
     progress = 0;
     for (int i = 0; i < 2; i++) {
       struct half *h = &c->h[i];
-      if (c->rd[i] && !h->eof && h->end < BUF) {
+      if (c->rd[i] && !h->eof && h->end < BUF && !h->inflight) {
         size_t want = BUF - h->end;
         ssize_t n = recv(c->fd[i], h->buf + h->end, want, 0);
         if (n > 0) {
@@ -107,7 +121,24 @@ static int pump(struct conn *c) {
           return 1;
         }
       }
+#ifdef SEND_RING
+      if (c->wr[!i] && h->end > h->start && !h->inflight) {
+        int more = h->eof ? MSG_MORE : 0;
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+        if (!sqe) {
+          io_uring_submit(&ring);
+          sqe = io_uring_get_sqe(&ring);
+        }
+        io_uring_prep_send(sqe, c->fd[!i], h->buf + h->start, h->end - h->start,
+                           MSG_NOSIGNAL | more);
+        io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | (uint64_t)i);
+        h->inflight = 1;
+        c->inflight++;
+      }
+      if (0) {
+#else
       if (c->wr[!i] && h->end > h->start) {
+#endif
         size_t want = h->end - h->start;
         int more = h->eof ? MSG_MORE : 0; /* the FIN follows at once */
         ssize_t n = send(c->fd[!i], h->buf + h->start, want, MSG_NOSIGNAL | more);
@@ -129,7 +160,7 @@ static int pump(struct conn *c) {
           return 1;
         }
       }
-      if (h->eof && h->start == h->end && !h->shut) {
+      if (h->eof && h->start == h->end && !h->shut && !h->inflight) {
         /* Everything sent: pass the FIN on. If the other way is done too, close
          * both; close() sends the FIN itself. */
         if (c->h[!i].shut) return 1;
@@ -145,6 +176,10 @@ static struct conn *dead;  /* closed in this batch of events */
 static struct conn *spare; /* closed before: reused by accept_all */
 
 static void kill_conn(struct conn *c) {
+#ifdef SEND_RING
+  /* A queued send names the fd: it goes to the kernel before the close. */
+  if (c->inflight) io_uring_submit(&ring);
+#endif
   close(c->fd[0]);
   close(c->fd[1]);
   c->dead = 1;
@@ -175,6 +210,7 @@ static void accept_all(int ep, int lfd, const struct sockaddr_in *backend) {
       c->h[i].eof = c->h[i].shut = 0;
     }
     c->dead = 0;
+    c->inflight = c->h[0].inflight = c->h[1].inflight = 0;
     /* The side (0 or 1) rides in the low bit of the pointer (malloc aligns it). */
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
 #ifdef NO_CLIENT_EPOLLOUT
@@ -231,9 +267,26 @@ int main(int argc, char **argv) {
     return 1;
   }
 
+#ifdef SEND_RING
+  if (io_uring_queue_init(4096, &ring, 0) < 0) {
+    perror("floor-proxy: io_uring_queue_init");
+    return 1;
+  }
+  struct epoll_event rev = {.events = EPOLLIN, .data.u64 = 2}; /* 2: the ring */
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, ring.ring_fd, &rev) < 0) {
+    perror("floor-proxy: epoll_ctl ring");
+    return 1;
+  }
+  static struct conn *waiting; /* dead, with sends still in the ring */
+  int busy = 0; /* the last batch left sends or completions: do not sleep */
+#endif
   static struct epoll_event evs[EVENTS];
   for (;;) {
+#ifdef SEND_RING
+    int n = epoll_wait(ep, evs, EVENTS, busy ? 0 : -1);
+#else
     int n = epoll_wait(ep, evs, EVENTS, -1);
+#endif
     if (n < 0) {
       if (errno == EINTR) continue;
       perror("floor-proxy: epoll_wait");
@@ -244,6 +297,7 @@ int main(int argc, char **argv) {
         accept_all(ep, lfd, &backend);
         continue;
       }
+      if (evs[k].data.u64 == 2) continue; /* the ring: its completions below */
       struct conn *c = (struct conn *)(uintptr_t)(evs[k].data.u64 & ~(uint64_t)1);
       int side = (int)(evs[k].data.u64 & 1);
       uint32_t e = evs[k].events;
@@ -257,11 +311,64 @@ int main(int argc, char **argv) {
       if (e & (EPOLLOUT | EPOLLHUP)) c->wr[side] = 1;
       if (pump(c)) kill_conn(c);
     }
+#ifdef SEND_RING
+    /* The batch's sends, then what their completions let move, until nothing is
+     * queued. Sends complete at submit unless the socket is full. */
+    busy = 1;
+    for (int turn = 0; turn < 64; turn++) {
+      if (io_uring_sq_ready(&ring)) io_uring_submit(&ring);
+      struct io_uring_cqe *cqe;
+      unsigned head, seen = 0;
+      io_uring_for_each_cqe(&ring, head, cqe) {
+        seen++;
+        uint64_t d = io_uring_cqe_get_data64(cqe);
+        struct conn *c = (struct conn *)(uintptr_t)(d & ~(uint64_t)1);
+        int i = (int)(d & 1);
+        struct half *h = &c->h[i];
+        h->inflight = 0;
+        c->inflight--;
+        if (c->dead) continue;
+        if (cqe->res > 0) {
+          h->start += (size_t)cqe->res;
+          if (h->start == h->end) h->start = h->end = 0;
+          else c->wr[!i] = 0; /* short: the rest on EPOLLOUT */
+        } else if (cqe->res == -EAGAIN) {
+          c->wr[!i] = 0;
+        } else {
+          kill_conn(c);
+          continue;
+        }
+        if (pump(c)) kill_conn(c);
+      }
+      io_uring_cq_advance(&ring, seen);
+      if (!seen && !io_uring_sq_ready(&ring)) {
+        busy = 0;
+        break;
+      }
+    }
+    while (dead) {
+      struct conn *c = dead;
+      dead = c->next;
+      c->next = waiting;
+      waiting = c;
+    }
+    for (struct conn **p = &waiting; *p;) {
+      struct conn *c = *p;
+      if (c->inflight) {
+        p = &c->next;
+        continue;
+      }
+      *p = c->next;
+      c->next = spare;
+      spare = c;
+    }
+#else
     while (dead) {
       struct conn *c = dead;
       dead = c->next;
       c->next = spare;
       spare = c;
     }
+#endif
   }
 }

@@ -31,8 +31,10 @@
 # keep-alive instead; PSFLIP_ALSO="name=/path/to/psflip …" adds other psflip
 # builds (an A/B in the same rounds); PATTERN_VARIANTS="haproxy psflip …" measures
 # only those. It also adds `uring`, benches/floor-proxy-uring.c: the floor proxy's
-# job through io_uring, one io_uring_enter per turn of its loop (built with
-# liburing; installed as root when missing, skipped with a note otherwise), and
+# job through io_uring, one io_uring_enter per turn of its loop, and
+# `send_ring`, the epoll floor with its sends queued on an io_uring and handed
+# to the kernel once per batch (-DSEND_RING; both built with liburing,
+# installed as root when missing, skipped with a note otherwise), and
 # reports each proxy's CPU time per request; PATTERN_SYSCALLS=1 adds its system
 # calls per request (strace -c, after the rounds).
 #
@@ -274,19 +276,23 @@ if [ "$PATTERN" = 1 ]; then
     done
   done
   VARIANTS=(haproxy psflip floor wait_for_connect no_client_epollout)
-  # The io_uring floor (benches/floor-proxy-uring.c), where liburing builds it.
-  if cc -O2 -o "$W/uring" benches/floor-proxy-uring.c -luring 2>/dev/null; then
-    PORT[uring]=$(port)
-    "$W/uring" "${PORT[uring]}" "$NGINX_PORT" 2>"$W/uring.log" &
-    PID[uring]=$!
-    PIDS+=($!)
-    for _ in $(seq 100); do
-      curl -fs -o /dev/null "http://127.0.0.1:${PORT[uring]}/" && break
-      sleep 0.05
+  # The io_uring floor (benches/floor-proxy-uring.c) and the epoll floor with
+  # its sends on an io_uring (-DSEND_RING), where liburing builds them.
+  if cc -O2 -o "$W/uring" benches/floor-proxy-uring.c -luring 2>/dev/null &&
+    cc -O2 -DSEND_RING -o "$W/send_ring" benches/floor-proxy.c -luring 2>/dev/null; then
+    for v in uring send_ring; do
+      PORT[$v]=$(port)
+      "$W/$v" "${PORT[$v]}" "$NGINX_PORT" 2>"$W/$v.log" &
+      PID[$v]=$!
+      PIDS+=($!)
+      for _ in $(seq 100); do
+        curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
+        sleep 0.05
+      done
+      VARIANTS+=("$v")
     done
-    VARIANTS+=(uring)
   else
-    echo "bench-proxy: liburing-dev missing; the io_uring floor proxy is skipped" >&2
+    echo "bench-proxy: liburing-dev missing; the io_uring floor proxies are skipped" >&2
   fi
   for also in ${PSFLIP_ALSO:-}; do
     v=${also%%=*}
