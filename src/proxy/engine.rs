@@ -248,9 +248,21 @@ impl Engine {
     /// The thread's body: runs until the main thread drops its command pipe.
     pub(super) fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
-        self.sends = Sends::new().filter(|s| {
-            sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, s.fd(), IN, TOKEN_RING).is_ok()
-        });
+        // Said once per generation: the send path is what decides the proxy's
+        // keep-alive throughput (README, "Sends in batches").
+        let how = match Sends::new() {
+            Ok(s) => match sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, s.fd(), IN, TOKEN_RING) {
+                Ok(()) => {
+                    self.sends = Some(s);
+                    "sends in batches through io_uring".to_owned()
+                }
+                Err(e) => format!("sends with send(2): epoll: {e}"),
+            },
+            Err(why) => format!("sends with send(2), not io_uring: {why}"),
+        };
+        if !self.quiet {
+            crate::log::logger().info("proxy_sends", format!("proxy: {how}"));
+        }
         loop {
             let timeout = if self.again.is_empty() {
                 self.timeout_ms(Instant::now())

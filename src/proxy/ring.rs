@@ -69,19 +69,28 @@ pub(super) struct Sends {
 }
 
 impl Sends {
-    /// A ring for the proxy thread's sends, or None where there must be none
-    /// (see the module's text). Call it on the thread that will use it.
-    pub(super) fn new() -> Option<Sends> {
-        if std::env::var_os("PSFLIP_NO_IO_URING").is_some() || !seccomp_off() {
-            return None;
+    /// A ring for the proxy thread's sends, or why there is none (see the
+    /// module's text). Call it on the thread that will use it.
+    pub(super) fn new() -> Result<Sends, String> {
+        if std::env::var_os("PSFLIP_NO_IO_URING").is_some() {
+            return Err("PSFLIP_NO_IO_URING is set".to_owned());
         }
-        let ring = IoUring::builder().setup_r_disabled().build(ENTRIES).ok()?;
+        if !seccomp_off() {
+            return Err("psflip runs under a seccomp filter".to_owned());
+        }
+        let failed = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        let ring = IoUring::builder()
+            .setup_r_disabled()
+            .build(ENTRIES)
+            .map_err(|e| failed("io_uring_setup", e))?;
         let submitter = ring.submitter();
         submitter
             .register_restrictions(&mut [Restriction::sqe_op(opcode::Send::CODE)])
-            .ok()?;
-        submitter.register_enable_rings().ok()?;
-        Some(Sends {
+            .map_err(|e| failed("io_uring_register (restrictions)", e))?;
+        submitter
+            .register_enable_rings()
+            .map_err(|e| failed("io_uring_register (enable)", e))?;
+        Ok(Sends {
             ring,
             slots: Vec::new(),
             free: Vec::new(),
@@ -287,9 +296,12 @@ mod tests {
     /// not sent.
     #[test]
     fn queued_sends_are_made_at_the_flush_in_order_and_a_full_socket_says_eagain() {
-        let Some(mut sends) = Sends::new() else {
-            eprintln!("no io_uring for this process (seccomp, sysctl or kernel): skipped");
-            return;
+        let mut sends = match Sends::new() {
+            Ok(sends) => sends,
+            Err(why) => {
+                eprintln!("no io_uring for this process ({why}): skipped");
+                return;
+            }
         };
         let (a, b) = pair();
         let mut done = Vec::new();
@@ -339,9 +351,12 @@ mod tests {
     /// A closed peer makes the answer an error (EPIPE), not a signal.
     #[test]
     fn a_send_to_a_closed_peer_is_answered_with_epipe() {
-        let Some(mut sends) = Sends::new() else {
-            eprintln!("no io_uring for this process (seccomp, sysctl or kernel): skipped");
-            return;
+        let mut sends = match Sends::new() {
+            Ok(sends) => sends,
+            Err(why) => {
+                eprintln!("no io_uring for this process ({why}): skipped");
+                return;
+            }
         };
         let (a, b) = pair();
         drop(b);

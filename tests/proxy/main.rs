@@ -1083,10 +1083,34 @@ fn sends_go_through_an_io_uring_only_where_nothing_forbids_it(#[case] how: &str)
     }
     assert!(alive(pid), "psflip died; log:\n{}", sb.log());
     let rings = io_urings(pid);
+    // And the log says which way it sends, and why not through the ring.
+    let said = |line: &str| sb.count(line) == 1;
     match how {
-        "default" if io_uring_allowed_here() => assert_eq!(rings, 1, "the proxy thread's ring"),
+        "default" if io_uring_allowed_here() => {
+            assert_eq!(rings, 1, "the proxy thread's ring");
+            assert!(
+                said("proxy: sends in batches through io_uring"),
+                "{}",
+                sb.log()
+            );
+        }
         "default" => eprintln!("io_uring is not allowed to this test process: not asserted"),
-        _ => assert_eq!(rings, 0, "no ring: {how}"),
+        "no_io_uring" => {
+            assert_eq!(rings, 0, "no ring: {how}");
+            assert!(
+                said("proxy: sends with send(2), not io_uring: PSFLIP_NO_IO_URING is set"),
+                "{}",
+                sb.log()
+            );
+        }
+        _ => {
+            assert_eq!(rings, 0, "no ring: {how}");
+            assert!(
+                said("proxy: sends with send(2), not io_uring: psflip runs under a seccomp filter"),
+                "{}",
+                sb.log()
+            );
+        }
     }
     drop(s);
     sb.stop_and_check();
