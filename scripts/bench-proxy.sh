@@ -263,17 +263,24 @@ segments() {
 # connection per request only; then exit.
 if [ "$PATTERN" = 1 ]; then
   [ "$FLOOR" = 1 ] || { echo "bench-proxy: --pattern needs cc for the floor proxy" >&2; exit 1; }
-  declare -A FLAGS=([wait_for_connect]=-DWAIT_FOR_CONNECT [no_client_epollout]=-DNO_CLIENT_EPOLLOUT)
-  for v in wait_for_connect no_client_epollout; do
-    cc -O2 "${FLAGS[$v]}" -o "$W/$v" benches/floor-proxy.c
-    PORT[$v]=$(port)
-    "$W/$v" "${PORT[$v]}" "$NGINX_PORT" 2>"$W/$v.log" &
+  # start_variant NAME CMD…: run CMD (which serves on ${PORT[NAME]}) as
+  # variant NAME, and wait until it answers.
+  start_variant() {
+    local v=$1
+    shift
+    "$@" 2>"$W/$v.log" &
     PID[$v]=$!
     PIDS+=($!)
     for _ in $(seq 100); do
       curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
       sleep 0.05
     done
+  }
+  declare -A FLAGS=([wait_for_connect]=-DWAIT_FOR_CONNECT [no_client_epollout]=-DNO_CLIENT_EPOLLOUT)
+  for v in wait_for_connect no_client_epollout; do
+    cc -O2 "${FLAGS[$v]}" -o "$W/$v" benches/floor-proxy.c
+    PORT[$v]=$(port)
+    start_variant "$v" "$W/$v" "${PORT[$v]}" "$NGINX_PORT"
   done
   VARIANTS=(haproxy psflip floor wait_for_connect no_client_epollout)
   # The io_uring floor (benches/floor-proxy-uring.c) and the epoll floor with
@@ -282,13 +289,7 @@ if [ "$PATTERN" = 1 ]; then
     cc -O2 -DSEND_RING -o "$W/send_ring" benches/floor-proxy.c -luring 2>/dev/null; then
     for v in uring send_ring; do
       PORT[$v]=$(port)
-      "$W/$v" "${PORT[$v]}" "$NGINX_PORT" 2>"$W/$v.log" &
-      PID[$v]=$!
-      PIDS+=($!)
-      for _ in $(seq 100); do
-        curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
-        sleep 0.05
-      done
+      start_variant "$v" "$W/$v" "${PORT[$v]}" "$NGINX_PORT"
       VARIANTS+=("$v")
     done
   else
@@ -298,13 +299,7 @@ if [ "$PATTERN" = 1 ]; then
     v=${also%%=*}
     PORT[$v]=$(port)
     sed "s/127.0.0.1:$PSFLIP_PORT/127.0.0.1:${PORT[$v]}/" "$W/psflip.toml" >"$W/$v.toml"
-    "${also#*=}" -c "$W/$v.toml" 2>"$W/$v.log" &
-    PID[$v]=$!
-    PIDS+=($!)
-    for _ in $(seq 100); do
-      curl -fs -o /dev/null "http://127.0.0.1:${PORT[$v]}/" && break
-      sleep 0.05
-    done
+    start_variant "$v" "${also#*=}" -c "$W/$v.toml"
     VARIANTS+=("$v")
   done
   [ -n "${PATTERN_VARIANTS:-}" ] && read -r -a VARIANTS <<<"$PATTERN_VARIANTS"

@@ -64,6 +64,8 @@ const BACKEND: usize = 1;
 
 /// How much one splice asks for: whatever the pipe takes.
 const SPLICE_LEN: usize = 1 << 20;
+/// The copy buffer for small messages (see [`copy`]).
+const COPY_BUF: usize = 16 * 1024;
 /// A read this big suggests more is queued: read again before going back to epoll.
 const BIG_READ: usize = 16 * 1024;
 /// Reads in a row on one half before the others get their turn.
@@ -224,7 +226,7 @@ impl Engine {
             closed: Vec::new(),
             live: 0,
             pool: Vec::new(),
-            scratch: vec![0; 16 * 1024],
+            scratch: vec![0; COPY_BUF],
             accepting: false,
             listening: false,
             paused_until: None,
@@ -729,32 +731,12 @@ impl Engine {
             (token >> 32) as u32,
             (token & 1) as usize,
         );
-        let len = buf.len();
         let current = self.is_current(slot, generation);
         let mut abort = false;
         if current {
             let conn = self.conns[slot].as_mut().expect("current");
-            let d = 1 - h;
             conn.half[h].queued = false;
-            match result {
-                Ok(n) if n == len => conn.half[h].bulk = len == self.scratch.len(),
-                Ok(_) | Err(libc::EAGAIN) => {
-                    let n = result.unwrap_or(0);
-                    conn.writable[d] = false;
-                    match take_pipe(&mut self.pool) {
-                        Ok(pipe) => match sys::write(pipe.w.as_raw_fd(), &buf[n..]) {
-                            Ok(w) if w == len - n => {
-                                conn.half[h].pipe = Some(pipe);
-                                conn.half[h].pending = len - n;
-                            }
-                            _ => abort = true,
-                        },
-                        Err(_) => abort = true,
-                    }
-                }
-                // The destination is gone: this direction is over.
-                Err(_) => conn.half[h].broken = true,
-            }
+            abort = after_send(conn, h, &buf, result, &mut self.pool).is_err();
         }
         if let Some(sends) = self.sends.as_mut() {
             sends.give_back(buf);
@@ -983,31 +965,50 @@ fn copy(
         half.queued = true;
         return Ok(Flow::Stop(false));
     }
-    let sent = if conn.writable[d] {
-        match sys::send(dst, &scratch[..n], fin && conn.tcp[d]) {
-            Ok(m) => m,
-            Err(e) if would_block(&e) => 0,
-            Err(_) => {
-                half.broken = true;
-                return Ok(Flow::Go);
-            }
-        }
+    let result = if conn.writable[d] {
+        sys::send(dst, &scratch[..n], fin && conn.tcp[d])
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     } else {
-        0
+        Ok(0)
     };
-    if sent < n {
+    after_send(conn, h, &scratch[..n], result, out.pool)
+}
+
+/// What a send of `bytes`, read by half `h`, did (`Ok(sent)` or the errno), at
+/// once with `send(2)` or answered by the send ring: what the destination did
+/// not take waits in a pipe for its EPOLLOUT; any error but EAGAIN means the
+/// destination is gone, and this direction is over. A read that filled the
+/// copy buffer and went out whole makes the half a bulk one (see [`pump`]).
+fn after_send(
+    conn: &mut Conn,
+    h: usize,
+    bytes: &[u8],
+    result: Result<usize, i32>,
+    pool: &mut Vec<Pipe>,
+) -> Result<Flow, Abort> {
+    let d = 1 - h;
+    let half = &mut conn.half[h];
+    let sent = match result {
+        Ok(sent) => sent,
+        Err(libc::EAGAIN) => 0,
+        Err(_) => {
+            half.broken = true;
+            return Ok(Flow::Go);
+        }
+    };
+    if sent < bytes.len() {
         conn.writable[d] = false;
-        let pipe = take_pipe(out.pool)?;
+        let pipe = take_pipe(pool)?;
         // An empty pipe holds 64 KiB: the rest of one read always fits.
-        match sys::write(pipe.w.as_raw_fd(), &scratch[sent..n]) {
-            Ok(w) if w == n - sent => {}
+        match sys::write(pipe.w.as_raw_fd(), &bytes[sent..]) {
+            Ok(w) if w == bytes.len() - sent => {}
             _ => return Err(Abort(None)),
         }
         half.pipe = Some(pipe);
-        half.pending = n - sent;
+        half.pending = bytes.len() - sent;
         return Ok(Flow::Stop(false));
     }
-    half.bulk = n == scratch.len();
+    half.bulk = bytes.len() == COPY_BUF;
     Ok(Flow::Go)
 }
 

@@ -46,11 +46,11 @@ pub(super) struct Sent {
     pub result: Result<usize, i32>,
 }
 
-/// A send in [`Sends`]: its socket, its flags and its buffer.
+/// A send in [`Sends`]: its socket, MSG_MORE or not, and its buffer.
 struct Slot {
     token: u64,
     fd: RawFd,
-    flags: i32,
+    more: bool,
     buf: Vec<u8>,
 }
 
@@ -144,10 +144,11 @@ impl Sends {
         if self.queued.len() + self.submitted >= ENTRIES as usize {
             self.flush(done);
         }
-        let flags = SEND_FLAGS | if more { libc::MSG_MORE } else { 0 };
+        // `sys::send`'s flags, which the ring's send must have too.
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | if more { libc::MSG_MORE } else { 0 };
         if self.failed || self.queued.len() + self.submitted >= ENTRIES as usize {
             // No ring any more, or (never seen) still full: send it now.
-            let result = sys_send(fd, &buf, flags);
+            let result = send_now(fd, &buf, more);
             done.push(Sent { token, buf, result });
             return;
         }
@@ -167,7 +168,7 @@ impl Sends {
         self.slots[slot] = Some(Slot {
             token,
             fd,
-            flags,
+            more,
             buf,
         });
         // SAFETY: the entry points into the buffer kept in `slots[slot]` until
@@ -198,7 +199,7 @@ impl Sends {
                     for slot in std::mem::take(&mut self.queued) {
                         let s = self.slots[slot].take().expect("queued");
                         self.free.push(slot);
-                        let result = sys_send(s.fd, &s.buf, s.flags);
+                        let result = send_now(s.fd, &s.buf, s.more);
                         done.push(Sent {
                             token: s.token,
                             buf: s.buf,
@@ -232,18 +233,9 @@ impl Sends {
     }
 }
 
-const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-
-fn sys_send(fd: RawFd, buf: &[u8], flags: i32) -> Result<usize, i32> {
-    // SAFETY: the buffer is valid for its length.
-    let rc = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO))
-    } else {
-        Ok(rc as usize)
-    }
+/// `send(2)` as the engine makes it, answered as the ring answers.
+fn send_now(fd: RawFd, buf: &[u8], more: bool) -> Result<usize, i32> {
+    crate::sys::send(fd, buf, more).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Whether this process runs under no seccomp filter ("Seccomp:\t0").
@@ -259,6 +251,13 @@ fn seccomp_off() -> bool {
 mod tests {
     use super::*;
     use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// A ring, or None (said) where this process may have none.
+    fn ring() -> Option<Sends> {
+        Sends::new()
+            .inspect_err(|why| eprintln!("no io_uring for this process ({why}): skipped"))
+            .ok()
+    }
 
     /// A connected pair of non-blocking Unix stream sockets.
     fn pair() -> (OwnedFd, OwnedFd) {
@@ -296,12 +295,8 @@ mod tests {
     /// not sent.
     #[test]
     fn queued_sends_are_made_at_the_flush_in_order_and_a_full_socket_says_eagain() {
-        let mut sends = match Sends::new() {
-            Ok(sends) => sends,
-            Err(why) => {
-                eprintln!("no io_uring for this process ({why}): skipped");
-                return;
-            }
+        let Some(mut sends) = ring() else {
+            return;
         };
         let (a, b) = pair();
         let mut done = Vec::new();
@@ -351,12 +346,8 @@ mod tests {
     /// A closed peer makes the answer an error (EPIPE), not a signal.
     #[test]
     fn a_send_to_a_closed_peer_is_answered_with_epipe() {
-        let mut sends = match Sends::new() {
-            Ok(sends) => sends,
-            Err(why) => {
-                eprintln!("no io_uring for this process ({why}): skipped");
-                return;
-            }
+        let Some(mut sends) = ring() else {
+            return;
         };
         let (a, b) = pair();
         drop(b);
